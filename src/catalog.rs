@@ -1,0 +1,246 @@
+//! The catalog: one JSON manifest per backup, and what is derived from the manifests (the list,
+//! the statistics).
+//!
+//! Keys in the repository, for a backup named `N`:
+//! - `N.manifest.json`: the manifest of the successful backup `N`;
+//! - `N.manifest.failed.json`: the manifest of the latest failed attempt at `N` (so a failed
+//!   `--replace` never overwrites the good backup's manifest);
+//! - the data file named by the manifest, `N.sql.gz`, `N.sql`, `N.db.gz` or `N.db`.
+//!
+//! Architecture Invariant: the manifest is written last and is the commit point. A data file
+//! without a manifest does not exist for list, restore or retention.
+
+use crate::codec::Compression;
+use crate::engine::DatabaseType;
+use crate::storage::{Storage, StorageError};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const MANIFEST_VERSION: u32 = 1;
+const OK_SUFFIX: &str = ".manifest.json";
+const FAILED_SUFFIX: &str = ".manifest.failed.json";
+
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the manifest {key} is not valid: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("cannot encode the manifest of {name}: {source}")]
+    Encode {
+        name: String,
+        source: serde_json::Error,
+    },
+}
+
+mod rfc3339_seconds {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One backup, or one failed attempt. The first eight fields are the spec's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub backup_name: String,
+    /// Where the data file is, as the spec shows it (`./backups/x.sql.gz`); `null` when failed.
+    pub file_path: Option<String>,
+    /// Bytes stored (after compression).
+    pub file_size: u64,
+    pub compressed: bool,
+    pub database_type: DatabaseType,
+    /// When the backup started, RFC 3339 UTC.
+    #[serde(with = "rfc3339_seconds")]
+    pub timestamp: DateTime<Utc>,
+    /// Seconds the backup took.
+    pub duration: f64,
+    pub success: bool,
+    /// Why a failed attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// SHA-256 of the stored bytes.
+    pub sha256: Option<String>,
+    pub compression: Compression,
+    /// The data file's key in the repository.
+    pub data_file: Option<String>,
+    pub series: String,
+    pub database_name: String,
+    /// Host (and port) of the database, never credentials; `null` for SQLite.
+    pub database_host: Option<String>,
+    pub server_version: Option<String>,
+    /// Version of the dump tool (pg_dump, or the SQLite library).
+    pub tool_version: Option<String>,
+    /// The retention this backup's run asked for; `prune` applies it to the series.
+    pub retention_days: u32,
+    pub keep_min: u32,
+    /// When the manifest was written.
+    pub finished_at: DateTime<Utc>,
+    pub dbkeep_version: String,
+    pub manifest_version: u32,
+}
+
+impl Manifest {
+    pub fn key(&self) -> String {
+        manifest_key(&self.backup_name, self.success)
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>, CatalogError> {
+        let mut v = serde_json::to_vec_pretty(self).map_err(|source| CatalogError::Encode {
+            name: self.backup_name.clone(),
+            source,
+        })?;
+        v.push(b'\n');
+        Ok(v)
+    }
+
+    pub fn timestamp_text(&self) -> String {
+        self.timestamp.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    pub fn size_mb(&self) -> f64 {
+        bytes_to_mb(self.file_size)
+    }
+}
+
+pub fn bytes_to_mb(bytes: u64) -> f64 {
+    (bytes as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0
+}
+
+/// The manifest key of `name`: successful or failed.
+pub fn manifest_key(name: &str, success: bool) -> String {
+    format!("{name}{}", if success { OK_SUFFIX } else { FAILED_SUFFIX })
+}
+
+/// Whether `key` is a manifest (of either kind).
+pub fn is_manifest_key(key: &str) -> bool {
+    !key.starts_with('.') && (key.ends_with(OK_SUFFIX) || key.ends_with(FAILED_SUFFIX))
+}
+
+/// Every manifest in the repository, newest first, with the manifests that could not be read.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub backups: Vec<Manifest>,
+    /// Manifests that exist but cannot be read, with the reason. They are never deleted by
+    /// retention and keep their data file alive.
+    pub unreadable: Vec<CatalogError>,
+}
+
+impl Catalog {
+    pub fn load(storage: &dyn Storage) -> Result<Self, CatalogError> {
+        let mut cat = Catalog::default();
+        for obj in storage.list()? {
+            if !is_manifest_key(&obj.key) {
+                continue;
+            }
+            match read_manifest(storage, &obj.key) {
+                Ok(m) => cat.backups.push(m),
+                Err(e @ CatalogError::Invalid { .. }) => cat.unreadable.push(e),
+                Err(CatalogError::Storage(StorageError::NotFound { .. })) => {} // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        cat.backups.sort_by(|a, b| {
+            b.timestamp
+                .cmp(&a.timestamp)
+                .then(b.finished_at.cmp(&a.finished_at))
+                .then(a.backup_name.cmp(&b.backup_name))
+        });
+        Ok(cat)
+    }
+
+    /// The successful backup `name`, if any.
+    pub fn successful(&self, name: &str) -> Option<&Manifest> {
+        self.backups
+            .iter()
+            .find(|m| m.success && m.backup_name == name)
+    }
+
+    /// The newest successful backup.
+    pub fn latest_successful(&self) -> Option<&Manifest> {
+        self.backups.iter().find(|m| m.success)
+    }
+
+    /// Data files that some manifest names, or that belong to an unreadable manifest's backup.
+    pub fn referenced_data(&self) -> impl Iterator<Item = &str> {
+        self.backups.iter().filter_map(|m| m.data_file.as_deref())
+    }
+}
+
+/// Reads and checks one manifest.
+pub fn read_manifest(storage: &dyn Storage, key: &str) -> Result<Manifest, CatalogError> {
+    let bytes = storage.read_all(key)?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| CatalogError::Invalid {
+        key: key.to_owned(),
+        problem: e.to_string(),
+    })?;
+    if manifest_key(&m.backup_name, m.success) != key {
+        return Err(CatalogError::Invalid {
+            key: key.to_owned(),
+            problem: format!(
+                "it names the backup {:?} (success: {}), which belongs under another key",
+                m.backup_name, m.success
+            ),
+        });
+    }
+    if m.success && (m.sha256.is_none() || m.data_file.is_none()) {
+        return Err(CatalogError::Invalid {
+            key: key.to_owned(),
+            problem: "a successful backup without sha256 or data_file".into(),
+        });
+    }
+    Ok(m)
+}
+
+/// The `statistics` object of the spec's list response, with more.
+#[derive(Debug, Clone, Serialize)]
+pub struct Statistics {
+    pub total_backups: usize,
+    pub total_size_mb: f64,
+    pub backup_directory: String,
+    pub successful_backups: usize,
+    pub failed_backups: usize,
+    pub last_success: Option<String>,
+    pub last_failure: Option<String>,
+    pub unreadable_manifests: usize,
+    pub free_space_bytes: Option<u64>,
+    pub free_space_mb: Option<f64>,
+}
+
+pub fn statistics(cat: &Catalog, storage: &dyn Storage) -> Statistics {
+    let ok = cat.backups.iter().filter(|m| m.success);
+    let total_bytes: u64 = cat.backups.iter().map(|m| m.file_size).sum();
+    let free = storage.free_space();
+    Statistics {
+        total_backups: cat.backups.len(),
+        total_size_mb: bytes_to_mb(total_bytes),
+        backup_directory: storage.location(),
+        successful_backups: ok.clone().count(),
+        failed_backups: cat.backups.iter().filter(|m| !m.success).count(),
+        last_success: ok.map(|m| m.timestamp_text()).next(),
+        last_failure: cat
+            .backups
+            .iter()
+            .find(|m| !m.success)
+            .map(|m| m.timestamp_text()),
+        unreadable_manifests: cat.unreadable.len(),
+        free_space_bytes: free,
+        free_space_mb: free.map(bytes_to_mb),
+    }
+}
+
+/// The spec's list response: `{"backups": [...], "statistics": {...}}`, newest first.
+#[derive(Debug, Serialize)]
+pub struct ListResponse<'a> {
+    pub backups: &'a [Manifest],
+    pub statistics: Statistics,
+}

@@ -1,0 +1,392 @@
+//! Settings: defaults, then the TOML file, then the environment, then command-line flags (each
+//! overrides the one before).
+//!
+//! Every setting has one name: the environment variable (`BACKUP_DIR`), whose lower-case form is
+//! the key in the TOML file (`backup_dir`). The spec's variables keep their meaning and defaults.
+//! An unknown file key or a malformed value is an error that names the key and the problem.
+
+use crate::database_url::{DatabaseUrl, DatabaseUrlError, Secret};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is invalid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{key}={value:?} is invalid: {problem}")]
+    InvalidValue {
+        key: &'static str,
+        value: String,
+        problem: &'static str,
+    },
+    #[error("{0}")]
+    DatabaseUrl(#[from] DatabaseUrlError),
+    #[error(
+        "DATABASE_URL is not set: set it in the environment or as database_url in dbkeep.toml, e.g. postgresql://user:password@host/db or sqlite:///app.db"
+    )]
+    NoDatabaseUrl,
+}
+
+/// The file name looked for in the working directory when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "dbkeep.toml";
+
+/// Every setting, as read from one layer. Field names are the TOML keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub database_url: Option<String>,
+    pub backup_dir: Option<PathBuf>,
+    pub backup_retention_days: Option<u32>,
+    pub backup_keep_min: Option<u32>,
+    pub backup_compress: Option<bool>,
+    pub backup_compress_level: Option<u32>,
+    pub backup_log_file: Option<PathBuf>,
+    pub backup_pg_bindir: Option<PathBuf>,
+    pub backup_pg_maintenance_db: Option<String>,
+    pub backup_restore_keep_old: Option<bool>,
+    pub backup_lock_timeout: Option<u64>,
+}
+
+/// The settings in force.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Kept as text until a command needs it, so `list` works without a database. A [`Secret`],
+    /// so `Debug` of the settings never shows the password.
+    database_url: Option<Secret>,
+    pub backup_dir: PathBuf,
+    pub retention_days: u32,
+    pub keep_min: u32,
+    pub compress: bool,
+    pub compress_level: u32,
+    /// `None` when `BACKUP_LOG_FILE` is `off`.
+    pub log_file: Option<PathBuf>,
+    pub pg_bindir: Option<PathBuf>,
+    pub pg_maintenance_db: String,
+    pub restore_keep_old: bool,
+    pub lock_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            backup_dir: PathBuf::from("./backups"),
+            retention_days: 30,
+            keep_min: 1,
+            compress: true,
+            compress_level: 6,
+            log_file: Some(PathBuf::from("./backup.log")),
+            pg_bindir: None,
+            pg_maintenance_db: "postgres".into(),
+            restore_keep_old: false,
+            lock_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Command-line flags that override settings.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub backup_dir: Option<PathBuf>,
+    pub compress: Option<bool>,
+}
+
+impl Settings {
+    /// Loads the settings: `config` names a TOML file (else `dbkeep.toml` in the working
+    /// directory if present), `env` reads a variable (the process environment in `main`).
+    pub fn load(
+        config: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let file = match config {
+            Some(path) => Some(read_file(path)?),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.is_file() {
+                    Some(read_file(default)?)
+                } else {
+                    None
+                }
+            }
+        };
+        let mut s = Settings::default();
+        if let Some(file) = file {
+            s.apply(file)?;
+        }
+        s.apply(env_layer(env)?)?;
+        if let Some(dir) = &overrides.backup_dir {
+            s.backup_dir = dir.clone();
+        }
+        if let Some(c) = overrides.compress {
+            s.compress = c;
+        }
+        Ok(s)
+    }
+
+    fn apply(&mut self, l: Layer) -> Result<(), ConfigError> {
+        if let Some(v) = l.database_url {
+            self.database_url = Some(Secret::new(v));
+        }
+        if let Some(v) = l.backup_dir {
+            self.backup_dir = v;
+        }
+        if let Some(v) = l.backup_retention_days {
+            self.retention_days = v;
+        }
+        if let Some(v) = l.backup_keep_min {
+            self.keep_min = v;
+        }
+        if let Some(v) = l.backup_compress {
+            self.compress = v;
+        }
+        if let Some(v) = l.backup_compress_level {
+            if !(1..=9).contains(&v) {
+                return Err(ConfigError::InvalidValue {
+                    key: "BACKUP_COMPRESS_LEVEL",
+                    value: v.to_string(),
+                    problem: "expected a gzip level from 1 (fastest) to 9 (smallest)",
+                });
+            }
+            self.compress_level = v;
+        }
+        if let Some(v) = l.backup_log_file {
+            self.log_file = if v.as_os_str() == "off" {
+                None
+            } else {
+                Some(v)
+            };
+        }
+        if let Some(v) = l.backup_pg_bindir {
+            self.pg_bindir = Some(v);
+        }
+        if let Some(v) = l.backup_pg_maintenance_db {
+            self.pg_maintenance_db = v;
+        }
+        if let Some(v) = l.backup_restore_keep_old {
+            self.restore_keep_old = v;
+        }
+        if let Some(v) = l.backup_lock_timeout {
+            self.lock_timeout = Duration::from_secs(v);
+        }
+        Ok(())
+    }
+
+    /// The database to back up or restore; an error if none is configured or it is malformed.
+    pub fn database_url(&self) -> Result<DatabaseUrl, ConfigError> {
+        let raw = self
+            .database_url
+            .as_ref()
+            .ok_or(ConfigError::NoDatabaseUrl)?
+            .expose();
+        Ok(DatabaseUrl::parse(raw)?)
+    }
+}
+
+fn read_file(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        // toml's message names the key and shows the line; a value it quotes is the user's own
+        // file, except database_url, which never reaches here as a type error (it is a string).
+        message: e.to_string(),
+    })
+}
+
+fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError> {
+    let get = |key: &str| env(key).filter(|v| !v.trim().is_empty());
+    let num = |key: &'static str, problem: &'static str| -> Result<Option<u64>, ConfigError> {
+        get(key)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ConfigError::InvalidValue {
+                        key,
+                        value: v.clone(),
+                        problem,
+                    })
+            })
+            .transpose()
+    };
+    let num32 = |key: &'static str, problem: &'static str| -> Result<Option<u32>, ConfigError> {
+        num(key, problem)?
+            .map(|v| {
+                u32::try_from(v).map_err(|_| ConfigError::InvalidValue {
+                    key,
+                    value: v.to_string(),
+                    problem,
+                })
+            })
+            .transpose()
+    };
+    let boolean = |key: &'static str| -> Result<Option<bool>, ConfigError> {
+        get(key)
+            .map(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::InvalidValue {
+                    key,
+                    value: v.clone(),
+                    problem: "expected true or false",
+                }),
+            })
+            .transpose()
+    };
+    Ok(Layer {
+        database_url: get("DATABASE_URL"),
+        backup_dir: get("BACKUP_DIR").map(PathBuf::from),
+        backup_retention_days: num32(
+            "BACKUP_RETENTION_DAYS",
+            "expected a whole number of days (0 turns the age rule off)",
+        )?,
+        backup_keep_min: num32(
+            "BACKUP_KEEP_MIN",
+            "expected how many newest successful backups to always keep (a whole number)",
+        )?,
+        backup_compress: boolean("BACKUP_COMPRESS")?,
+        backup_compress_level: num32(
+            "BACKUP_COMPRESS_LEVEL",
+            "expected a gzip level from 1 (fastest) to 9 (smallest)",
+        )?,
+        backup_log_file: get("BACKUP_LOG_FILE").map(PathBuf::from),
+        backup_pg_bindir: get("BACKUP_PG_BINDIR").map(PathBuf::from),
+        backup_pg_maintenance_db: get("BACKUP_PG_MAINTENANCE_DB"),
+        backup_restore_keep_old: boolean("BACKUP_RESTORE_KEEP_OLD")?,
+        backup_lock_timeout: num(
+            "BACKUP_LOCK_TIMEOUT",
+            "expected how many seconds to wait for the repository lock",
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        o: Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(file.map(|_| path.as_path()), &|k| map.get(k).cloned(), &o)
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = load(None, &[], Overrides::default()).unwrap();
+        assert_eq!(s.backup_dir, PathBuf::from("./backups"));
+        assert_eq!(s.retention_days, 30);
+        assert!(s.compress);
+        assert_eq!(s.log_file, Some(PathBuf::from("./backup.log")));
+        assert!(matches!(s.database_url(), Err(ConfigError::NoDatabaseUrl)));
+    }
+
+    #[test]
+    fn flags_override_env_override_file() {
+        let file =
+            "backup_dir = \"/from/file\"\nbackup_retention_days = 5\nbackup_compress = false\n";
+        let s = load(Some(file), &[], Overrides::default()).unwrap();
+        assert_eq!(s.backup_dir, PathBuf::from("/from/file"));
+        assert_eq!(s.retention_days, 5);
+        assert!(!s.compress);
+        let s = load(
+            Some(file),
+            &[("BACKUP_DIR", "/from/env"), ("BACKUP_COMPRESS", "true")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.backup_dir, PathBuf::from("/from/env"));
+        assert!(s.compress);
+        assert_eq!(s.retention_days, 5);
+        let s = load(
+            Some(file),
+            &[("BACKUP_DIR", "/from/env")],
+            Overrides {
+                backup_dir: Some("/from/flag".into()),
+                compress: Some(false),
+            },
+        )
+        .unwrap();
+        assert_eq!(s.backup_dir, PathBuf::from("/from/flag"));
+        assert!(!s.compress);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let err = load(Some("backup_retention = 3\n"), &[], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backup_retention"), "{err}");
+    }
+
+    #[test]
+    fn malformed_values_are_named() {
+        let err = load(
+            Some("backup_retention_days = \"ten\"\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("backup_retention_days"), "{err}");
+        for (k, v) in [
+            ("BACKUP_RETENTION_DAYS", "ten"),
+            ("BACKUP_RETENTION_DAYS", "-1"),
+            ("BACKUP_COMPRESS", "maybe"),
+            ("BACKUP_COMPRESS_LEVEL", "12"),
+            ("BACKUP_KEEP_MIN", "1.5"),
+        ] {
+            let err = load(None, &[(k, v)], Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(k) && err.contains(v), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn spec_boolean_spellings() {
+        for (v, want) in [
+            ("true", true),
+            ("TRUE", true),
+            ("false", false),
+            ("0", false),
+        ] {
+            let s = load(None, &[("BACKUP_COMPRESS", v)], Overrides::default()).unwrap();
+            assert_eq!(s.compress, want, "{v}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let s = load(
+            None,
+            &[("DATABASE_URL", "postgresql://u:hunter2@h/d")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let url = s.database_url().unwrap();
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(!url.to_string().contains("hunter2"));
+    }
+}

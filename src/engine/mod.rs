@@ -1,0 +1,45 @@
+//! Database engines: take a consistent dump, and restore one, for each kind of database.
+//!
+//! Architecture Invariant: an engine knows nothing of compression, checksums or storage. It writes
+//! a dump to a `Write` (PostgreSQL) or a local file (SQLite) and restores from a `Read` or a file;
+//! `ops` wires it to `codec` and `storage`.
+
+pub mod postgres;
+pub mod process;
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    Postgresql,
+    Sqlite,
+}
+
+impl DatabaseType {
+    /// The data file's extension before any compression suffix.
+    pub fn extension(self) -> &'static str {
+        match self {
+            DatabaseType::Postgresql => ".sql",
+            DatabaseType::Sqlite => ".db",
+        }
+    }
+}
+
+impl fmt::Display for DatabaseType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DatabaseType::Postgresql => "postgresql",
+            DatabaseType::Sqlite => "sqlite",
+        })
+    }
+}
+
+/// What an engine tells about the dump it took, for the manifest.
+#[derive(Debug, Clone, Default)]
+pub struct DumpInfo {
+    pub server_version: Option<String>,
+    pub tool_version: Option<String>,
+}

@@ -1,0 +1,511 @@
+//! PostgreSQL through its own tools: `pg_dump` (plain SQL with `--clean --if-exists --create`)
+//! and `psql` (restore, metadata), as child processes.
+//!
+//! - The password reaches a child only through that child's environment (`PGPASSWORD`); every
+//!   other `PG*` variable of dbkeep's environment is removed from the child's, so `DATABASE_URL`
+//!   alone decides where it connects. dbkeep's own environment is never changed.
+//! - A dump counts only if pg_dump exited 0 and its output ends with the completion trailer.
+//! - A restore moves the live database aside first and puts it back if anything fails.
+
+use super::DumpInfo;
+use super::process::{self, ProcessError, Running};
+use crate::database_url::PgConnection;
+use crate::signals;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// What pg_dump writes at the end of a complete plain dump.
+pub const TRAILER: &[u8] = b"-- PostgreSQL database dump complete";
+/// How far from the end the trailer may stand (newer pg_dump prints `\unrestrict KEY` after it).
+pub const TRAILER_WINDOW: usize = 4096;
+const HINT: &str = "install the PostgreSQL client tools of the server's major version or newer (Debian: apt-get install postgresql-client)";
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Error)]
+pub enum PostgresError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(
+        "pg_dump {pg_dump} is older than the server ({server}): a dump needs pg_dump of the server's major version or newer; install it and point BACKUP_PG_BINDIR at its bin directory"
+    )]
+    ToolTooOld { pg_dump: String, server: String },
+    #[error("cannot read the version of {tool} from {output:?}")]
+    Version { tool: &'static str, output: String },
+    #[error(
+        "the dump is incomplete: pg_dump exited 0 but its output does not end with \"PostgreSQL database dump complete\""
+    )]
+    Incomplete,
+    #[error("writing the dump: {0}")]
+    Output(io::Error),
+    #[error("reading the backup: {0}")]
+    Input(io::Error),
+    #[error("interrupted by a signal")]
+    Interrupted,
+    #[error(
+        "the backup holds the database {backup:?} but DATABASE_URL names {configured:?}: a plain dump made with --create restores into its own database; point DATABASE_URL at {backup:?}"
+    )]
+    DatabaseMismatch { backup: String, configured: String },
+    #[error(
+        "the restore failed and the original database could NOT be put back: {restore}; then: {rollback}. The original is kept as {aside:?}: rename it with ALTER DATABASE \"{aside}\" RENAME TO \"{target}\""
+    )]
+    RollbackFailed {
+        restore: Box<PostgresError>,
+        rollback: Box<PostgresError>,
+        aside: String,
+        target: String,
+    },
+}
+
+/// How a restore went.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreReport {
+    /// The previous database, kept under this name (BACKUP_RESTORE_KEEP_OLD).
+    pub kept_old: Option<String>,
+}
+
+pub struct Postgres {
+    conn: PgConnection,
+    bindir: Option<PathBuf>,
+    maintenance_db: String,
+    keep_old: bool,
+}
+
+impl Postgres {
+    pub fn new(
+        conn: PgConnection,
+        bindir: Option<PathBuf>,
+        maintenance_db: String,
+        keep_old: bool,
+    ) -> Self {
+        Self {
+            conn,
+            bindir,
+            maintenance_db,
+            keep_old,
+        }
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.conn
+            .password
+            .iter()
+            .map(|p| p.expose().to_owned())
+            .collect()
+    }
+
+    /// A command for `tool` connecting to `database`, its environment set from DATABASE_URL.
+    fn command(&self, tool: &str, database: &str) -> Command {
+        let mut cmd = Command::new(process::program_path(self.bindir.as_deref(), tool));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(key);
+            }
+        }
+        let c = &self.conn;
+        if let Some(h) = &c.host {
+            cmd.env("PGHOST", h);
+        }
+        if let Some(p) = c.port {
+            cmd.env("PGPORT", p.to_string());
+        }
+        if let Some(u) = &c.user {
+            cmd.env("PGUSER", u);
+        }
+        if let Some(p) = &c.password {
+            cmd.env("PGPASSWORD", p.expose());
+        }
+        cmd.env("PGDATABASE", database);
+        // Never wait forever for a server that does not answer.
+        cmd.env("PGCONNECT_TIMEOUT", "30");
+        for (k, v) in &c.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// `pg_dump --version` → `15.18`.
+    pub fn tool_version(&self, tool: &'static str) -> Result<String, PostgresError> {
+        let mut cmd = Command::new(process::program_path(self.bindir.as_deref(), tool));
+        cmd.arg("--version");
+        let out = process::output(cmd, HINT, vec![])?;
+        out.split_whitespace()
+            .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+            .map(str::to_owned)
+            .ok_or(PostgresError::Version {
+                tool,
+                output: out.trim().to_owned(),
+            })
+    }
+
+    /// Runs SQL statements one by one (each its own transaction) on `database`; returns stdout.
+    fn psql(&self, database: &str, statements: &[String]) -> Result<String, PostgresError> {
+        let mut cmd = self.command("psql", database);
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        for s in statements {
+            cmd.arg("-c").arg(s);
+        }
+        Ok(process::output(cmd, HINT, self.secrets())?)
+    }
+
+    fn maintenance(&self, statements: &[String]) -> Result<String, PostgresError> {
+        self.psql(&self.maintenance_db, statements)
+    }
+
+    /// The server's version text and major version; also proves we can connect.
+    pub fn server_version(&self) -> Result<(String, u32), PostgresError> {
+        let out = self.psql(
+            &self.conn.database,
+            &["SELECT current_setting('server_version') || '|' || current_setting('server_version_num')".into()],
+        )?;
+        let line = out.trim();
+        let (text, num) = line.split_once('|').ok_or_else(|| PostgresError::Version {
+            tool: "the server",
+            output: line.to_owned(),
+        })?;
+        let num: u32 = num.trim().parse().map_err(|_| PostgresError::Version {
+            tool: "the server",
+            output: line.to_owned(),
+        })?;
+        let text = text.split_whitespace().next().unwrap_or(text).to_owned();
+        Ok((text, num / 10000))
+    }
+
+    /// Streams a plain-SQL dump into `out`. Fails unless pg_dump exits 0 and the stream ends with
+    /// the completion trailer.
+    pub fn dump(&self, out: &mut dyn Write) -> Result<DumpInfo, PostgresError> {
+        let tool_version = self.tool_version("pg_dump")?;
+        let (server_version, server_major) = self.server_version()?;
+        if major(&tool_version) < server_major {
+            return Err(PostgresError::ToolTooOld {
+                pg_dump: tool_version,
+                server: server_version,
+            });
+        }
+        let mut cmd = self.command("pg_dump", &self.conn.database);
+        cmd.args([
+            "--format=plain",
+            "--clean",
+            "--if-exists",
+            "--create",
+            "--no-password",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+        let mut child = process::spawn(cmd, HINT, self.secrets())?;
+        let stdout = child.take_stdout();
+        let mut tail = crate::codec::Tail::new(TRAILER_WINDOW);
+        // A reader thread keeps pg_dump running while this thread compresses: a bounded queue
+        // of chunks, so memory stays flat.
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+        let reader = std::thread::spawn(move || {
+            let Some(mut stdout) = stdout else { return };
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                match stdout.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(Ok(buf)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        let result = (|| {
+            loop {
+                if signals::interrupted() {
+                    return Err(PostgresError::Interrupted);
+                }
+                match rx.recv_timeout(Duration::from_millis(500)) {
+                    Ok(Ok(chunk)) => {
+                        tail.push(&chunk);
+                        out.write_all(&chunk).map_err(PostgresError::Output)?;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(PostgresError::Process(ProcessError::Output {
+                            program: "pg_dump".into(),
+                            source: e,
+                        }));
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            }
+        })();
+        if result.is_err() {
+            child.kill();
+        }
+        drop(rx);
+        let _ = reader.join();
+        let waited = child.wait_success();
+        result?;
+        waited?;
+        if !has_trailer(tail.bytes()) {
+            return Err(PostgresError::Incomplete);
+        }
+        Ok(DumpInfo {
+            server_version: Some(server_version),
+            tool_version: Some(format!("pg_dump {tool_version}")),
+        })
+    }
+
+    /// Restores a plain dump made with `--create` of the database `backup_db`: moves the live
+    /// database aside, runs the dump through `psql -v ON_ERROR_STOP=1` on the maintenance
+    /// database, and on any failure drops what was restored and puts the original back.
+    pub fn restore(
+        &self,
+        input: &mut dyn Read,
+        backup_db: &str,
+    ) -> Result<RestoreReport, PostgresError> {
+        let target = self.conn.database.clone();
+        if backup_db != target {
+            return Err(PostgresError::DatabaseMismatch {
+                backup: backup_db.to_owned(),
+                configured: target,
+            });
+        }
+        let found = self.maintenance(&[format!(
+            "SELECT datallowconn FROM pg_database WHERE datname = {}",
+            literal(&target)
+        )])?;
+        let allow_conn = match found.trim() {
+            "" => None,
+            v => Some(v == "t"),
+        };
+        let aside = match allow_conn {
+            Some(allow) => Some(self.move_aside(&target, allow)?),
+            None => None,
+        };
+        match self.load(input) {
+            Ok(()) => {
+                let mut report = RestoreReport::default();
+                if let Some(aside) = aside {
+                    if self.keep_old {
+                        self.maintenance(&[format!(
+                            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}",
+                            ident(&aside),
+                            allow_conn.unwrap_or(true)
+                        )])?;
+                        report.kept_old = Some(aside);
+                    } else if let Err(e) = self.drop_database(&aside) {
+                        tracing::warn!(database = %aside, error = %e, "the restore succeeded but the previous database could not be dropped");
+                    }
+                }
+                Ok(report)
+            }
+            Err(restore) => {
+                let Some(aside) = aside else {
+                    let _ = self.drop_database(&target);
+                    return Err(restore);
+                };
+                match self.put_back(&target, &aside, allow_conn.unwrap_or(true)) {
+                    Ok(()) => Err(restore),
+                    Err(rollback) => Err(PostgresError::RollbackFailed {
+                        restore: Box::new(restore),
+                        rollback: Box::new(rollback),
+                        aside,
+                        target,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Blocks connections, ends other sessions and renames `target` aside; returns the new name.
+    fn move_aside(&self, target: &str, allow: bool) -> Result<String, PostgresError> {
+        let aside = aside_name(target, chrono::Utc::now());
+        self.maintenance(&[format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+            ident(target)
+        )])?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.maintenance(&[
+                terminate_sql(target),
+                format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    ident(target),
+                    ident(&aside)
+                ),
+            ]);
+            match r {
+                Ok(_) => return Ok(aside),
+                // Terminated sessions take a moment to go.
+                Err(e)
+                    if attempt < 50 && e.to_string().contains("being accessed by other users") =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    let _ = self.maintenance(&[format!(
+                        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
+                        ident(target)
+                    )]);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn put_back(&self, target: &str, aside: &str, allow: bool) -> Result<(), PostgresError> {
+        self.drop_database(target)?;
+        self.maintenance(&[
+            format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                ident(aside),
+                ident(target)
+            ),
+            format!(
+                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
+                ident(target)
+            ),
+        ])?;
+        Ok(())
+    }
+
+    fn drop_database(&self, name: &str) -> Result<(), PostgresError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.maintenance(&[
+                terminate_sql(name),
+                format!("DROP DATABASE IF EXISTS {}", ident(name)),
+            ]);
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if attempt < 50 && e.to_string().contains("being accessed by other users") =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Feeds the dump to psql on the maintenance database.
+    fn load(&self, input: &mut dyn Read) -> Result<(), PostgresError> {
+        let mut cmd = self.command("psql", &self.maintenance_db);
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child: Running = process::spawn(cmd, HINT, self.secrets())?;
+        let mut stdin = child.take_stdin();
+        let mut buf = vec![0u8; CHUNK];
+        let fed: Result<(), PostgresError> = (|| {
+            let Some(stdin) = stdin.as_mut() else {
+                return Ok(());
+            };
+            loop {
+                if signals::interrupted() {
+                    return Err(PostgresError::Interrupted);
+                }
+                let n = match input.read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(PostgresError::Input(e)),
+                };
+                match stdin.write_all(&buf[..n]) {
+                    Ok(()) => {}
+                    // psql stopped reading: its exit status and stderr say why.
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+                    Err(e) => return Err(PostgresError::Output(e)),
+                }
+            }
+        })();
+        drop(stdin);
+        if fed.is_err() {
+            child.kill();
+        }
+        let waited = child.wait_success();
+        fed?;
+        waited?;
+        Ok(())
+    }
+}
+
+/// The major version of a version text: `15.18` → 15, `9.6.24` → 9.
+pub fn major(version: &str) -> u32 {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a dump's last bytes hold pg_dump's completion trailer.
+pub fn has_trailer(tail: &[u8]) -> bool {
+    tail.windows(TRAILER.len()).any(|w| w == TRAILER)
+}
+
+fn terminate_sql(db: &str) -> String {
+    format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+        literal(db)
+    )
+}
+
+/// `name_dbkeep_old_20240115103000`, cut to PostgreSQL's 63-byte identifier limit.
+fn aside_name(target: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    let suffix = format!("_dbkeep_old_{}", now.format("%Y%m%d%H%M%S"));
+    let mut base = target.to_owned();
+    while base.len() + suffix.len() > 63 {
+        base.pop();
+    }
+    base + &suffix
+}
+
+/// A quoted SQL identifier.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A quoted SQL string literal (standard_conforming_strings is on since PostgreSQL 9.1).
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majors() {
+        assert_eq!(major("15.18"), 15);
+        assert_eq!(major("9.6.24"), 9);
+        assert_eq!(major("17beta1"), 17);
+    }
+
+    #[test]
+    fn trailer_detection() {
+        let dump = b"...\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n\n";
+        assert!(has_trailer(dump));
+        assert!(!has_trailer(b"COPY public.t (a) FROM stdin;\n1\n"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(literal("o'k"), "'o''k'");
+    }
+
+    #[test]
+    fn aside_names_fit_63_bytes() {
+        let now = chrono::Utc::now();
+        let long = "x".repeat(63);
+        assert!(aside_name(&long, now).len() <= 63);
+        assert!(aside_name("shop", now).starts_with("shop_dbkeep_old_"));
+    }
+}

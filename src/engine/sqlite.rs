@@ -1,0 +1,156 @@
+//! SQLite through its online backup API (in process, via rusqlite).
+//!
+//! - A backup copies every page in one step into a scratch file, so a busy writer cannot starve
+//!   it and the copy is one consistent snapshot; the copy must pass `PRAGMA integrity_check`.
+//! - The source is opened read-only and without the create flag: a missing database is an
+//!   error, never a new empty file.
+//! - A restore checks the backup first, then writes it into the live database through the backup
+//!   API, so a program holding the database open sees the restored data. The copy is one
+//!   transaction on the live database: if it fails, the live database is as it was.
+
+use super::DumpInfo;
+use crate::signals;
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How long to wait for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum SqliteError {
+    #[error(
+        "the SQLite database {0} does not exist: check DATABASE_URL (sqlite:///relative.db or sqlite:////absolute.db)"
+    )]
+    Missing(PathBuf),
+    #[error("SQLite: {what} {path}: {source}")]
+    Sqlite {
+        what: &'static str,
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("{path} fails PRAGMA integrity_check: {problems}")]
+    Corrupt { path: PathBuf, problems: String },
+    #[error("the database {path} stayed locked by another connection for {secs} s")]
+    Busy { path: PathBuf, secs: u64 },
+    #[error("interrupted by a signal")]
+    Interrupted,
+}
+
+pub struct Sqlite {
+    path: PathBuf,
+}
+
+fn err(what: &'static str, path: &Path) -> impl FnOnce(rusqlite::Error) -> SqliteError {
+    let path = path.to_owned();
+    move |source| SqliteError::Sqlite { what, path, source }
+}
+
+impl Sqlite {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Copies the live database into `dest` (a new file) and checks the copy.
+    pub fn snapshot(&self, dest: &Path) -> Result<DumpInfo, SqliteError> {
+        if !self.path.is_file() {
+            return Err(SqliteError::Missing(self.path.clone()));
+        }
+        let src = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err("open", &self.path))?;
+        src.busy_timeout(BUSY_TIMEOUT)
+            .map_err(err("configure", &self.path))?;
+        let mut dst = Connection::open(dest).map_err(err("create", dest))?;
+        copy_all(&src, &mut dst, &self.path)?;
+        drop(dst);
+        integrity_check(dest)?;
+        Ok(DumpInfo {
+            server_version: None,
+            tool_version: Some(format!("SQLite {}", rusqlite::version())),
+        })
+    }
+
+    /// Writes the checked backup file `from` into the live database.
+    pub fn restore_from(&self, from: &Path) -> Result<(), SqliteError> {
+        integrity_check(from)?;
+        let src = Connection::open_with_flags(
+            from,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err("open", from))?;
+        let mut dst = Connection::open(&self.path).map_err(err("open", &self.path))?;
+        dst.busy_timeout(BUSY_TIMEOUT)
+            .map_err(err("configure", &self.path))?;
+        copy_all(&src, &mut dst, &self.path)?;
+        Ok(())
+    }
+}
+
+/// Copies every page of `src` into `dst` in one step, retrying while the other side is locked.
+fn copy_all(src: &Connection, dst: &mut Connection, live: &Path) -> Result<(), SqliteError> {
+    let backup = Backup::new(src, dst).map_err(err("start the backup of", live))?;
+    let start = Instant::now();
+    loop {
+        if signals::interrupted() {
+            return Err(SqliteError::Interrupted);
+        }
+        match backup.step(-1).map_err(err("copy", live))? {
+            StepResult::Done => return Ok(()),
+            StepResult::More => continue,
+            StepResult::Busy | StepResult::Locked => {
+                if start.elapsed() > BUSY_TIMEOUT {
+                    return Err(SqliteError::Busy {
+                        path: live.to_owned(),
+                        secs: BUSY_TIMEOUT.as_secs(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Opens `path` read-only and runs `PRAGMA integrity_check`.
+pub fn integrity_check(path: &Path) -> Result<(), SqliteError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err("open", path))?;
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(err("check", path))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.take(10).collect())
+        .map_err(|source| match source {
+            // A file that is not a database at all.
+            rusqlite::Error::SqliteFailure(..) => SqliteError::Corrupt {
+                path: path.to_owned(),
+                problems: source.to_string(),
+            },
+            source => SqliteError::Sqlite {
+                what: "check",
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        Ok(())
+    } else {
+        Err(SqliteError::Corrupt {
+            path: path.to_owned(),
+            problems: rows.join("; "),
+        })
+    }
+}

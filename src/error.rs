@@ -1,0 +1,103 @@
+//! The top-level error, and how it maps to exit codes (and, later, HTTP statuses).
+//!
+//! Rules:
+//! - Each module owns a `thiserror` enum for its own failures (`ConfigError`, `StorageError`,
+//!   `PostgresError`, …). `ops` returns [`Error`], which wraps them; `cli` (and `api`) turn an
+//!   [`Error`] into an exit code through [`Error::kind`]. `anyhow` is not used in the library.
+//! - Every message says what was wrong and, where it can, what to do.
+//! - No message contains a password: URLs are shown redacted and child output is scrubbed.
+
+use crate::catalog::CatalogError;
+use crate::config::ConfigError;
+use crate::engine::DatabaseType;
+use crate::engine::postgres::PostgresError;
+use crate::engine::sqlite::SqliteError;
+use crate::naming::NameError;
+use crate::storage::StorageError;
+use thiserror::Error;
+
+/// What kind of failure an [`Error`] is: decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad usage or configuration: fix the command or the settings. Exit code 2.
+    Usage,
+    /// The named backup does not exist. Exit code 2.
+    NotFound,
+    /// The name is taken, or another run holds the repository. Exit code 2.
+    Conflict,
+    /// The operation failed. Exit code 1.
+    Failed,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Usage | ErrorKind::NotFound | ErrorKind::Conflict => 2,
+            ErrorKind::Failed => 1,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(
+        "a backup named {name:?} already exists: choose another --name, or pass --replace to replace it once the new backup is complete"
+    )]
+    NameExists { name: String },
+    #[error(
+        "there is no successful backup named {name:?} in {location}: `dbkeep list` shows the backups"
+    )]
+    NotFound { name: String, location: String },
+    #[error("there is no successful backup in {location} yet")]
+    NoBackups { location: String },
+    #[error("{0}")]
+    NotConfirmed(String),
+    #[error(
+        "the backup {name:?} is a {backup} backup but DATABASE_URL names a {configured} database"
+    )]
+    WrongDatabaseType {
+        name: String,
+        backup: DatabaseType,
+        configured: DatabaseType,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
+    #[error("the backup {name:?} is damaged: {problem}")]
+    Damaged { name: String, problem: String },
+    #[error("{io_context}: {source}")]
+    Io {
+        io_context: String,
+        source: std::io::Error,
+    },
+    #[error("retention could not delete {failed} backup(s): {first}")]
+    Retention { failed: usize, first: String },
+    #[error("cannot catch termination signals: {0}")]
+    Signals(std::io::Error),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_)
+            | Error::Name(_)
+            | Error::NotConfirmed(_)
+            | Error::WrongDatabaseType { .. } => ErrorKind::Usage,
+            Error::Postgres(PostgresError::DatabaseMismatch { .. }) => ErrorKind::Usage,
+            Error::NotFound { .. } | Error::NoBackups { .. } => ErrorKind::NotFound,
+            Error::NameExists { .. } | Error::Storage(StorageError::LockTimeout { .. }) => {
+                ErrorKind::Conflict
+            }
+            _ => ErrorKind::Failed,
+        }
+    }
+}

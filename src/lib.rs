@@ -1,0 +1,18 @@
+//! dbkeep: a database backup manager.
+//!
+//! The library holds every use case; the `dbkeep` binary (`src/main.rs`) is a thin shell around
+//! [`cli`]. See `ARCHITECTURE.md` for the code map and the invariants.
+
+pub mod catalog;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod database_url;
+pub mod engine;
+pub mod error;
+pub mod logging;
+pub mod naming;
+pub mod ops;
+pub mod retention;
+pub mod signals;
+pub mod storage;

@@ -1,0 +1,703 @@
+//! The use cases: backup, restore, verify, delete, prune, list and statistics. The CLI calls
+//! these (and so will the API and the scheduler); nothing here knows clap or HTTP.
+//!
+//! Every command that changes the repository holds its lock, so two runs never interleave and a
+//! restore never overlaps a backup, delete or prune. Reading (list, statistics, verify) needs no
+//! lock: manifests appear atomically.
+
+use crate::catalog::{self, Catalog, Manifest, Statistics};
+use crate::codec::{self, Compression, Digest256, Encoder, HashingReader, HashingWriter, Tail};
+use crate::config::Settings;
+use crate::database_url::DatabaseUrl;
+use crate::engine::postgres::{self, Postgres};
+use crate::engine::sqlite::{self, Sqlite};
+use crate::engine::{DatabaseType, DumpInfo};
+use crate::error::Error;
+use crate::naming::{self, BackupName};
+use crate::retention::{self, Action, Candidate, Decision, Policy};
+use crate::signals;
+use crate::storage::{self, LocalStorage, RepoLock, Storage, TEMP_PREFIX};
+use chrono::Utc;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{info, warn};
+
+/// Data files without a manifest younger than this are left alone by prune: a backup may be
+/// between writing its data and its manifest.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// A configured database engine.
+pub enum Engine {
+    Postgres(Postgres),
+    Sqlite(Sqlite),
+}
+
+impl Engine {
+    pub fn from_settings(settings: &Settings) -> Result<(Self, DatabaseUrl), Error> {
+        let url = settings.database_url()?;
+        let engine = match &url {
+            DatabaseUrl::Postgres(conn) => Engine::Postgres(Postgres::new(
+                conn.clone(),
+                settings.pg_bindir.clone(),
+                settings.pg_maintenance_db.clone(),
+                settings.restore_keep_old,
+            )),
+            DatabaseUrl::Sqlite { path } => Engine::Sqlite(Sqlite::new(path.clone())),
+        };
+        Ok((engine, url))
+    }
+
+    pub fn database_type(&self) -> DatabaseType {
+        match self {
+            Engine::Postgres(_) => DatabaseType::Postgresql,
+            Engine::Sqlite(_) => DatabaseType::Sqlite,
+        }
+    }
+}
+
+/// A scratch file removed (with SQLite's side files) when dropped.
+pub struct ScratchFile {
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    pub fn new(dir: &Path, what: &str) -> Self {
+        Self {
+            path: storage::temp_path(dir, what),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+}
+
+/// What `backup` was asked to do.
+#[derive(Debug, Default, Clone)]
+pub struct BackupRequest {
+    pub name: Option<String>,
+    pub series: Option<String>,
+    /// Overrides `BACKUP_COMPRESS` (the API's `compress` field; `--no-compress`).
+    pub compress: Option<bool>,
+    pub replace: bool,
+}
+
+#[derive(Debug)]
+pub struct BackupOutcome {
+    pub manifest: Manifest,
+    /// Retention decisions for the backup's series.
+    pub retention: Vec<Decision>,
+    /// Deletions that retention planned but could not carry out.
+    pub retention_errors: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct RestoreOutcome {
+    pub manifest: Manifest,
+    pub duration: f64,
+    /// PostgreSQL: the previous database, kept under this name.
+    pub kept_old: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct VerifyReport {
+    pub name: String,
+    pub result: Result<Vec<String>, Error>,
+}
+
+#[derive(Debug)]
+pub enum VerifyTarget {
+    Latest,
+    Named(String),
+    All,
+}
+
+#[derive(Debug, Default)]
+pub struct PruneOutcome {
+    pub decisions: Vec<Decision>,
+    pub policies: BTreeMap<String, Policy>,
+    /// Leftovers removed (or, in a dry run, that would be): orphaned data and temporary files.
+    pub leftovers: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Overrides for `prune`; otherwise each series keeps the policy its newest backup recorded.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PruneOptions {
+    pub dry_run: bool,
+    pub retention_days: Option<u32>,
+    pub keep_min: Option<u32>,
+}
+
+pub struct Ops {
+    settings: Settings,
+    storage: Box<dyn Storage>,
+}
+
+impl Ops {
+    pub fn new(settings: Settings) -> Self {
+        let storage = Box::new(LocalStorage::new(settings.backup_dir.clone()));
+        Self { settings, storage }
+    }
+
+    pub fn with_storage(settings: Settings, storage: Box<dyn Storage>) -> Self {
+        Self { settings, storage }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    fn lock(&self, purpose: &str) -> Result<RepoLock, Error> {
+        let lock = self.storage.lock(purpose, self.settings.lock_timeout)?;
+        let removed = self.storage.remove_stale_temps()?;
+        if removed > 0 {
+            info!(
+                removed,
+                "removed temporary files left by an interrupted run"
+            );
+        }
+        Ok(lock)
+    }
+
+    pub fn catalog(&self) -> Result<Catalog, Error> {
+        let cat = Catalog::load(self.storage.as_ref())?;
+        for e in &cat.unreadable {
+            warn!(error = %e, "skipping an unreadable manifest");
+        }
+        Ok(cat)
+    }
+
+    pub fn statistics(&self, cat: &Catalog) -> Statistics {
+        catalog::statistics(cat, self.storage.as_ref())
+    }
+
+    // ----- backup ---------------------------------------------------------------------------
+
+    pub fn backup(&self, req: &BackupRequest) -> Result<BackupOutcome, Error> {
+        let given = req.name.as_deref().map(BackupName::parse).transpose()?;
+        let series = req
+            .series
+            .as_deref()
+            .map(naming::parse_series)
+            .transpose()?;
+        let (engine, url) = Engine::from_settings(&self.settings)?;
+        signals::install().map_err(Error::Signals)?;
+        let _lock = self.lock(&format!(
+            "backup {}",
+            given.as_ref().map_or("(default name)", |n| n.as_str())
+        ))?;
+
+        // The default name is taken once we hold the lock; a run in the same second waits for
+        // the next one instead of failing.
+        let mut started = Utc::now();
+        let name = match given {
+            Some(n) => {
+                if !req.replace
+                    && self
+                        .storage
+                        .stat(&catalog::manifest_key(n.as_str(), true))?
+                        .is_some()
+                {
+                    return Err(Error::NameExists {
+                        name: n.to_string(),
+                    });
+                }
+                n
+            }
+            None => loop {
+                let n = BackupName::default_at(started);
+                if self
+                    .storage
+                    .stat(&catalog::manifest_key(n.as_str(), true))?
+                    .is_none()
+                {
+                    break n;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                started = Utc::now();
+            },
+        };
+        let series = series.unwrap_or_else(|| naming::derive_series(&name));
+        let compress = req.compress.unwrap_or(self.settings.compress);
+        let compression = if compress {
+            Compression::Gzip
+        } else {
+            Compression::None
+        };
+        let db_type = engine.database_type();
+        let key = format!("{name}{}{}", db_type.extension(), compression.suffix());
+        info!(backup = %name, series = %series, database = %url, "backup started");
+        let clock = Instant::now();
+
+        let previous = if req.replace {
+            catalog::read_manifest(
+                self.storage.as_ref(),
+                &catalog::manifest_key(name.as_str(), true),
+            )
+            .ok()
+        } else {
+            None
+        };
+        let mut manifest = Manifest {
+            backup_name: name.to_string(),
+            file_path: None,
+            file_size: 0,
+            compressed: compress,
+            database_type: db_type,
+            timestamp: started,
+            duration: 0.0,
+            success: false,
+            error: None,
+            sha256: None,
+            compression,
+            data_file: None,
+            series,
+            database_name: url.database_name(),
+            database_host: match &url {
+                DatabaseUrl::Postgres(c) => Some(c.host_display()),
+                DatabaseUrl::Sqlite { .. } => None,
+            },
+            server_version: None,
+            tool_version: None,
+            retention_days: self.settings.retention_days,
+            keep_min: self.settings.keep_min,
+            finished_at: started,
+            dbkeep_version: env!("CARGO_PKG_VERSION").to_owned(),
+            manifest_version: catalog::MANIFEST_VERSION,
+        };
+
+        let dumped = self.dump_into(&engine, &key, compression);
+        manifest.duration = round3(clock.elapsed().as_secs_f64());
+        manifest.finished_at = Utc::now();
+        let (info_, digest) = match dumped {
+            Ok(v) => v,
+            Err(e) => {
+                manifest.error = Some(e.to_string());
+                if let Err(write_err) = self.storage.put(&manifest.key(), &manifest.to_json()?) {
+                    warn!(error = %write_err, "could not record the failed attempt");
+                }
+                return Err(e);
+            }
+        };
+        manifest.success = true;
+        manifest.file_path = Some(self.storage.display_path(&key));
+        manifest.file_size = digest.size;
+        manifest.sha256 = Some(digest.sha256);
+        manifest.data_file = Some(key.clone());
+        manifest.server_version = info_.server_version;
+        manifest.tool_version = info_.tool_version;
+        // The commit point.
+        self.storage.put(&manifest.key(), &manifest.to_json()?)?;
+        self.storage
+            .delete(&catalog::manifest_key(name.as_str(), false))?;
+        if let Some(old_key) = previous.and_then(|p| p.data_file).filter(|k| *k != key) {
+            self.storage.delete(&old_key)?;
+        }
+        info!(
+            backup = %name,
+            size = manifest.file_size,
+            sha256 = manifest.sha256.as_deref().unwrap_or(""),
+            duration = manifest.duration,
+            "backup completed"
+        );
+
+        let policy = Policy {
+            retention_days: self.settings.retention_days,
+            keep_min: self.settings.keep_min,
+        };
+        let cat = self.catalog()?;
+        let candidates: Vec<Candidate> = cat
+            .backups
+            .iter()
+            .filter(|m| m.series == manifest.series)
+            .map(candidate)
+            .collect();
+        let retention = retention::plan(&candidates, |_| policy, Utc::now());
+        let retention_errors = self.execute(&cat, &retention);
+        Ok(BackupOutcome {
+            manifest,
+            retention,
+            retention_errors,
+        })
+    }
+
+    /// Dumps the database into a new object `key`; returns what the engine reported and the
+    /// stored size and SHA-256. Nothing is visible under `key` unless this returns `Ok`.
+    fn dump_into(
+        &self,
+        engine: &Engine,
+        key: &str,
+        compression: Compression,
+    ) -> Result<(DumpInfo, Digest256), Error> {
+        let writer = self.storage.create(key)?;
+        let mut enc = Encoder::new(
+            compression,
+            self.settings.compress_level,
+            HashingWriter::new(writer),
+        );
+        let info = match engine {
+            Engine::Postgres(pg) => pg.dump(&mut enc)?,
+            Engine::Sqlite(sq) => {
+                let scratch = ScratchFile::new(&self.storage.scratch_dir()?, "snapshot.db");
+                let info = sq.snapshot(scratch.path())?;
+                let mut f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
+                io::copy(&mut f, &mut enc).map_err(io_err("store the SQLite copy"))?;
+                info
+            }
+        };
+        let (writer, digest) = enc
+            .finish()
+            .map_err(io_err("finish the compressed stream"))?
+            .finish();
+        writer.commit()?;
+        Ok((info, digest))
+    }
+
+    // ----- verify ---------------------------------------------------------------------------
+
+    /// Verifies one or more backups; each report says what was checked or what is wrong.
+    pub fn verify(&self, target: &VerifyTarget) -> Result<Vec<VerifyReport>, Error> {
+        let cat = self.catalog()?;
+        let chosen: Vec<&Manifest> = match target {
+            VerifyTarget::Latest => {
+                vec![cat.latest_successful().ok_or_else(|| Error::NoBackups {
+                    location: self.storage.location(),
+                })?]
+            }
+            VerifyTarget::Named(name) => {
+                BackupName::parse(name)?;
+                vec![cat.successful(name).ok_or_else(|| self.not_found(name))?]
+            }
+            VerifyTarget::All => cat.backups.iter().filter(|m| m.success).collect(),
+        };
+        Ok(chosen
+            .into_iter()
+            .map(|m| VerifyReport {
+                name: m.backup_name.clone(),
+                result: self.check(m).map(|(checks, _)| checks),
+            })
+            .collect())
+    }
+
+    fn not_found(&self, name: &str) -> Error {
+        Error::NotFound {
+            name: name.to_owned(),
+            location: self.storage.location(),
+        }
+    }
+
+    /// Reads the stored file once: size and SHA-256 against the manifest, complete decompression,
+    /// and the engine's content check. For SQLite the decompressed copy is returned, checked.
+    fn check(&self, m: &Manifest) -> Result<(Vec<String>, Option<ScratchFile>), Error> {
+        let damaged = |problem: String| Error::Damaged {
+            name: m.backup_name.clone(),
+            problem,
+        };
+        let key = m
+            .data_file
+            .as_deref()
+            .ok_or_else(|| damaged("the manifest names no data file".into()))?;
+        let expected_sha = m.sha256.as_deref().unwrap_or_default();
+        let stat = self
+            .storage
+            .stat(key)?
+            .ok_or_else(|| damaged(format!("its data file {key} is missing")))?;
+        if stat.size != m.file_size {
+            return Err(damaged(format!(
+                "its data file {key} has {} bytes but the manifest says {} (truncated or replaced)",
+                stat.size, m.file_size
+            )));
+        }
+        let mut checks = vec![format!("size {} bytes", stat.size)];
+        let mut hashing = HashingReader::new(self.storage.open(key)?);
+        let mut scratch = None;
+        let content: Result<String, String> = {
+            let mut dec = codec::decoder(m.compression, &mut hashing);
+            match m.database_type {
+                DatabaseType::Postgresql => {
+                    let mut tail = Tail::new(postgres::TRAILER_WINDOW);
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut read = || -> io::Result<()> {
+                        loop {
+                            let n = dec.read(&mut buf)?;
+                            if n == 0 {
+                                return Ok(());
+                            }
+                            tail.push(&buf[..n]);
+                        }
+                    };
+                    match read() {
+                        Err(e) => Err(format!("decompressing failed: {e}")),
+                        Ok(()) if !postgres::has_trailer(tail.bytes()) => Err(
+                            "the dump does not end with pg_dump's completion trailer (incomplete dump)"
+                                .into(),
+                        ),
+                        Ok(()) => Ok("complete pg_dump output (trailer present)".into()),
+                    }
+                }
+                DatabaseType::Sqlite => {
+                    let file = ScratchFile::new(&self.storage.scratch_dir()?, "verify.db");
+                    let copied = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(file.path())
+                        .and_then(|mut f| io::copy(&mut dec, &mut f).and_then(|_| f.sync_all()));
+                    match copied {
+                        Err(e) => Err(format!("decompressing failed: {e}")),
+                        Ok(()) => match sqlite::integrity_check(file.path()) {
+                            Ok(()) => {
+                                scratch = Some(file);
+                                Ok("SQLite integrity_check ok".into())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        },
+                    }
+                }
+            }
+        };
+        let digest = hashing
+            .finish()
+            .map_err(|e| damaged(format!("reading its data file failed: {e}")))?;
+        if digest.sha256 != expected_sha {
+            return Err(damaged(format!(
+                "SHA-256 of {key} is {} but the manifest says {expected_sha}: the file changed after the backup",
+                digest.sha256
+            )));
+        }
+        checks.push("sha256 matches".into());
+        if m.compression != Compression::None {
+            checks.push(format!("{:?} stream complete", m.compression).to_lowercase());
+        }
+        checks.push(content.map_err(damaged)?);
+        Ok((checks, scratch))
+    }
+
+    // ----- restore --------------------------------------------------------------------------
+
+    /// Restores `name` into the configured database, after verifying it completely.
+    pub fn restore(&self, name: &str) -> Result<RestoreOutcome, Error> {
+        BackupName::parse(name)?;
+        let (engine, url) = Engine::from_settings(&self.settings)?;
+        signals::install().map_err(Error::Signals)?;
+        let _lock = self.lock(&format!("restore {name}"))?;
+        let m = catalog::read_manifest(self.storage.as_ref(), &catalog::manifest_key(name, true))
+            .map_err(|e| match e {
+            catalog::CatalogError::Storage(storage::StorageError::NotFound { .. }) => {
+                self.not_found(name)
+            }
+            e => e.into(),
+        })?;
+        if m.database_type != engine.database_type() {
+            return Err(Error::WrongDatabaseType {
+                name: name.to_owned(),
+                backup: m.database_type,
+                configured: engine.database_type(),
+            });
+        }
+        info!(backup = %name, database = %url, "restore started: verifying the backup");
+        let clock = Instant::now();
+        let (_checks, scratch) = self.check(&m)?;
+        info!(backup = %name, "backup verified; restoring");
+        let mut kept_old = None;
+        match &engine {
+            Engine::Postgres(pg) => {
+                let key = m.data_file.as_deref().unwrap_or_default();
+                let mut reader = codec::decoder(m.compression, self.storage.open(key)?);
+                kept_old = pg.restore(&mut reader, &m.database_name)?.kept_old;
+            }
+            Engine::Sqlite(sq) => {
+                let file = scratch.ok_or_else(|| Error::Damaged {
+                    name: name.to_owned(),
+                    problem: "no checked copy to restore from".into(),
+                })?;
+                sq.restore_from(file.path())?;
+            }
+        }
+        let duration = round3(clock.elapsed().as_secs_f64());
+        info!(backup = %name, duration, "restore completed");
+        Ok(RestoreOutcome {
+            manifest: m,
+            duration,
+            kept_old,
+        })
+    }
+
+    // ----- delete ---------------------------------------------------------------------------
+
+    /// Deletes the backup `name` (and a failed attempt of that name); returns the keys removed.
+    pub fn delete(&self, name: &str) -> Result<Vec<String>, Error> {
+        BackupName::parse(name)?;
+        let _lock = self.lock(&format!("delete {name}"))?;
+        let mut removed = Vec::new();
+        for success in [true, false] {
+            let key = catalog::manifest_key(name, success);
+            if self.storage.stat(&key)?.is_none() {
+                continue;
+            }
+            let data = catalog::read_manifest(self.storage.as_ref(), &key)
+                .ok()
+                .and_then(|m| m.data_file);
+            // The manifest first: once it is gone the backup no longer exists.
+            self.storage.delete(&key)?;
+            removed.push(key);
+            if let Some(data) = data {
+                self.storage.delete(&data)?;
+                removed.push(data);
+            }
+        }
+        if removed.is_empty() {
+            return Err(self.not_found(name));
+        }
+        info!(backup = %name, "backup deleted");
+        Ok(removed)
+    }
+
+    // ----- prune ----------------------------------------------------------------------------
+
+    /// Applies retention to every series, and removes leftovers: temporary files and data files
+    /// that no manifest names, older than [`ORPHAN_GRACE`].
+    pub fn prune(&self, opts: PruneOptions) -> Result<PruneOutcome, Error> {
+        let _lock = if opts.dry_run {
+            None
+        } else {
+            Some(self.lock("prune")?)
+        };
+        let cat = self.catalog()?;
+        let mut policies: BTreeMap<String, Policy> = BTreeMap::new();
+        // Newest first: the first manifest seen of a series sets its policy.
+        for m in &cat.backups {
+            policies.entry(m.series.clone()).or_insert(Policy {
+                retention_days: opts.retention_days.unwrap_or(m.retention_days),
+                keep_min: opts.keep_min.unwrap_or(m.keep_min),
+            });
+        }
+        let candidates: Vec<Candidate> = cat.backups.iter().map(candidate).collect();
+        let fallback = Policy {
+            retention_days: self.settings.retention_days,
+            keep_min: self.settings.keep_min,
+        };
+        let decisions = retention::plan(
+            &candidates,
+            |s| policies.get(s).copied().unwrap_or(fallback),
+            Utc::now(),
+        );
+        let leftovers = self.leftovers(&cat)?;
+        let mut errors = Vec::new();
+        if !opts.dry_run {
+            errors = self.execute(&cat, &decisions);
+            for key in &leftovers {
+                if let Err(e) = self.storage.delete(key) {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        Ok(PruneOutcome {
+            decisions,
+            policies,
+            leftovers,
+            errors,
+        })
+    }
+
+    fn leftovers(&self, cat: &Catalog) -> Result<Vec<String>, Error> {
+        let referenced: std::collections::HashSet<&str> = cat.referenced_data().collect();
+        // Backups whose manifest cannot be read keep every file that may be theirs.
+        let protected: Vec<String> = cat
+            .unreadable
+            .iter()
+            .filter_map(|e| match e {
+                catalog::CatalogError::Invalid { key, .. } => {
+                    key.split(".manifest").next().map(|n| format!("{n}."))
+                }
+                _ => None,
+            })
+            .collect();
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for o in self.storage.list()? {
+            let old = now
+                .duration_since(o.modified)
+                .is_ok_and(|age| age > ORPHAN_GRACE);
+            let is_data = [".sql", ".sql.gz", ".db", ".db.gz"]
+                .iter()
+                .any(|s| o.key.ends_with(s));
+            let temp = o.key.starts_with(TEMP_PREFIX);
+            let orphan = is_data
+                && !o.key.starts_with('.')
+                && !referenced.contains(o.key.as_str())
+                && !protected.iter().any(|p| o.key.starts_with(p.as_str()));
+            if old && (temp || orphan) {
+                out.push(o.key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Carries out the deletions of a retention plan; returns the errors (it goes on after one).
+    fn execute(&self, cat: &Catalog, plan: &[Decision]) -> Vec<String> {
+        let mut errors = Vec::new();
+        for d in plan.iter().filter(|d| d.action == Action::Delete) {
+            let Some(m) = cat
+                .backups
+                .iter()
+                .find(|m| m.backup_name == d.name && m.success == d.success)
+            else {
+                continue;
+            };
+            let result = self
+                .storage
+                .delete(&m.key())
+                .and_then(|()| match &m.data_file {
+                    Some(data) => self.storage.delete(data),
+                    None => Ok(()),
+                });
+            match result {
+                Ok(()) => {
+                    info!(backup = %d.name, series = %d.series, reason = %d.reason, "retention deleted a backup")
+                }
+                Err(e) => {
+                    warn!(backup = %d.name, error = %e, "retention could not delete a backup");
+                    errors.push(format!("{}: {e}", d.name));
+                }
+            }
+        }
+        errors
+    }
+}
+
+fn candidate(m: &Manifest) -> Candidate {
+    Candidate {
+        name: m.backup_name.clone(),
+        series: m.series.clone(),
+        timestamp: m.timestamp,
+        success: m.success,
+    }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Io {
+        io_context: what.to_owned(),
+        source,
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

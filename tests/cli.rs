@@ -1,0 +1,313 @@
+//! The command line: names, flags, JSON shapes, retention, exit codes, concurrency.
+
+use crate::common::TestEnv;
+use crate::sqlite::sqlite_env;
+use std::path::Path;
+
+#[test]
+fn bad_names_are_refused_before_anything_is_written() {
+    let env = sqlite_env(3);
+    let long = "a".repeat(200);
+    for (name, expected) in [
+        ("../x", "must start"),
+        ("a/b", "contains '/'"),
+        ("", "empty"),
+        (long.as_str(), "200 characters"),
+        ("bäckup", "contains 'ä'"),
+        ("x y", "contains ' '"),
+    ] {
+        let o = env.run(&["backup", "--name", name]);
+        o.code(2);
+        assert!(o.stderr.contains(expected), "{name:?}: {}", o.stderr);
+        assert!(
+            !env.backup_dir().exists(),
+            "{name:?} created the backup directory"
+        );
+        for cmd in ["restore", "delete", "verify"] {
+            let args: Vec<&str> = if cmd == "verify" {
+                vec![cmd, name]
+            } else {
+                vec![cmd, name, "--yes"]
+            };
+            env.run(&args).code(2);
+        }
+    }
+    env.run(&["backup", "--name", "ok", "--series", "../evil"])
+        .code(2);
+    assert!(!env.backup_dir().exists());
+    assert!(!env.path().parent().unwrap().join("x.db.gz").exists());
+}
+
+#[test]
+fn existing_name_is_refused_unless_replace() {
+    let env = sqlite_env(3);
+    env.run(&["backup", "--name", "same"]).ok();
+    let first = env.manifest("same");
+    let o = env.run(&["backup", "--name", "same"]);
+    o.code(2);
+    assert!(o.stderr.contains("already exists") && o.stderr.contains("--replace"));
+    assert_eq!(
+        env.manifest("same"),
+        first,
+        "the existing backup is untouched"
+    );
+    // --replace with another compression: the new data file replaces the old one.
+    env.run(&["backup", "--name", "same", "--replace", "--no-compress"])
+        .ok();
+    let second = env.manifest("same");
+    assert_ne!(second["timestamp"].as_str(), None);
+    assert_eq!(second["compressed"], false);
+    assert_eq!(env.files(), vec!["same.db", "same.manifest.json"]);
+    env.run(&["verify", "same"]).ok();
+}
+
+#[test]
+fn failed_replace_keeps_the_good_backup_and_is_listed_first() {
+    let mut env = sqlite_env(3);
+    env.run(&["backup", "--name", "keepme"]).ok();
+    env.set("DATABASE_URL", "sqlite:///gone.db");
+    env.run(&["backup", "--name", "keepme", "--replace"])
+        .code(1);
+    assert_eq!(env.manifest("keepme")["success"], true);
+    let list = env.list();
+    assert_eq!(
+        list["backups"][0]["success"], false,
+        "the alert script reads .backups[0].success"
+    );
+    assert_eq!(list["backups"][1]["success"], true);
+    env.run(&["verify", "keepme"]).ok();
+}
+
+#[test]
+fn quiet_prints_nothing_on_success_and_only_the_error_on_failure() {
+    let mut env = sqlite_env(3);
+    let o = env.run(&["backup", "--quiet"]);
+    o.ok();
+    assert_eq!((o.stdout.as_str(), o.stderr.as_str()), ("", ""));
+    assert!(env.log().contains("INFO"), "{}", env.log());
+    env.set("DATABASE_URL", "sqlite:///gone.db");
+    let o = env.run(&["backup", "--quiet"]);
+    o.code(1);
+    assert_eq!(o.stdout, "");
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    assert!(o.stderr.starts_with("error: "));
+    assert!(
+        env.log()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("gone.db"))
+    );
+}
+
+#[test]
+fn list_json_has_the_spec_shape_newest_first() {
+    let env = sqlite_env(3);
+    env.run(&["backup", "--name", "first"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.run(&["backup", "--name", "second"]).ok();
+    let list = env.list();
+    let b = &list["backups"];
+    assert_eq!(b[0]["backup_name"], "second");
+    assert_eq!(b[1]["backup_name"], "first");
+    for key in [
+        "backup_name",
+        "file_path",
+        "file_size",
+        "compressed",
+        "database_type",
+        "timestamp",
+        "duration",
+        "success",
+        "sha256",
+    ] {
+        assert!(!b[0][key].is_null(), "missing {key}: {}", b[0]);
+    }
+    let ts = b[0]["timestamp"].as_str().unwrap();
+    assert!(ts.ends_with('Z') && ts.len() == 20, "RFC 3339 UTC: {ts}");
+    assert_eq!(b[0]["file_path"], "./backups/second.db.gz");
+    let s = &list["statistics"];
+    assert_eq!(s["total_backups"], 2);
+    assert_eq!(s["backup_directory"], "./backups");
+    assert!(s["total_size_mb"].is_number());
+
+    let o = env.run(&["stats", "--json"]);
+    o.ok();
+    let st: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(st["successful_backups"], 2);
+    assert_eq!(st["failed_backups"], 0);
+    assert!(st["free_space_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(st["last_success"], b[0]["timestamp"]);
+    // The human table names both.
+    let o = env.run(&["list"]);
+    assert!(o.stdout.contains("first") && o.stdout.contains("second"));
+}
+
+/// Moves a backup's timestamp `days` into the past (as if it had been taken then).
+fn age(dir: &Path, name: &str, days: i64) {
+    let p = dir.join(format!("{name}.manifest.json"));
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let t = chrono::Utc::now() - chrono::Duration::days(days);
+    m["timestamp"] = t.format("%Y-%m-%dT%H:%M:%SZ").to_string().into();
+    std::fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn retention_per_series_from_the_cli() {
+    let mut env = sqlite_env(3);
+    let dir = env.backup_dir();
+    // The spec's three cron lines sharing one folder with different BACKUP_RETENTION_DAYS.
+    for (series, days, ages) in [
+        ("daily", "7", 3),
+        ("weekly", "30", 3),
+        ("monthly", "365", 3),
+    ] {
+        env.set("BACKUP_RETENTION_DAYS", days);
+        for i in 0..ages {
+            env.run(&["backup", "--name", &format!("{series}_2024010{i}")])
+                .ok();
+        }
+    }
+    for (series, ages) in [
+        ("daily", [20i64, 10, 8]),
+        ("weekly", [60, 35, 14]),
+        ("monthly", [400, 200, 100]),
+    ] {
+        for (i, a) in ages.iter().enumerate() {
+            age(&dir, &format!("{series}_2024010{i}"), *a);
+        }
+    }
+    let o = env.run(&["prune", "--dry-run"]);
+    o.ok();
+    assert!(
+        o.stdout.contains("would delete daily_20240100"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(env.files().len(), 18, "a dry run deletes nothing");
+    env.run(&["prune"]).ok();
+    let names: Vec<String> = env.list()["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_name"].as_str().unwrap().to_owned())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "daily_20240102", // newest of its series: kept whatever its age
+            "monthly_20240101",
+            "monthly_20240102",
+            "weekly_20240102",
+        ]
+    );
+    // A new daily backup applies its own 7 days to its own series only.
+    env.set("BACKUP_RETENTION_DAYS", "7");
+    let o = env.run(&["backup", "--name", "daily_20240201"]);
+    o.ok();
+    assert!(
+        o.stdout.contains("retention deleted daily_20240102"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(env.list()["backups"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn configuration_errors_exit_2_and_name_the_key() {
+    let mut env = sqlite_env(1);
+    std::fs::write(
+        env.path().join("dbkeep.toml"),
+        "backup_dir = \"b\"\nretention = 3\n",
+    )
+    .unwrap();
+    let o = env.run(&["list"]);
+    o.code(2);
+    assert!(o.stderr.contains("retention"), "{}", o.stderr);
+    std::fs::remove_file(env.path().join("dbkeep.toml")).unwrap();
+    env.set("BACKUP_RETENTION_DAYS", "ten");
+    let o = env.run(&["backup"]);
+    o.code(2);
+    assert!(o.stderr.contains("BACKUP_RETENTION_DAYS"));
+    env.set("BACKUP_RETENTION_DAYS", "3");
+    env.set("DATABASE_URL", "mysql://u:hunter2@h/d");
+    let o = env.run(&["backup"]);
+    o.code(2);
+    assert!(o.stderr.contains("mysql") && !o.stderr.contains("hunter2"));
+    let o = env.run(&["frobnicate"]);
+    o.code(2);
+    env.run(&["--help"]).ok();
+}
+
+#[test]
+fn config_file_settings_apply_and_env_overrides() {
+    let mut env = TestEnv::new();
+    crate::sqlite::make_db(&env.path().join("f.db"), 2);
+    std::fs::write(
+        env.path().join("custom.toml"),
+        "database_url = \"sqlite:///f.db\"\nbackup_dir = \"from_file\"\nbackup_compress = false\n",
+    )
+    .unwrap();
+    env.run(&["--config", "custom.toml", "backup", "--name", "f1"])
+        .ok();
+    assert!(env.path().join("from_file/f1.db").exists());
+    env.set("BACKUP_DIR", "from_env");
+    env.run(&["--config", "custom.toml", "backup", "--name", "f2"])
+        .ok();
+    assert!(env.path().join("from_env/f2.db").exists());
+    env.run(&[
+        "--config",
+        "custom.toml",
+        "--backup-dir",
+        "from_flag",
+        "backup",
+        "--name",
+        "f3",
+    ])
+    .ok();
+    assert!(env.path().join("from_flag/f3.db").exists());
+}
+
+#[test]
+fn concurrent_backups_both_succeed() {
+    let env = sqlite_env(2000);
+    let spawn = |args: &[&str]| {
+        env.command(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Two named and two default-named runs at the same moment.
+    let mut children = vec![
+        spawn(&["backup", "--name", "para_a"]),
+        spawn(&["backup", "--name", "para_b"]),
+        spawn(&["backup"]),
+        spawn(&["backup"]),
+    ];
+    for c in &mut children {
+        assert!(c.wait().unwrap().success());
+    }
+    let list = env.list();
+    let backups = list["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 4, "{list}");
+    assert!(backups.iter().all(|b| b["success"] == true));
+    env.run(&["verify", "--all"]).ok();
+    assert!(
+        !env.files().iter().any(|f| f.starts_with(".dbkeep-tmp")),
+        "{:?}",
+        env.files()
+    );
+}
+
+#[test]
+fn files_and_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = sqlite_env(2);
+    env.run(&["backup", "--name", "p"]).ok();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&env.backup_dir()), 0o700);
+    assert_eq!(mode(&env.backup_dir().join("p.db.gz")), 0o600);
+    assert_eq!(mode(&env.backup_dir().join("p.manifest.json")), 0o600);
+    assert_eq!(mode(&env.path().join("backup.log")), 0o600);
+}

@@ -1,0 +1,378 @@
+//! Test context: isolated temp dirs, the real `dbkeep` binary, and a throwaway PostgreSQL server
+//! that the harness starts (initdb + pg_ctl on a free port, socket in the temp dir) and stops.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A missing prerequisite: skip with a visible message on a laptop, fail when `CI` is set.
+pub fn require(what: &str, found: bool, package: &str) -> bool {
+    if found {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is missing: install it (apt-get install {package})");
+    }
+    eprintln!("SKIPPED: {what} is missing (apt-get install {package})");
+    false
+}
+
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    #[track_caller]
+    pub fn code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A working directory with its own backup directory and log file, and its own environment.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self {
+            dir,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.path().join("backups")
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("backup.log")).unwrap_or_default()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbkeep"));
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        let o = self.command(args).output().expect("run dbkeep");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// `dbkeep list --json` parsed.
+    pub fn list(&self) -> serde_json::Value {
+        let o = self.run(&["list", "--json"]);
+        o.ok();
+        serde_json::from_str(&o.stdout).expect("list --json is JSON")
+    }
+
+    /// Every file in the backup directory.
+    pub fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.backup_dir())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|f| f != ".dbkeep.lock")
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn manifest(&self, name: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.backup_dir().join(format!("{name}.manifest.json")))
+            .expect("manifest");
+        serde_json::from_str(&text).expect("manifest JSON")
+    }
+}
+
+fn run_checked(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A throwaway PostgreSQL server. Local (socket) connections are trusted; TCP connections on
+/// 127.0.0.1 need a password (scram-sha-256).
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub port: u16,
+    running: bool,
+    as_root: bool,
+}
+
+/// The server binaries: `PG_BINDIR`, else the newest `/usr/lib/postgresql/*/bin`.
+pub fn pg_bindir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("PG_BINDIR") {
+        return Some(PathBuf::from(d));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub const SUPERUSER_PASSWORD: &str = "super-Secret-7";
+
+impl PgServer {
+    /// Starts a server, or returns `None` (skip) when the binaries are missing outside CI.
+    pub fn start() -> Option<Self> {
+        let bin = pg_bindir();
+        if !require(
+            "PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb)",
+            bin.is_some(),
+            "postgresql",
+        ) {
+            return None;
+        }
+        let bin = bin?;
+        let dir = tempfile::Builder::new()
+            .prefix("dbkeep-pg")
+            .tempdir()
+            .expect("temp dir");
+        let as_root = nix::unistd::geteuid().is_root();
+        if as_root {
+            run_checked(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(dir.path()),
+            );
+        }
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("pwfile");
+        if as_root {
+            run_checked(Command::new("chown").arg("postgres").arg(&pwfile));
+        }
+        let mut server = PgServer {
+            dir,
+            bin,
+            port: 0,
+            running: false,
+            as_root,
+        };
+        let data = server.dir.path().join("data");
+        let mut initdb = server.tool("initdb");
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        run_checked(&mut initdb);
+        for _ in 0..5 {
+            server.port = free_port();
+            let mut ctl = server.tool("pg_ctl");
+            ctl.arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(server.dir.path().join("server.log"))
+                .arg("-o")
+                .arg(format!(
+                    "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40",
+                    server.port,
+                    server.dir.path().display()
+                ))
+                .args(["-w", "-t", "60", "start"]);
+            if ctl.status().map(|s| s.success()).unwrap_or(false) {
+                server.running = true;
+                return Some(server);
+            }
+        }
+        panic!(
+            "could not start PostgreSQL: {}",
+            std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// A command for a server tool, run as the `postgres` user when we are root (initdb
+    /// refuses to run as root).
+    fn tool(&self, name: &str) -> Command {
+        if self.as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(name));
+            c
+        } else {
+            Command::new(self.bin.join(name))
+        }
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A client tool connecting through the socket as `user` (trusted).
+    pub fn client(&self, name: &str, user: &str, db: &str) -> Command {
+        let mut c = Command::new(self.bin.join(name));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PGHOST", self.socket_dir())
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", user)
+            .env("PGDATABASE", db);
+        c
+    }
+
+    /// Runs SQL (a script, possibly many statements) as `user` on `db`; panics on error.
+    pub fn sql_as(&self, user: &str, db: &str, sql: &str) -> String {
+        self.try_sql_as(user, db, sql)
+            .unwrap_or_else(|e| panic!("SQL failed: {e}\n{sql}"))
+    }
+
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        self.sql_as("postgres", db, sql)
+    }
+
+    pub fn try_sql_as(&self, user: &str, db: &str, sql: &str) -> Result<String, String> {
+        use std::io::Write;
+        let mut c = self.client("psql", user, db);
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|e| e.to_string())?;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(sql.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// pg_dump of `db` without the lines that differ from one dump to the next.
+    pub fn normalized_dump(&self, db: &str) -> String {
+        let mut c = self.client("pg_dump", "postgres", db);
+        c.args(["--clean", "--if-exists", "--create"]);
+        run_checked(&mut c)
+            .lines()
+            .filter(|l| {
+                !(l.starts_with("\\restrict")
+                    || l.starts_with("\\unrestrict")
+                    || l.starts_with("-- Dumped from")
+                    || l.starts_with("-- Dumped by"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A DATABASE_URL over TCP with the password percent-encoded.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        format!(
+            "postgresql://{}:{}@127.0.0.1:{}/{}",
+            enc(user),
+            enc(password),
+            self.port,
+            db
+        )
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let mut ctl = self.tool("pg_ctl");
+            ctl.arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let _ = ctl.status();
+            self.running = false;
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,385 @@
+//! PostgreSQL against a real server started by the harness: round trip, failed restores that
+//! leave the original, failures that leak no secret, a run killed mid-dump.
+
+use crate::common::{PgServer, TestEnv};
+use std::io::{Read, Write};
+
+/// The owner's password holds every character that breaks naive quoting.
+const APP_PASSWORD: &str = "p@:/%$'\"x";
+
+const SCHEMA: &str = r#"
+CREATE SCHEMA sales;
+CREATE SCHEMA audit;
+CREATE TYPE sales.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE sales.items (
+    id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL,
+    price numeric(14,4),
+    tags text[],
+    attrs jsonb,
+    blob bytea,
+    created timestamptz,
+    feeling sales.mood
+);
+CREATE SEQUENCE audit.counter;
+SELECT setval('audit.counter', 42);
+CREATE TABLE audit.log (id bigserial PRIMARY KEY, item_id int, note text);
+CREATE TABLE public.empty_table (x int);
+CREATE FUNCTION audit.log_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO audit.log (item_id, note) VALUES (NEW.id, 'inserted ' || NEW.name);
+  RETURN NEW;
+END $$;
+CREATE TRIGGER items_audit AFTER INSERT ON sales.items FOR EACH ROW EXECUTE FUNCTION audit.log_insert();
+CREATE VIEW sales.expensive AS SELECT name, price FROM sales.items WHERE price > 100;
+INSERT INTO sales.items (name, price, tags, attrs, blob, created, feeling)
+SELECT 'item ' || g || ' ünïcødé ✓ 日本 "q" ''s', g * 1.2345, ARRAY['a' || g, 'b'],
+       jsonb_build_object('g', g, 'nested', jsonb_build_object('x', g)),
+       decode(md5(g::text), 'hex'),
+       '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour',
+       (ARRAY['sad', 'ok', 'happy']::sales.mood[])[1 + g % 3]
+FROM generate_series(1, 3000) g;
+"#;
+
+/// A server with the database `appdb` owned by `app`, and a TestEnv pointing at it over TCP.
+fn setup() -> Option<(PgServer, TestEnv)> {
+    let pg = PgServer::start()?;
+    pg.sql(
+        "postgres",
+        &format!(
+            "CREATE ROLE app LOGIN CREATEDB PASSWORD '{}'; CREATE DATABASE appdb OWNER app;",
+            APP_PASSWORD.replace('\'', "''")
+        ),
+    );
+    pg.sql_as("app", "appdb", SCHEMA);
+    let mut env = TestEnv::new();
+    env.set("DATABASE_URL", pg.url("app", APP_PASSWORD, "appdb"));
+    env.set("BACKUP_PG_BINDIR", pg.bin.display().to_string());
+    Some((pg, env))
+}
+
+/// The password (plain or percent-encoded) appears nowhere dbkeep wrote or printed.
+fn assert_no_secret(env: &TestEnv, outputs: &[&str], secret: &str) {
+    let encoded = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    let mut texts: Vec<(String, String)> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("output {i}"), t.to_string()))
+        .collect();
+    texts.push(("backup.log".into(), env.log()));
+    for f in env.files() {
+        if f.ends_with(".json") {
+            texts.push((
+                f.clone(),
+                std::fs::read_to_string(env.backup_dir().join(&f)).unwrap(),
+            ));
+        }
+    }
+    for (what, text) in texts {
+        assert!(!text.contains(secret), "{what} shows the password: {text}");
+        assert!(
+            !text.contains(&encoded),
+            "{what} shows the encoded password: {text}"
+        );
+    }
+}
+
+fn aside_databases(pg: &PgServer) -> String {
+    pg.sql(
+        "postgres",
+        "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE '%dbkeep_old%'",
+    )
+}
+
+#[test]
+fn round_trip_restores_exactly_what_was_dumped() {
+    let Some((pg, env)) = setup() else { return };
+    let before = pg.normalized_dump("appdb");
+    let o = env.run(&["backup", "--name", "rt_20240115"]);
+    o.ok();
+    let m = env.manifest("rt_20240115");
+    assert_eq!(m["database_type"], "postgresql");
+    assert_eq!(m["database_name"], "appdb");
+    assert_eq!(m["database_host"], format!("127.0.0.1:{}", pg.port));
+    assert!(
+        m["server_version"]
+            .as_str()
+            .unwrap()
+            .starts_with(|c: char| c.is_ascii_digit())
+    );
+    assert!(m["tool_version"].as_str().unwrap().starts_with("pg_dump "));
+    let file = env.backup_dir().join("rt_20240115.sql.gz");
+    assert!(
+        std::process::Command::new("gzip")
+            .arg("-t")
+            .arg(&file)
+            .status()
+            .unwrap()
+            .success()
+    );
+    env.run(&["verify", "rt_20240115"]).ok();
+
+    // Change everything a careless restore would miss, and hold a session open on the database.
+    pg.sql_as(
+        "app",
+        "appdb",
+        "DELETE FROM sales.items WHERE id < 100; DROP VIEW sales.expensive; CREATE TABLE junk (x int);
+         SELECT nextval('audit.counter'); ALTER TYPE sales.mood ADD VALUE 'angry';",
+    );
+    assert_ne!(pg.normalized_dump("appdb"), before);
+    let mut idle = pg.client("psql", "app", "appdb");
+    idle.args(["-X", "-c", "SELECT pg_sleep(60)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut idle = idle.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let r = env.run(&["restore", "rt_20240115", "--yes"]);
+    r.ok();
+    let _ = idle.kill();
+    let _ = idle.wait();
+    assert_eq!(pg.normalized_dump("appdb"), before);
+    assert_eq!(aside_databases(&pg), "", "the previous database is dropped");
+    assert_no_secret(
+        &env,
+        &[&o.stdout, &o.stderr, &r.stdout, &r.stderr],
+        APP_PASSWORD,
+    );
+}
+
+/// Writes a backup named `name` whose data is `sql` (gzip), with a correct manifest, so that only
+/// the content is wrong.
+fn plant_backup(env: &TestEnv, template: &str, name: &str, sql: &[u8]) {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(sql).unwrap();
+    let gz = enc.finish().unwrap();
+    let key = format!("{name}.sql.gz");
+    std::fs::write(env.backup_dir().join(&key), &gz).unwrap();
+    let mut m = env.manifest(template);
+    m["backup_name"] = name.into();
+    m["data_file"] = key.clone().into();
+    m["file_size"] = gz.len().into();
+    use sha2::Digest;
+    m["sha256"] = hex::encode(sha2::Sha256::digest(&gz)).into();
+    std::fs::write(
+        env.backup_dir().join(format!("{name}.manifest.json")),
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+}
+
+fn read_dump(env: &TestEnv, name: &str) -> Vec<u8> {
+    let f = std::fs::File::open(env.backup_dir().join(format!("{name}.sql.gz"))).unwrap();
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(f)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn failed_restores_leave_the_live_database_as_it_was() {
+    let Some((pg, env)) = setup() else { return };
+    env.run(&["backup", "--name", "good"]).ok();
+    pg.sql_as(
+        "app",
+        "appdb",
+        "INSERT INTO sales.items (name) VALUES ('added after the backup');",
+    );
+    let live = pg.normalized_dump("appdb");
+
+    // 1. An SQL error halfway through a dump whose checksum is right: psql stops, the partial
+    //    database is dropped and the original comes back.
+    let dump = String::from_utf8(read_dump(&env, "good")).unwrap();
+    let cut = dump.find("CREATE TABLE audit.log").expect("table in dump");
+    let broken = format!("{}THIS IS NOT SQL;\n{}", &dump[..cut], &dump[cut..]);
+    plant_backup(&env, "good", "broken", broken.as_bytes());
+    env.run(&["verify", "broken"]).ok(); // the file itself is intact
+    let o = env.run(&["restore", "broken", "--yes"]);
+    o.code(1);
+    assert!(
+        o.stderr.contains("syntax error"),
+        "psql's stderr is in the error: {}",
+        o.stderr
+    );
+    assert_eq!(pg.normalized_dump("appdb"), live);
+    assert_eq!(aside_databases(&pg), "");
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT datallowconn FROM pg_database WHERE datname = 'appdb'"
+        ),
+        "t"
+    );
+
+    // 2. A flipped byte: refused before the database is touched.
+    let file = env.backup_dir().join("good.sql.gz");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    env.run(&["verify", "good"]).code(1);
+    let o = env.run(&["restore", "good", "--yes"]);
+    o.code(1);
+    assert!(o.stderr.contains("damaged"), "{}", o.stderr);
+    assert_eq!(pg.normalized_dump("appdb"), live);
+
+    // 3. A truncated dump (no trailer) with a matching checksum: refused as incomplete.
+    plant_backup(
+        &env,
+        "good",
+        "truncated",
+        &dump.as_bytes()[..dump.len() / 2],
+    );
+    let o = env.run(&["restore", "truncated", "--yes"]);
+    o.code(1);
+    assert!(o.stderr.contains("trailer"), "{}", o.stderr);
+    assert_eq!(pg.normalized_dump("appdb"), live);
+    assert_eq!(aside_databases(&pg), "");
+}
+
+#[test]
+fn failures_are_recorded_and_leak_no_password() {
+    let Some((pg, mut env)) = setup() else { return };
+    let wrong = "Wrong-Secret-42%@";
+    let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
+        (
+            "wrong_password",
+            pg.url("app", wrong, "appdb"),
+            None,
+            "password authentication failed",
+        ),
+        (
+            "missing_db",
+            pg.url("app", APP_PASSWORD, "nosuchdb"),
+            None,
+            "nosuchdb",
+        ),
+        (
+            "unreachable",
+            format!(
+                "postgresql://app:{}@127.0.0.1:1/appdb",
+                percent_encoding::utf8_percent_encode(
+                    APP_PASSWORD,
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            ),
+            None,
+            "127.0.0.1",
+        ),
+        (
+            "no_pg_dump",
+            pg.url("app", APP_PASSWORD, "appdb"),
+            Some("/nonexistent/bin"),
+            "not found",
+        ),
+    ];
+    let mut outputs = Vec::new();
+    for (name, url, bindir, expected) in &cases {
+        env.set("DATABASE_URL", url.clone());
+        env.set(
+            "BACKUP_PG_BINDIR",
+            bindir
+                .map(str::to_owned)
+                .unwrap_or_else(|| pg.bin.display().to_string()),
+        );
+        let o = env.run(&["backup", "--name", name]);
+        o.code(1);
+        assert!(o.stderr.contains(expected), "{name}: {}", o.stderr);
+        let list = env.list();
+        assert_eq!(list["backups"][0]["backup_name"], *name);
+        assert_eq!(list["backups"][0]["success"], false);
+        assert!(
+            list["backups"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains(expected)
+        );
+        outputs.push(o.stdout.clone());
+        outputs.push(o.stderr.clone());
+        outputs.push(serde_json::to_string(&list).unwrap());
+    }
+    // No data file, no temp file: only the failed attempts' manifests.
+    assert!(
+        env.files()
+            .iter()
+            .all(|f| f.ends_with(".manifest.failed.json")),
+        "{:?}",
+        env.files()
+    );
+    let errors = env.log().lines().filter(|l| l.contains("ERROR")).count();
+    assert!(errors >= cases.len(), "{}", env.log());
+    let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    assert_no_secret(&env, &refs, APP_PASSWORD);
+    assert_no_secret(&env, &refs, wrong);
+}
+
+#[test]
+fn pg_dump_older_than_the_server_is_refused() {
+    let Some((pg, mut env)) = setup() else { return };
+    // A bin directory whose pg_dump reports an old version; psql is the real one.
+    let bin = env.path().join("oldbin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(pg.bin.join("psql"), bin.join("psql")).unwrap();
+    let fake = bin.join("pg_dump");
+    std::fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.set("BACKUP_PG_BINDIR", bin.display().to_string());
+    let o = env.run(&["backup", "--name", "old_tool"]);
+    o.code(1);
+    assert!(o.stderr.contains("older than the server"), "{}", o.stderr);
+}
+
+#[test]
+fn killed_mid_dump_leaves_no_success_and_next_run_cleans_up() {
+    let Some((pg, env)) = setup() else { return };
+    // Hold a lock that makes pg_dump wait, so the kill lands in the middle of the dump.
+    let mut holder = pg.client("psql", "app", "appdb");
+    holder
+        .args([
+            "-X",
+            "-c",
+            "BEGIN; LOCK TABLE sales.items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut holder = holder.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut child = env
+        .command(&["backup", "--name", "killed"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !env.files().iter().any(|f| f.starts_with(".dbkeep-tmp-")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temp file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        env.files().iter().any(|f| f.starts_with(".dbkeep-tmp-")),
+        "the killed run left its temp file"
+    );
+    let list = env.list();
+    assert!(
+        list["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["success"] != true),
+        "{list}"
+    );
+    env.run(&["backup", "--name", "after_kill"]).ok();
+    assert_eq!(
+        env.files(),
+        vec!["after_kill.manifest.json", "after_kill.sql.gz"]
+    );
+}
