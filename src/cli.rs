@@ -152,7 +152,19 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            tracing::error!(target: OUTCOME_TARGET, command = command_name(&cli.command), "{e}");
+            let subject = match &cli.command {
+                Command::Backup(b) => b.name.as_deref(),
+                Command::Restore { name, .. } | Command::Delete { name, .. } => Some(name.as_str()),
+                Command::Verify { name, .. } => name.as_deref(),
+                _ => None,
+            };
+            // Debug formatting escapes whatever a hostile name holds (newlines, quotes).
+            tracing::error!(
+                target: OUTCOME_TARGET,
+                command = command_name(&cli.command),
+                backup = ?subject,
+                "{e}"
+            );
             eprintln!("error: {e}");
             ExitCode::from(e.kind().exit_code())
         }

@@ -21,6 +21,7 @@ use chrono::Utc;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
@@ -28,6 +29,18 @@ use tracing::{info, warn};
 /// Data files without a manifest younger than this are left alone by prune: a backup may be
 /// between writing its data and its manifest.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Written before a PostgreSQL restore moves the live database aside, removed when the restore
+/// has ended either way: if it is still there, that restore was killed.
+pub const RESTORE_JOURNAL: &str = ".dbkeep-restore.json";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RestoreJournal {
+    database: String,
+    aside: String,
+    backup: String,
+    started: chrono::DateTime<Utc>,
+}
 
 /// A configured database engine.
 pub enum Engine {
@@ -64,10 +77,19 @@ pub struct ScratchFile {
 }
 
 impl ScratchFile {
-    pub fn new(dir: &Path, what: &str) -> Self {
-        Self {
-            path: storage::temp_path(dir, what),
-        }
+    /// Creates an empty scratch file (mode 0600) in `dir`.
+    pub fn create(dir: &Path, what: &str) -> Result<Self, Error> {
+        let path = storage::temp_path(dir, what);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                io_context: format!("create the scratch file {}", path.display()),
+                source,
+            })?;
+        Ok(Self { path })
     }
     pub fn path(&self) -> &Path {
         &self.path
@@ -283,7 +305,9 @@ impl Ops {
             manifest_version: catalog::MANIFEST_VERSION,
         };
 
-        let dumped = self.dump_into(&engine, &key, compression);
+        let dumped = self
+            .recover_interrupted_restore(&engine)
+            .and_then(|()| self.dump_into(&engine, &key, compression));
         manifest.duration = round3(clock.elapsed().as_secs_f64());
         manifest.finished_at = Utc::now();
         let (info_, digest) = match dumped {
@@ -355,7 +379,7 @@ impl Ops {
         let info = match engine {
             Engine::Postgres(pg) => pg.dump(&mut enc)?,
             Engine::Sqlite(sq) => {
-                let scratch = ScratchFile::new(&self.storage.scratch_dir()?, "snapshot.db");
+                let scratch = ScratchFile::create(&self.storage.scratch_dir()?, "snapshot.db")?;
                 let info = sq.snapshot(scratch.path())?;
                 let mut f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
                 io::copy(&mut f, &mut enc).map_err(io_err("store the SQLite copy"))?;
@@ -453,10 +477,10 @@ impl Ops {
                     }
                 }
                 DatabaseType::Sqlite => {
-                    let file = ScratchFile::new(&self.storage.scratch_dir()?, "verify.db");
+                    let file = ScratchFile::create(&self.storage.scratch_dir()?, "verify.db")?;
                     let copied = std::fs::OpenOptions::new()
                         .write(true)
-                        .create_new(true)
+                        .truncate(true)
                         .open(file.path())
                         .and_then(|mut f| io::copy(&mut dec, &mut f).and_then(|_| f.sync_all()));
                     match copied {
@@ -497,6 +521,7 @@ impl Ops {
         let (engine, url) = Engine::from_settings(&self.settings)?;
         signals::install().map_err(Error::Signals)?;
         let _lock = self.lock(&format!("restore {name}"))?;
+        self.recover_interrupted_restore(&engine)?;
         let m = catalog::read_manifest(self.storage.as_ref(), &catalog::manifest_key(name, true))
             .map_err(|e| match e {
             catalog::CatalogError::Storage(storage::StorageError::NotFound { .. }) => {
@@ -520,7 +545,30 @@ impl Ops {
             Engine::Postgres(pg) => {
                 let key = m.data_file.as_deref().unwrap_or_default();
                 let mut reader = codec::decoder(m.compression, self.storage.open(key)?);
-                kept_old = pg.restore(&mut reader, &m.database_name)?.kept_old;
+                // Record where the live database goes before it moves, so that a run killed
+                // mid-way is undone by the next one.
+                let journal = RestoreJournal {
+                    database: m.database_name.clone(),
+                    aside: pg.aside_name(),
+                    backup: name.to_owned(),
+                    started: Utc::now(),
+                };
+                self.storage.put(
+                    RESTORE_JOURNAL,
+                    &serde_json::to_vec(&journal).map_err(|e| Error::Io {
+                        io_context: "encode the restore journal".into(),
+                        source: e.into(),
+                    })?,
+                )?;
+                let restored = pg.restore(&mut reader, &m.database_name, &journal.aside);
+                // After a failed rollback the journal stays, so the next run tries again.
+                if !matches!(
+                    restored,
+                    Err(postgres::PostgresError::RollbackFailed { .. })
+                ) {
+                    self.storage.delete(RESTORE_JOURNAL)?;
+                }
+                kept_old = restored?.kept_old;
             }
             Engine::Sqlite(sq) => {
                 let file = scratch.ok_or_else(|| Error::Damaged {
@@ -537,6 +585,35 @@ impl Ops {
             duration,
             kept_old,
         })
+    }
+
+    /// Puts back a database that a killed restore left aside (see [`RESTORE_JOURNAL`]).
+    fn recover_interrupted_restore(&self, engine: &Engine) -> Result<(), Error> {
+        let Engine::Postgres(pg) = engine else {
+            return Ok(());
+        };
+        let bytes = match self.storage.read_all(RESTORE_JOURNAL) {
+            Ok(b) => b,
+            Err(storage::StorageError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let journal: RestoreJournal = match serde_json::from_slice(&bytes) {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(error = %e, "ignoring an unreadable restore journal");
+                self.storage.delete(RESTORE_JOURNAL)?;
+                return Ok(());
+            }
+        };
+        if journal.database != pg.database() {
+            // Another database's restore: not ours to touch with this DATABASE_URL.
+            return Ok(());
+        }
+        if let Some(done) = pg.recover(&journal.aside)? {
+            warn!(backup = %journal.backup, "{done}");
+        }
+        self.storage.delete(RESTORE_JOURNAL)?;
+        Ok(())
     }
 
     // ----- delete ---------------------------------------------------------------------------

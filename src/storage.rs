@@ -118,16 +118,33 @@ pub trait Storage: Send + Sync {
         w.commit()
     }
 
-    /// Removes temporary objects left behind by a killed run. Call only under the lock.
+    /// Removes temporary objects left behind by a killed run. Call only under the lock. A
+    /// temp object of a process that is still running on this machine (a `verify`, which takes
+    /// no lock) is left alone.
     fn remove_stale_temps(&self) -> Result<usize, StorageError> {
         let mut n = 0;
         for o in self.list()? {
-            if o.key.starts_with(TEMP_PREFIX) {
+            if o.key.starts_with(TEMP_PREFIX) && !owner_alive(&o.key) {
                 self.delete(&o.key)?;
                 n += 1;
             }
         }
         Ok(n)
+    }
+}
+
+/// Whether the process that named the temp object `key` (`.dbkeep-tmp-PID-…`) is alive and is
+/// not this one.
+fn owner_alive(key: &str) -> bool {
+    let pid = key
+        .strip_prefix(TEMP_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<i32>().ok());
+    match pid {
+        Some(pid) if pid as u32 != std::process::id() && pid > 0 => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        }
+        _ => false,
     }
 }
 
@@ -434,10 +451,17 @@ mod tests {
     fn stale_temps_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
-        fs::write(dir.path().join(format!("{TEMP_PREFIX}1-0-x.sql.gz")), b"x").unwrap();
+        // A dead process's temp file goes; a live one's (a `verify` running now) stays.
+        fs::write(dir.path().join(format!("{TEMP_PREFIX}999999999-0-x.sql.gz")), b"x").unwrap();
+        let mut live = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let kept = format!("{TEMP_PREFIX}{}-0-verify.db", live.id());
+        fs::write(dir.path().join(&kept), b"x").unwrap();
         let _lock = s.lock("test", Duration::from_secs(1)).unwrap();
         assert_eq!(s.remove_stale_temps().unwrap(), 1);
-        assert!(s.list().unwrap().is_empty());
+        let keys: Vec<String> = s.list().unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, vec![kept]);
+        live.kill().unwrap();
+        live.wait().unwrap();
     }
 
     #[test]

@@ -383,3 +383,57 @@ fn killed_mid_dump_leaves_no_success_and_next_run_cleans_up() {
         vec!["after_kill.manifest.json", "after_kill.sql.gz"]
     );
 }
+
+#[test]
+fn restore_killed_mid_way_is_undone_by_the_next_run() {
+    let Some((pg, env)) = setup() else { return };
+    // Enough data that loading it takes a moment.
+    pg.sql_as(
+        "app",
+        "appdb",
+        "CREATE TABLE public.bulk AS SELECT g AS id, md5(g::text) AS h, repeat('x', 100) AS pad FROM generate_series(1, 400000) g;",
+    );
+    env.run(&["backup", "--name", "big"]).ok();
+    pg.sql_as(
+        "app",
+        "appdb",
+        "INSERT INTO sales.items (name) VALUES ('after the backup');",
+    );
+    let live = pg.normalized_dump("appdb");
+
+    let mut child = env.command(&["restore", "big", "--yes"]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Kill dbkeep as soon as the live database has been moved aside.
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database never moved aside"
+        );
+        if !aside_databases(&pg).is_empty() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup of its own
+    child.wait().unwrap();
+    assert!(
+        env.backup_dir().join(".dbkeep-restore.json").exists(),
+        "the journal survives the kill"
+    );
+
+    // The next run puts the original back before doing anything else.
+    let o = env.run(&["backup", "--name", "after_kill"]);
+    o.ok();
+    assert!(!env.backup_dir().join(".dbkeep-restore.json").exists());
+    assert_eq!(aside_databases(&pg), "");
+    assert_eq!(
+        pg.normalized_dump("appdb"),
+        live,
+        "the original database is back"
+    );
+    env.run(&["verify", "after_kill"]).ok();
+}

@@ -89,6 +89,11 @@ impl Postgres {
         }
     }
 
+    /// The database DATABASE_URL names.
+    pub fn database(&self) -> &str {
+        &self.conn.database
+    }
+
     fn secrets(&self) -> Vec<String> {
         self.conn
             .password
@@ -262,10 +267,15 @@ impl Postgres {
     /// Restores a plain dump made with `--create` of the database `backup_db`: moves the live
     /// database aside, runs the dump through `psql -v ON_ERROR_STOP=1` on the maintenance
     /// database, and on any failure drops what was restored and puts the original back.
+    ///
+    /// `aside` is the name the live database is moved to meanwhile ([`Postgres::aside_name`]);
+    /// the caller records it first, so that a run killed mid-way can be undone by
+    /// [`Postgres::recover`].
     pub fn restore(
         &self,
         input: &mut dyn Read,
         backup_db: &str,
+        aside: &str,
     ) -> Result<RestoreReport, PostgresError> {
         let target = self.conn.database.clone();
         if backup_db != target {
@@ -283,7 +293,7 @@ impl Postgres {
             v => Some(v == "t"),
         };
         let aside = match allow_conn {
-            Some(allow) => Some(self.move_aside(&target, allow)?),
+            Some(allow) => Some(self.move_aside(&target, aside, allow)?),
             None => None,
         };
         match self.load(input) {
@@ -322,8 +332,7 @@ impl Postgres {
     }
 
     /// Blocks connections, ends other sessions and renames `target` aside; returns the new name.
-    fn move_aside(&self, target: &str, allow: bool) -> Result<String, PostgresError> {
-        let aside = aside_name(target, chrono::Utc::now());
+    fn move_aside(&self, target: &str, aside: &str, allow: bool) -> Result<String, PostgresError> {
         self.maintenance(&[format!(
             "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
             ident(target)
@@ -336,11 +345,11 @@ impl Postgres {
                 format!(
                     "ALTER DATABASE {} RENAME TO {}",
                     ident(target),
-                    ident(&aside)
+                    ident(aside)
                 ),
             ]);
             match r {
-                Ok(_) => return Ok(aside),
+                Ok(_) => return Ok(aside.to_owned()),
                 // Terminated sessions take a moment to go.
                 Err(e)
                     if attempt < 50 && e.to_string().contains("being accessed by other users") =>
@@ -356,6 +365,39 @@ impl Postgres {
                 }
             }
         }
+    }
+
+    /// The name the live database is moved to during a restore.
+    pub fn aside_name(&self) -> String {
+        aside_name(&self.conn.database, chrono::Utc::now())
+    }
+
+    /// Undoes a restore that was killed before it finished: if the original database is still
+    /// aside under `aside`, drops whatever stands under the target name (a partial restore) and
+    /// renames the original back. Returns what it did, if anything.
+    pub fn recover(&self, aside: &str) -> Result<Option<String>, PostgresError> {
+        let target = self.conn.database.clone();
+        let exists = |db: &str| -> Result<bool, PostgresError> {
+            let out = self.maintenance(&[format!(
+                "SELECT 1 FROM pg_database WHERE datname = {}",
+                literal(db)
+            )])?;
+            Ok(out.trim() == "1")
+        };
+        if !exists(aside)? {
+            // Finished (or never moved): make sure the target accepts connections again.
+            if exists(&target)? {
+                self.maintenance(&[format!(
+                    "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+                    ident(&target)
+                )])?;
+            }
+            return Ok(None);
+        }
+        self.put_back(&target, aside, true)?;
+        Ok(Some(format!(
+            "an interrupted restore left the original database aside as {aside:?}; it is back as {target:?}"
+        )))
     }
 
     fn put_back(&self, target: &str, aside: &str, allow: bool) -> Result<(), PostgresError> {
