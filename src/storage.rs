@@ -452,8 +452,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
         // A dead process's temp file goes; a live one's (a `verify` running now) stays.
-        fs::write(dir.path().join(format!("{TEMP_PREFIX}999999999-0-x.sql.gz")), b"x").unwrap();
-        let mut live = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        fs::write(
+            dir.path()
+                .join(format!("{TEMP_PREFIX}999999999-0-x.sql.gz")),
+            b"x",
+        )
+        .unwrap();
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let kept = format!("{TEMP_PREFIX}{}-0-verify.db", live.id());
         fs::write(dir.path().join(&kept), b"x").unwrap();
         let _lock = s.lock("test", Duration::from_secs(1)).unwrap();
