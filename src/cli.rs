@@ -162,7 +162,7 @@ pub fn main() -> ExitCode {
             tracing::error!(
                 target: OUTCOME_TARGET,
                 command = command_name(&cli.command),
-                backup = ?subject,
+                backup = ?subject.unwrap_or("-"),
                 "{e}"
             );
             eprintln!("error: {e}");
@@ -238,11 +238,11 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 list_table(out, &cat.backups);
                 let _ = writeln!(
                     out,
-                    "{} backups ({} ok, {} failed), {} MiB in {}",
+                    "{} backups ({} ok, {} failed), {} in {}",
                     stats.total_backups,
                     stats.successful_backups,
                     stats.failed_backups,
-                    stats.total_size_mb,
+                    human_bytes(cat.backups.iter().map(|m| m.file_size).sum()),
                     stats.backup_directory
                 );
                 for e in &cat.unreadable {
@@ -262,7 +262,8 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 let _ = writeln!(out, "total backups      {}", s.total_backups);
                 let _ = writeln!(out, "  successful       {}", s.successful_backups);
                 let _ = writeln!(out, "  failed           {}", s.failed_backups);
-                let _ = writeln!(out, "total size         {} MiB", s.total_size_mb);
+                let total: u64 = cat.backups.iter().map(|m| m.file_size).sum();
+                let _ = writeln!(out, "total size         {}", human_bytes(total));
                 let _ = writeln!(out, "last success       {}", opt(&s.last_success));
                 let _ = writeln!(out, "last failure       {}", opt(&s.last_failure));
                 let _ = writeln!(

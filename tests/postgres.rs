@@ -316,7 +316,7 @@ fn failures_are_recorded_and_leak_no_password() {
 }
 
 #[test]
-fn pg_dump_older_than_the_server_is_refused() {
+fn pg_dump_too_old_incomplete_or_missing_is_a_failed_backup() {
     let Some((pg, mut env)) = setup() else { return };
     // A bin directory whose pg_dump reports an old version; psql is the real one.
     let bin = env.path().join("oldbin");
@@ -330,6 +330,43 @@ fn pg_dump_older_than_the_server_is_refused() {
     let o = env.run(&["backup", "--name", "old_tool"]);
     o.code(1);
     assert!(o.stderr.contains("older than the server"), "{}", o.stderr);
+
+    // A pg_dump that exits 0 after printing only part of a dump (the restic pitfall): the
+    // missing completion trailer makes it a failed backup, with no data file.
+    std::fs::write(
+        &fake,
+        "#!/bin/sh
+if [ \"$1\" = --version ]; then exec /usr/bin/env \"$REAL_PG_DUMP\" --version; fi
+echo 'CREATE TABLE half (x int);'
+exit 0
+",
+    )
+    .unwrap();
+    env.set("REAL_PG_DUMP", pg.bin.join("pg_dump").display().to_string());
+    let o = env.run(&["backup", "--name", "half"]);
+    o.code(1);
+    assert!(o.stderr.contains("incomplete"), "{}", o.stderr);
+    assert!(
+        env.files()
+            .iter()
+            .all(|f| f.ends_with(".manifest.failed.json")),
+        "{:?}",
+        env.files()
+    );
+
+    // pg_dump not on PATH at all.
+    let empty = env.path().join("emptybin");
+    std::fs::create_dir(&empty).unwrap();
+    env.set("BACKUP_PG_BINDIR", "");
+    env.set("PATH", empty.display().to_string());
+    let o = env.run(&["backup", "--name", "no_path"]);
+    o.code(1);
+    assert!(
+        o.stderr.contains("was not found")
+            && o.stderr.contains("apt-get install postgresql-client"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
