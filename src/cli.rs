@@ -79,6 +79,15 @@ enum Command {
         #[arg(long, value_name = "N")]
         keep_min: Option<u32>,
     },
+    /// Serve the REST API (the spec's endpoints, bearer-token auth, rate limits, audit log).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        bind: std::net::SocketAddr,
+        /// Serve without authentication (only allowed on a loopback address).
+        #[arg(long)]
+        no_auth: bool,
+    },
     /// Check stored backups: size, SHA-256, complete decompression, complete dump content.
     Verify {
         /// The backup to check (default: the newest successful backup).
@@ -143,6 +152,16 @@ pub fn main() -> ExitCode {
     if let Some(w) = logging::init(verbosity, settings.log_file.as_deref()) {
         eprintln!("{w}");
     }
+    if let Command::Serve { bind, no_auth } = &cli.command {
+        return match serve(settings, *bind, *no_auth) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(target: OUTCOME_TARGET, command = "serve", "{e}");
+                eprintln!("error: {e}");
+                ExitCode::from(e.kind().exit_code())
+            }
+        };
+    }
     let ops = Ops::new(settings);
     let mut out = String::new();
     let result = run(&ops, &cli, &mut out);
@@ -171,6 +190,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn serve(settings: Settings, bind: std::net::SocketAddr, no_auth: bool) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            io_context: "start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(crate::api::serve(settings, bind, no_auth, |addr| {
+        // The first line on stdout, for whoever started us (tests bind port 0).
+        println!("dbkeep serve: listening on http://{addr}");
+        let _ = io::stdout().flush();
+    }))?;
+    Ok(())
+}
+
 /// Writes to stdout; a closed pipe (`dbkeep list | head`) is not an error.
 fn write_stdout(text: &str) -> io::Result<()> {
     match io::stdout().lock().write_all(text.as_bytes()) {
@@ -188,6 +223,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Delete { .. } => "delete",
         Command::Prune { .. } => "prune",
         Command::Verify { .. } => "verify",
+        Command::Serve { .. } => "serve",
     }
 }
 
@@ -348,6 +384,7 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             }
             Ok(0)
         }
+        Command::Serve { .. } => Ok(0), // handled in main
         Command::Verify { name, all } => {
             let target = match (name, all) {
                 (Some(n), _) => VerifyTarget::Named(n.clone()),

@@ -52,6 +52,14 @@ pub struct Layer {
     pub backup_pg_maintenance_db: Option<String>,
     pub backup_restore_keep_old: Option<bool>,
     pub backup_lock_timeout: Option<u64>,
+    pub backup_stall_timeout: Option<u64>,
+    pub dbkeep_api_token: Option<String>,
+    pub dbkeep_api_tokens_file: Option<PathBuf>,
+    pub dbkeep_audit_log: Option<PathBuf>,
+    pub dbkeep_trusted_proxies: Option<String>,
+    pub dbkeep_rate_limits: Option<String>,
+    pub dbkeep_health_max_age: Option<u64>,
+    pub dbkeep_shutdown_grace: Option<u64>,
 }
 
 /// The settings in force.
@@ -71,6 +79,43 @@ pub struct Settings {
     pub pg_maintenance_db: String,
     pub restore_keep_old: bool,
     pub lock_timeout: Duration,
+    /// A dump or restore that moves no data for this long is aborted.
+    pub stall_timeout: Duration,
+    /// Settings of `dbkeep serve`.
+    pub api: ApiSettings,
+}
+
+/// Settings of the HTTP API (`dbkeep serve`).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `DBKEEP_API_TOKEN`: one token, named `default` in the audit log.
+    pub token: Option<Secret>,
+    /// `DBKEEP_API_TOKENS_FILE`: lines of `NAME TOKEN` (or `NAME:TOKEN`).
+    pub tokens_file: Option<PathBuf>,
+    /// `DBKEEP_AUDIT_LOG`: JSON lines, one per API call on backups.
+    pub audit_log: Option<PathBuf>,
+    /// `DBKEEP_TRUSTED_PROXIES`: comma-separated IP addresses whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `DBKEEP_RATE_LIMITS`: overrides such as `create=3/hour,list=20/minute`.
+    pub rate_limits: Option<String>,
+    /// `DBKEEP_HEALTH_MAX_AGE`: seconds; `/healthz` fails when the last success is older.
+    pub health_max_age: Duration,
+    /// `DBKEEP_SHUTDOWN_GRACE`: seconds a running operation may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            token: None,
+            tokens_file: None,
+            audit_log: None,
+            trusted_proxies: Vec::new(),
+            rate_limits: None,
+            health_max_age: Duration::from_secs(26 * 3600),
+            shutdown_grace: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -87,6 +132,8 @@ impl Default for Settings {
             pg_maintenance_db: "postgres".into(),
             restore_keep_old: false,
             lock_timeout: Duration::from_secs(3600),
+            stall_timeout: Duration::from_secs(1800),
+            api: ApiSettings::default(),
         }
     }
 }
@@ -175,6 +222,41 @@ impl Settings {
         }
         if let Some(v) = l.backup_lock_timeout {
             self.lock_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = l.backup_stall_timeout {
+            self.stall_timeout = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = l.dbkeep_api_token {
+            self.api.token = Some(Secret::new(v));
+        }
+        if let Some(v) = l.dbkeep_api_tokens_file {
+            self.api.tokens_file = Some(v);
+        }
+        if let Some(v) = l.dbkeep_audit_log {
+            self.api.audit_log = Some(v);
+        }
+        if let Some(v) = l.dbkeep_trusted_proxies {
+            self.api.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse().map_err(|_| ConfigError::InvalidValue {
+                        key: "DBKEEP_TRUSTED_PROXIES",
+                        value: s.to_owned(),
+                        problem: "expected comma-separated IP addresses",
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = l.dbkeep_rate_limits {
+            self.api.rate_limits = Some(v);
+        }
+        if let Some(v) = l.dbkeep_health_max_age {
+            self.api.health_max_age = Duration::from_secs(v);
+        }
+        if let Some(v) = l.dbkeep_shutdown_grace {
+            self.api.shutdown_grace = Duration::from_secs(v);
         }
         Ok(())
     }
@@ -265,6 +347,23 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         backup_lock_timeout: num(
             "BACKUP_LOCK_TIMEOUT",
             "expected how many seconds to wait for the repository lock",
+        )?,
+        backup_stall_timeout: num(
+            "BACKUP_STALL_TIMEOUT",
+            "expected how many seconds without progress abort a dump or restore",
+        )?,
+        dbkeep_api_token: get("DBKEEP_API_TOKEN"),
+        dbkeep_api_tokens_file: get("DBKEEP_API_TOKENS_FILE").map(PathBuf::from),
+        dbkeep_audit_log: get("DBKEEP_AUDIT_LOG").map(PathBuf::from),
+        dbkeep_trusted_proxies: get("DBKEEP_TRUSTED_PROXIES"),
+        dbkeep_rate_limits: get("DBKEEP_RATE_LIMITS"),
+        dbkeep_health_max_age: num(
+            "DBKEEP_HEALTH_MAX_AGE",
+            "expected seconds (the age of the last successful backup that /healthz accepts)",
+        )?,
+        dbkeep_shutdown_grace: num(
+            "DBKEEP_SHUTDOWN_GRACE",
+            "expected seconds a running operation may take to finish after SIGTERM",
         )?,
     })
 }

@@ -83,6 +83,8 @@ pub enum Error {
     Retention { failed: usize, first: String },
     #[error("cannot catch termination signals: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Serve(#[from] crate::api::ServeError),
 }
 
 impl Error {
@@ -97,7 +99,26 @@ impl Error {
             Error::NameExists { .. } | Error::Storage(StorageError::LockTimeout { .. }) => {
                 ErrorKind::Conflict
             }
+            Error::Serve(crate::api::ServeError::Serve(_)) => ErrorKind::Failed,
+            Error::Serve(_) => ErrorKind::Usage,
             _ => ErrorKind::Failed,
+        }
+    }
+
+    /// The backup directory cannot take writes: not writable, or its disk is full.
+    pub fn is_unavailable(&self) -> bool {
+        use std::io::ErrorKind as K;
+        let io_unavailable = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                K::StorageFull | K::PermissionDenied | K::ReadOnlyFilesystem
+            )
+        };
+        match self {
+            Error::Storage(StorageError::Io { source, .. }) => io_unavailable(source),
+            Error::Postgres(PostgresError::Output(e)) => io_unavailable(e),
+            Error::Io { source, .. } => source.kind() == K::StorageFull,
+            _ => false,
         }
     }
 }

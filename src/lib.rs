@@ -3,6 +3,7 @@
 //! The library holds every use case; the `dbkeep` binary (`src/main.rs`) is a thin shell around
 //! [`cli`]. See `ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod codec;

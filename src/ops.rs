@@ -57,6 +57,7 @@ impl Engine {
                 settings.pg_bindir.clone(),
                 settings.pg_maintenance_db.clone(),
                 settings.restore_keep_old,
+                settings.stall_timeout,
             )),
             DatabaseUrl::Sqlite { path } => Engine::Sqlite(Sqlite::new(path.clone())),
         };
@@ -166,16 +167,35 @@ pub struct PruneOptions {
 pub struct Ops {
     settings: Settings,
     storage: Box<dyn Storage>,
+    catch_signals: bool,
 }
 
 impl Ops {
     pub fn new(settings: Settings) -> Self {
         let storage = Box::new(LocalStorage::new(settings.backup_dir.clone()));
-        Self { settings, storage }
+        Self::with_storage(settings, storage)
     }
 
     pub fn with_storage(settings: Settings, storage: Box<dyn Storage>) -> Self {
-        Self { settings, storage }
+        Self {
+            settings,
+            storage,
+            catch_signals: true,
+        }
+    }
+
+    /// For the server: operations do not install signal handlers (the server decides when to
+    /// abort them, with [`signals::request_abort`]).
+    pub fn without_signal_handlers(mut self) -> Self {
+        self.catch_signals = false;
+        self
+    }
+
+    fn install_signals(&self) -> Result<(), Error> {
+        if self.catch_signals {
+            signals::install().map_err(Error::Signals)?;
+        }
+        Ok(())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -220,7 +240,7 @@ impl Ops {
             .map(naming::parse_series)
             .transpose()?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
-        signals::install().map_err(Error::Signals)?;
+        self.install_signals()?;
         let _lock = self.lock(&format!(
             "backup {}",
             given.as_ref().map_or("(default name)", |n| n.as_str())
@@ -519,7 +539,7 @@ impl Ops {
     pub fn restore(&self, name: &str) -> Result<RestoreOutcome, Error> {
         BackupName::parse(name)?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
-        signals::install().map_err(Error::Signals)?;
+        self.install_signals()?;
         let _lock = self.lock(&format!("restore {name}"))?;
         self.recover_interrupted_restore(&engine)?;
         let m = catalog::read_manifest(self.storage.as_ref(), &catalog::manifest_key(name, true))

@@ -1,6 +1,7 @@
 //! One integration test binary (one link step): the real `dbkeep` binary against real SQLite
 //! files and a real PostgreSQL server.
 
+mod api;
 mod cli;
 mod common;
 mod postgres;

@@ -14,8 +14,10 @@ use crate::signals;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// What pg_dump writes at the end of a complete plain dump.
@@ -45,6 +47,8 @@ pub enum PostgresError {
     Input(io::Error),
     #[error("interrupted by a signal")]
     Interrupted,
+    #[error("{tool} made no progress for {secs} s and was stopped (BACKUP_STALL_TIMEOUT)")]
+    Stalled { tool: &'static str, secs: u64 },
     #[error(
         "the backup holds the database {backup:?} but DATABASE_URL names {configured:?}: a plain dump made with --create restores into its own database; point DATABASE_URL at {backup:?}"
     )]
@@ -72,6 +76,7 @@ pub struct Postgres {
     bindir: Option<PathBuf>,
     maintenance_db: String,
     keep_old: bool,
+    stall_timeout: Duration,
 }
 
 impl Postgres {
@@ -80,12 +85,14 @@ impl Postgres {
         bindir: Option<PathBuf>,
         maintenance_db: String,
         keep_old: bool,
+        stall_timeout: Duration,
     ) -> Self {
         Self {
             conn,
             bindir,
             maintenance_db,
             keep_old,
+            stall_timeout,
         }
     }
 
@@ -227,12 +234,20 @@ impl Postgres {
             }
         });
         let result = (|| {
+            let mut last_progress = Instant::now();
             loop {
                 if signals::interrupted() {
                     return Err(PostgresError::Interrupted);
                 }
-                match rx.recv_timeout(Duration::from_millis(500)) {
+                if last_progress.elapsed() > self.stall_timeout {
+                    return Err(PostgresError::Stalled {
+                        tool: "pg_dump",
+                        secs: self.stall_timeout.as_secs(),
+                    });
+                }
+                match rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(Ok(chunk)) => {
+                        last_progress = Instant::now();
                         tail.push(&chunk);
                         out.write_all(&chunk).map_err(PostgresError::Output)?;
                     }
@@ -445,6 +460,32 @@ impl Postgres {
         let mut child: Running = process::spawn(cmd, HINT, self.secrets())?;
         let mut stdin = child.take_stdin();
         let mut buf = vec![0u8; CHUNK];
+        // A blocked write cannot time out by itself: while the dump is being fed, a watchdog kills
+        // psql when no data moved for the stall timeout (or a signal arrived); the write fails.
+        let progress = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let (progress, done, stalled) = (progress.clone(), done.clone(), stalled.clone());
+            let pid = child.pid();
+            let limit = self.stall_timeout;
+            std::thread::spawn(move || {
+                let mut seen = progress.load(Ordering::Relaxed);
+                let mut since = Instant::now();
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let now = progress.load(Ordering::Relaxed);
+                    if now != seen {
+                        seen = now;
+                        since = Instant::now();
+                    } else if since.elapsed() > limit || signals::interrupted() {
+                        stalled.store(!signals::interrupted(), Ordering::Relaxed);
+                        process::kill_pid(pid);
+                        return;
+                    }
+                }
+            })
+        };
         let fed: Result<(), PostgresError> = (|| {
             let Some(stdin) = stdin.as_mut() else {
                 return Ok(());
@@ -460,7 +501,9 @@ impl Postgres {
                     Err(e) => return Err(PostgresError::Input(e)),
                 };
                 match stdin.write_all(&buf[..n]) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        progress.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                     // psql stopped reading: its exit status and stderr say why.
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
                     Err(e) => return Err(PostgresError::Output(e)),
@@ -468,10 +511,23 @@ impl Postgres {
             }
         })();
         drop(stdin);
+        // Once the input is fed, psql's last statements may take long (an index build): the
+        // watchdog stops here, and before the child is reaped so it can never signal a reused pid.
+        done.store(true, Ordering::Relaxed);
+        let _ = watchdog.join();
         if fed.is_err() {
             child.kill();
         }
         let waited = child.wait_success();
+        if stalled.load(Ordering::Relaxed) {
+            return Err(PostgresError::Stalled {
+                tool: "psql",
+                secs: self.stall_timeout.as_secs(),
+            });
+        }
+        if signals::interrupted() {
+            return Err(PostgresError::Interrupted);
+        }
         fed?;
         waited?;
         Ok(())

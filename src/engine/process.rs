@@ -123,6 +123,10 @@ impl Running {
         self.child.stdin.take()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the child (it may already have exited).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -155,6 +159,16 @@ impl Running {
                 stderr: last_lines(&stderr, 30),
             })
         }
+    }
+}
+
+/// Sends SIGKILL to `pid` (a child we started and have not yet waited for).
+pub fn kill_pid(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

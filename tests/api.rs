@@ -1,0 +1,565 @@
+//! `dbkeep serve` on a free loopback port, driven over real HTTP.
+
+use crate::common::TestEnv;
+use crate::sqlite::{make_db, rows, sqlite_env};
+use reqwest::blocking::{Client, Response};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+const GENEROUS: &str = "auth_failure=1000/minute,create=1000/minute,list=1000/second,restore=1000/minute,delete=1000/minute,statistics=1000/second,download=1000/minute,verify=1000/minute";
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Starts `dbkeep serve --bind 127.0.0.1:0` in `env` with a token and generous limits
+    /// (unless the env sets its own).
+    pub fn start(env: &TestEnv) -> Server {
+        Self::start_with(env, &[])
+    }
+
+    pub fn start_with(env: &TestEnv, extra: &[&str]) -> Server {
+        let mut cmd = env.command(&["serve", "--bind", "127.0.0.1:0"]);
+        cmd.args(extra);
+        if !env.env.iter().any(|(k, _)| k == "DBKEEP_API_TOKEN") {
+            cmd.env("DBKEEP_API_TOKEN", TOKEN);
+        }
+        if !env.env.iter().any(|(k, _)| k == "DBKEEP_RATE_LIMITS") {
+            cmd.env("DBKEEP_RATE_LIMITS", GENEROUS);
+        }
+        if !env.env.iter().any(|(k, _)| k == "DBKEEP_AUDIT_LOG") {
+            cmd.env("DBKEEP_AUDIT_LOG", env.path().join("audit.log"));
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start dbkeep serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("listening line");
+        let base = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Server { child, base }
+    }
+
+    pub fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let r = self.raw(method, path, token, body);
+        let status = r.status();
+        let text = r.text().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let client = Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let mut req = client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().expect("request")
+    }
+
+    /// Sends `METHOD PATH` with the token, exactly as written; returns status and JSON body.
+    pub fn raw_request(&self, method: &str, path: &str) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).unwrap();
+        let status: u16 = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad response: {resp}"));
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+        )
+    }
+
+    /// SIGTERM, then wait for the exit; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = self.child.wait().expect("wait");
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn error_shape(v: &Value) {
+    assert_eq!(v["success"], false, "{v}");
+    assert!(v["error"].is_string(), "{v}");
+    assert!(
+        v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{v}"
+    );
+    assert!(v.get("backup_name").is_some(), "{v}");
+}
+
+fn method(m: &str) -> Method {
+    Method::from_bytes(m.to_uppercase().as_bytes()).unwrap()
+}
+
+#[test]
+fn every_api_route_requires_a_token() {
+    let env = sqlite_env(3);
+    let s = Server::start(&env);
+    for (m, path, _) in dbkeep::api::ROUTES {
+        let path = path.replace("{name}", "some_backup");
+        if path == "/healthz" {
+            continue;
+        }
+        for token in [None, Some("wrong-token-wrong-token")] {
+            let (status, body) = s.call(method(m), &path, token, None);
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{m} {path} with {token:?}: {body}"
+            );
+            error_shape(&body);
+        }
+    }
+    // Unknown /api paths answer 404 in our shape, without revealing anything.
+    let (status, body) = s.call(Method::GET, "/api/backup/secret", None, None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    error_shape(&body);
+    assert!(!env.backup_dir().exists(), "nothing was written");
+}
+
+#[test]
+fn openapi_document_matches_the_router() {
+    let env = sqlite_env(3);
+    let s = Server::start(&env);
+    let (status, doc) = s.call(Method::GET, "/api/openapi.json", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = 0;
+    for (path, ops) in paths {
+        for m in ops.as_object().unwrap().keys() {
+            documented += 1;
+            assert!(
+                dbkeep::api::ROUTES
+                    .iter()
+                    .any(|(rm, rp, _)| rm == m && rp == path),
+                "{m} {path} is documented but not in ROUTES"
+            );
+        }
+    }
+    assert_eq!(documented, dbkeep::api::ROUTES.len());
+    // Each documented route exists in the router: never the fallback's 404 or a 405.
+    for (m, path, _) in dbkeep::api::ROUTES {
+        let concrete = path.replace("{name}", "no_such_backup");
+        let (status, body) = s.call(method(m), &concrete, Some(TOKEN), None);
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
+        if status == StatusCode::NOT_FOUND {
+            assert!(
+                !body["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("no such endpoint"),
+                "{m} {path}: {body}"
+            );
+        }
+    }
+}
+
+#[test]
+fn spec_flow_on_sqlite_create_list_restore_delete_statistics() {
+    let env = sqlite_env(50);
+    let db = env.path().join("app.db");
+    let before = rows(&db);
+    let s = Server::start(&env);
+
+    let (status, created) = s.call(
+        Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(json!({"backup_name": "manual_backup", "compress": true})),
+    );
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert_eq!(created["success"], true);
+    assert_eq!(created["backup_name"], "manual_backup");
+    assert_eq!(created["file_path"], "./backups/manual_backup.db.gz");
+    assert!(created["file_size"].as_u64().unwrap() > 0);
+    assert!(created["duration"].is_number());
+    assert!(created["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    let (status, list) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+    let b = &list["backups"][0];
+    assert_eq!(b["backup_name"], "manual_backup");
+    assert_eq!(b["file_path"], created["file_path"]);
+    assert_eq!(b["file_size"], created["file_size"]);
+    assert_eq!(b["compressed"], true);
+    assert_eq!(b["database_type"], "sqlite");
+    assert_eq!(b["timestamp"], created["timestamp"]);
+    assert_eq!(b["success"], true);
+    assert_eq!(list["statistics"]["total_backups"], 1);
+    assert_eq!(list["statistics"]["backup_directory"], "./backups");
+
+    // The same name again: 409, and the backup is untouched.
+    let (status, body) = s.call(
+        Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(json!({"backup_name": "manual_backup"})),
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    error_shape(&body);
+
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM people", [])
+        .unwrap();
+    let (status, restored) = s.call(
+        Method::POST,
+        "/api/backup/restore/manual_backup",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    assert_eq!(restored["success"], true);
+    assert_eq!(rows(&db), before, "the data came back");
+
+    let (status, verified) = s.call(
+        Method::POST,
+        "/api/backup/verify/manual_backup",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{verified}");
+    assert!(verified["checks"].as_array().unwrap().len() >= 3);
+
+    let dl = s.raw(
+        Method::GET,
+        "/api/backup/download/manual_backup",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(dl.status(), StatusCode::OK);
+    let bytes = dl.bytes().unwrap();
+    assert_eq!(
+        bytes.as_ref(),
+        std::fs::read(env.backup_dir().join("manual_backup.db.gz")).unwrap()
+    );
+
+    let (status, deleted) = s.call(
+        Method::DELETE,
+        "/api/backup/delete/manual_backup",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!(deleted["success"], true);
+    let (status, stats) = s.call(Method::GET, "/api/backup/statistics", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stats["total_backups"], 0);
+    assert_eq!(stats["backup_directory"], "./backups");
+
+    let (status, body) = s.call(
+        Method::POST,
+        "/api/backup/restore/manual_backup",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    error_shape(&body);
+    assert_eq!(body["backup_name"], "manual_backup");
+    assert_eq!(rows(&db), before, "a 404 restore leaves the database alone");
+
+    // The audit log has one line per call, with the token's name and never the token.
+    let audit = std::fs::read_to_string(env.path().join("audit.log")).unwrap();
+    assert!(audit.lines().count() >= 8, "{audit}");
+    assert!(!audit.contains(TOKEN));
+    for line in audit.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["token"], "default");
+        for k in [
+            "time",
+            "client",
+            "action",
+            "outcome",
+            "status",
+            "duration_ms",
+        ] {
+            assert!(!v[k].is_null(), "{k} missing: {line}");
+        }
+    }
+}
+
+#[test]
+fn the_fourth_create_within_an_hour_is_rate_limited_per_client() {
+    let mut env = sqlite_env(3);
+    env.set("DBKEEP_RATE_LIMITS", "list=100/second");
+    let s = Server::start(&env);
+    for i in 0..3 {
+        let (status, body) = s.call(
+            Method::POST,
+            "/api/backup/create",
+            Some(TOKEN),
+            Some(json!({"backup_name": format!("r{i}")})),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let r = s.raw(
+        Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(json!({"backup_name": "r3"})),
+    );
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 3600, "{retry}");
+    error_shape(&r.json::<Value>().unwrap());
+    assert!(!env.backup_dir().join("r3.manifest.json").exists());
+    // Another client (another loopback address) still has its own allowance.
+    let other = Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = other
+        .post(format!("{}/api/backup/create", s.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"backup_name": "other_client"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Failed authentication is limited too (10 a minute by default): then 429 with Retry-After.
+    let mut last = StatusCode::OK;
+    for _ in 0..11 {
+        let r = s.raw(
+            Method::GET,
+            "/api/backup/list",
+            Some("guessing-guessing-guessing"),
+            None,
+        );
+        last = r.status();
+        if last == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers().contains_key("retry-after"));
+            break;
+        }
+        assert_eq!(last, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    // A right token still gets in.
+    let (status, _) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[test]
+fn bad_requests_get_the_right_4xx_and_write_nothing() {
+    let env = sqlite_env(3);
+    let s = Server::start(&env);
+    let client = Client::new();
+    let post = |body: Vec<u8>, ct: &str| {
+        let r = client
+            .post(format!("{}/api/backup/create", s.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status();
+        (status, r.json::<Value>().unwrap())
+    };
+    let cases: Vec<(Vec<u8>, &str, StatusCode)> = vec![
+        (
+            b"{not json".to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            br#"{"backup_name": 5}"#.to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            br#"{"compress": "yes"}"#.to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            br#"{"backup_name": "x", "evil": true}"#.to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            br#"{"backup_name": "../x"}"#.to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            br#"{"backup_name": "x"}"#.to_vec(),
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            format!("[{}]", "[".repeat(5000) + &"]".repeat(5000)).into_bytes(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (body, ct, want) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
+        let (status, v) = post(body, ct);
+        assert_eq!(status, want, "{shown}: {v}");
+        error_shape(&v);
+    }
+    // A 1 MiB body: refused from its declared length (sent raw: the server answers before it
+    // has read the body, which an HTTP client library reports as a broken request).
+    {
+        use std::io::{Read, Write};
+        let addr = s.base.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let head = format!(
+            "POST /api/backup/create HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            1 << 20
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        let _ = conn.write_all(&[b' '; 8192]);
+        let mut resp = Vec::new();
+        let _ = conn.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains("\"success\":false"), "{text}");
+    }
+    for path in [
+        "/api/backup/restore/..%2F..%2Fetc%2Fpasswd",
+        "/api/backup/restore/%2e%2e",
+        "/api/backup/delete/..%2Fapp.db",
+        "/api/backup/download/%2e%2e%2fapp.db",
+        "/api/backup/verify/a%2Fb",
+        "/api/backup/delete/%00",
+    ] {
+        let m = if path.contains("delete") {
+            "DELETE"
+        } else if path.contains("download") {
+            "GET"
+        } else {
+            "POST"
+        };
+        // Sent byte for byte: an HTTP client library would normalise `%2e%2e` away.
+        let (status, v) = s.raw_request(m, path);
+        assert_eq!(status, 400, "{path}: {v}");
+        error_shape(&v);
+    }
+    assert!(
+        env.path().join("app.db").exists(),
+        "nothing outside the backup directory was touched"
+    );
+    assert_eq!(rows(&env.path().join("app.db")).len(), 3);
+    assert!(
+        env.files().is_empty(),
+        "nothing was written: {:?}",
+        env.files()
+    );
+}
+
+#[test]
+fn healthz_reports_the_last_backup_without_auth() {
+    let mut env = sqlite_env(3);
+    let s = Server::start(&env);
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{h}");
+    env.run(&["backup", "--name", "h1"]).ok();
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::OK, "{h}");
+    assert_eq!(h["last_backup_success"], true);
+    assert!(h["last_success_age_seconds"].as_i64().unwrap() < 60);
+    drop(s);
+    // A failed last backup makes it fail; so does an old last success.
+    env.set("DATABASE_URL", "sqlite:///gone.db");
+    env.run(&["backup", "--name", "h2"]).code(1);
+    let s = Server::start(&env);
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{h}");
+    assert_eq!(h["reason"], "the last backup failed");
+    let text = serde_json::to_string(&h).unwrap();
+    assert!(
+        !text.contains("gone.db"),
+        "healthz shows no error detail: {text}"
+    );
+    drop(s);
+    env.run(&["delete", "h2", "--yes"]).ok();
+    env.set("DBKEEP_HEALTH_MAX_AGE", "0");
+    std::thread::sleep(Duration::from_millis(1100));
+    let s = Server::start(&env);
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{h}");
+    assert_eq!(h["reason"], "the last successful backup is too old");
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_token_unless_loopback_no_auth() {
+    let mut env = TestEnv::new();
+    make_db(&env.path().join("app.db"), 1);
+    env.set("DATABASE_URL", "sqlite:///app.db");
+    let o = env.run(&["serve", "--bind", "127.0.0.1:0"]);
+    o.code(2);
+    assert!(o.stderr.contains("DBKEEP_API_TOKEN"), "{}", o.stderr);
+    let o = env.run(&["serve", "--bind", "0.0.0.0:0", "--no-auth"]);
+    o.code(2);
+    assert!(o.stderr.contains("loopback"), "{}", o.stderr);
+    env.set("DBKEEP_API_TOKEN", "");
+    env.set("DBKEEP_RATE_LIMITS", GENEROUS);
+    let s = Server::start_with(&env, &["--no-auth"]);
+    let (status, _) = s.call(Method::GET, "/api/backup/list", None, None);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.stop(), 0);
+}
