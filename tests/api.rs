@@ -563,3 +563,208 @@ fn serve_refuses_to_start_without_a_token_unless_loopback_no_auth() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.stop(), 0);
 }
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends a create over a raw connection and returns it (the caller may drop it to disconnect).
+fn start_create(s: &Server, name: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = s.base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let body = format!("{{\"backup_name\": \"{name}\"}}");
+    write!(
+        conn,
+        "POST /api/backup/create HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    conn
+}
+
+/// A lock that makes pg_dump wait on `sales.items` until the returned child is killed.
+fn hold_table_lock(pg: &crate::common::PgServer) -> std::process::Child {
+    let mut holder = pg.client("psql", "app", "appdb");
+    holder
+        .args([
+            "-X",
+            "-c",
+            "BEGIN; LOCK TABLE sales.items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = holder.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
+fn has_temp(env: &TestEnv) -> bool {
+    env.files().iter().any(|f| f.starts_with(".dbkeep-tmp-"))
+}
+
+#[test]
+fn spec_flow_on_postgres_with_secrets_kept() {
+    let Some((pg, env)) = crate::postgres::setup() else {
+        return;
+    };
+    let before = pg.normalized_dump("appdb");
+    let s = Server::start(&env);
+    let (status, created) = s.call(
+        Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(json!({"backup_name": "pg_api"})),
+    );
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert_eq!(created["file_path"], "./backups/pg_api.sql.gz");
+    let (_, list) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+    assert_eq!(list["backups"][0]["database_type"], "postgresql");
+    assert_eq!(list["backups"][0]["success"], true);
+    pg.sql_as(
+        "app",
+        "appdb",
+        "DELETE FROM sales.items; DROP VIEW sales.expensive;",
+    );
+    let (status, restored) = s.call(
+        Method::POST,
+        "/api/backup/restore/pg_api",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    assert_eq!(
+        pg.normalized_dump("appdb"),
+        before,
+        "the restored database equals the original"
+    );
+    let (status, stats) = s.call(Method::GET, "/api/backup/statistics", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stats["total_backups"], 1);
+    // A failing backup: generic 500, cause only in the log; the password nowhere.
+    let mut bad = TestEnv::new();
+    bad.set("DATABASE_URL", pg.url("app", "Wrong-Secret-42", "appdb"));
+    bad.set("BACKUP_PG_BINDIR", pg.bin.display().to_string());
+    let s2 = Server::start(&bad);
+    let r = s2.raw(
+        Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(json!({"backup_name": "bad"})),
+    );
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = format!("{:?}", r.headers());
+    let body = r.text().unwrap();
+    assert!(
+        !body.contains("password authentication"),
+        "the cause is not sent: {body}"
+    );
+    let (_, list) = s2.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+    assert_eq!(list["backups"][0]["success"], false);
+    let list_text = list.to_string();
+    for secret in [crate::postgres::APP_PASSWORD, "Wrong-Secret-42", TOKEN] {
+        for (what, text) in [
+            ("body", body.as_str()),
+            ("headers", headers.as_str()),
+            ("list", list_text.as_str()),
+            ("created", &created.to_string()),
+            (
+                "audit",
+                &std::fs::read_to_string(env.path().join("audit.log")).unwrap(),
+            ),
+            (
+                "audit2",
+                &std::fs::read_to_string(bad.path().join("audit.log")).unwrap(),
+            ),
+            ("log", &env.log()),
+            ("log2", &bad.log()),
+        ] {
+            assert!(!text.contains(secret), "{what} shows a secret: {text}");
+        }
+    }
+}
+
+#[test]
+fn list_answers_during_a_backup_conflicts_get_409_and_a_disconnected_create_completes() {
+    let Some((pg, env)) = crate::postgres::setup() else {
+        return;
+    };
+    let s = Server::start(&env);
+    let mut holder = hold_table_lock(&pg);
+    let conn = start_create(&s, "slow");
+    wait_for("the backup to start", || has_temp(&env));
+    drop(conn); // the client goes away mid-create
+    let t = std::time::Instant::now();
+    let (status, _) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s.call(Method::GET, "/api/backup/statistics", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE); // no backup yet, but it answers
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "reads do not wait for the backup"
+    );
+    for (m, path) in [
+        (Method::POST, "/api/backup/create"),
+        (Method::POST, "/api/backup/restore/slow"),
+        (Method::DELETE, "/api/backup/delete/slow"),
+    ] {
+        let body = (path == "/api/backup/create").then(|| json!({"backup_name": "second"}));
+        let (status, v) = s.call(m.clone(), path, Some(TOKEN), body);
+        assert_eq!(status, StatusCode::CONFLICT, "{m} {path}: {v}");
+        error_shape(&v);
+    }
+    pg.release(&mut holder);
+    wait_for("the disconnected create to finish", || {
+        env.backup_dir().join("slow.manifest.json").exists()
+    });
+    let (_, list) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+    assert_eq!(list["backups"][0]["backup_name"], "slow");
+    assert_eq!(list["backups"][0]["success"], true);
+    env.run(&["verify", "slow"]).ok();
+}
+
+#[test]
+fn sigterm_lets_a_running_backup_finish_or_aborts_it_after_the_grace_period() {
+    let Some((pg, mut env)) = crate::postgres::setup() else {
+        return;
+    };
+    // 1. The backup finishes within the grace period: it completes, the server exits 0.
+    env.set("DBKEEP_SHUTDOWN_GRACE", "30");
+    let s = Server::start(&env);
+    let mut holder = hold_table_lock(&pg);
+    let _conn = start_create(&s, "finishes");
+    wait_for("the backup to start", || has_temp(&env));
+    let stopper = std::thread::spawn(move || s.stop());
+    std::thread::sleep(Duration::from_millis(500));
+    pg.release(&mut holder);
+    assert_eq!(stopper.join().unwrap(), 0);
+    assert!(env.backup_dir().join("finishes.manifest.json").exists());
+    assert!(!has_temp(&env));
+
+    // 2. It does not finish in time: it is aborted, recorded as failed, and leaves no temp file.
+    env.set("DBKEEP_SHUTDOWN_GRACE", "1");
+    let s = Server::start(&env);
+    let mut holder = hold_table_lock(&pg);
+    let _conn = start_create(&s, "aborted");
+    wait_for("the backup to start", || has_temp(&env));
+    let t = std::time::Instant::now();
+    assert_eq!(s.stop(), 0);
+    assert!(t.elapsed() < Duration::from_secs(40));
+    pg.release(&mut holder);
+    assert!(!has_temp(&env), "{:?}", env.files());
+    assert!(!env.backup_dir().join("aborted.manifest.json").exists());
+    assert!(
+        env.backup_dir()
+            .join("aborted.manifest.failed.json")
+            .exists()
+    );
+}

@@ -5,7 +5,7 @@ use crate::common::{PgServer, TestEnv};
 use std::io::{Read, Write};
 
 /// The owner's password holds every character that breaks naive quoting.
-const APP_PASSWORD: &str = "p@:/%$'\"x";
+pub const APP_PASSWORD: &str = "p@:/%$'\"x";
 
 const SCHEMA: &str = r#"
 CREATE SCHEMA sales;
@@ -42,7 +42,7 @@ FROM generate_series(1, 3000) g;
 "#;
 
 /// A server with the database `appdb` owned by `app`, and a TestEnv pointing at it over TCP.
-fn setup() -> Option<(PgServer, TestEnv)> {
+pub fn setup() -> Option<(PgServer, TestEnv)> {
     let pg = PgServer::start()?;
     pg.sql(
         "postgres",
@@ -399,8 +399,7 @@ fn killed_mid_dump_leaves_no_success_and_next_run_cleans_up() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let _ = holder.kill();
-    let _ = holder.wait();
+    pg.release(&mut holder);
     assert!(
         env.files().iter().any(|f| f.starts_with(".dbkeep-tmp-")),
         "the killed run left its temp file"
@@ -473,4 +472,42 @@ fn restore_killed_mid_way_is_undone_by_the_next_run() {
         "the original database is back"
     );
     env.run(&["verify", "after_kill"]).ok();
+}
+
+/// Makes `BACKUP_PG_BINDIR` a directory whose pg_dump runs `script` (after answering --version
+/// with the real one) and whose psql is the real one.
+pub fn fake_pg_dump(pg: &PgServer, env: &mut TestEnv, script: &str) {
+    let bin = env.path().join("fakebin");
+    let _ = std::fs::create_dir(&bin);
+    let _ = std::os::unix::fs::symlink(pg.bin.join("psql"), bin.join("psql"));
+    let fake = bin.join("pg_dump");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec '{}' --version; fi\n{script}\n",
+            pg.bin.join("pg_dump").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.set("BACKUP_PG_BINDIR", bin.display().to_string());
+}
+
+#[test]
+fn a_dump_without_progress_is_stopped_and_recorded_as_failed() {
+    let Some((pg, mut env)) = setup() else { return };
+    fake_pg_dump(
+        &pg,
+        &mut env,
+        "echo '-- PostgreSQL database dump'\nexec sleep 120",
+    );
+    env.set("BACKUP_STALL_TIMEOUT", "2");
+    let started = std::time::Instant::now();
+    let o = env.run(&["backup", "--name", "stuck"]);
+    o.code(1);
+    assert!(o.stderr.contains("no progress for 2 s"), "{}", o.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(env.list()["backups"][0]["success"], false);
+    assert_eq!(env.files(), vec!["stuck.manifest.failed.json"]);
 }

@@ -262,11 +262,14 @@ impl Postgres {
                 }
             }
         })();
+        drop(rx);
         if result.is_err() {
             child.kill();
+            // The reader ends at EOF, which a grandchild holding the pipe may delay: not joined.
+            drop(reader);
+        } else {
+            let _ = reader.join();
         }
-        drop(rx);
-        let _ = reader.join();
         let waited = child.wait_success();
         result?;
         waited?;

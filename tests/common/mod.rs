@@ -357,6 +357,17 @@ impl PgServer {
         )
     }
 
+    /// Ends the server sessions sleeping in `pg_sleep` (a lock holder whose client was killed
+    /// keeps its lock until the backend notices), and reaps the client `child`.
+    pub fn release(&self, child: &mut std::process::Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+        self.sql(
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
+        );
+    }
+
     pub fn stop(&mut self) {
         if self.running {
             let mut ctl = self.tool("pg_ctl");
