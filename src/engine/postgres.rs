@@ -296,6 +296,7 @@ impl Postgres {
         aside: &str,
     ) -> Result<RestoreReport, PostgresError> {
         let target = self.conn.database.clone();
+        let app_name = restore_app_name(aside);
         if backup_db != target {
             return Err(PostgresError::DatabaseMismatch {
                 backup: backup_db.to_owned(),
@@ -314,7 +315,7 @@ impl Postgres {
             Some(allow) => Some(self.move_aside(&target, aside, allow)?),
             None => None,
         };
-        match self.load(input) {
+        match self.load(input, &app_name) {
             Ok(()) => {
                 let mut report = RestoreReport::default();
                 if let Some(aside) = aside {
@@ -395,6 +396,18 @@ impl Postgres {
     /// renames the original back. Returns what it did, if anything.
     pub fn recover(&self, aside: &str) -> Result<Option<String>, PostgresError> {
         let target = self.conn.database.clone();
+        // The killed run's psql may still be executing what it had read: end its sessions
+        // first, or it could recreate the database behind our back.
+        let app = literal(&restore_app_name(aside));
+        for _ in 0..100 {
+            let left = self.maintenance(&[format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = {app} AND pid <> pg_backend_pid()"
+            )])?;
+            if left.trim() == "0" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let exists = |db: &str| -> Result<bool, PostgresError> {
             let out = self.maintenance(&[format!(
                 "SELECT 1 FROM pg_database WHERE datname = {}",
@@ -455,8 +468,10 @@ impl Postgres {
     }
 
     /// Feeds the dump to psql on the maintenance database.
-    fn load(&self, input: &mut dyn Read) -> Result<(), PostgresError> {
+    fn load(&self, input: &mut dyn Read, app_name: &str) -> Result<(), PostgresError> {
         let mut cmd = self.command("psql", &self.maintenance_db);
+        // Marks the restore's sessions, so that a later recovery can end them.
+        cmd.env("PGAPPNAME", app_name);
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null());
@@ -556,6 +571,20 @@ fn terminate_sql(db: &str) -> String {
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
         literal(db)
     )
+}
+
+/// The application_name of a restore's psql sessions: unique per restore (the aside name's
+/// timestamp), within PostgreSQL's 63 bytes.
+fn restore_app_name(aside: &str) -> String {
+    let stamp: String = aside
+        .chars()
+        .rev()
+        .take(14)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("dbkeep-restore-{stamp}")
 }
 
 /// `name_dbkeep_old_20240115103000`, cut to PostgreSQL's 63-byte identifier limit.
