@@ -78,8 +78,18 @@ pub struct AppState {
     trusted_proxies: Vec<IpAddr>,
     health_max_age: Duration,
     running: Arc<AtomicUsize>,
-    cache: Mutex<Option<(SystemTime, Arc<Catalog>)>>,
+    cache: Mutex<Option<CatalogCache>>,
 }
+
+/// The catalog and the list response made from it, valid while the backup directory's mtime is
+/// unchanged (and, for the response, whose free-space figure ages, for [`LIST_TTL`]).
+struct CatalogCache {
+    stamp: SystemTime,
+    catalog: Arc<Catalog>,
+    list: Option<(Instant, Bytes)>,
+}
+
+const LIST_TTL: Duration = Duration::from_secs(5);
 
 type Shared = Arc<AppState>;
 
@@ -258,22 +268,69 @@ fn limit(state: &AppState, endpoint: Endpoint, caller: &Caller) -> Result<(), Ap
     })
 }
 
-/// Runs `work` on a blocking thread, counted in `running` until it ends (also when the client
-/// has gone away).
+/// Counts a running operation in `AppState::running` until dropped (also when it panics).
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(state: &AppState) -> Self {
+        state.running.fetch_add(1, Ordering::SeqCst);
+        Self(state.running.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `work` on a blocking thread, counted as running until it ends (also when the client has
+/// gone away).
 async fn blocking<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce(&Ops) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let ops = state.ops.clone();
-    let running = state.running.clone();
-    running.fetch_add(1, Ordering::SeqCst);
+    let (ops, running) = (state.ops.clone(), Running::start(state));
     tokio::task::spawn_blocking(move || {
-        let out = work(&ops);
-        running.fetch_sub(1, Ordering::SeqCst);
-        out
+        let _running = running;
+        work(&ops)
     })
     .await
     .map_err(|e| ApiError::internal("an operation panicked", e))
+}
+
+/// How much lower than the server's request handling long operations run: a backup's
+/// compression (and its pg_dump, which inherits the thread's niceness) yields the CPU to list,
+/// statistics and healthz requests.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Like [`blocking`], for long operations: on a dedicated thread with lower CPU priority.
+async fn background<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&Ops) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let (ops, running) = (state.ops.clone(), Running::start(state));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("dbkeep-op".into())
+        .spawn(move || {
+            let _running = running;
+            lower_priority(BACKGROUND_NICE);
+            let _ = tx.send(work(&ops));
+        })
+        .map_err(|e| ApiError::internal("cannot start an operation thread", e))?;
+    rx.await
+        .map_err(|e| ApiError::internal("an operation thread ended without an answer", e))
+}
+
+/// Lowers this thread's CPU priority (Linux: niceness is per thread, and threads and processes
+/// started from it inherit it). Best effort.
+fn lower_priority(nice: i32) {
+    // SAFETY: gettid and setpriority only read their integer arguments; no memory is shared.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
 }
 
 /// Runs a handler body and writes its audit line.
@@ -388,7 +445,7 @@ async fn create(
             compress: body.compress,
             replace: false,
         };
-        let out = blocking(&st, move |ops| ops.backup(&req)).await?;
+        let out = background(&st, move |ops| ops.backup(&req)).await?;
         let out = out.map_err(|e| ApiError::from_ops(e, body.backup_name.as_deref()))?;
         st.invalidate();
         let m = &out.manifest;
@@ -407,29 +464,57 @@ async fn create(
 }
 
 impl AppState {
-    /// The catalog, cached until the backup directory changes. A directory modified within the
-    /// last second is read afresh (its mtime may not yet show a change made in the same tick).
-    fn catalog(&self) -> Result<Arc<Catalog>, crate::error::Error> {
+    /// The backup directory's mtime, when it is settled: a directory modified within the last
+    /// second is not trusted (its mtime may not yet show a change made in the same tick).
+    fn settled_stamp(&self) -> Option<SystemTime> {
         let stamp = std::fs::metadata(&self.ops.settings().backup_dir)
             .and_then(|m| m.modified())
-            .ok();
+            .ok()?;
+        SystemTime::now()
+            .duration_since(stamp)
+            .is_ok_and(|age| age > Duration::from_secs(1))
+            .then_some(stamp)
+    }
+
+    /// The catalog, cached until the backup directory changes.
+    fn catalog(&self) -> Result<Arc<Catalog>, crate::error::Error> {
+        let stamp = self.settled_stamp();
         if let Some(stamp) = stamp
             && let Ok(cache) = self.cache.lock()
-            && let Some((when, cat)) = cache.as_ref()
-            && *when == stamp
+            && let Some(c) = cache.as_ref()
+            && c.stamp == stamp
         {
-            return Ok(cat.clone());
+            return Ok(c.catalog.clone());
         }
         let cat = Arc::new(self.ops.catalog()?);
         if let Some(stamp) = stamp
-            && SystemTime::now()
-                .duration_since(stamp)
-                .is_ok_and(|age| age > Duration::from_secs(1))
             && let Ok(mut cache) = self.cache.lock()
         {
-            *cache = Some((stamp, cat.clone()));
+            *cache = Some(CatalogCache {
+                stamp,
+                catalog: cat.clone(),
+                list: None,
+            });
         }
         Ok(cat)
+    }
+
+    /// The list response from the cache, without touching the disk beyond one stat.
+    fn cached_list(&self) -> Option<Bytes> {
+        let stamp = self.settled_stamp()?;
+        let cache = self.cache.lock().ok()?;
+        let c = cache.as_ref()?;
+        let (made, body) = c.list.as_ref()?;
+        (c.stamp == stamp && made.elapsed() < LIST_TTL).then(|| body.clone())
+    }
+
+    fn store_list(&self, catalog: &Arc<Catalog>, body: &Bytes) {
+        if let Ok(mut cache) = self.cache.lock()
+            && let Some(c) = cache.as_mut()
+            && Arc::ptr_eq(&c.catalog, catalog)
+        {
+            c.list = Some((Instant::now(), body.clone()));
+        }
     }
 
     fn invalidate(&self) {
@@ -443,21 +528,30 @@ async fn list(State(state): State<Shared>, Extension(caller): Extension<Caller>)
     let st = state.clone();
     audited(&state, &caller, "list", None, async {
         limit(&st, Endpoint::List, &caller)?;
-        let st2 = st.clone();
-        let body = blocking(&st, move |ops| {
-            let cat = st2.catalog()?;
-            let stats = ops.statistics(&cat);
-            serde_json::to_vec(&ListResponse {
-                backups: &cat.backups,
-                statistics: stats,
-            })
-            .map_err(|e| crate::error::Error::Io {
-                io_context: "encode the list".into(),
-                source: e.into(),
-            })
-        })
-        .await?
-        .map_err(|e| ApiError::from_ops(e, None))?;
+        let body = match st.cached_list() {
+            Some(body) => body,
+            None => {
+                let st2 = st.clone();
+                blocking(&st, move |ops| {
+                    let cat = st2.catalog()?;
+                    let stats = ops.statistics(&cat);
+                    let body = Bytes::from(
+                        serde_json::to_vec(&ListResponse {
+                            backups: &cat.backups,
+                            statistics: stats,
+                        })
+                        .map_err(|e| crate::error::Error::Io {
+                            io_context: "encode the list".into(),
+                            source: e.into(),
+                        })?,
+                    );
+                    st2.store_list(&cat, &body);
+                    Ok::<_, crate::error::Error>(body)
+                })
+                .await?
+                .map_err(|e| ApiError::from_ops(e, None))?
+            }
+        };
         Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
     })
     .await
@@ -487,7 +581,7 @@ async fn restore(
         let name = name_param(p).map_err(|e| e.with_name(raw.as_deref()))?;
         limit(&st, Endpoint::Restore, &caller)?;
         let n = name.clone();
-        let out = blocking(&st, move |ops| ops.restore(&n))
+        let out = background(&st, move |ops| ops.restore(&n))
             .await?
             .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
         Ok(Json(json!({
@@ -554,7 +648,7 @@ async fn verify(
         }
         limit(&st, Endpoint::Verify, &caller)?;
         let n = name.clone();
-        let reports = blocking(&st, move |ops| ops.verify(&VerifyTarget::Named(n)))
+        let reports = background(&st, move |ops| ops.verify(&VerifyTarget::Named(n)))
             .await?
             .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
         let report = reports.into_iter().next();
