@@ -118,6 +118,13 @@ impl Error {
             Error::Storage(StorageError::Io { source, .. }) => io_unavailable(source),
             Error::Postgres(PostgresError::Output(e)) => io_unavailable(e),
             Error::Io { source, .. } => source.kind() == K::StorageFull,
+            Error::Sqlite(SqliteError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            }) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly
+            ),
             _ => false,
         }
     }
