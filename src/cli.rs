@@ -244,7 +244,7 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 "backup {} done: {} ({}) in {:.1} s\n  file   {}\n  sha256 {}\n  series {}",
                 m.backup_name,
                 human_bytes(m.file_size),
-                format!("{:?}", m.compression).to_lowercase(),
+                m.compression.name(),
                 m.duration,
                 m.file_path.as_deref().unwrap_or("-"),
                 m.sha256.as_deref().unwrap_or("-"),

@@ -18,6 +18,8 @@ use std::io::{self, Read, Write};
 pub enum Compression {
     None,
     Gzip,
+    /// Multi-threaded zstd; the `.zst` file is a standard zstd stream.
+    Zstd,
 }
 
 impl Compression {
@@ -26,6 +28,23 @@ impl Compression {
         match self {
             Compression::None => "",
             Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+        }
+    }
+
+    pub fn default_level(self) -> u32 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
         }
     }
 }
@@ -35,14 +54,23 @@ impl Compression {
 pub enum Encoder<W: Write> {
     Plain(W),
     Gzip(GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
 impl<W: Write> Encoder<W> {
-    pub fn new(compression: Compression, level: u32, inner: W) -> Self {
-        match compression {
+    pub fn new(compression: Compression, level: u32, inner: W) -> io::Result<Self> {
+        Ok(match compression {
             Compression::None => Encoder::Plain(inner),
             Compression::Gzip => Encoder::Gzip(GzEncoder::new(inner, Level::new(level))),
-        }
+            Compression::Zstd => {
+                let mut z = zstd::stream::write::Encoder::new(inner, level as i32)?;
+                // Worker threads compress while this thread keeps reading the dump.
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                z.multithread(workers)?;
+                z.include_checksum(true)?;
+                Encoder::Zstd(z)
+            }
+        })
     }
 
     pub fn finish(self) -> io::Result<W> {
@@ -52,6 +80,7 @@ impl<W: Write> Encoder<W> {
                 Ok(w)
             }
             Encoder::Gzip(g) => g.finish(),
+            Encoder::Zstd(z) => z.finish(),
         }
     }
 }
@@ -61,29 +90,36 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::Plain(w) => w.write(buf),
             Encoder::Gzip(g) => g.write(buf),
+            Encoder::Zstd(z) => z.write(buf),
         }
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
             Encoder::Plain(w) => w.write_all(buf),
             Encoder::Gzip(g) => g.write_all(buf),
+            Encoder::Zstd(z) => z.write_all(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Encoder::Plain(w) => w.flush(),
             Encoder::Gzip(g) => g.flush(),
+            Encoder::Zstd(z) => z.flush(),
         }
     }
 }
 
 /// A decompressing reader for `compression`. Gzip accepts several concatenated members, as
-/// `gunzip` does; trailing bytes that are not a gzip member are an error.
-pub fn decoder<'a, R: Read + 'a>(compression: Compression, inner: R) -> Box<dyn Read + 'a> {
-    match compression {
+/// `gunzip` does, and zstd several frames; trailing bytes that are neither are an error.
+pub fn decoder<'a, R: Read + 'a>(
+    compression: Compression,
+    inner: R,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
         Compression::None => Box::new(inner),
         Compression::Gzip => Box::new(MultiGzDecoder::new(inner)),
-    }
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
+    })
 }
 
 /// Size and SHA-256 of a byte stream.
@@ -217,35 +253,40 @@ impl<W: Write> Write for TailWriter<W> {
 mod tests {
     use super::*;
 
+    const CODECS: [Compression; 3] = [Compression::None, Compression::Gzip, Compression::Zstd];
+
     #[test]
-    fn gzip_round_trip_and_digest_of_stored_bytes() {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        let mut enc = Encoder::new(Compression::Gzip, 6, HashingWriter::new(Vec::new()));
-        enc.write_all(&data).unwrap();
-        let (stored, digest) = enc.finish().unwrap().finish();
-        assert_eq!(digest.size, stored.len() as u64);
-        assert_eq!(digest.sha256, hex::encode(Sha256::digest(&stored)));
-        let mut back = Vec::new();
-        let mut r = HashingReader::new(&stored[..]);
-        decoder(Compression::Gzip, &mut r)
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, data);
-        assert_eq!(r.finish().unwrap(), digest);
+    fn round_trip_and_digest_of_stored_bytes() {
+        let data: Vec<u8> = (0..400_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        for c in CODECS {
+            let mut enc =
+                Encoder::new(c, c.default_level(), HashingWriter::new(Vec::new())).unwrap();
+            enc.write_all(&data).unwrap();
+            let (stored, digest) = enc.finish().unwrap().finish();
+            assert_eq!(digest.size, stored.len() as u64);
+            assert_eq!(digest.sha256, hex::encode(Sha256::digest(&stored)));
+            let mut back = Vec::new();
+            let mut r = HashingReader::new(&stored[..]);
+            decoder(c, &mut r).unwrap().read_to_end(&mut back).unwrap();
+            assert_eq!(back, data, "{c:?}");
+            assert_eq!(r.finish().unwrap(), digest);
+        }
     }
 
     #[test]
-    fn truncated_gzip_is_an_error() {
-        let mut enc = Encoder::new(Compression::Gzip, 6, Vec::new());
-        enc.write_all(&[7u8; 100_000]).unwrap();
-        let stored = enc.finish().unwrap();
-        let cut = &stored[..stored.len() - 10];
-        let mut out = Vec::new();
-        assert!(
-            decoder(Compression::Gzip, cut)
-                .read_to_end(&mut out)
-                .is_err()
-        );
+    fn truncated_streams_are_an_error() {
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let mut enc = Encoder::new(c, c.default_level(), Vec::new()).unwrap();
+            let data: Vec<u8> = (0..100_000u32)
+                .flat_map(|i| (i * 7).to_le_bytes())
+                .collect();
+            enc.write_all(&data).unwrap();
+            let stored = enc.finish().unwrap();
+            let cut = &stored[..stored.len() - 10];
+            let mut out = Vec::new();
+            let r = decoder(c, cut).and_then(|mut d| d.read_to_end(&mut out));
+            assert!(r.is_err(), "{c:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the key in the TOML file (`backup_dir`). The spec's variables keep their meaning and defaults.
 //! An unknown file key or a malformed value is an error that names the key and the problem.
 
+use crate::codec::Compression;
 use crate::database_url::{DatabaseUrl, DatabaseUrlError, Secret};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,7 @@ pub struct Layer {
     pub backup_retention_days: Option<u32>,
     pub backup_keep_min: Option<u32>,
     pub backup_compress: Option<bool>,
+    pub backup_compression: Option<Compression>,
     pub backup_compress_level: Option<u32>,
     pub backup_log_file: Option<PathBuf>,
     pub backup_pg_bindir: Option<PathBuf>,
@@ -71,8 +73,12 @@ pub struct Settings {
     pub backup_dir: PathBuf,
     pub retention_days: u32,
     pub keep_min: u32,
+    /// The spec's switch: false stores backups uncompressed whatever `compression` says.
     pub compress: bool,
-    pub compress_level: u32,
+    /// The codec when compressing (`BACKUP_COMPRESSION`; default gzip, the spec's).
+    pub compression: Compression,
+    /// The codec's level; `None` is the codec's default (gzip 6, zstd 3).
+    pub compress_level: Option<u32>,
     /// `None` when `BACKUP_LOG_FILE` is `off`.
     pub log_file: Option<PathBuf>,
     pub pg_bindir: Option<PathBuf>,
@@ -126,7 +132,8 @@ impl Default for Settings {
             retention_days: 30,
             keep_min: 1,
             compress: true,
-            compress_level: 6,
+            compression: Compression::Gzip,
+            compress_level: None,
             log_file: Some(PathBuf::from("./backup.log")),
             pg_bindir: None,
             pg_maintenance_db: "postgres".into(),
@@ -175,6 +182,7 @@ impl Settings {
         if let Some(c) = overrides.compress {
             s.compress = c;
         }
+        s.level(s.compression)?;
         Ok(s)
     }
 
@@ -194,15 +202,11 @@ impl Settings {
         if let Some(v) = l.backup_compress {
             self.compress = v;
         }
+        if let Some(v) = l.backup_compression {
+            self.compression = v;
+        }
         if let Some(v) = l.backup_compress_level {
-            if !(1..=9).contains(&v) {
-                return Err(ConfigError::InvalidValue {
-                    key: "BACKUP_COMPRESS_LEVEL",
-                    value: v.to_string(),
-                    problem: "expected a gzip level from 1 (fastest) to 9 (smallest)",
-                });
-            }
-            self.compress_level = v;
+            self.compress_level = Some(v);
         }
         if let Some(v) = l.backup_log_file {
             self.log_file = if v.as_os_str() == "off" {
@@ -259,6 +263,43 @@ impl Settings {
             self.api.shutdown_grace = Duration::from_secs(v);
         }
         Ok(())
+    }
+
+    /// The codec a backup uses: `none` when compression is off.
+    pub fn codec(&self) -> Compression {
+        if self.compress {
+            self.compression
+        } else {
+            Compression::None
+        }
+    }
+
+    /// The level for `codec`: the configured one, checked against the codec's range, or its
+    /// default.
+    pub fn level(&self, codec: Compression) -> Result<u32, ConfigError> {
+        let Some(level) = self.compress_level else {
+            return Ok(codec.default_level());
+        };
+        let (range, problem) = match codec {
+            Compression::Gzip => (
+                1..=9,
+                "expected a gzip level from 1 (fastest) to 9 (smallest)",
+            ),
+            Compression::Zstd => (
+                1..=19,
+                "expected a zstd level from 1 (fastest) to 19 (smallest)",
+            ),
+            Compression::None => return Ok(0),
+        };
+        if range.contains(&level) {
+            Ok(level)
+        } else {
+            Err(ConfigError::InvalidValue {
+                key: "BACKUP_COMPRESS_LEVEL",
+                value: level.to_string(),
+                problem,
+            })
+        }
     }
 
     /// The database to back up or restore; an error if none is configured or it is malformed.
@@ -336,9 +377,21 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
             "expected how many newest successful backups to always keep (a whole number)",
         )?,
         backup_compress: boolean("BACKUP_COMPRESS")?,
+        backup_compression: get("BACKUP_COMPRESSION")
+            .map(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "gzip" => Ok(Compression::Gzip),
+                "zstd" => Ok(Compression::Zstd),
+                "none" => Ok(Compression::None),
+                _ => Err(ConfigError::InvalidValue {
+                    key: "BACKUP_COMPRESSION",
+                    value: v.clone(),
+                    problem: "expected gzip, zstd or none",
+                }),
+            })
+            .transpose()?,
         backup_compress_level: num32(
             "BACKUP_COMPRESS_LEVEL",
-            "expected a gzip level from 1 (fastest) to 9 (smallest)",
+            "expected a compression level (gzip 1-9, zstd 1-19)",
         )?,
         backup_log_file: get("BACKUP_LOG_FILE").map(PathBuf::from),
         backup_pg_bindir: get("BACKUP_PG_BINDIR").map(PathBuf::from),
@@ -460,6 +513,58 @@ mod tests {
                 .to_string();
             assert!(err.contains(k) && err.contains(v), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn codec_follows_the_spec_switch_and_backup_compression() {
+        let s = load(None, &[], Overrides::default()).unwrap();
+        assert_eq!(
+            (s.codec(), s.level(s.codec()).unwrap()),
+            (Compression::Gzip, 6)
+        );
+        let s = load(
+            None,
+            &[("BACKUP_COMPRESSION", "zstd")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.codec(), s.level(s.codec()).unwrap()),
+            (Compression::Zstd, 3)
+        );
+        let s = load(
+            None,
+            &[("BACKUP_COMPRESSION", "zstd"), ("BACKUP_COMPRESS", "false")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.codec(), Compression::None);
+        let s = load(
+            Some("backup_compression = \"zstd\"\nbackup_compress_level = 15\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.level(s.codec()).unwrap(), 15);
+        for (k, v) in [
+            ("BACKUP_COMPRESSION", "lz4"),
+            ("BACKUP_COMPRESS_LEVEL", "12"),
+        ] {
+            let err = load(None, &[(k, v)], Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(k) && err.contains(v), "{err}");
+        }
+        // 12 is fine for zstd.
+        load(
+            None,
+            &[
+                ("BACKUP_COMPRESSION", "zstd"),
+                ("BACKUP_COMPRESS_LEVEL", "12"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -277,12 +277,16 @@ impl Ops {
             },
         };
         let series = series.unwrap_or_else(|| naming::derive_series(&name));
-        let compress = req.compress.unwrap_or(self.settings.compress);
-        let compression = if compress {
-            Compression::Gzip
-        } else {
-            Compression::None
+        // The request's `compress` switch (the API's field, `--no-compress`) picks between none
+        // and the configured codec (gzip when the configuration says none).
+        let compression = match req.compress {
+            None => self.settings.codec(),
+            Some(false) => Compression::None,
+            Some(true) if self.settings.compression == Compression::None => Compression::Gzip,
+            Some(true) => self.settings.compression,
         };
+        let level = self.settings.level(compression)?;
+        let compress = compression != Compression::None;
         let db_type = engine.database_type();
         let key = format!("{name}{}{}", db_type.extension(), compression.suffix());
         info!(backup = %name, series = %series, database = %url, "backup started");
@@ -327,7 +331,7 @@ impl Ops {
 
         let dumped = self
             .recover_interrupted_restore(&engine)
-            .and_then(|()| self.dump_into(&engine, &key, compression));
+            .and_then(|()| self.dump_into(&engine, &key, compression, level));
         manifest.duration = round3(clock.elapsed().as_secs_f64());
         manifest.finished_at = Utc::now();
         let (info_, digest) = match dumped {
@@ -389,13 +393,11 @@ impl Ops {
         engine: &Engine,
         key: &str,
         compression: Compression,
+        level: u32,
     ) -> Result<(DumpInfo, Digest256), Error> {
         let writer = self.storage.create(key)?;
-        let mut enc = Encoder::new(
-            compression,
-            self.settings.compress_level,
-            HashingWriter::new(writer),
-        );
+        let mut enc = Encoder::new(compression, level, HashingWriter::new(writer))
+            .map_err(io_err("start the compressor"))?;
         let info = match engine {
             Engine::Postgres(pg) => pg.dump(&mut enc)?,
             Engine::Sqlite(sq) => {
@@ -473,21 +475,23 @@ impl Ops {
         let mut hashing = HashingReader::new(self.storage.open(key)?);
         let mut scratch = None;
         let content: Result<String, String> = {
-            let mut dec = codec::decoder(m.compression, &mut hashing);
-            match m.database_type {
-                DatabaseType::Postgresql => {
-                    let mut tail = Tail::new(postgres::TRAILER_WINDOW);
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let mut read = || -> io::Result<()> {
-                        loop {
-                            let n = dec.read(&mut buf)?;
-                            if n == 0 {
-                                return Ok(());
+            let dec = codec::decoder(m.compression, &mut hashing);
+            match dec.map_err(|e| format!("cannot start the decompressor: {e}")) {
+                Err(e) => Err(e),
+                Ok(mut dec) => match m.database_type {
+                    DatabaseType::Postgresql => {
+                        let mut tail = Tail::new(postgres::TRAILER_WINDOW);
+                        let mut buf = vec![0u8; 256 * 1024];
+                        let mut read = || -> io::Result<()> {
+                            loop {
+                                let n = dec.read(&mut buf)?;
+                                if n == 0 {
+                                    return Ok(());
+                                }
+                                tail.push(&buf[..n]);
                             }
-                            tail.push(&buf[..n]);
-                        }
-                    };
-                    match read() {
+                        };
+                        match read() {
                         Err(e) => Err(format!("decompressing failed: {e}")),
                         Ok(()) if !postgres::has_trailer(tail.bytes()) => Err(
                             "the dump does not end with pg_dump's completion trailer (incomplete dump)"
@@ -495,25 +499,28 @@ impl Ops {
                         ),
                         Ok(()) => Ok("complete pg_dump output (trailer present)".into()),
                     }
-                }
-                DatabaseType::Sqlite => {
-                    let file = ScratchFile::create(&self.storage.scratch_dir()?, "verify.db")?;
-                    let copied = std::fs::OpenOptions::new()
-                        .write(true)
-                        .truncate(true)
-                        .open(file.path())
-                        .and_then(|mut f| io::copy(&mut dec, &mut f).and_then(|_| f.sync_all()));
-                    match copied {
-                        Err(e) => Err(format!("decompressing failed: {e}")),
-                        Ok(()) => match sqlite::integrity_check(file.path()) {
-                            Ok(()) => {
-                                scratch = Some(file);
-                                Ok("SQLite integrity_check ok".into())
-                            }
-                            Err(e) => Err(e.to_string()),
-                        },
                     }
-                }
+                    DatabaseType::Sqlite => {
+                        let file = ScratchFile::create(&self.storage.scratch_dir()?, "verify.db")?;
+                        let copied = std::fs::OpenOptions::new()
+                            .write(true)
+                            .truncate(true)
+                            .open(file.path())
+                            .and_then(|mut f| {
+                                io::copy(&mut dec, &mut f).and_then(|_| f.sync_all())
+                            });
+                        match copied {
+                            Err(e) => Err(format!("decompressing failed: {e}")),
+                            Ok(()) => match sqlite::integrity_check(file.path()) {
+                                Ok(()) => {
+                                    scratch = Some(file);
+                                    Ok("SQLite integrity_check ok".into())
+                                }
+                                Err(e) => Err(e.to_string()),
+                            },
+                        }
+                    }
+                },
             }
         };
         let digest = hashing
@@ -527,7 +534,7 @@ impl Ops {
         }
         checks.push("sha256 matches".into());
         if m.compression != Compression::None {
-            checks.push(format!("{:?} stream complete", m.compression).to_lowercase());
+            checks.push(format!("{} stream complete", m.compression.name()));
         }
         checks.push(content.map_err(damaged)?);
         Ok((checks, scratch))
@@ -564,7 +571,8 @@ impl Ops {
         match &engine {
             Engine::Postgres(pg) => {
                 let key = m.data_file.as_deref().unwrap_or_default();
-                let mut reader = codec::decoder(m.compression, self.storage.open(key)?);
+                let mut reader = codec::decoder(m.compression, self.storage.open(key)?)
+                    .map_err(io_err("start the decompressor"))?;
                 // Record where the live database goes before it moves, so that a run killed
                 // mid-way is undone by the next one.
                 let journal = RestoreJournal {
@@ -732,7 +740,7 @@ impl Ops {
             let old = now
                 .duration_since(o.modified)
                 .is_ok_and(|age| age > ORPHAN_GRACE);
-            let is_data = [".sql", ".sql.gz", ".db", ".db.gz"]
+            let is_data = [".sql", ".sql.gz", ".sql.zst", ".db", ".db.gz", ".db.zst"]
                 .iter()
                 .any(|s| o.key.ends_with(s));
             let temp = o.key.starts_with(TEMP_PREFIX);

@@ -119,6 +119,19 @@ fn round_trip_restores_exactly_what_was_dumped() {
             .success()
     );
     env.run(&["verify", "rt_20240115"]).ok();
+    // The same database with zstd: `zstd -t` accepts it, and it is what restores below.
+    let mut zenv_cmd = env.command(&["backup", "--name", "rt_zstd"]);
+    zenv_cmd.env("BACKUP_COMPRESSION", "zstd");
+    assert!(zenv_cmd.status().unwrap().success());
+    let zfile = env.backup_dir().join("rt_zstd.sql.zst");
+    assert!(
+        std::process::Command::new("zstd")
+            .arg("-t")
+            .arg(&zfile)
+            .status()
+            .unwrap()
+            .success()
+    );
 
     // Change everything a careless restore would miss, and hold a session open on the database.
     pg.sql_as(
@@ -135,12 +148,16 @@ fn round_trip_restores_exactly_what_was_dumped() {
     let mut idle = idle.spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
 
-    let r = env.run(&["restore", "rt_20240115", "--yes"]);
+    let r = env.run(&["restore", "rt_zstd", "--yes"]);
     r.ok();
     let _ = idle.kill();
     let _ = idle.wait();
     assert_eq!(pg.normalized_dump("appdb"), before);
     assert_eq!(aside_databases(&pg), "", "the previous database is dropped");
+    // And the gzip one restores the same.
+    pg.sql_as("app", "appdb", "DELETE FROM sales.items WHERE id > 2000;");
+    env.run(&["restore", "rt_20240115", "--yes"]).ok();
+    assert_eq!(pg.normalized_dump("appdb"), before);
     assert_no_secret(
         &env,
         &[&o.stdout, &o.stderr, &r.stdout, &r.stderr],

@@ -272,3 +272,42 @@ fn restore_needs_confirmation_without_a_terminal() {
     assert!(env.files().is_empty(), "{:?}", env.files());
     env.run(&["delete", "c1", "--yes"]).code(2);
 }
+
+#[test]
+fn zstd_backups_round_trip_and_open_with_the_zstd_tool() {
+    let mut env = sqlite_env(400);
+    env.set("BACKUP_COMPRESSION", "zstd");
+    let db = env.path().join("app.db");
+    let before = rows(&db);
+    env.run(&["backup", "--name", "z1"]).ok();
+    let m = env.manifest("z1");
+    assert_eq!(
+        (m["compression"].as_str(), m["compressed"].as_bool()),
+        (Some("zstd"), Some(true))
+    );
+    let file = env.backup_dir().join("z1.db.zst");
+    let ok = std::process::Command::new("zstd")
+        .arg("-t")
+        .arg(&file)
+        .status();
+    assert!(
+        crate::common::require("the zstd command", ok.is_ok(), "zstd") && ok.unwrap().success()
+            || std::env::var_os("CI").is_none()
+    );
+    env.run(&["verify", "z1"]).ok();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM people", [])
+        .unwrap();
+    env.run(&["restore", "z1", "--yes"]).ok();
+    assert_eq!(rows(&db), before);
+    // A flipped byte is caught.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    env.run(&["verify", "z1"]).code(1);
+    // --no-compress still means none.
+    env.run(&["backup", "--name", "z2", "--no-compress"]).ok();
+    assert_eq!(env.manifest("z2")["compression"], "none");
+}
