@@ -286,14 +286,14 @@ fn zstd_backups_round_trip_and_open_with_the_zstd_tool() {
         (Some("zstd"), Some(true))
     );
     let file = env.backup_dir().join("z1.db.zst");
-    let ok = std::process::Command::new("zstd")
-        .arg("-t")
-        .arg(&file)
-        .status();
-    assert!(
-        crate::common::require("the zstd command", ok.is_ok(), "zstd") && ok.unwrap().success()
-            || std::env::var_os("CI").is_none()
-    );
+    if crate::common::require("the zstd command", crate::common::have("zstd"), "zstd") {
+        let ok = std::process::Command::new("zstd")
+            .arg("-t")
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "zstd -t accepts the stored file");
+    }
     env.run(&["verify", "z1"]).ok();
     rusqlite::Connection::open(&db)
         .unwrap()
