@@ -192,6 +192,18 @@ pub fn read_manifest(storage: &dyn Storage, key: &str) -> Result<Manifest, Catal
             ),
         });
     }
+    // The data file must be one of this backup's own names: never a path.
+    if let Some(d) = &m.data_file
+        && (!d.starts_with(&format!("{}.", m.backup_name)) || d.contains('/') || d.contains('\\'))
+    {
+        return Err(CatalogError::Invalid {
+            key: key.to_owned(),
+            problem: format!(
+                "its data_file {d:?} is not a file of the backup {:?}",
+                m.backup_name
+            ),
+        });
+    }
     if m.success && (m.sha256.is_none() || m.data_file.is_none()) {
         return Err(CatalogError::Invalid {
             key: key.to_owned(),

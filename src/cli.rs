@@ -356,10 +356,10 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             if *dry_run {
                 let _ = writeln!(out, "dry run: nothing is deleted");
             }
-            for (series, pol) in &p.policies {
+            for ((database, series), pol) in &p.policies {
                 let _ = writeln!(
                     out,
-                    "series {series}: keep {} days, at least {} newest successful",
+                    "series {series} of {database}: keep {} days, at least {} newest successful",
                     pol.retention_days, pol.keep_min
                 );
             }
@@ -375,6 +375,12 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             for l in &p.leftovers {
                 let verb = if *dry_run { "would remove" } else { "removed" };
                 let _ = writeln!(out, "{verb} leftover {l}");
+            }
+            for o in &p.orphans {
+                let _ = writeln!(
+                    out,
+                    "not a backup of this repository (no manifest names it; left alone, remove it by hand if it is a leftover): {o}"
+                );
             }
             if let Some(first) = p.errors.first() {
                 return Err(Error::Retention {

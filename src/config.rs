@@ -320,10 +320,29 @@ fn read_file(path: &Path) -> Result<Layer, ConfigError> {
     })?;
     toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
         path: path.to_owned(),
-        // toml's message names the key and shows the line; a value it quotes is the user's own
-        // file, except database_url, which never reaches here as a type error (it is a string).
-        message: e.to_string(),
+        message: describe_toml_error(&text, &e),
     })
+}
+
+/// The line, the key and the problem of a TOML error, without the line's text or any quoted
+/// value (a typo'd `database_url` or token line must not print its secret).
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    static QUOTED: std::sync::LazyLock<regex_lite::Regex> = std::sync::LazyLock::new(|| {
+        regex_lite::Regex::new(r#""(?:[^"\\]|\\.)*"|'[^']*'"#).expect("a valid regex")
+    });
+    let message = QUOTED.replace_all(e.message().trim(), "\"…\"").into_owned();
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.contains('"') => {
+            format!("line {line_no}, key {}: {message}", key.trim())
+        }
+        _ => format!("line {line_no}: {message}"),
+    }
 }
 
 fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError> {
@@ -565,6 +584,21 @@ mod tests {
             Overrides::default(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn file_errors_never_show_a_secret() {
+        for text in [
+            "databse_url = \"postgresql://u:hunter2@h/d\"\n",
+            "database_url = \"postgresql://u:hunter2@h/d\n",
+            "dbkeep_api_token = 5\nbackup_dir = \"hunter2\"\nbackup_retention_days = \"hunter2\"\n",
+        ] {
+            let err = load(Some(text), &[], Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
     }
 
     #[test]

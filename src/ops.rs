@@ -150,9 +150,13 @@ pub enum VerifyTarget {
 #[derive(Debug, Default)]
 pub struct PruneOutcome {
     pub decisions: Vec<Decision>,
-    pub policies: BTreeMap<String, Policy>,
-    /// Leftovers removed (or, in a dry run, that would be): orphaned data and temporary files.
+    /// The policy of each (database, series).
+    pub policies: BTreeMap<(String, String), Policy>,
+    /// Temporary files of killed runs, removed (or, in a dry run, that would be).
     pub leftovers: Vec<String>,
+    /// Data-like files that no manifest names, older than [`ORPHAN_GRACE`]: reported, never
+    /// deleted (the backup directory may hold files dbkeep did not write).
+    pub orphans: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -285,10 +289,25 @@ impl Ops {
             Some(true) if self.settings.compression == Compression::None => Compression::Gzip,
             Some(true) => self.settings.compression,
         };
-        let level = self.settings.level(compression)?;
+        // A level configured for another codec does not apply to the one the request chose.
+        let level = if compression == self.settings.compression {
+            self.settings.level(compression)?
+        } else {
+            compression.default_level()
+        };
         let compress = compression != Compression::None;
         let db_type = engine.database_type();
-        let key = format!("{name}{}{}", db_type.extension(), compression.suffix());
+        let mut key = format!("{name}{}{}", db_type.extension(), compression.suffix());
+        if self.storage.stat(&key)?.is_some() {
+            // Never write over an existing file: with --replace the old backup's data stays
+            // intact until the new manifest is committed (then it is deleted).
+            key = format!(
+                "{name}.{}{}{}",
+                started.format("%Y%m%dT%H%M%S%3fZ"),
+                db_type.extension(),
+                compression.suffix()
+            );
+        }
         info!(backup = %name, series = %series, database = %url, "backup started");
         let clock = Instant::now();
 
@@ -353,10 +372,17 @@ impl Ops {
         manifest.tool_version = info_.tool_version;
         // The commit point.
         self.storage.put(&manifest.key(), &manifest.to_json()?)?;
-        self.storage
-            .delete(&catalog::manifest_key(name.as_str(), false))?;
-        if let Some(old_key) = previous.and_then(|p| p.data_file).filter(|k| *k != key) {
-            self.storage.delete(&old_key)?;
+        // From here on the backup exists: tidying up can only warn.
+        if let Err(e) = self
+            .storage
+            .delete(&catalog::manifest_key(name.as_str(), false))
+        {
+            warn!(error = %e, "could not remove the record of an earlier failed attempt");
+        }
+        if let Some(old_key) = previous.and_then(|p| p.data_file).filter(|k| *k != key)
+            && let Err(e) = self.storage.delete(&old_key)
+        {
+            warn!(error = %e, "could not remove the replaced backup's data file");
         }
         info!(
             backup = %name,
@@ -370,14 +396,27 @@ impl Ops {
             retention_days: self.settings.retention_days,
             keep_min: self.settings.keep_min,
         };
-        let cat = self.catalog()?;
+        let cat = match self.catalog() {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("retention skipped: cannot read the catalog: {e}");
+                warn!("{msg}");
+                return Ok(BackupOutcome {
+                    manifest,
+                    retention: Vec::new(),
+                    retention_errors: vec![msg],
+                });
+            }
+        };
         let candidates: Vec<Candidate> = cat
             .backups
             .iter()
-            .filter(|m| m.series == manifest.series)
+            .filter(|m| {
+                m.series == manifest.series && database_identity(m) == database_identity(&manifest)
+            })
             .map(candidate)
             .collect();
-        let retention = retention::plan(&candidates, |_| policy, Utc::now());
+        let retention = retention::plan(&candidates, |_, _| policy, Utc::now());
         let retention_errors = self.execute(&cat, &retention);
         Ok(BackupOutcome {
             manifest,
@@ -588,7 +627,15 @@ impl Ops {
                         source: e.into(),
                     })?,
                 )?;
-                let restored = pg.restore(&mut reader, &m.database_name, &journal.aside);
+                // Once the dump has loaded, the journal must go before anything else: recovery
+                // would otherwise put the old database back over the restored one.
+                let mut loaded = || {
+                    if let Err(e) = self.storage.delete(RESTORE_JOURNAL) {
+                        tracing::error!(error = %e, "could not remove the restore journal {RESTORE_JOURNAL}: remove it by hand, or the next run would undo this restore");
+                    }
+                };
+                let restored =
+                    pg.restore(&mut reader, &m.database_name, &journal.aside, &mut loaded);
                 // After a failed rollback the journal stays, so the next run tries again.
                 if !matches!(
                     restored,
@@ -685,10 +732,11 @@ impl Ops {
             Some(self.lock("prune")?)
         };
         let cat = self.catalog()?;
-        let mut policies: BTreeMap<String, Policy> = BTreeMap::new();
-        // Newest first: the first manifest seen of a series sets its policy.
+        let mut policies: BTreeMap<(String, String), Policy> = BTreeMap::new();
+        // Newest first: the first manifest seen of a (database, series) sets its policy.
         for m in &cat.backups {
-            policies.entry(m.series.clone()).or_insert(Policy {
+            let key = (database_identity(m), m.series.clone());
+            policies.entry(key).or_insert(Policy {
                 retention_days: opts.retention_days.unwrap_or(m.retention_days),
                 keep_min: opts.keep_min.unwrap_or(m.keep_min),
             });
@@ -700,10 +748,15 @@ impl Ops {
         };
         let decisions = retention::plan(
             &candidates,
-            |s| policies.get(s).copied().unwrap_or(fallback),
+            |d, s| {
+                policies
+                    .get(&(d.to_owned(), s.to_owned()))
+                    .copied()
+                    .unwrap_or(fallback)
+            },
             Utc::now(),
         );
-        let leftovers = self.leftovers(&cat)?;
+        let (leftovers, orphans) = self.leftovers(&cat)?;
         let mut errors = Vec::new();
         if !opts.dry_run {
             errors = self.execute(&cat, &decisions);
@@ -717,42 +770,34 @@ impl Ops {
             decisions,
             policies,
             leftovers,
+            orphans,
             errors,
         })
     }
 
-    fn leftovers(&self, cat: &Catalog) -> Result<Vec<String>, Error> {
+    /// (temporary files of killed runs, data-like files that no manifest names), both older
+    /// than [`ORPHAN_GRACE`].
+    fn leftovers(&self, cat: &Catalog) -> Result<(Vec<String>, Vec<String>), Error> {
         let referenced: std::collections::HashSet<&str> = cat.referenced_data().collect();
-        // Backups whose manifest cannot be read keep every file that may be theirs.
-        let protected: Vec<String> = cat
-            .unreadable
-            .iter()
-            .filter_map(|e| match e {
-                catalog::CatalogError::Invalid { key, .. } => {
-                    key.split(".manifest").next().map(|n| format!("{n}."))
-                }
-                _ => None,
-            })
-            .collect();
         let now = SystemTime::now();
-        let mut out = Vec::new();
+        let (mut temps, mut orphans) = (Vec::new(), Vec::new());
         for o in self.storage.list()? {
             let old = now
                 .duration_since(o.modified)
                 .is_ok_and(|age| age > ORPHAN_GRACE);
+            if !old {
+                continue;
+            }
             let is_data = [".sql", ".sql.gz", ".sql.zst", ".db", ".db.gz", ".db.zst"]
                 .iter()
                 .any(|s| o.key.ends_with(s));
-            let temp = o.key.starts_with(TEMP_PREFIX);
-            let orphan = is_data
-                && !o.key.starts_with('.')
-                && !referenced.contains(o.key.as_str())
-                && !protected.iter().any(|p| o.key.starts_with(p.as_str()));
-            if old && (temp || orphan) {
-                out.push(o.key);
+            if o.key.starts_with(TEMP_PREFIX) {
+                temps.push(o.key);
+            } else if is_data && !referenced.contains(o.key.as_str()) {
+                orphans.push(o.key);
             }
         }
-        Ok(out)
+        Ok((temps, orphans))
     }
 
     /// Carries out the deletions of a retention plan; returns the errors (it goes on after one).
@@ -787,9 +832,20 @@ impl Ops {
     }
 }
 
+/// Which database a backup is of, for grouping retention: type, host and name.
+fn database_identity(m: &Manifest) -> String {
+    format!(
+        "{}://{}/{}",
+        m.database_type,
+        m.database_host.as_deref().unwrap_or(""),
+        m.database_name
+    )
+}
+
 fn candidate(m: &Manifest) -> Candidate {
     Candidate {
         name: m.backup_name.clone(),
+        database: database_identity(m),
         series: m.series.clone(),
         timestamp: m.timestamp,
         success: m.success,

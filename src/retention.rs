@@ -2,7 +2,8 @@
 //! policy of each series and the current time. Nothing here touches storage: `ops` executes the
 //! plan (and `prune --dry-run` only prints it).
 //!
-//! Rules, per series:
+//! Rules, per series of one database (two databases sharing a folder and a series name never
+//! count each other's backups):
 //! 1. The `keep_min` newest *successful* backups are kept whatever their age, so backups that keep
 //!    failing never cost the last good one.
 //! 2. Any other backup, successful or a failed attempt, is deleted once it is older than
@@ -24,6 +25,8 @@ pub struct Policy {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub name: String,
+    /// Which database the backup is of (type, host, name): retention groups by it and the series.
+    pub database: String,
     pub series: String,
     pub timestamp: DateTime<Utc>,
     pub success: bool,
@@ -73,26 +76,30 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub name: String,
+    pub database: String,
     pub series: String,
     pub success: bool,
     pub action: Action,
     pub reason: Reason,
 }
 
-/// Plans retention for every series present in `backups`, using `policy_of(series)`.
-/// Decisions come out grouped by series (sorted), newest first within a series.
+/// Plans retention for every (database, series) present in `backups`, using
+/// `policy_of(database, series)`. Decisions come out grouped (sorted), newest first in a group.
 pub fn plan(
     backups: &[Candidate],
-    policy_of: impl Fn(&str) -> Policy,
+    policy_of: impl Fn(&str, &str) -> Policy,
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
-    let mut by_series: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
+    let mut groups: BTreeMap<(&str, &str), Vec<&Candidate>> = BTreeMap::new();
     for b in backups {
-        by_series.entry(b.series.as_str()).or_default().push(b);
+        groups
+            .entry((b.database.as_str(), b.series.as_str()))
+            .or_default()
+            .push(b);
     }
     let mut out = Vec::with_capacity(backups.len());
-    for (series, mut members) in by_series {
-        let policy = policy_of(series);
+    for ((database, series), mut members) in groups {
+        let policy = policy_of(database, series);
         // Newest first; the name breaks ties so the plan is deterministic.
         members.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.name.cmp(&a.name)));
         let mut successful_seen = 0u32;
@@ -114,6 +121,7 @@ pub fn plan(
             };
             out.push(Decision {
                 name: b.name.clone(),
+                database: b.database.clone(),
                 series: b.series.clone(),
                 success: b.success,
                 action,
@@ -163,6 +171,7 @@ mod tests {
     fn c(name: &str, series: &str, day: i64, success: bool) -> Candidate {
         Candidate {
             name: name.into(),
+            database: "db".into(),
             series: series.into(),
             timestamp: at(day),
             success,
@@ -191,7 +200,7 @@ mod tests {
             c("d_edge", "d", -30, true),
             c("d_new", "d", 0, true),
         ];
-        let p = plan(&b, |_| P30, at(0));
+        let p = plan(&b, |_, _| P30, at(0));
         assert_eq!(deleted(&p), vec!["d_old"]);
     }
 
@@ -204,7 +213,7 @@ mod tests {
         for day in 0..40 {
             b.push(c(&format!("fail_{day}"), "daily", -day, false));
         }
-        let p = plan(&b, |_| P30, at(0));
+        let p = plan(&b, |_, _| P30, at(0));
         let d = deleted(&p);
         assert!(!d.contains(&"good"), "the last good backup must survive");
         assert!(d.contains(&"older_good"));
@@ -233,7 +242,7 @@ mod tests {
                 b.push(c(&format!("monthly_{day}"), "monthly", -day, true));
             }
         }
-        let policy = |s: &str| Policy {
+        let policy = |_: &str, s: &str| Policy {
             retention_days: match s {
                 "daily" => 7,
                 "weekly" => 30,
@@ -272,7 +281,7 @@ mod tests {
         ];
         let p = plan(
             &b,
-            |_| Policy {
+            |_, _| Policy {
                 retention_days: 30,
                 keep_min: 2,
             },
@@ -286,7 +295,7 @@ mod tests {
         let b = vec![c("s1", "x", -100, true)];
         let p = plan(
             &b,
-            |_| Policy {
+            |_, _| Policy {
                 retention_days: 30,
                 keep_min: 0,
             },
@@ -300,7 +309,7 @@ mod tests {
         let b = vec![c("s1", "x", -1000, true), c("s2", "x", -2000, false)];
         let p = plan(
             &b,
-            |_| Policy {
+            |_, _| Policy {
                 retention_days: 0,
                 keep_min: 1,
             },
@@ -310,13 +319,39 @@ mod tests {
     }
 
     #[test]
+    fn two_databases_in_one_folder_never_count_each_other() {
+        // A's nightly backups succeed; B's have failed for 40 days. Same default series.
+        let mut b = vec![
+            Candidate {
+                database: "B".into(),
+                ..c("b_good", "backup", -41, true)
+            },
+            Candidate {
+                database: "A".into(),
+                ..c("a_new", "backup", 0, true)
+            },
+        ];
+        for day in 1..40 {
+            b.push(Candidate {
+                database: "B".into(),
+                ..c(&format!("b_fail_{day}"), "backup", -day, false)
+            });
+        }
+        let p = plan(&b, |_, _| P30, at(0));
+        assert!(
+            !deleted(&p).contains(&"b_good"),
+            "B keeps its last good backup"
+        );
+    }
+
+    #[test]
     fn future_timestamps_are_kept() {
         let b = vec![c("s1", "x", 5, true), c("s2", "x", 3, true)];
-        assert!(deleted(&plan(&b, |_| P30, at(0))).is_empty());
+        assert!(deleted(&plan(&b, |_, _| P30, at(0))).is_empty());
     }
 
     #[test]
     fn empty_input_gives_empty_plan() {
-        assert!(plan(&[], |_| P30, at(0)).is_empty());
+        assert!(plan(&[], |_, _| P30, at(0)).is_empty());
     }
 }

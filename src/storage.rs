@@ -27,6 +27,8 @@ pub enum StorageError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("interrupted by a signal while waiting for the repository lock")]
+    Interrupted,
     #[error("{key} does not exist in the repository {location}")]
     NotFound { key: String, location: String },
     #[error(
@@ -133,15 +135,17 @@ pub trait Storage: Send + Sync {
     }
 }
 
-/// Whether the process that named the temp object `key` (`.dbkeep-tmp-PID-…`) is alive and is
-/// not this one.
+/// Whether the process that named the temp object `key` (`.dbkeep-tmp-PID-…`) is alive (this
+/// one included).
 fn owner_alive(key: &str) -> bool {
     let pid = key
         .strip_prefix(TEMP_PREFIX)
         .and_then(|rest| rest.split('-').next())
         .and_then(|p| p.parse::<i32>().ok());
     match pid {
-        Some(pid) if pid as u32 != std::process::id() && pid > 0 => {
+        // Our own temp files belong to operations still running in this process (the server).
+        Some(pid) if pid as u32 == std::process::id() => true,
+        Some(pid) if pid > 0 => {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
         }
         _ => false,
@@ -376,6 +380,9 @@ impl Storage for LocalStorage {
         loop {
             match file.try_lock() {
                 Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if crate::signals::interrupted() => {
+                    return Err(StorageError::Interrupted);
+                }
                 Err(fs::TryLockError::WouldBlock) => {
                     let mut holder = String::new();
                     let _ = File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
@@ -464,10 +471,16 @@ mod tests {
             .unwrap();
         let kept = format!("{TEMP_PREFIX}{}-0-verify.db", live.id());
         fs::write(dir.path().join(&kept), b"x").unwrap();
+        // This process's own temp files belong to its running operations (the server).
+        let own = format!("{TEMP_PREFIX}{}-0-scratch.db", std::process::id());
+        fs::write(dir.path().join(&own), b"x").unwrap();
         let _lock = s.lock("test", Duration::from_secs(1)).unwrap();
         assert_eq!(s.remove_stale_temps().unwrap(), 1);
-        let keys: Vec<String> = s.list().unwrap().into_iter().map(|o| o.key).collect();
-        assert_eq!(keys, vec![kept]);
+        let mut keys: Vec<String> = s.list().unwrap().into_iter().map(|o| o.key).collect();
+        keys.sort();
+        let mut want = vec![kept, own];
+        want.sort();
+        assert_eq!(keys, want);
         live.kill().unwrap();
         live.wait().unwrap();
     }

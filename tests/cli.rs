@@ -59,6 +59,38 @@ fn existing_name_is_refused_unless_replace() {
     assert_eq!(second["compressed"], false);
     assert_eq!(env.files(), vec!["same.db", "same.manifest.json"]);
     env.run(&["verify", "same"]).ok();
+    // --replace with the same codec: the new data goes to a new file, so the old one is never
+    // overwritten before the new manifest is committed; the old file is removed after.
+    env.run(&["backup", "--name", "same", "--replace", "--no-compress"])
+        .ok();
+    let third = env.manifest("same");
+    let data = third["data_file"].as_str().unwrap().to_owned();
+    assert!(
+        data.starts_with("same.") && data.ends_with(".db") && data != "same.db",
+        "{data}"
+    );
+    assert_eq!(env.files(), vec![data.as_str(), "same.manifest.json"]);
+    env.run(&["verify", "same"]).ok();
+}
+
+#[test]
+fn prune_never_deletes_files_it_did_not_write() {
+    let env = sqlite_env(3);
+    env.run(&["backup", "--name", "mine"]).ok();
+    // A file that looks like a backup but that no manifest names, two days old.
+    let stranger = env.backup_dir().join("app.db");
+    std::fs::write(&stranger, b"someone's database").unwrap();
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&stranger)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    let o = env.run(&["prune"]);
+    o.ok();
+    assert!(stranger.exists(), "prune left the stranger alone");
+    assert!(o.stdout.contains("app.db"), "and said so: {}", o.stdout);
 }
 
 #[test]

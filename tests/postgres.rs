@@ -350,16 +350,8 @@ fn pg_dump_too_old_incomplete_or_missing_is_a_failed_backup() {
 
     // A pg_dump that exits 0 after printing only part of a dump (the restic pitfall): the
     // missing completion trailer makes it a failed backup, with no data file.
-    std::fs::write(
-        &fake,
-        "#!/bin/sh
-if [ \"$1\" = --version ]; then exec /usr/bin/env \"$REAL_PG_DUMP\" --version; fi
-echo 'CREATE TABLE half (x int);'
-exit 0
-",
-    )
-    .unwrap();
-    env.set("REAL_PG_DUMP", pg.bin.join("pg_dump").display().to_string());
+    // (The child's environment is clean, so the script carries the real path itself.)
+    fake_pg_dump(&pg, &mut env, "echo 'CREATE TABLE half (x int);'\nexit 0");
     let o = env.run(&["backup", "--name", "half"]);
     o.code(1);
     assert!(o.stderr.contains("incomplete"), "{}", o.stderr);
@@ -370,6 +362,20 @@ exit 0
         "{:?}",
         env.files()
     );
+
+    // The child's environment holds the connection settings, never DATABASE_URL or an API
+    // token of ours (a pg_dump that prints its environment as its error shows it).
+    fake_pg_dump(&pg, &mut env, "env >&2\nexit 1");
+    env.set("DBKEEP_API_TOKEN", "token-that-must-not-leak-1234");
+    let o = env.run(&["backup", "--name", "env_dump"]);
+    o.code(1);
+    assert!(o.stderr.contains("PGDATABASE=appdb"), "{}", o.stderr);
+    assert!(
+        !o.stderr.contains("DATABASE_URL=") && !o.stderr.contains("token-that-must-not-leak"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("DBKEEP_API_TOKEN"), "{}", o.stderr);
 
     // pg_dump not on PATH at all.
     let empty = env.path().join("emptybin");

@@ -109,14 +109,10 @@ impl Postgres {
             .collect()
     }
 
-    /// A command for `tool` connecting to `database`, its environment set from DATABASE_URL.
+    /// A command for `tool` connecting to `database`: a clean environment (no `PG*` variable, no
+    /// DATABASE_URL or API token of ours) plus the connection settings from DATABASE_URL.
     fn command(&self, tool: &str, database: &str) -> Command {
-        let mut cmd = Command::new(process::program_path(self.bindir.as_deref(), tool));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(key);
-            }
-        }
+        let mut cmd = process::clean_command(&process::program_path(self.bindir.as_deref(), tool));
         let c = &self.conn;
         if let Some(h) = &c.host {
             cmd.env("PGHOST", h);
@@ -141,7 +137,7 @@ impl Postgres {
 
     /// `pg_dump --version` → `15.18`.
     pub fn tool_version(&self, tool: &'static str) -> Result<String, PostgresError> {
-        let mut cmd = Command::new(process::program_path(self.bindir.as_deref(), tool));
+        let mut cmd = process::clean_command(&process::program_path(self.bindir.as_deref(), tool));
         cmd.arg("--version");
         let out = process::output(cmd, HINT, vec![])?;
         out.split_whitespace()
@@ -294,6 +290,7 @@ impl Postgres {
         input: &mut dyn Read,
         backup_db: &str,
         aside: &str,
+        on_loaded: &mut dyn FnMut(),
     ) -> Result<RestoreReport, PostgresError> {
         let target = self.conn.database.clone();
         let app_name = restore_app_name(aside);
@@ -302,6 +299,9 @@ impl Postgres {
                 backup: backup_db.to_owned(),
                 configured: target,
             });
+        }
+        if signals::interrupted() {
+            return Err(PostgresError::Interrupted);
         }
         let found = self.maintenance(&[format!(
             "SELECT datallowconn FROM pg_database WHERE datname = {}",
@@ -317,14 +317,17 @@ impl Postgres {
         };
         match self.load(input, &app_name) {
             Ok(()) => {
+                on_loaded();
                 let mut report = RestoreReport::default();
                 if let Some(aside) = aside {
                     if self.keep_old {
-                        self.maintenance(&[format!(
+                        if let Err(e) = self.maintenance(&[format!(
                             "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}",
                             ident(&aside),
                             allow_conn.unwrap_or(true)
-                        )])?;
+                        )]) {
+                            tracing::warn!(database = %aside, error = %e, "the restore succeeded but the kept previous database still refuses connections");
+                        }
                         report.kept_old = Some(aside);
                     } else if let Err(e) = self.drop_database(&aside) {
                         tracing::warn!(database = %aside, error = %e, "the restore succeeded but the previous database could not be dropped");

@@ -45,6 +45,25 @@ pub fn program_path(bindir: Option<&Path>, name: &str) -> PathBuf {
     }
 }
 
+/// Variables a child keeps from dbkeep's environment; everything else (DATABASE_URL, API
+/// tokens, cloud credentials, stray `PG*` settings) is left out.
+const KEPT_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
+
+/// A command for `program` with a clean environment: [`KEPT_ENV`] and the `LC_*` locale variables.
+pub fn clean_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    for (key, value) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if KEPT_ENV.contains(&k.as_ref()) || k.starts_with("LC_") {
+            cmd.env(&key, &value);
+        }
+    }
+    cmd
+}
+
 /// A running child whose stderr is being collected.
 pub struct Running {
     child: Child,
