@@ -245,10 +245,32 @@ impl Ops {
             .transpose()?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
         self.install_signals()?;
-        let _lock = self.lock(&format!(
+        let _lock = match self.lock(&format!(
             "backup {}",
             given.as_ref().map_or("(default name)", |n| n.as_str())
-        ))?;
+        )) {
+            Ok(lock) => lock,
+            Err(e) => {
+                // Recorded, so that `.backups[0].success` shows a run that never got to start.
+                let name = given
+                    .clone()
+                    .unwrap_or_else(|| BackupName::default_at(Utc::now()));
+                let series = series
+                    .clone()
+                    .unwrap_or_else(|| naming::derive_series(&name));
+                let mut m = self.attempt_manifest(
+                    &name,
+                    series,
+                    engine.database_type(),
+                    &url,
+                    self.settings.codec(),
+                    Utc::now(),
+                );
+                m.error = Some(e.to_string());
+                self.record_failure(&m);
+                return Err(e);
+            }
+        };
 
         // The default name is taken once we hold the lock; a run in the same second waits for
         // the next one instead of failing.
@@ -295,7 +317,6 @@ impl Ops {
         } else {
             compression.default_level()
         };
-        let compress = compression != Compression::None;
         let db_type = engine.database_type();
         let mut key = format!("{name}{}{}", db_type.extension(), compression.suffix());
         if self.storage.stat(&key)?.is_some() {
@@ -320,33 +341,8 @@ impl Ops {
         } else {
             None
         };
-        let mut manifest = Manifest {
-            backup_name: name.to_string(),
-            file_path: None,
-            file_size: 0,
-            compressed: compress,
-            database_type: db_type,
-            timestamp: started,
-            duration: 0.0,
-            success: false,
-            error: None,
-            sha256: None,
-            compression,
-            data_file: None,
-            series,
-            database_name: url.database_name(),
-            database_host: match &url {
-                DatabaseUrl::Postgres(c) => Some(c.host_display()),
-                DatabaseUrl::Sqlite { .. } => None,
-            },
-            server_version: None,
-            tool_version: None,
-            retention_days: self.settings.retention_days,
-            keep_min: self.settings.keep_min,
-            finished_at: started,
-            dbkeep_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest_version: catalog::MANIFEST_VERSION,
-        };
+        let mut manifest =
+            self.attempt_manifest(&name, series, db_type, &url, compression, started);
 
         let dumped = self
             .recover_interrupted_restore(&engine)
@@ -357,9 +353,7 @@ impl Ops {
             Ok(v) => v,
             Err(e) => {
                 manifest.error = Some(e.to_string());
-                if let Err(write_err) = self.storage.put(&manifest.key(), &manifest.to_json()?) {
-                    warn!(error = %write_err, "could not record the failed attempt");
-                }
+                self.record_failure(&manifest);
                 return Err(e);
             }
         };
@@ -423,6 +417,56 @@ impl Ops {
             retention,
             retention_errors,
         })
+    }
+
+    /// The manifest of an attempt that has not succeeded (yet).
+    fn attempt_manifest(
+        &self,
+        name: &BackupName,
+        series: String,
+        database_type: DatabaseType,
+        url: &DatabaseUrl,
+        compression: Compression,
+        started: chrono::DateTime<Utc>,
+    ) -> Manifest {
+        Manifest {
+            backup_name: name.to_string(),
+            file_path: None,
+            file_size: 0,
+            compressed: compression != Compression::None,
+            database_type,
+            timestamp: started,
+            duration: 0.0,
+            success: false,
+            error: None,
+            sha256: None,
+            compression,
+            data_file: None,
+            series,
+            database_name: url.database_name(),
+            database_host: match url {
+                DatabaseUrl::Postgres(c) => Some(c.host_display()),
+                DatabaseUrl::Sqlite { .. } => None,
+            },
+            server_version: None,
+            tool_version: None,
+            retention_days: self.settings.retention_days,
+            keep_min: self.settings.keep_min,
+            finished_at: Utc::now(),
+            dbkeep_version: env!("CARGO_PKG_VERSION").to_owned(),
+            manifest_version: catalog::MANIFEST_VERSION,
+        }
+    }
+
+    /// Writes a failed attempt's manifest; a failure to do so is only logged.
+    fn record_failure(&self, m: &Manifest) {
+        let written = m
+            .to_json()
+            .map_err(Error::from)
+            .and_then(|json| self.storage.put(&m.key(), &json).map_err(Error::from));
+        if let Err(e) = written {
+            warn!(error = %e, "could not record the failed attempt");
+        }
     }
 
     /// Dumps the database into a new object `key`; returns what the engine reported and the

@@ -343,3 +343,29 @@ fn files_and_directory_are_private() {
     assert_eq!(mode(&env.backup_dir().join("p.manifest.json")), 0o600);
     assert_eq!(mode(&env.path().join("backup.log")), 0o600);
 }
+
+#[test]
+fn a_run_that_cannot_get_the_lock_is_recorded_as_failed() {
+    let mut env = sqlite_env(3);
+    env.run(&["backup", "--name", "first"]).ok();
+    // Another process holds the repository lock.
+    let lock = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(env.backup_dir().join(".dbkeep.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    env.set("BACKUP_LOCK_TIMEOUT", "1");
+    let o = env.run(&["backup", "--name", "blocked"]);
+    o.code(2);
+    assert!(
+        o.stderr.contains("locked by another dbkeep"),
+        "{}",
+        o.stderr
+    );
+    lock.unlock().unwrap();
+    let list = env.list();
+    assert_eq!(list["backups"][0]["backup_name"], "blocked");
+    assert_eq!(list["backups"][0]["success"], false);
+    env.run(&["backup", "--name", "blocked"]).ok();
+}
