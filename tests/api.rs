@@ -823,3 +823,21 @@ fn a_full_disk_gets_503_and_keeps_the_older_backup() {
     drop(s);
     env.run(&["verify", "small"]).ok();
 }
+
+#[test]
+fn list_sees_backups_made_by_the_cli_at_once() {
+    let env = sqlite_env(3);
+    let s = Server::start(&env);
+    for i in 0..5 {
+        let (status, _) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+        assert_eq!(status, StatusCode::OK);
+        env.run(&["backup", "--name", &format!("cli_{i}")]).ok();
+        let (_, list) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+        assert_eq!(list["backups"].as_array().unwrap().len(), i + 1, "{list}");
+        let (_, stats) = s.call(Method::GET, "/api/backup/statistics", Some(TOKEN), None);
+        assert_eq!(stats["total_backups"], i + 1);
+    }
+    env.run(&["delete", "cli_0", "--yes"]).ok();
+    let (_, list) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+    assert_eq!(list["backups"].as_array().unwrap().len(), 4);
+}

@@ -79,15 +79,22 @@ pub struct AppState {
     health_max_age: Duration,
     running: Arc<AtomicUsize>,
     cache: Mutex<Option<CatalogCache>>,
+    /// Held while the catalog is re-read, so concurrent misses wait for one read.
+    rebuild: Mutex<()>,
 }
 
 /// The catalog and the list response made from it, valid while the backup directory's mtime is
 /// unchanged (and, for the response, whose free-space figure ages, for [`LIST_TTL`]).
 struct CatalogCache {
+    /// The backup directory's mtime when the catalog was read.
     stamp: SystemTime,
     catalog: Arc<Catalog>,
     list: Option<(Instant, Bytes)>,
 }
+
+/// A catalog read at least this long after the directory's last change saw that change: a later
+/// change gives the directory a later mtime, even with a coarse file-system clock.
+const MTIME_SLACK: Duration = Duration::from_millis(50);
 
 const LIST_TTL: Duration = Duration::from_secs(5);
 
@@ -108,6 +115,7 @@ impl AppState {
             health_max_age: settings.api.health_max_age,
             running: Arc::new(AtomicUsize::new(0)),
             cache: Mutex::new(None),
+            rebuild: Mutex::new(()),
         })
     }
 
@@ -464,30 +472,39 @@ async fn create(
 }
 
 impl AppState {
-    /// The backup directory's mtime, when it is settled: a directory modified within the last
-    /// second is not trusted (its mtime may not yet show a change made in the same tick).
-    fn settled_stamp(&self) -> Option<SystemTime> {
-        let stamp = std::fs::metadata(&self.ops.settings().backup_dir)
+    /// The backup directory's mtime.
+    fn stamp(&self) -> Option<SystemTime> {
+        std::fs::metadata(&self.ops.settings().backup_dir)
             .and_then(|m| m.modified())
-            .ok()?;
-        SystemTime::now()
-            .duration_since(stamp)
-            .is_ok_and(|age| age > Duration::from_secs(1))
-            .then_some(stamp)
+            .ok()
     }
 
-    /// The catalog, cached until the backup directory changes.
+    /// The cached catalog, if the directory has not changed since it was read.
+    fn cached(&self, stamp: Option<SystemTime>) -> Option<Arc<Catalog>> {
+        let stamp = stamp?;
+        let cache = self.cache.lock().ok()?;
+        let c = cache.as_ref()?;
+        (c.stamp == stamp).then(|| c.catalog.clone())
+    }
+
+    /// The catalog, cached until the backup directory changes. One caller re-reads it; the
+    /// others wait for that read.
     fn catalog(&self) -> Result<Arc<Catalog>, crate::error::Error> {
-        let stamp = self.settled_stamp();
-        if let Some(stamp) = stamp
-            && let Ok(cache) = self.cache.lock()
-            && let Some(c) = cache.as_ref()
-            && c.stamp == stamp
-        {
-            return Ok(c.catalog.clone());
+        if let Some(cat) = self.cached(self.stamp()) {
+            return Ok(cat);
         }
+        let _one_reader = self.rebuild.lock();
+        let stamp = self.stamp();
+        if let Some(cat) = self.cached(stamp) {
+            return Ok(cat);
+        }
+        let read_at = SystemTime::now();
         let cat = Arc::new(self.ops.catalog()?);
+        // Cache only a read that began well after the change it is keyed on (see MTIME_SLACK).
         if let Some(stamp) = stamp
+            && read_at
+                .duration_since(stamp)
+                .is_ok_and(|gap| gap >= MTIME_SLACK)
             && let Ok(mut cache) = self.cache.lock()
         {
             *cache = Some(CatalogCache {
@@ -501,7 +518,7 @@ impl AppState {
 
     /// The list response from the cache, without touching the disk beyond one stat.
     fn cached_list(&self) -> Option<Bytes> {
-        let stamp = self.settled_stamp()?;
+        let stamp = self.stamp()?;
         let cache = self.cache.lock().ok()?;
         let c = cache.as_ref()?;
         let (made, body) = c.list.as_ref()?;
@@ -534,6 +551,11 @@ async fn list(State(state): State<Shared>, Extension(caller): Extension<Caller>)
                 let st2 = st.clone();
                 blocking(&st, move |ops| {
                     let cat = st2.catalog()?;
+                    // One request serialises; the others wait and take its bytes.
+                    let _one_writer = st2.rebuild.lock();
+                    if let Some(body) = st2.cached_list() {
+                        return Ok(body);
+                    }
                     let stats = ops.statistics(&cat);
                     let body = Bytes::from(
                         serde_json::to_vec(&ListResponse {
