@@ -71,6 +71,9 @@ pub struct Manifest {
     /// SHA-256 of the stored bytes.
     pub sha256: Option<String>,
     pub compression: Compression,
+    /// `age` when the stored bytes are an age file (compress, then encrypt).
+    #[serde(default)]
+    pub encryption: crate::encryption::Encryption,
     /// The data file's key in the repository.
     pub data_file: Option<String>,
     pub series: String,

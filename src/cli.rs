@@ -79,6 +79,13 @@ enum Command {
         #[arg(long, value_name = "N")]
         keep_min: Option<u32>,
     },
+    /// Write a new age identity (X25519) to a file (mode 0600) and print its public key, for
+    /// BACKUP_ENCRYPT_RECIPIENTS; keep the file safe and away from the backups.
+    Keygen {
+        /// The identity file to create (refuses to overwrite).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
     /// Serve the REST API (the spec's endpoints, bearer-token auth, rate limits, audit log).
     Serve {
         /// Address to listen on.
@@ -224,6 +231,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Prune { .. } => "prune",
         Command::Verify { .. } => "verify",
         Command::Serve { .. } => "serve",
+        Command::Keygen { .. } => "keygen",
     }
 }
 
@@ -391,6 +399,27 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Serve { .. } => Ok(0), // handled in main
+        Command::Keygen { output } => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let (text, public) = crate::encryption::generate();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(output)
+                .map_err(|source| Error::Io {
+                    io_context: format!("create the identity file {}", output.display()),
+                    source,
+                })?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|source| Error::Io {
+                    io_context: format!("write the identity file {}", output.display()),
+                    source,
+                })?;
+            let _ = writeln!(out, "{public}");
+            Ok(0)
+        }
         Command::Verify { name, all } => {
             let target = match (name, all) {
                 (Some(n), _) => VerifyTarget::Named(n.clone()),

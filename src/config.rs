@@ -55,6 +55,9 @@ pub struct Layer {
     pub backup_restore_keep_old: Option<bool>,
     pub backup_lock_timeout: Option<u64>,
     pub backup_stall_timeout: Option<u64>,
+    pub backup_encrypt_recipients: Option<String>,
+    pub backup_encrypt_passphrase_file: Option<PathBuf>,
+    pub backup_decrypt_identity_file: Option<PathBuf>,
     pub dbkeep_api_token: Option<String>,
     pub dbkeep_api_tokens_file: Option<PathBuf>,
     pub dbkeep_audit_log: Option<PathBuf>,
@@ -87,6 +90,12 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// A dump or restore that moves no data for this long is aborted.
     pub stall_timeout: Duration,
+    /// age recipients (public keys), comma- or newline-separated: backups are encrypted to them.
+    pub encrypt_recipients: Option<String>,
+    /// A passphrase file: backups are encrypted with it (scrypt) and it opens them.
+    pub encrypt_passphrase_file: Option<PathBuf>,
+    /// age identities (or an SSH private key) that open encrypted backups for verify and restore.
+    pub decrypt_identity_file: Option<PathBuf>,
     /// Settings of `dbkeep serve`.
     pub api: ApiSettings,
 }
@@ -140,6 +149,9 @@ impl Default for Settings {
             restore_keep_old: false,
             lock_timeout: Duration::from_secs(3600),
             stall_timeout: Duration::from_secs(1800),
+            encrypt_recipients: None,
+            encrypt_passphrase_file: None,
+            decrypt_identity_file: None,
             api: ApiSettings::default(),
         }
     }
@@ -229,6 +241,15 @@ impl Settings {
         }
         if let Some(v) = l.backup_stall_timeout {
             self.stall_timeout = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = l.backup_encrypt_recipients {
+            self.encrypt_recipients = Some(v);
+        }
+        if let Some(v) = l.backup_encrypt_passphrase_file {
+            self.encrypt_passphrase_file = Some(v);
+        }
+        if let Some(v) = l.backup_decrypt_identity_file {
+            self.decrypt_identity_file = Some(v);
         }
         if let Some(v) = l.dbkeep_api_token {
             self.api.token = Some(Secret::new(v));
@@ -424,6 +445,9 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
             "BACKUP_STALL_TIMEOUT",
             "expected how many seconds without progress abort a dump or restore",
         )?,
+        backup_encrypt_recipients: get("BACKUP_ENCRYPT_RECIPIENTS"),
+        backup_encrypt_passphrase_file: get("BACKUP_ENCRYPT_PASSPHRASE_FILE").map(PathBuf::from),
+        backup_decrypt_identity_file: get("BACKUP_DECRYPT_IDENTITY_FILE").map(PathBuf::from),
         dbkeep_api_token: get("DBKEEP_API_TOKEN"),
         dbkeep_api_tokens_file: get("DBKEEP_API_TOKENS_FILE").map(PathBuf::from),
         dbkeep_audit_log: get("DBKEEP_AUDIT_LOG").map(PathBuf::from),

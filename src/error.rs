@@ -85,6 +85,8 @@ pub enum Error {
     Signals(std::io::Error),
     #[error(transparent)]
     Serve(#[from] crate::api::ServeError),
+    #[error(transparent)]
+    Encryption(#[from] crate::encryption::EncryptionError),
 }
 
 impl Error {
@@ -100,6 +102,11 @@ impl Error {
                 ErrorKind::Conflict
             }
             Error::Serve(crate::api::ServeError::Serve(_)) => ErrorKind::Failed,
+            Error::Encryption(
+                crate::encryption::EncryptionError::Decrypt(_)
+                | crate::encryption::EncryptionError::Encrypt(_),
+            ) => ErrorKind::Failed,
+            Error::Encryption(_) => ErrorKind::Usage,
             Error::Serve(_) => ErrorKind::Usage,
             _ => ErrorKind::Failed,
         }

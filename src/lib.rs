@@ -9,6 +9,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod database_url;
+pub mod encryption;
 pub mod engine;
 pub mod error;
 pub mod logging;

@@ -9,6 +9,7 @@ use crate::catalog::{self, Catalog, Manifest, Statistics};
 use crate::codec::{self, Compression, Digest256, Encoder, HashingReader, HashingWriter, Tail};
 use crate::config::Settings;
 use crate::database_url::DatabaseUrl;
+use crate::encryption::{self, Encryption, Keys, Sealed};
 use crate::engine::postgres::{self, Postgres};
 use crate::engine::sqlite::{self, Sqlite};
 use crate::engine::{DatabaseType, DumpInfo};
@@ -244,6 +245,16 @@ impl Ops {
             .map(naming::parse_series)
             .transpose()?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
+        // Fail closed: an unusable recipient stops the backup before anything is written.
+        let sealer = encryption::sealer(
+            self.settings.encrypt_recipients.as_deref(),
+            self.settings.encrypt_passphrase_file.as_deref(),
+        )?;
+        let encryption = if sealer.is_some() {
+            Encryption::Age
+        } else {
+            Encryption::None
+        };
         self.install_signals()?;
         let _lock = match self.lock(&format!(
             "backup {}",
@@ -264,7 +275,7 @@ impl Ops {
                     engine.database_type(),
                     &url,
                     self.settings.codec(),
-                    Utc::now(),
+                    encryption,
                 );
                 m.error = Some(e.to_string());
                 self.record_failure(&m);
@@ -318,16 +329,17 @@ impl Ops {
             compression.default_level()
         };
         let db_type = engine.database_type();
-        let mut key = format!("{name}{}{}", db_type.extension(), compression.suffix());
+        let suffix = format!(
+            "{}{}{}",
+            db_type.extension(),
+            compression.suffix(),
+            encryption.suffix()
+        );
+        let mut key = format!("{name}{suffix}");
         if self.storage.stat(&key)?.is_some() {
             // Never write over an existing file: with --replace the old backup's data stays
             // intact until the new manifest is committed (then it is deleted).
-            key = format!(
-                "{name}.{}{}{}",
-                started.format("%Y%m%dT%H%M%S%3fZ"),
-                db_type.extension(),
-                compression.suffix()
-            );
+            key = format!("{name}.{}{suffix}", started.format("%Y%m%dT%H%M%S%3fZ"));
         }
         info!(backup = %name, series = %series, database = %url, "backup started");
         let clock = Instant::now();
@@ -342,11 +354,12 @@ impl Ops {
             None
         };
         let mut manifest =
-            self.attempt_manifest(&name, series, db_type, &url, compression, started);
+            self.attempt_manifest(&name, series, db_type, &url, compression, encryption);
+        manifest.timestamp = started;
 
         let dumped = self
             .recover_interrupted_restore(&engine)
-            .and_then(|()| self.dump_into(&engine, &key, compression, level));
+            .and_then(|()| self.dump_into(&engine, &key, compression, level, sealer.as_ref()));
         manifest.duration = round3(clock.elapsed().as_secs_f64());
         manifest.finished_at = Utc::now();
         let (info_, digest) = match dumped {
@@ -427,8 +440,9 @@ impl Ops {
         database_type: DatabaseType,
         url: &DatabaseUrl,
         compression: Compression,
-        started: chrono::DateTime<Utc>,
+        encryption: Encryption,
     ) -> Manifest {
+        let started = Utc::now();
         Manifest {
             backup_name: name.to_string(),
             file_path: None,
@@ -441,6 +455,7 @@ impl Ops {
             error: None,
             sha256: None,
             compression,
+            encryption,
             data_file: None,
             series,
             database_name: url.database_name(),
@@ -477,10 +492,13 @@ impl Ops {
         key: &str,
         compression: Compression,
         level: u32,
+        sealer: Option<&encryption::Sealer>,
     ) -> Result<(DumpInfo, Digest256), Error> {
         let writer = self.storage.create(key)?;
-        let mut enc = Encoder::new(compression, level, HashingWriter::new(writer))
-            .map_err(io_err("start the compressor"))?;
+        // Compress, then encrypt, then hash what is stored.
+        let sealed = Sealed::new(sealer, HashingWriter::new(writer))?;
+        let mut enc =
+            Encoder::new(compression, level, sealed).map_err(io_err("start the compressor"))?;
         let info = match engine {
             Engine::Postgres(pg) => pg.dump(&mut enc)?,
             Engine::Sqlite(sq) => {
@@ -494,6 +512,8 @@ impl Ops {
         let (writer, digest) = enc
             .finish()
             .map_err(io_err("finish the compressed stream"))?
+            .finish()
+            .map_err(io_err("finish the encrypted stream"))?
             .finish();
         writer.commit()?;
         Ok((info, digest))
@@ -503,6 +523,7 @@ impl Ops {
 
     /// Verifies one or more backups; each report says what was checked or what is wrong.
     pub fn verify(&self, target: &VerifyTarget) -> Result<Vec<VerifyReport>, Error> {
+        let keys = self.keys()?;
         let cat = self.catalog()?;
         let chosen: Vec<&Manifest> = match target {
             VerifyTarget::Latest => {
@@ -520,9 +541,17 @@ impl Ops {
             .into_iter()
             .map(|m| VerifyReport {
                 name: m.backup_name.clone(),
-                result: self.check(m).map(|(checks, _)| checks),
+                result: self.check(m, keys.as_ref()).map(|(checks, _)| checks),
             })
             .collect())
+    }
+
+    /// The configured keys for encrypted backups, if any.
+    fn keys(&self) -> Result<Option<Keys>, Error> {
+        Ok(encryption::keys(
+            self.settings.decrypt_identity_file.as_deref(),
+            self.settings.encrypt_passphrase_file.as_deref(),
+        )?)
     }
 
     fn not_found(&self, name: &str) -> Error {
@@ -534,7 +563,12 @@ impl Ops {
 
     /// Reads the stored file once: size and SHA-256 against the manifest, complete decompression,
     /// and the engine's content check. For SQLite the decompressed copy is returned, checked.
-    fn check(&self, m: &Manifest) -> Result<(Vec<String>, Option<ScratchFile>), Error> {
+    /// An encrypted backup without `keys` gets the size and SHA-256 checks only.
+    fn check(
+        &self,
+        m: &Manifest,
+        keys: Option<&Keys>,
+    ) -> Result<(Vec<String>, Option<ScratchFile>), Error> {
         let damaged = |problem: String| Error::Damaged {
             name: m.backup_name.clone(),
             problem,
@@ -557,9 +591,30 @@ impl Ops {
         let mut checks = vec![format!("size {} bytes", stat.size)];
         let mut hashing = HashingReader::new(self.storage.open(key)?);
         let mut scratch = None;
+        let mut not_decrypted = false;
+        let mut key_error = None;
         let content: Result<String, String> = {
-            let dec = codec::decoder(m.compression, &mut hashing);
-            match dec.map_err(|e| format!("cannot start the decompressor: {e}")) {
+            let plain: Result<Box<dyn Read + '_>, String> = match (m.encryption, keys) {
+                (Encryption::None, _) => Ok(Box::new(&mut hashing)),
+                (Encryption::Age, None) => {
+                    not_decrypted = true;
+                    Err("not decrypted".into())
+                }
+                (Encryption::Age, Some(k)) => {
+                    encryption::open(Some(k), &mut hashing).map_err(|e| {
+                        let text = e.to_string();
+                        if matches!(e, encryption::EncryptionError::WrongKey) {
+                            key_error = Some(e);
+                        }
+                        text
+                    })
+                }
+            };
+            let dec = plain.and_then(|p| {
+                codec::decoder(m.compression, p)
+                    .map_err(|e| format!("cannot start the decompressor: {e}"))
+            });
+            match dec {
                 Err(e) => Err(e),
                 Ok(mut dec) => match m.database_type {
                     DatabaseType::Postgresql => {
@@ -616,6 +671,20 @@ impl Ops {
             )));
         }
         checks.push("sha256 matches".into());
+        // The stored bytes are intact: a key that does not fit is the key's fault.
+        if let Some(e) = key_error {
+            return Err(e.into());
+        }
+        if not_decrypted {
+            checks.push(
+                "encrypted with age: contents not checked without a key (BACKUP_DECRYPT_IDENTITY_FILE)"
+                    .into(),
+            );
+            return Ok((checks, None));
+        }
+        if m.encryption == Encryption::Age {
+            checks.push("age decryption complete".into());
+        }
         if m.compression != Compression::None {
             checks.push(format!("{} stream complete", m.compression.name()));
         }
@@ -648,13 +717,22 @@ impl Ops {
         }
         info!(backup = %name, database = %url, "restore started: verifying the backup");
         let clock = Instant::now();
-        let (_checks, scratch) = self.check(&m)?;
+        let keys = self.keys()?;
+        if m.encryption == Encryption::Age && keys.is_none() {
+            return Err(encryption::EncryptionError::NoKey.into());
+        }
+        let (_checks, scratch) = self.check(&m, keys.as_ref())?;
         info!(backup = %name, "backup verified; restoring");
         let mut kept_old = None;
         match &engine {
             Engine::Postgres(pg) => {
                 let key = m.data_file.as_deref().unwrap_or_default();
-                let mut reader = codec::decoder(m.compression, self.storage.open(key)?)
+                let stored = self.storage.open(key)?;
+                let plain: Box<dyn Read> = match m.encryption {
+                    Encryption::None => stored,
+                    Encryption::Age => encryption::open(keys.as_ref(), stored)?,
+                };
+                let mut reader = codec::decoder(m.compression, plain)
                     .map_err(io_err("start the decompressor"))?;
                 // Record where the live database goes before it moves, so that a run killed
                 // mid-way is undone by the next one.
@@ -834,7 +912,7 @@ impl Ops {
             }
             let is_data = [".sql", ".sql.gz", ".sql.zst", ".db", ".db.gz", ".db.zst"]
                 .iter()
-                .any(|s| o.key.ends_with(s));
+                .any(|s| o.key.ends_with(s) || o.key.ends_with(&format!("{s}.age")));
             if o.key.starts_with(TEMP_PREFIX) {
                 temps.push(o.key);
             } else if is_data && !referenced.contains(o.key.as_str()) {

@@ -4,5 +4,6 @@
 mod api;
 mod cli;
 mod common;
+mod encryption;
 mod postgres;
 mod sqlite;
