@@ -53,7 +53,7 @@ impl Compression {
 #[allow(clippy::large_enum_variant)] // one per backup, never in a collection
 pub enum Encoder<W: Write> {
     Plain(W),
-    Gzip(GzEncoder<W>),
+    Gzip(ParallelGz<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -61,7 +61,7 @@ impl<W: Write> Encoder<W> {
     pub fn new(compression: Compression, level: u32, inner: W) -> io::Result<Self> {
         Ok(match compression {
             Compression::None => Encoder::Plain(inner),
-            Compression::Gzip => Encoder::Gzip(GzEncoder::new(inner, Level::new(level))),
+            Compression::Gzip => Encoder::Gzip(ParallelGz::new(inner, level)),
             Compression::Zstd => {
                 let mut z = zstd::stream::write::Encoder::new(inner, level as i32)?;
                 // Worker threads compress while this thread keeps reading the dump.
@@ -106,6 +106,121 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::Gzip(g) => g.flush(),
             Encoder::Zstd(z) => z.flush(),
         }
+    }
+}
+
+/// Bytes each gzip member holds before compression.
+const GZ_CHUNK: usize = 1 << 20;
+
+/// A compressed member, or why it could not be made.
+type Member = io::Result<Vec<u8>>;
+/// A chunk for a worker, with where to send its member.
+type Job = (Vec<u8>, std::sync::mpsc::Sender<Member>);
+
+/// Parallel gzip, as pigz does it: the input is cut into 1 MiB chunks, each compressed on a
+/// worker thread into its own gzip member, and the members are written in order. The result is
+/// one valid `.gz` file (RFC 1952 allows concatenated members; `gzip -t`, `gunzip` and
+/// [`MultiGzDecoder`] read it). At most two chunks per worker are in flight, so memory stays flat.
+pub struct ParallelGz<W: Write> {
+    inner: W,
+    level: u32,
+    buf: Vec<u8>,
+    pending: std::collections::VecDeque<std::sync::mpsc::Receiver<Member>>,
+    pool: Vec<std::sync::mpsc::Sender<Job>>,
+    next: usize,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl<W: Write> ParallelGz<W> {
+    pub fn new(inner: W, level: u32) -> Self {
+        let n = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let mut pool = Vec::with_capacity(n);
+        let mut workers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            pool.push(tx);
+            workers.push(std::thread::spawn(move || {
+                for (chunk, reply) in rx {
+                    let mut enc =
+                        GzEncoder::new(Vec::with_capacity(chunk.len() / 2), Level::new(level));
+                    let out = enc.write_all(&chunk).and_then(|()| enc.finish());
+                    let _ = reply.send(out);
+                }
+            }));
+        }
+        Self {
+            inner,
+            level,
+            buf: Vec::with_capacity(GZ_CHUNK),
+            pending: std::collections::VecDeque::new(),
+            pool,
+            next: 0,
+            workers,
+        }
+    }
+
+    /// Hands the buffered chunk to the next worker; writes finished members in order.
+    fn dispatch(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(GZ_CHUNK));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = self.next % self.pool.len();
+        self.next += 1;
+        self.pool[worker]
+            .send((chunk, tx))
+            .map_err(|_| io::Error::other("a gzip worker stopped"))?;
+        self.pending.push_back(rx);
+        while self.pending.len() > 2 * self.pool.len() {
+            self.write_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some(rx) = self.pending.pop_front() {
+            let member = rx
+                .recv()
+                .map_err(|_| io::Error::other("a gzip worker stopped"))??;
+            self.inner.write_all(&member)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        self.dispatch()?;
+        while !self.pending.is_empty() {
+            self.write_oldest()?;
+        }
+        if self.next == 0 {
+            // No input at all: still one valid (empty) gzip member.
+            let empty = GzEncoder::new(Vec::new(), Level::new(self.level)).finish()?;
+            self.inner.write_all(&empty)?;
+        }
+        self.pool.clear(); // workers end when their channel closes
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for ParallelGz<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = GZ_CHUNK - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == GZ_CHUNK {
+            self.dispatch()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -270,6 +385,27 @@ mod tests {
             decoder(c, &mut r).unwrap().read_to_end(&mut back).unwrap();
             assert_eq!(back, data, "{c:?}");
             assert_eq!(r.finish().unwrap(), digest);
+        }
+    }
+
+    #[test]
+    fn parallel_gzip_makes_one_valid_multi_member_file() {
+        // Several chunks, odd write sizes, and the empty case.
+        let data: Vec<u8> = (0..(3 * GZ_CHUNK as u32 + 12345) / 4)
+            .flat_map(|i| (i % 1000).to_le_bytes())
+            .collect();
+        for input in [&data[..], &[][..]] {
+            let mut enc = Encoder::new(Compression::Gzip, 6, Vec::new()).unwrap();
+            for piece in input.chunks(70_001) {
+                enc.write_all(piece).unwrap();
+            }
+            let stored = enc.finish().unwrap();
+            let mut back = Vec::new();
+            decoder(Compression::Gzip, &stored[..])
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, input);
         }
     }
 
