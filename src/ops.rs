@@ -261,8 +261,11 @@ impl Ops {
             given.as_ref().map_or("(default name)", |n| n.as_str())
         )) {
             Ok(lock) => lock,
+            // A run that waited out BACKUP_LOCK_TIMEOUT is recorded, so that
+            // `.backups[0].success` shows it; the API's immediate 409 (no wait) is not a failed
+            // backup, only a refused request.
+            Err(e) if self.settings.lock_timeout.is_zero() => return Err(e),
             Err(e) => {
-                // Recorded, so that `.backups[0].success` shows a run that never got to start.
                 let name = given
                     .clone()
                     .unwrap_or_else(|| BackupName::default_at(Utc::now()));

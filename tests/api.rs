@@ -722,6 +722,12 @@ fn list_answers_during_a_backup_conflicts_get_409_and_a_disconnected_create_comp
         assert_eq!(status, StatusCode::CONFLICT, "{m} {path}: {v}");
         error_shape(&v);
     }
+    // A refused request is not a failed backup: nothing is recorded for it.
+    assert!(
+        !env.backup_dir()
+            .join("second.manifest.failed.json")
+            .exists()
+    );
     pg.release(&mut holder);
     wait_for("the disconnected create to finish", || {
         env.backup_dir().join("slow.manifest.json").exists()

@@ -371,6 +371,29 @@ where
     resp
 }
 
+/// A handler on `/…/{name}`: checks the name, takes one request from `endpoint`'s limit, runs
+/// `body` with the name, and writes the audit line (with the raw name, even when invalid).
+async fn with_name<F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    action: &'static str,
+    endpoint: Endpoint,
+    p: Result<Path<String>, PathRejection>,
+    body: F,
+) -> Response
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let raw = raw_name(&p);
+    audited(state, caller, action, raw.as_deref(), async {
+        let name = name_param(p).map_err(|e| e.with_name(raw.as_deref()))?;
+        limit(state, endpoint, caller)?;
+        body(name).await
+    })
+    .await
+}
+
 fn name_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(name) = p.map_err(|e| ApiError::bad_request(format!("invalid backup name: {e}")))?;
     BackupName::parse(&name)
@@ -597,25 +620,29 @@ async fn restore(
     Extension(caller): Extension<Caller>,
     p: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let raw = raw_name(&p);
     let st = state.clone();
-    audited(&state, &caller, "restore", raw.as_deref(), async {
-        let name = name_param(p).map_err(|e| e.with_name(raw.as_deref()))?;
-        limit(&st, Endpoint::Restore, &caller)?;
-        let n = name.clone();
-        let out = background(&st, move |ops| ops.restore(&n))
-            .await?
-            .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
-        Ok(Json(json!({
-            "success": true,
-            "backup_name": name,
-            "message": "the database was restored from the backup",
-            "duration": out.duration,
-            "backup_timestamp": out.manifest.timestamp_text(),
-            "timestamp": now_text(),
-        }))
-        .into_response())
-    })
+    with_name(
+        &state,
+        &caller,
+        "restore",
+        Endpoint::Restore,
+        p,
+        |name| async move {
+            let n = name.clone();
+            let out = background(&st, move |ops| ops.restore(&n))
+                .await?
+                .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
+            Ok(Json(json!({
+                "success": true,
+                "backup_name": name,
+                "message": "the database was restored from the backup",
+                "duration": out.duration,
+                "backup_timestamp": out.manifest.timestamp_text(),
+                "timestamp": now_text(),
+            }))
+            .into_response())
+        },
+    )
     .await
 }
 
@@ -624,24 +651,28 @@ async fn delete_backup(
     Extension(caller): Extension<Caller>,
     p: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let raw = raw_name(&p);
     let st = state.clone();
-    audited(&state, &caller, "delete", raw.as_deref(), async {
-        let name = name_param(p).map_err(|e| e.with_name(raw.as_deref()))?;
-        limit(&st, Endpoint::Delete, &caller)?;
-        let n = name.clone();
-        blocking(&st, move |ops| ops.delete(&n))
-            .await?
-            .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
-        st.invalidate();
-        Ok(Json(json!({
-            "success": true,
-            "backup_name": name,
-            "message": "the backup was deleted",
-            "timestamp": now_text(),
-        }))
-        .into_response())
-    })
+    with_name(
+        &state,
+        &caller,
+        "delete",
+        Endpoint::Delete,
+        p,
+        |name| async move {
+            let n = name.clone();
+            blocking(&st, move |ops| ops.delete(&n))
+                .await?
+                .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
+            st.invalidate();
+            Ok(Json(json!({
+                "success": true,
+                "backup_name": name,
+                "message": "the backup was deleted",
+                "timestamp": now_text(),
+            }))
+            .into_response())
+        },
+    )
     .await
 }
 
@@ -657,40 +688,45 @@ async fn verify(
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let raw = raw_name(&p);
     let st = state.clone();
-    audited(&state, &caller, "verify", raw.as_deref(), async {
-        let name = name_param(p).map_err(|e| e.with_name(raw.as_deref()))?;
-        let Query(q) = q.map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if q.restore == Some(true) {
-            return Err(ApiError::bad_request(
-                "restore drills (?restore=true) are not available yet",
-            )
-            .with_name(Some(&name)));
-        }
-        limit(&st, Endpoint::Verify, &caller)?;
-        let n = name.clone();
-        let reports = background(&st, move |ops| ops.verify(&VerifyTarget::Named(n)))
-            .await?
-            .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
-        let report = reports.into_iter().next();
-        match report.map(|r| r.result) {
-            Some(Ok(checks)) => Ok(Json(json!({
-                "success": true,
-                "backup_name": name,
-                "checks": checks,
-                "timestamp": now_text(),
-            }))
-            .into_response()),
-            Some(Err(e)) => Err(
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-                    .with_name(Some(&name)),
-            ),
-            None => {
-                Err(ApiError::new(StatusCode::NOT_FOUND, "no such backup").with_name(Some(&name)))
+    with_name(
+        &state,
+        &caller,
+        "verify",
+        Endpoint::Verify,
+        p,
+        |name| async move {
+            let Query(q) = q.map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if q.restore == Some(true) {
+                return Err(ApiError::bad_request(
+                    "restore drills (?restore=true) are not available yet",
+                )
+                .with_name(Some(&name)));
             }
-        }
-    })
+            let n = name.clone();
+            let reports = background(&st, move |ops| ops.verify(&VerifyTarget::Named(n)))
+                .await?
+                .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
+            let report = reports.into_iter().next();
+            match report.map(|r| r.result) {
+                Some(Ok(checks)) => Ok(Json(json!({
+                    "success": true,
+                    "backup_name": name,
+                    "checks": checks,
+                    "timestamp": now_text(),
+                }))
+                .into_response()),
+                Some(Err(e)) => Err(
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+                        .with_name(Some(&name)),
+                ),
+                None => {
+                    Err(ApiError::new(StatusCode::NOT_FOUND, "no such backup")
+                        .with_name(Some(&name)))
+                }
+            }
+        },
+    )
     .await
 }
 
@@ -699,64 +735,68 @@ async fn download(
     Extension(caller): Extension<Caller>,
     p: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let raw = raw_name(&p);
     let st = state.clone();
-    audited(&state, &caller, "download", raw.as_deref(), async {
-        let name = name_param(p).map_err(|e| e.with_name(raw.as_deref()))?;
-        limit(&st, Endpoint::Download, &caller)?;
-        let st2 = st.clone();
-        let n = name.clone();
-        let (key, size, reader) = blocking(&st, move |ops| {
-            let cat = st2.catalog()?;
-            let m = cat
-                .successful(&n)
-                .ok_or_else(|| crate::error::Error::NotFound {
-                    name: n.clone(),
-                    location: ops.storage().location(),
-                })?;
-            let key = m.data_file.clone().unwrap_or_default();
-            let reader = ops.storage().open(&key)?;
-            Ok::<_, crate::error::Error>((key, m.file_size, reader))
-        })
-        .await?
-        .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
-        // Stream the file from a blocking thread through a bounded channel.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-        tokio::task::spawn_blocking(move || {
-            let mut reader = reader;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                match std::io::Read::read(&mut reader, &mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if tx
-                            .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                            .is_err()
-                        {
+    with_name(
+        &state,
+        &caller,
+        "download",
+        Endpoint::Download,
+        p,
+        |name| async move {
+            let st2 = st.clone();
+            let n = name.clone();
+            let (key, size, reader) = blocking(&st, move |ops| {
+                let cat = st2.catalog()?;
+                let m = cat
+                    .successful(&n)
+                    .ok_or_else(|| crate::error::Error::NotFound {
+                        name: n.clone(),
+                        location: ops.storage().location(),
+                    })?;
+                let key = m.data_file.clone().unwrap_or_default();
+                let reader = ops.storage().open(&key)?;
+                Ok::<_, crate::error::Error>((key, m.file_size, reader))
+            })
+            .await?
+            .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
+            // Stream the file from a blocking thread through a bounded channel.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+            tokio::task::spawn_blocking(move || {
+                let mut reader = reader;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    match std::io::Read::read(&mut reader, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if tx
+                                .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
                             break;
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        break;
-                    }
                 }
-            }
-        });
-        let stream = receiver_stream(rx);
-        Ok((
-            [
-                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-                (header::CONTENT_LENGTH, size.to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{key}\""),
-                ),
-            ],
-            Body::from_stream(stream),
-        )
-            .into_response())
-    })
+            });
+            let stream = receiver_stream(rx);
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (header::CONTENT_LENGTH, size.to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{key}\""),
+                    ),
+                ],
+                Body::from_stream(stream),
+            )
+                .into_response())
+        },
+    )
     .await
 }
 
