@@ -28,6 +28,16 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `tool -t file` (gzip, zstd) accepts a stored file as intact.
+pub fn tool_accepts(tool: &str, file: &Path) -> bool {
+    Command::new(tool)
+        .arg("-t")
+        .arg(file)
+        .status()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"))
+        .success()
+}
+
 pub struct Out {
     pub code: i32,
     pub stdout: String,
