@@ -5,13 +5,14 @@
 //! - `N.manifest.json`: the manifest of the successful backup `N`;
 //! - `N.manifest.failed.json`: the manifest of the latest failed attempt at `N` (so a failed
 //!   `--replace` never overwrites the good backup's manifest);
-//! - the data file named by the manifest, `N.sql.gz`, `N.sql`, `N.db.gz` or `N.db`.
+//! - the data file named by the manifest: `N` + `.sql` (PostgreSQL plain), `.dump` (PostgreSQL
+//!   custom) or `.db` (SQLite) + `.gz`/`.zst` when compressed + `.age` when encrypted.
 //!
 //! Architecture Invariant: the manifest is written last and is the commit point. A data file
 //! without a manifest does not exist for list, restore or retention.
 
 use crate::codec::Compression;
-use crate::engine::DatabaseType;
+use crate::engine::{DatabaseType, PgFormat};
 use crate::storage::{Storage, StorageError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,9 @@ pub struct Manifest {
     /// `age` when the stored bytes are an age file (compress, then encrypt).
     #[serde(default)]
     pub encryption: crate::encryption::Encryption,
+    /// PostgreSQL only: the dump's format (absent in manifests before it existed: `sql`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_format: Option<PgFormat>,
     /// The data file's key in the repository.
     pub data_file: Option<String>,
     pub series: String,

@@ -7,6 +7,7 @@
 
 use crate::codec::Compression;
 use crate::database_url::{DatabaseUrl, DatabaseUrlError, Secret};
+use crate::engine::PgFormat;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub struct Layer {
     pub backup_pg_bindir: Option<PathBuf>,
     pub backup_pg_maintenance_db: Option<String>,
     pub backup_restore_keep_old: Option<bool>,
+    pub backup_pg_format: Option<PgFormat>,
+    pub backup_restore_jobs: Option<u32>,
     pub backup_lock_timeout: Option<u64>,
     pub backup_stall_timeout: Option<u64>,
     pub backup_encrypt_recipients: Option<String>,
@@ -87,6 +90,10 @@ pub struct Settings {
     pub pg_bindir: Option<PathBuf>,
     pub pg_maintenance_db: String,
     pub restore_keep_old: bool,
+    /// PostgreSQL dump format (`BACKUP_PG_FORMAT`: sql, the spec's, or custom).
+    pub pg_format: PgFormat,
+    /// Parallel jobs of `pg_restore` for custom-format backups (`BACKUP_RESTORE_JOBS`).
+    pub restore_jobs: u32,
     pub lock_timeout: Duration,
     /// A dump or restore that moves no data for this long is aborted.
     pub stall_timeout: Duration,
@@ -147,6 +154,8 @@ impl Default for Settings {
             pg_bindir: None,
             pg_maintenance_db: "postgres".into(),
             restore_keep_old: false,
+            pg_format: PgFormat::Sql,
+            restore_jobs: std::thread::available_parallelism().map_or(2, |n| n.get().min(8) as u32),
             lock_timeout: Duration::from_secs(3600),
             stall_timeout: Duration::from_secs(1800),
             encrypt_recipients: None,
@@ -235,6 +244,19 @@ impl Settings {
         }
         if let Some(v) = l.backup_restore_keep_old {
             self.restore_keep_old = v;
+        }
+        if let Some(v) = l.backup_pg_format {
+            self.pg_format = v;
+        }
+        if let Some(v) = l.backup_restore_jobs {
+            if v == 0 {
+                return Err(ConfigError::InvalidValue {
+                    key: "BACKUP_RESTORE_JOBS",
+                    value: "0".into(),
+                    problem: "expected how many parallel pg_restore jobs to run (1 or more)",
+                });
+            }
+            self.restore_jobs = v;
         }
         if let Some(v) = l.backup_lock_timeout {
             self.lock_timeout = Duration::from_secs(v);
@@ -437,6 +459,21 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         backup_pg_bindir: get("BACKUP_PG_BINDIR").map(PathBuf::from),
         backup_pg_maintenance_db: get("BACKUP_PG_MAINTENANCE_DB"),
         backup_restore_keep_old: boolean("BACKUP_RESTORE_KEEP_OLD")?,
+        backup_pg_format: get("BACKUP_PG_FORMAT")
+            .map(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "sql" | "plain" => Ok(PgFormat::Sql),
+                "custom" => Ok(PgFormat::Custom),
+                _ => Err(ConfigError::InvalidValue {
+                    key: "BACKUP_PG_FORMAT",
+                    value: v.clone(),
+                    problem: "expected sql or custom",
+                }),
+            })
+            .transpose()?,
+        backup_restore_jobs: num32(
+            "BACKUP_RESTORE_JOBS",
+            "expected how many parallel pg_restore jobs to run (1 or more)",
+        )?,
         backup_lock_timeout: num(
             "BACKUP_LOCK_TIMEOUT",
             "expected how many seconds to wait for the repository lock",

@@ -6,13 +6,15 @@
 //! lock: manifests appear atomically.
 
 use crate::catalog::{self, Catalog, Manifest, Statistics};
-use crate::codec::{self, Compression, Digest256, Encoder, HashingReader, HashingWriter, Tail};
+use crate::codec::{
+    self, Compression, Digest256, Encoder, HashingReader, HashingWriter, Tail, TeeReader,
+};
 use crate::config::Settings;
 use crate::database_url::DatabaseUrl;
 use crate::encryption::{self, Encryption, Keys, Sealed};
 use crate::engine::postgres::{self, Postgres};
 use crate::engine::sqlite::{self, Sqlite};
-use crate::engine::{DatabaseType, DumpInfo};
+use crate::engine::{DatabaseType, DumpInfo, PgFormat};
 use crate::error::Error;
 use crate::naming::{self, BackupName};
 use crate::retention::{self, Action, Candidate, Decision, Policy};
@@ -59,6 +61,7 @@ impl Engine {
                 settings.pg_maintenance_db.clone(),
                 settings.restore_keep_old,
                 settings.stall_timeout,
+                settings.restore_jobs,
             )),
             DatabaseUrl::Sqlite { path } => Engine::Sqlite(Sqlite::new(path.clone())),
         };
@@ -332,9 +335,10 @@ impl Ops {
             compression.default_level()
         };
         let db_type = engine.database_type();
+        let pg_format = self.pg_format(db_type);
         let suffix = format!(
             "{}{}{}",
-            db_type.extension(),
+            pg_format.map_or(db_type.extension(), PgFormat::extension),
             compression.suffix(),
             encryption.suffix()
         );
@@ -360,9 +364,16 @@ impl Ops {
             self.attempt_manifest(&name, series, db_type, &url, compression, encryption);
         manifest.timestamp = started;
 
-        let dumped = self
-            .recover_interrupted_restore(&engine)
-            .and_then(|()| self.dump_into(&engine, &key, compression, level, sealer.as_ref()));
+        let dumped = self.recover_interrupted_restore(&engine).and_then(|()| {
+            self.dump_into(
+                &engine,
+                pg_format.unwrap_or_default(),
+                &key,
+                compression,
+                level,
+                sealer.as_ref(),
+            )
+        });
         manifest.duration = round3(clock.elapsed().as_secs_f64());
         manifest.finished_at = Utc::now();
         let (info_, digest) = match dumped {
@@ -435,6 +446,14 @@ impl Ops {
         })
     }
 
+    /// The dump format a new backup of `db_type` gets (PostgreSQL only).
+    fn pg_format(&self, db_type: DatabaseType) -> Option<PgFormat> {
+        match db_type {
+            DatabaseType::Postgresql => Some(self.settings.pg_format),
+            DatabaseType::Sqlite => None,
+        }
+    }
+
     /// The manifest of an attempt that has not succeeded (yet).
     fn attempt_manifest(
         &self,
@@ -459,6 +478,7 @@ impl Ops {
             sha256: None,
             compression,
             encryption,
+            pg_format: self.pg_format(database_type),
             data_file: None,
             series,
             database_name: url.database_name(),
@@ -492,6 +512,7 @@ impl Ops {
     fn dump_into(
         &self,
         engine: &Engine,
+        format: PgFormat,
         key: &str,
         compression: Compression,
         level: u32,
@@ -503,7 +524,7 @@ impl Ops {
         let mut enc =
             Encoder::new(compression, level, sealed).map_err(io_err("start the compressor"))?;
         let info = match engine {
-            Engine::Postgres(pg) => pg.dump(&mut enc)?,
+            Engine::Postgres(pg) => pg.dump(format, &mut enc)?,
             Engine::Sqlite(sq) => {
                 let scratch = ScratchFile::create(&self.storage.scratch_dir()?, "snapshot.db")?;
                 let info = sq.snapshot(scratch.path())?;
@@ -544,7 +565,9 @@ impl Ops {
             .into_iter()
             .map(|m| VerifyReport {
                 name: m.backup_name.clone(),
-                result: self.check(m, keys.as_ref()).map(|(checks, _)| checks),
+                result: self
+                    .check(m, keys.as_ref(), false)
+                    .map(|(checks, _)| checks),
             })
             .collect())
     }
@@ -565,12 +588,14 @@ impl Ops {
     }
 
     /// Reads the stored file once: size and SHA-256 against the manifest, complete decompression,
-    /// and the engine's content check. For SQLite the decompressed copy is returned, checked.
+    /// and the engine's content check. For SQLite the decompressed copy is returned, checked;
+    /// with `stage`, so is a PostgreSQL custom archive (pg_restore needs a seekable file).
     /// An encrypted backup without `keys` gets the size and SHA-256 checks only.
     fn check(
         &self,
         m: &Manifest,
         keys: Option<&Keys>,
+        stage: bool,
     ) -> Result<(Vec<String>, Option<ScratchFile>), Error> {
         let damaged = |problem: String| Error::Damaged {
             name: m.backup_name.clone(),
@@ -619,8 +644,51 @@ impl Ops {
             });
             match dec {
                 Err(e) => Err(e),
-                Ok(mut dec) => match m.database_type {
-                    DatabaseType::Postgresql => {
+                Ok(mut dec) => match (m.database_type, m.pg_format.unwrap_or_default()) {
+                    (DatabaseType::Postgresql, PgFormat::Custom) => {
+                        let bindir = self.settings.pg_bindir.as_deref();
+                        let checked = if stage {
+                            // pg_restore -j needs a seekable file: staged while it is checked.
+                            let file =
+                                ScratchFile::create(&self.storage.scratch_dir()?, "restore.dump")?;
+                            let staged = std::fs::OpenOptions::new()
+                                .write(true)
+                                .truncate(true)
+                                .open(file.path())
+                                .map_err(|e| {
+                                    format!(
+                                        "cannot stage the archive in {}: {e}",
+                                        file.path().display()
+                                    )
+                                })
+                                .and_then(|f| {
+                                    let mut tee = TeeReader::new(
+                                        &mut dec,
+                                        io::BufWriter::with_capacity(1 << 20, f),
+                                    );
+                                    postgres::check_archive(bindir, &mut tee)
+                                        .map_err(|e| e.to_string())?;
+                                    // pg_restore may stop before the end of the stream.
+                                    io::copy(&mut tee, &mut io::sink())
+                                        .and_then(|_| {
+                                            tee.into_copy()
+                                                .into_inner()
+                                                .map_err(io::IntoInnerError::into_error)
+                                                .map(drop)
+                                        })
+                                        .map_err(|e| format!("staging the archive failed: {e}"))
+                                });
+                            staged.map(|()| scratch = Some(file))
+                        } else {
+                            postgres::check_archive(bindir, &mut dec).map_err(|e| e.to_string())
+                        };
+                        checked
+                            .map(|()| {
+                                "complete custom archive (pg_restore read every entry)".into()
+                            })
+                            .map_err(|e| format!("the archive is not usable: {e}"))
+                    }
+                    (DatabaseType::Postgresql, PgFormat::Sql) => {
                         let mut tail = Tail::new(postgres::TRAILER_WINDOW);
                         let mut buf = vec![0u8; 256 * 1024];
                         let mut read = || -> io::Result<()> {
@@ -641,7 +709,7 @@ impl Ops {
                         Ok(()) => Ok("complete pg_dump output (trailer present)".into()),
                     }
                     }
-                    DatabaseType::Sqlite => {
+                    (DatabaseType::Sqlite, _) => {
                         let file = ScratchFile::create(&self.storage.scratch_dir()?, "verify.db")?;
                         let copied = std::fs::OpenOptions::new()
                             .write(true)
@@ -724,19 +792,39 @@ impl Ops {
         if m.encryption == Encryption::Age && keys.is_none() {
             return Err(encryption::EncryptionError::NoKey.into());
         }
-        let (_checks, scratch) = self.check(&m, keys.as_ref())?;
+        let format = m.pg_format.unwrap_or_default();
+        let (_checks, scratch) = self.check(&m, keys.as_ref(), format == PgFormat::Custom)?;
         info!(backup = %name, "backup verified; restoring");
         let mut kept_old = None;
         match &engine {
             Engine::Postgres(pg) => {
-                let key = m.data_file.as_deref().unwrap_or_default();
-                let stored = self.storage.open(key)?;
-                let plain: Box<dyn Read> = match m.encryption {
-                    Encryption::None => stored,
-                    Encryption::Age => encryption::open(keys.as_ref(), stored)?,
+                // Plain SQL streams from the repository a second time (verified above);
+                // a custom archive was staged by the check.
+                let mut sql_reader = match format {
+                    PgFormat::Sql => {
+                        let key = m.data_file.as_deref().unwrap_or_default();
+                        let stored = self.storage.open(key)?;
+                        let plain: Box<dyn Read> = match m.encryption {
+                            Encryption::None => stored,
+                            Encryption::Age => encryption::open(keys.as_ref(), stored)?,
+                        };
+                        Some(
+                            codec::decoder(m.compression, plain)
+                                .map_err(io_err("start the decompressor"))?,
+                        )
+                    }
+                    PgFormat::Custom => None,
                 };
-                let mut reader = codec::decoder(m.compression, plain)
-                    .map_err(io_err("start the decompressor"))?;
+                let source = match (&mut sql_reader, &scratch) {
+                    (Some(r), _) => postgres::Source::Sql(r.as_mut()),
+                    (None, Some(f)) => postgres::Source::Archive(f.path()),
+                    (None, None) => {
+                        return Err(Error::Damaged {
+                            name: name.to_owned(),
+                            problem: "no staged archive to restore from".into(),
+                        });
+                    }
+                };
                 // Record where the live database goes before it moves, so that a run killed
                 // mid-way is undone by the next one.
                 let journal = RestoreJournal {
@@ -759,8 +847,7 @@ impl Ops {
                         tracing::error!(error = %e, "could not remove the restore journal {RESTORE_JOURNAL}: remove it by hand, or the next run would undo this restore");
                     }
                 };
-                let restored =
-                    pg.restore(&mut reader, &m.database_name, &journal.aside, &mut loaded);
+                let restored = pg.restore(source, &m.database_name, &journal.aside, &mut loaded);
                 // After a failed rollback the journal stays, so the next run tries again.
                 if !matches!(
                     restored,

@@ -4,7 +4,7 @@ use crate::common::{TestEnv, have, require};
 use crate::sqlite::{rows, sqlite_env};
 use std::process::{Command, Stdio};
 
-fn keygen(env: &TestEnv, file: &str) -> String {
+pub fn keygen(env: &TestEnv, file: &str) -> String {
     let o = env.run(&["keygen", "--output", file]);
     o.ok();
     use std::os::unix::fs::PermissionsExt;
@@ -100,10 +100,7 @@ fn encrypted_sqlite_backups_open_with_age_and_need_the_right_key() {
     env.run(&["restore", "sec", "--yes"]).ok();
     assert_eq!(rows(&db), before);
 
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&file, &bytes).unwrap();
+    crate::common::flip_byte(&file, 0x01);
     env.set("BACKUP_DECRYPT_IDENTITY_FILE", "");
     env.run(&["verify", "sec"]).code(1);
 }

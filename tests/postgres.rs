@@ -85,7 +85,7 @@ fn assert_no_secret(env: &TestEnv, outputs: &[&str], secret: &str) {
     }
 }
 
-fn aside_databases(pg: &PgServer) -> String {
+pub fn aside_databases(pg: &PgServer) -> String {
     pg.sql(
         "postgres",
         "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE '%dbkeep_old%'",
@@ -156,20 +156,80 @@ fn round_trip_restores_exactly_what_was_dumped() {
 fn plant_backup(env: &TestEnv, template: &str, name: &str, sql: &[u8]) {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(sql).unwrap();
-    let gz = enc.finish().unwrap();
-    let key = format!("{name}.sql.gz");
-    std::fs::write(env.backup_dir().join(&key), &gz).unwrap();
+    plant(env, template, name, ".sql.gz", &enc.finish().unwrap());
+}
+
+/// Writes `bytes` as backup `name` (data file `name` + `ext`) with a manifest copied from
+/// `template` and a matching size and SHA-256, so that only the content is wrong.
+pub fn plant(env: &TestEnv, template: &str, name: &str, ext: &str, bytes: &[u8]) {
+    let key = format!("{name}{ext}");
+    std::fs::write(env.backup_dir().join(&key), bytes).unwrap();
     let mut m = env.manifest(template);
     m["backup_name"] = name.into();
-    m["data_file"] = key.clone().into();
-    m["file_size"] = gz.len().into();
+    m["data_file"] = key.into();
+    m["file_size"] = bytes.len().into();
     use sha2::Digest;
-    m["sha256"] = hex::encode(sha2::Sha256::digest(&gz)).into();
+    m["sha256"] = hex::encode(sha2::Sha256::digest(bytes)).into();
     std::fs::write(
         env.backup_dir().join(format!("{name}.manifest.json")),
         serde_json::to_vec(&m).unwrap(),
     )
     .unwrap();
+}
+
+/// A flipped byte in backup `name`'s data file `file`: verify and restore refuse it, and the
+/// live database stays `live`.
+pub fn flipped_byte_is_refused(env: &TestEnv, pg: &PgServer, live: &str, name: &str, file: &str) {
+    crate::common::flip_byte(&env.backup_dir().join(file), 0x40);
+    env.run(&["verify", name]).code(1);
+    let o = env.run(&["restore", name, "--yes"]);
+    o.code(1);
+    assert!(o.stderr.contains("damaged"), "{}", o.stderr);
+    assert_untouched(pg, live);
+}
+
+/// Backup `name` is intact (verify passes) but fails while it loads: the restore fails with the
+/// tool's error (`expected` in it), and the live database stays `live`.
+pub fn intact_backup_fails_to_load(
+    env: &TestEnv,
+    pg: &PgServer,
+    live: &str,
+    name: &str,
+    expected: &str,
+) {
+    env.run(&["verify", name]).ok();
+    let o = env.run(&["restore", name, "--yes"]);
+    o.code(1);
+    assert!(
+        o.stderr.contains(expected),
+        "the tool's error: {}",
+        o.stderr
+    );
+    assert_untouched(pg, live);
+}
+
+/// Takes the backup `good`, then changes the database; returns the changed (live) state.
+pub fn good_backup_then_a_change(env: &TestEnv, pg: &PgServer) -> String {
+    env.run(&["backup", "--name", "good"]).ok();
+    pg.sql_as(
+        "app",
+        "appdb",
+        "INSERT INTO sales.items (name) VALUES ('added after the backup');",
+    );
+    pg.normalized_dump("appdb")
+}
+
+/// The live database is `live`, nothing is left aside, and it accepts connections.
+pub fn assert_untouched(pg: &PgServer, live: &str) {
+    assert_eq!(pg.normalized_dump("appdb"), live);
+    assert_eq!(aside_databases(pg), "");
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT datallowconn FROM pg_database WHERE datname = 'appdb'"
+        ),
+        "t"
+    );
 }
 
 fn read_dump(env: &TestEnv, name: &str) -> Vec<u8> {
@@ -184,13 +244,7 @@ fn read_dump(env: &TestEnv, name: &str) -> Vec<u8> {
 #[test]
 fn failed_restores_leave_the_live_database_as_it_was() {
     let Some((pg, env)) = setup() else { return };
-    env.run(&["backup", "--name", "good"]).ok();
-    pg.sql_as(
-        "app",
-        "appdb",
-        "INSERT INTO sales.items (name) VALUES ('added after the backup');",
-    );
-    let live = pg.normalized_dump("appdb");
+    let live = good_backup_then_a_change(&env, &pg);
 
     // 1. An SQL error halfway through a dump whose checksum is right: psql stops, the partial
     //    database is dropped and the original comes back.
@@ -198,35 +252,10 @@ fn failed_restores_leave_the_live_database_as_it_was() {
     let cut = dump.find("CREATE TABLE audit.log").expect("table in dump");
     let broken = format!("{}THIS IS NOT SQL;\n{}", &dump[..cut], &dump[cut..]);
     plant_backup(&env, "good", "broken", broken.as_bytes());
-    env.run(&["verify", "broken"]).ok(); // the file itself is intact
-    let o = env.run(&["restore", "broken", "--yes"]);
-    o.code(1);
-    assert!(
-        o.stderr.contains("syntax error"),
-        "psql's stderr is in the error: {}",
-        o.stderr
-    );
-    assert_eq!(pg.normalized_dump("appdb"), live);
-    assert_eq!(aside_databases(&pg), "");
-    assert_eq!(
-        pg.sql(
-            "postgres",
-            "SELECT datallowconn FROM pg_database WHERE datname = 'appdb'"
-        ),
-        "t"
-    );
+    intact_backup_fails_to_load(&env, &pg, &live, "broken", "syntax error");
 
     // 2. A flipped byte: refused before the database is touched.
-    let file = env.backup_dir().join("good.sql.gz");
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&file, &bytes).unwrap();
-    env.run(&["verify", "good"]).code(1);
-    let o = env.run(&["restore", "good", "--yes"]);
-    o.code(1);
-    assert!(o.stderr.contains("damaged"), "{}", o.stderr);
-    assert_eq!(pg.normalized_dump("appdb"), live);
+    flipped_byte_is_refused(&env, &pg, &live, "good", "good.sql.gz");
 
     // 3. A truncated dump (no trailer) with a matching checksum: refused as incomplete.
     plant_backup(

@@ -205,10 +205,7 @@ fn flipped_byte_fails_verify_and_restore_leaves_the_database() {
     env.run(&["backup", "--name", "flip"]).ok();
     env.run(&["verify", "flip"]).ok();
     let file = env.backup_dir().join("flip.db.gz");
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&file, &bytes).unwrap();
+    crate::common::flip_byte(&file, 0x01);
     let o = env.run(&["verify", "flip"]);
     o.code(1);
     assert!(
@@ -293,10 +290,7 @@ fn zstd_backups_round_trip_and_open_with_the_zstd_tool() {
     env.run(&["restore", "z1", "--yes"]).ok();
     assert_eq!(rows(&db), before);
     // A flipped byte is caught.
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x10;
-    std::fs::write(&file, &bytes).unwrap();
+    crate::common::flip_byte(&file, 0x10);
     env.run(&["verify", "z1"]).code(1);
     // --no-compress still means none.
     env.run(&["backup", "--name", "z2", "--no-compress"]).ok();

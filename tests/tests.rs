@@ -5,5 +5,6 @@ mod api;
 mod cli;
 mod common;
 mod encryption;
+mod formats;
 mod postgres;
 mod sqlite;

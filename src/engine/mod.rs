@@ -37,6 +37,36 @@ impl fmt::Display for DatabaseType {
     }
 }
 
+/// The format of a PostgreSQL dump (`BACKUP_PG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgFormat {
+    /// Plain SQL (`pg_dump --format=plain --clean --if-exists --create`), restored with psql:
+    /// the spec's format, readable with any text tool.
+    #[default]
+    Sql,
+    /// pg_dump's custom archive (`-Fc`, pg_dump's own compression off), restored with
+    /// `pg_restore -j N`: parallel restore, and selective restore by hand.
+    Custom,
+}
+
+impl PgFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            PgFormat::Sql => "sql",
+            PgFormat::Custom => "custom",
+        }
+    }
+
+    /// The data file's extension before any compression suffix.
+    pub fn extension(self) -> &'static str {
+        match self {
+            PgFormat::Sql => ".sql",
+            PgFormat::Custom => ".dump",
+        }
+    }
+}
+
 /// What an engine tells about the dump it took, for the manifest.
 #[derive(Debug, Clone, Default)]
 pub struct DumpInfo {

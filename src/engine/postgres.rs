@@ -1,18 +1,20 @@
-//! PostgreSQL through its own tools: `pg_dump` (plain SQL with `--clean --if-exists --create`)
-//! and `psql` (restore, metadata), as child processes.
+//! PostgreSQL through its own tools, as child processes: `pg_dump` (plain SQL with `--clean
+//! --if-exists --create`, or the custom archive format), `psql` (plain restores, metadata) and
+//! `pg_restore` (custom-format restores with parallel jobs, archive checks).
 //!
 //! - The password reaches a child only through that child's environment (`PGPASSWORD`); every
 //!   other `PG*` variable of dbkeep's environment is removed from the child's, so `DATABASE_URL`
 //!   alone decides where it connects. dbkeep's own environment is never changed.
-//! - A dump counts only if pg_dump exited 0 and its output ends with the completion trailer.
+//! - A dump counts only if pg_dump exited 0 and its output ends with the completion trailer
+//!   (plain) or starts with the archive header (custom).
 //! - A restore moves the live database aside first and puts it back if anything fails.
 
-use super::DumpInfo;
 use super::process::{self, ProcessError, Running};
+use super::{DumpInfo, PgFormat};
 use crate::database_url::PgConnection;
 use crate::signals;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +28,8 @@ pub const TRAILER: &[u8] = b"-- PostgreSQL database dump complete";
 pub const TRAILER_WINDOW: usize = 4096;
 const HINT: &str = "install the PostgreSQL client tools of the server's major version or newer (Debian: apt-get install postgresql-client)";
 const CHUNK: usize = 256 * 1024;
+/// The first bytes of a custom-format archive.
+const ARCHIVE_MAGIC: &[u8] = b"PGDMP";
 
 #[derive(Debug, Error)]
 pub enum PostgresError {
@@ -41,6 +45,10 @@ pub enum PostgresError {
         "the dump is incomplete: pg_dump exited 0 but its output does not end with \"PostgreSQL database dump complete\""
     )]
     Incomplete,
+    #[error(
+        "the dump is not a custom-format archive: pg_dump exited 0 but its output does not start with \"PGDMP\""
+    )]
+    NotArchive,
     #[error("writing the dump: {0}")]
     Output(io::Error),
     #[error("reading the backup: {0}")]
@@ -77,6 +85,14 @@ pub struct Postgres {
     maintenance_db: String,
     keep_old: bool,
     stall_timeout: Duration,
+    restore_jobs: u32,
+}
+
+/// What a restore loads: a plain SQL stream (fed to psql), or a custom archive staged in a
+/// seekable file (loaded by `pg_restore -j N`).
+pub enum Source<'a> {
+    Sql(&'a mut dyn Read),
+    Archive(&'a Path),
 }
 
 impl Postgres {
@@ -86,6 +102,7 @@ impl Postgres {
         maintenance_db: String,
         keep_old: bool,
         stall_timeout: Duration,
+        restore_jobs: u32,
     ) -> Self {
         Self {
             conn,
@@ -93,6 +110,7 @@ impl Postgres {
             maintenance_db,
             keep_old,
             stall_timeout,
+            restore_jobs: restore_jobs.max(1),
         }
     }
 
@@ -182,9 +200,10 @@ impl Postgres {
         Ok((text, num / 10000))
     }
 
-    /// Streams a plain-SQL dump into `out`. Fails unless pg_dump exits 0 and the stream ends with
-    /// the completion trailer.
-    pub fn dump(&self, out: &mut dyn Write) -> Result<DumpInfo, PostgresError> {
+    /// Streams a dump into `out`. Fails unless pg_dump exits 0 and the stream ends with the
+    /// completion trailer (plain SQL) or starts with the archive header (custom format, written
+    /// with pg_dump's own compression off so that dbkeep's codec applies).
+    pub fn dump(&self, format: PgFormat, out: &mut dyn Write) -> Result<DumpInfo, PostgresError> {
         let tool_version = self.tool_version("pg_dump")?;
         let (server_version, server_major) = self.server_version()?;
         if major(&tool_version) < server_major {
@@ -194,18 +213,17 @@ impl Postgres {
             });
         }
         let mut cmd = self.command("pg_dump", &self.conn.database);
-        cmd.args([
-            "--format=plain",
-            "--clean",
-            "--if-exists",
-            "--create",
-            "--no-password",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        match format {
+            PgFormat::Sql => cmd.args(["--format=plain", "--clean", "--if-exists", "--create"]),
+            PgFormat::Custom => cmd.args(["--format=custom", "--compress=0"]),
+        };
+        cmd.arg("--no-password")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
         let mut child = process::spawn(cmd, HINT, self.secrets())?;
         let stdout = child.take_stdout();
         let mut tail = crate::codec::Tail::new(TRAILER_WINDOW);
+        let mut head = Vec::with_capacity(ARCHIVE_MAGIC.len());
         // A reader thread keeps pg_dump running while this thread compresses: a bounded queue
         // of chunks, so memory stays flat.
         let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
@@ -245,6 +263,8 @@ impl Postgres {
                     Ok(Ok(chunk)) => {
                         last_progress = Instant::now();
                         tail.push(&chunk);
+                        let want = ARCHIVE_MAGIC.len().saturating_sub(head.len());
+                        head.extend_from_slice(&chunk[..want.min(chunk.len())]);
                         out.write_all(&chunk).map_err(PostgresError::Output)?;
                     }
                     Ok(Err(e)) => {
@@ -269,8 +289,10 @@ impl Postgres {
         let waited = child.wait_success();
         result?;
         waited?;
-        if !has_trailer(tail.bytes()) {
-            return Err(PostgresError::Incomplete);
+        match format {
+            PgFormat::Sql if !has_trailer(tail.bytes()) => return Err(PostgresError::Incomplete),
+            PgFormat::Custom if head != ARCHIVE_MAGIC => return Err(PostgresError::NotArchive),
+            _ => {}
         }
         Ok(DumpInfo {
             server_version: Some(server_version),
@@ -278,16 +300,17 @@ impl Postgres {
         })
     }
 
-    /// Restores a plain dump made with `--create` of the database `backup_db`: moves the live
-    /// database aside, runs the dump through `psql -v ON_ERROR_STOP=1` on the maintenance
-    /// database, and on any failure drops what was restored and puts the original back.
+    /// Restores a dump of the database `backup_db`: moves the live database aside, loads the
+    /// dump (plain SQL made with `--create` through `psql -v ON_ERROR_STOP=1` on the maintenance
+    /// database; a custom archive with `pg_restore --create --exit-on-error -j N`), and on any
+    /// failure drops what was restored and puts the original back.
     ///
     /// `aside` is the name the live database is moved to meanwhile ([`Postgres::aside_name`]);
     /// the caller records it first, so that a run killed mid-way can be undone by
     /// [`Postgres::recover`].
     pub fn restore(
         &self,
-        input: &mut dyn Read,
+        source: Source<'_>,
         backup_db: &str,
         aside: &str,
         on_loaded: &mut dyn FnMut(),
@@ -315,7 +338,11 @@ impl Postgres {
             Some(allow) => Some(self.move_aside(&target, aside, allow)?),
             None => None,
         };
-        match self.load(input, &app_name) {
+        let loaded = match source {
+            Source::Sql(input) => self.load_sql(input, &app_name),
+            Source::Archive(path) => self.load_archive(path, &app_name),
+        };
+        match loaded {
             Ok(()) => {
                 on_loaded();
                 let mut report = RestoreReport::default();
@@ -470,89 +497,157 @@ impl Postgres {
         }
     }
 
-    /// Feeds the dump to psql on the maintenance database.
-    fn load(&self, input: &mut dyn Read, app_name: &str) -> Result<(), PostgresError> {
+    /// Feeds a plain dump to psql on the maintenance database.
+    fn load_sql(&self, input: &mut dyn Read, app_name: &str) -> Result<(), PostgresError> {
         let mut cmd = self.command("psql", &self.maintenance_db);
         // Marks the restore's sessions, so that a later recovery can end them.
         cmd.env("PGAPPNAME", app_name);
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null());
-        let mut child: Running = process::spawn(cmd, HINT, self.secrets())?;
-        let mut stdin = child.take_stdin();
-        let mut buf = vec![0u8; CHUNK];
-        // A blocked write cannot time out by itself: while the dump is being fed, a watchdog kills
-        // psql when no data moved for the stall timeout (or a signal arrived); the write fails.
-        let progress = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(AtomicBool::new(false));
-        let stalled = Arc::new(AtomicBool::new(false));
-        let watchdog = {
-            let (progress, done, stalled) = (progress.clone(), done.clone(), stalled.clone());
-            let pid = child.pid();
-            let limit = self.stall_timeout;
-            std::thread::spawn(move || {
-                let mut seen = progress.load(Ordering::Relaxed);
-                let mut since = Instant::now();
-                while !done.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    let now = progress.load(Ordering::Relaxed);
-                    if now != seen {
-                        seen = now;
-                        since = Instant::now();
-                    } else if since.elapsed() > limit || signals::interrupted() {
-                        stalled.store(!signals::interrupted(), Ordering::Relaxed);
-                        process::kill_pid(pid);
-                        return;
-                    }
-                }
-            })
-        };
-        let fed: Result<(), PostgresError> = (|| {
-            let Some(stdin) = stdin.as_mut() else {
-                return Ok(());
-            };
-            loop {
-                if signals::interrupted() {
-                    return Err(PostgresError::Interrupted);
-                }
-                let n = match input.read(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(PostgresError::Input(e)),
-                };
-                match stdin.write_all(&buf[..n]) {
-                    Ok(()) => {
-                        progress.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    // psql stopped reading: its exit status and stderr say why.
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                    Err(e) => return Err(PostgresError::Output(e)),
-                }
+        let child: Running = process::spawn(cmd, HINT, self.secrets())?;
+        feed_child(child, input, Some(self.stall_timeout))
+    }
+
+    /// Loads a staged custom archive with `pg_restore --create -j N` from the maintenance
+    /// database. pg_restore and its workers run in their own process group, so that a signal
+    /// stops all of them.
+    fn load_archive(&self, path: &Path, app_name: &str) -> Result<(), PostgresError> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.command("pg_restore", &self.maintenance_db);
+        cmd.env("PGAPPNAME", app_name);
+        cmd.args(["--create", "--exit-on-error", "--no-password"])
+            .arg(format!("--jobs={}", self.restore_jobs))
+            .arg(format!("--dbname={}", self.maintenance_db))
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0);
+        let mut child = process::spawn(cmd, HINT, self.secrets())?;
+        // No data flows through dbkeep here: only signals are watched. The group is killed
+        // before the child is reaped, so a reused pid is never signalled.
+        while !child.has_exited() {
+            if signals::interrupted() {
+                process::kill_group(child.pid());
+                let _ = child.wait();
+                return Err(PostgresError::Interrupted);
             }
-        })();
-        drop(stdin);
-        // Once the input is fed, psql's last statements may take long (an index build): the
-        // watchdog stops here, and before the child is reaped so it can never signal a reused pid.
-        done.store(true, Ordering::Relaxed);
-        let _ = watchdog.join();
-        if fed.is_err() {
-            child.kill();
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let waited = child.wait_success();
-        if stalled.load(Ordering::Relaxed) {
-            return Err(PostgresError::Stalled {
-                tool: "psql",
-                secs: self.stall_timeout.as_secs(),
-            });
-        }
-        if signals::interrupted() {
-            return Err(PostgresError::Interrupted);
-        }
-        fed?;
-        waited?;
+        child.wait_success()?;
         Ok(())
     }
+}
+
+/// Checks a custom archive completely without a database: streams it through
+/// `pg_restore --file=/dev/null`, which reads every entry and data block.
+pub fn check_archive(bindir: Option<&Path>, input: &mut dyn Read) -> Result<(), PostgresError> {
+    let mut cmd = process::clean_command(&process::program_path(bindir, "pg_restore"));
+    cmd.args(["--file=/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let child = process::spawn(cmd, HINT, vec![])?;
+    feed_child(child, input, None)
+}
+
+/// Writes `input` to the child's stdin and waits for it to succeed. A watchdog kills the child
+/// when a signal arrives or, with `stall`, when no data moved for that long (a blocked write
+/// cannot time out by itself).
+fn feed_child(
+    mut child: Running,
+    input: &mut dyn Read,
+    stall: Option<Duration>,
+) -> Result<(), PostgresError> {
+    let program = child.program().to_owned();
+    let mut stdin = child.take_stdin();
+    let mut buf = vec![0u8; CHUNK];
+    let progress = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let guard = watchdog(
+        child.pid(),
+        stall.map(|limit| (progress.clone(), limit)),
+        done.clone(),
+    );
+    let fed: Result<(), PostgresError> = (|| {
+        let Some(stdin) = stdin.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            if signals::interrupted() {
+                return Err(PostgresError::Interrupted);
+            }
+            let n = match input.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(PostgresError::Input(e)),
+            };
+            match stdin.write_all(&buf[..n]) {
+                Ok(()) => {
+                    progress.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                // The child stopped reading: its exit status and stderr say why.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(PostgresError::Output(e)),
+            }
+        }
+    })();
+    drop(stdin);
+    // Once the input is fed, the child's last statements may take long (an index build): the
+    // watchdog stops here, and before the child is reaped so it can never signal a reused pid.
+    done.store(true, Ordering::Relaxed);
+    let stalled = guard.join().unwrap_or(false);
+    if fed.is_err() {
+        child.kill();
+    }
+    let waited = child.wait_success();
+    if stalled {
+        return Err(PostgresError::Stalled {
+            tool: if program == "psql" {
+                "psql"
+            } else {
+                "pg_restore"
+            },
+            secs: stall.map_or(0, |d| d.as_secs()),
+        });
+    }
+    if signals::interrupted() {
+        return Err(PostgresError::Interrupted);
+    }
+    fed?;
+    waited?;
+    Ok(())
+}
+
+/// Watches a child until `done`: kills it when a signal arrives, or when the `progress` counter
+/// has not moved for its limit. Returns whether it killed for a stall.
+fn watchdog(
+    pid: u32,
+    progress: Option<(Arc<AtomicU64>, Duration)>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        let mut since = Instant::now();
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            if signals::interrupted() {
+                process::kill_pid(pid);
+                return false;
+            }
+            if let Some((counter, limit)) = &progress {
+                let now = counter.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    since = Instant::now();
+                } else if since.elapsed() > *limit {
+                    process::kill_pid(pid);
+                    return true;
+                }
+            }
+        }
+        false
+    })
 }
 
 /// The major version of a version text: `15.18` → 15, `9.6.24` → 9.

@@ -1,4 +1,4 @@
-//! Child processes (pg_dump, psql): argv vectors, never a shell; stderr drained on its own thread
+//! Child processes (pg_dump, psql, pg_restore): argv vectors, never a shell; stderr drained on its own thread
 //! so a chatty child cannot deadlock, and kept (its tail) for the error message; secrets scrubbed
 //! from anything the child printed before it reaches an error.
 
@@ -146,6 +146,11 @@ impl Running {
         self.child.id()
     }
 
+    /// Whether the child has exited (it is reaped; [`Running::wait`] still gives its status).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Kills the child (it may already have exited).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -185,6 +190,17 @@ impl Running {
 pub fn kill_pid(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Sends SIGKILL to the process group `pgid` (a child started with `process_group(0)` and not
+/// yet waited for, and everything it started).
+pub fn kill_group(pgid: u32) {
+    if let Ok(pid) = i32::try_from(pgid) {
+        let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );

@@ -38,6 +38,14 @@ pub fn tool_accepts(tool: &str, file: &Path) -> bool {
         .success()
 }
 
+/// Flips bits of the middle byte of `file` (`mask`), keeping its size.
+pub fn flip_byte(file: &Path, mask: u8) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= mask;
+    std::fs::write(file, &bytes).unwrap();
+}
+
 pub struct Out {
     pub code: i32,
     pub stdout: String,
@@ -94,6 +102,11 @@ impl TestEnv {
     pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    pub fn unset(&mut self, key: &str) -> &mut Self {
+        self.env.retain(|(k, _)| k != key);
         self
     }
 
