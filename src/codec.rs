@@ -280,32 +280,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// A reader that writes a copy of everything read through it to `copy` (staging a stream in a
-/// file while another consumer checks it, in one pass).
-pub struct TeeReader<R, W> {
-    inner: R,
-    copy: W,
-}
-
-impl<R: Read, W: Write> TeeReader<R, W> {
-    pub fn new(inner: R, copy: W) -> Self {
-        Self { inner, copy }
-    }
-
-    /// The copy's writer, to flush and close it.
-    pub fn into_copy(self) -> W {
-        self.copy
-    }
-}
-
-impl<R: Read, W: Write> Read for TeeReader<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
 /// Counts and hashes what is read from `inner`.
 pub struct HashingReader<R> {
     inner: R,

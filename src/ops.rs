@@ -6,9 +6,7 @@
 //! lock: manifests appear atomically.
 
 use crate::catalog::{self, Catalog, Manifest, Statistics};
-use crate::codec::{
-    self, Compression, Digest256, Encoder, HashingReader, HashingWriter, Tail, TeeReader,
-};
+use crate::codec::{self, Compression, Digest256, Encoder, HashingReader, HashingWriter, Tail};
 use crate::config::Settings;
 use crate::database_url::DatabaseUrl;
 use crate::encryption::{self, Encryption, Keys, Sealed};
@@ -566,7 +564,7 @@ impl Ops {
             .map(|m| VerifyReport {
                 name: m.backup_name.clone(),
                 result: self
-                    .check(m, keys.as_ref(), false)
+                    .check(m, keys.as_ref(), Depth::Full)
                     .map(|(checks, _)| checks),
             })
             .collect())
@@ -587,15 +585,15 @@ impl Ops {
         }
     }
 
-    /// Reads the stored file once: size and SHA-256 against the manifest, complete decompression,
-    /// and the engine's content check. For SQLite the decompressed copy is returned, checked;
-    /// with `stage`, so is a PostgreSQL custom archive (pg_restore needs a seekable file).
-    /// An encrypted backup without `keys` gets the size and SHA-256 checks only.
+    /// Reads the stored file once: size and SHA-256 against the manifest and, as deep as `depth`
+    /// says, decryption, decompression and the engine's content check. What a restore loads from
+    /// a file (a SQLite copy, checked; a custom archive) is returned staged. An encrypted backup
+    /// without `keys` gets the size and SHA-256 checks only.
     fn check(
         &self,
         m: &Manifest,
         keys: Option<&Keys>,
-        stage: bool,
+        depth: Depth,
     ) -> Result<(Vec<String>, Option<ScratchFile>), Error> {
         let damaged = |problem: String| Error::Damaged {
             name: m.backup_name.clone(),
@@ -644,90 +642,38 @@ impl Ops {
             });
             match dec {
                 Err(e) => Err(e),
-                Ok(mut dec) => match (m.database_type, m.pg_format.unwrap_or_default()) {
-                    (DatabaseType::Postgresql, PgFormat::Custom) => {
-                        let bindir = self.settings.pg_bindir.as_deref();
-                        let checked = if stage {
-                            // pg_restore -j needs a seekable file: staged while it is checked.
-                            let file =
-                                ScratchFile::create(&self.storage.scratch_dir()?, "restore.dump")?;
-                            let staged = std::fs::OpenOptions::new()
-                                .write(true)
-                                .truncate(true)
-                                .open(file.path())
-                                .map_err(|e| {
-                                    format!(
-                                        "cannot stage the archive in {}: {e}",
-                                        file.path().display()
-                                    )
-                                })
-                                .and_then(|f| {
-                                    let mut tee = TeeReader::new(
-                                        &mut dec,
-                                        io::BufWriter::with_capacity(1 << 20, f),
-                                    );
-                                    postgres::check_archive(bindir, &mut tee)
-                                        .map_err(|e| e.to_string())?;
-                                    // pg_restore may stop before the end of the stream.
-                                    io::copy(&mut tee, &mut io::sink())
-                                        .and_then(|_| {
-                                            tee.into_copy()
-                                                .into_inner()
-                                                .map_err(io::IntoInnerError::into_error)
-                                                .map(drop)
-                                        })
-                                        .map_err(|e| format!("staging the archive failed: {e}"))
-                                });
-                            staged.map(|()| scratch = Some(file))
-                        } else {
-                            postgres::check_archive(bindir, &mut dec).map_err(|e| e.to_string())
-                        };
-                        checked
+                Ok(mut dec) => match (m.database_type, m.pg_format.unwrap_or_default(), depth) {
+                    // Checked while psql loads it (decompression, trailer); a failure there
+                    // puts the original database back.
+                    (DatabaseType::Postgresql, PgFormat::Sql, Depth::Restore) => Ok(
+                        "plain SQL: decompression and completeness checked while it loads".into(),
+                    ),
+                    (DatabaseType::Postgresql, PgFormat::Sql, Depth::Full) => check_sql(&mut dec),
+                    // pg_restore -j needs a seekable file.
+                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Restore) => self
+                        .stage(&mut dec, "restore.dump", false)
+                        .and_then(|file| {
+                            postgres::list_archive(self.settings.pg_bindir.as_deref(), file.path())
+                                .map_err(|e| format!("pg_restore cannot read the archive: {e}"))?;
+                            scratch = Some(file);
+                            Ok(
+                                "custom archive staged; pg_restore reads its table of contents"
+                                    .into(),
+                            )
+                        }),
+                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Full) => {
+                        postgres::check_archive(self.settings.pg_bindir.as_deref(), &mut dec)
                             .map(|()| {
                                 "complete custom archive (pg_restore read every entry)".into()
                             })
-                            .map_err(|e| format!("the archive is not usable: {e}"))
+                            .map_err(|e| format!("the archive is not complete: {e}"))
                     }
-                    (DatabaseType::Postgresql, PgFormat::Sql) => {
-                        let mut tail = Tail::new(postgres::TRAILER_WINDOW);
-                        let mut buf = vec![0u8; 256 * 1024];
-                        let mut read = || -> io::Result<()> {
-                            loop {
-                                let n = dec.read(&mut buf)?;
-                                if n == 0 {
-                                    return Ok(());
-                                }
-                                tail.push(&buf[..n]);
-                            }
-                        };
-                        match read() {
-                        Err(e) => Err(format!("decompressing failed: {e}")),
-                        Ok(()) if !postgres::has_trailer(tail.bytes()) => Err(
-                            "the dump does not end with pg_dump's completion trailer (incomplete dump)"
-                                .into(),
-                        ),
-                        Ok(()) => Ok("complete pg_dump output (trailer present)".into()),
-                    }
-                    }
-                    (DatabaseType::Sqlite, _) => {
-                        let file = ScratchFile::create(&self.storage.scratch_dir()?, "verify.db")?;
-                        let copied = std::fs::OpenOptions::new()
-                            .write(true)
-                            .truncate(true)
-                            .open(file.path())
-                            .and_then(|mut f| {
-                                io::copy(&mut dec, &mut f).and_then(|_| f.sync_all())
-                            });
-                        match copied {
-                            Err(e) => Err(format!("decompressing failed: {e}")),
-                            Ok(()) => match sqlite::integrity_check(file.path()) {
-                                Ok(()) => {
-                                    scratch = Some(file);
-                                    Ok("SQLite integrity_check ok".into())
-                                }
-                                Err(e) => Err(e.to_string()),
-                            },
-                        }
+                    (DatabaseType::Sqlite, _, _) => {
+                        self.stage(&mut dec, "verify.db", true).and_then(|file| {
+                            sqlite::integrity_check(file.path()).map_err(|e| e.to_string())?;
+                            scratch = Some(file);
+                            Ok("SQLite integrity_check ok".into())
+                        })
                     }
                 },
             }
@@ -763,9 +709,28 @@ impl Ops {
         Ok((checks, scratch))
     }
 
+    /// Writes `dec` into a new scratch file in the backup directory (`sync`: and to disk).
+    fn stage(&self, dec: &mut dyn Read, what: &str, sync: bool) -> Result<ScratchFile, String> {
+        let dir = self.storage.scratch_dir().map_err(|e| e.to_string())?;
+        let file = ScratchFile::create(&dir, what).map_err(|e| e.to_string())?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(file.path())
+            .and_then(|f| {
+                let mut w = io::BufWriter::with_capacity(1 << 20, f);
+                io::copy(dec, &mut w)?;
+                let f = w.into_inner().map_err(io::IntoInnerError::into_error)?;
+                if sync { f.sync_all() } else { Ok(()) }
+            })
+            .map_err(|e| format!("decompressing into {} failed: {e}", file.path().display()))?;
+        Ok(file)
+    }
+
     // ----- restore --------------------------------------------------------------------------
 
-    /// Restores `name` into the configured database, after verifying it completely.
+    /// Restores `name` into the configured database, after checking its size, SHA-256 and key
+    /// (see [`Depth::Restore`]).
     pub fn restore(&self, name: &str) -> Result<RestoreOutcome, Error> {
         BackupName::parse(name)?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
@@ -786,15 +751,15 @@ impl Ops {
                 configured: engine.database_type(),
             });
         }
-        info!(backup = %name, database = %url, "restore started: verifying the backup");
+        info!(backup = %name, database = %url, "restore started: checking the backup");
         let clock = Instant::now();
         let keys = self.keys()?;
         if m.encryption == Encryption::Age && keys.is_none() {
             return Err(encryption::EncryptionError::NoKey.into());
         }
         let format = m.pg_format.unwrap_or_default();
-        let (_checks, scratch) = self.check(&m, keys.as_ref(), format == PgFormat::Custom)?;
-        info!(backup = %name, "backup verified; restoring");
+        let (_checks, scratch) = self.check(&m, keys.as_ref(), Depth::Restore)?;
+        info!(backup = %name, "backup checked; restoring");
         let mut kept_old = None;
         match &engine {
             Engine::Postgres(pg) => {
@@ -1045,6 +1010,36 @@ impl Ops {
 }
 
 /// Which database a backup is of, for grouping retention: type, host and name.
+/// How much of a backup [`Ops::check`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// Everything: decryption, decompression, the engine's content check (`verify`).
+    Full,
+    /// What a restore needs before it touches the database: size, SHA-256 (the stored bytes are
+    /// exactly what the successful backup wrote) and the key. Plain SQL is then checked while
+    /// it loads; a custom archive and a SQLite copy are staged (and checked).
+    Restore,
+}
+
+/// Reads a plain dump to its end: it must decompress and end with pg_dump's trailer.
+fn check_sql(dec: &mut dyn Read) -> Result<String, String> {
+    let mut tail = Tail::new(postgres::TRAILER_WINDOW);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => tail.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("decompressing failed: {e}")),
+        }
+    }
+    if postgres::has_trailer(tail.bytes()) {
+        Ok("complete pg_dump output (trailer present)".into())
+    } else {
+        Err("the dump does not end with pg_dump's completion trailer (incomplete dump)".into())
+    }
+}
+
 fn database_identity(m: &Manifest) -> String {
     format!(
         "{}://{}/{}",

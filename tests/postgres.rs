@@ -257,18 +257,22 @@ fn failed_restores_leave_the_live_database_as_it_was() {
     // 2. A flipped byte: refused before the database is touched.
     flipped_byte_is_refused(&env, &pg, &live, "good", "good.sql.gz");
 
-    // 3. A truncated dump (no trailer) with a matching checksum: refused as incomplete.
-    plant_backup(
-        &env,
-        "good",
-        "truncated",
-        &dump.as_bytes()[..dump.len() / 2],
-    );
+    // 3. A dump cut off at a statement boundary, with a matching checksum (psql runs all of it
+    //    without an error): verify calls it incomplete, and a restore loads it, sees no trailer
+    //    and puts the original back.
+    plant_backup(&env, "good", "truncated", &dump.as_bytes()[..cut]);
+    let o = env.run(&["verify", "truncated"]);
+    o.code(1);
+    assert!(o.stderr.contains("trailer"), "{}", o.stderr);
     let o = env.run(&["restore", "truncated", "--yes"]);
     o.code(1);
     assert!(o.stderr.contains("trailer"), "{}", o.stderr);
-    assert_eq!(pg.normalized_dump("appdb"), live);
-    assert_eq!(aside_databases(&pg), "");
+    assert_untouched(&pg, &live);
+
+    // 4. Cut in the middle of COPY data: psql's error, and the original is back.
+    plant_backup(&env, "good", "halved", &dump.as_bytes()[..dump.len() / 2]);
+    env.run(&["restore", "halved", "--yes"]).code(1);
+    assert_untouched(&pg, &live);
 }
 
 #[test]

@@ -49,6 +49,10 @@ pub enum PostgresError {
         "the dump is not a custom-format archive: pg_dump exited 0 but its output does not start with \"PGDMP\""
     )]
     NotArchive,
+    #[error(
+        "the dump being restored does not end with pg_dump's completion trailer: the backup is incomplete, so what was loaded is discarded"
+    )]
+    TruncatedInput,
     #[error("writing the dump: {0}")]
     Output(io::Error),
     #[error("reading the backup: {0}")]
@@ -497,7 +501,9 @@ impl Postgres {
         }
     }
 
-    /// Feeds a plain dump to psql on the maintenance database.
+    /// Feeds a plain dump to psql on the maintenance database. The dump must end with pg_dump's
+    /// trailer: a stream that stops early (psql may well have run it all without an error) is a
+    /// failed restore, which the caller rolls back.
     fn load_sql(&self, input: &mut dyn Read, app_name: &str) -> Result<(), PostgresError> {
         let mut cmd = self.command("psql", &self.maintenance_db);
         // Marks the restore's sessions, so that a later recovery can end them.
@@ -506,7 +512,16 @@ impl Postgres {
             .stdin(Stdio::piped())
             .stdout(Stdio::null());
         let child: Running = process::spawn(cmd, HINT, self.secrets())?;
-        feed_child(child, input, Some(self.stall_timeout))
+        let mut tracked = TailReader {
+            inner: input,
+            tail: crate::codec::Tail::new(TRAILER_WINDOW),
+        };
+        feed_child(child, &mut tracked, Some(self.stall_timeout))?;
+        if has_trailer(tracked.tail.bytes()) {
+            Ok(())
+        } else {
+            Err(PostgresError::TruncatedInput)
+        }
     }
 
     /// Loads a staged custom archive with `pg_restore --create -j N` from the maintenance
@@ -548,6 +563,29 @@ pub fn check_archive(bindir: Option<&Path>, input: &mut dyn Read) -> Result<(), 
         .stdout(Stdio::null());
     let child = process::spawn(cmd, HINT, vec![])?;
     feed_child(child, input, None)
+}
+
+/// Reads a staged custom archive's table of contents (`pg_restore --list`): proves this
+/// pg_restore reads the archive before anything is changed.
+pub fn list_archive(bindir: Option<&Path>, path: &Path) -> Result<(), PostgresError> {
+    let mut cmd = process::clean_command(&process::program_path(bindir, "pg_restore"));
+    cmd.arg("--list").arg(path);
+    process::output(cmd, HINT, vec![])?;
+    Ok(())
+}
+
+/// A reader that keeps the last bytes it passed on.
+struct TailReader<'a> {
+    inner: &'a mut dyn Read,
+    tail: crate::codec::Tail,
+}
+
+impl Read for TailReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tail.push(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Writes `input` to the child's stdin and waits for it to succeed. A watchdog kills the child
