@@ -169,9 +169,10 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    let ops = Ops::new(settings);
     let mut out = String::new();
-    let result = run(&ops, &cli, &mut out);
+    let result = Ops::new(settings)
+        .map_err(Error::from)
+        .and_then(|ops| run(&ops, &cli, &mut out));
     if !cli.quiet && write_stdout(&out).is_err() {
         return ExitCode::from(1);
     }

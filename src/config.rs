@@ -8,6 +8,7 @@
 use crate::codec::Compression;
 use crate::database_url::{DatabaseUrl, DatabaseUrlError, Secret};
 use crate::engine::PgFormat;
+use crate::storage::S3Settings;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +62,15 @@ pub struct Layer {
     pub backup_encrypt_recipients: Option<String>,
     pub backup_encrypt_passphrase_file: Option<PathBuf>,
     pub backup_decrypt_identity_file: Option<PathBuf>,
+    pub backup_s3_endpoint: Option<String>,
+    pub backup_s3_region: Option<String>,
+    pub backup_s3_path_style: Option<bool>,
+    pub backup_s3_access_key_id: Option<String>,
+    pub backup_s3_secret_access_key: Option<String>,
+    pub backup_s3_session_token: Option<String>,
+    pub backup_s3_max_parts: Option<u32>,
+    pub backup_s3_part_size_mib: Option<u32>,
+    pub backup_scratch_dir: Option<PathBuf>,
     pub dbkeep_api_token: Option<String>,
     pub dbkeep_api_tokens_file: Option<PathBuf>,
     pub dbkeep_audit_log: Option<PathBuf>,
@@ -103,6 +113,11 @@ pub struct Settings {
     pub encrypt_passphrase_file: Option<PathBuf>,
     /// age identities (or an SSH private key) that open encrypted backups for verify and restore.
     pub decrypt_identity_file: Option<PathBuf>,
+    /// Object storage: endpoint, region, addressing, credentials, part sizes (`BACKUP_S3_*`,
+    /// else the standard `AWS_*` variables).
+    pub s3: S3Settings,
+    /// Where scratch files go when the repository is not a local directory.
+    pub scratch_dir: Option<PathBuf>,
     /// Settings of `dbkeep serve`.
     pub api: ApiSettings,
 }
@@ -161,6 +176,8 @@ impl Default for Settings {
             encrypt_recipients: None,
             encrypt_passphrase_file: None,
             decrypt_identity_file: None,
+            s3: S3Settings::default(),
+            scratch_dir: None,
             api: ApiSettings::default(),
         }
     }
@@ -272,6 +289,48 @@ impl Settings {
         }
         if let Some(v) = l.backup_decrypt_identity_file {
             self.decrypt_identity_file = Some(v);
+        }
+        let s3 = &mut self.s3;
+        if let Some(v) = l.backup_s3_endpoint {
+            s3.endpoint = Some(v);
+        }
+        if let Some(v) = l.backup_s3_region {
+            s3.region = Some(v);
+        }
+        if let Some(v) = l.backup_s3_path_style {
+            s3.path_style = Some(v);
+        }
+        if let Some(v) = l.backup_s3_access_key_id {
+            s3.access_key_id = Some(v);
+        }
+        if let Some(v) = l.backup_s3_secret_access_key {
+            s3.secret_access_key = Some(Secret::new(v));
+        }
+        if let Some(v) = l.backup_s3_session_token {
+            s3.session_token = Some(Secret::new(v));
+        }
+        if let Some(v) = l.backup_s3_max_parts {
+            if !(100..=10_000).contains(&v) {
+                return Err(ConfigError::InvalidValue {
+                    key: "BACKUP_S3_MAX_PARTS",
+                    value: v.to_string(),
+                    problem: "expected the most parts the service accepts in one upload (100 to 10000)",
+                });
+            }
+            s3.max_parts = v;
+        }
+        if let Some(v) = l.backup_s3_part_size_mib {
+            if !(5..=5120).contains(&v) {
+                return Err(ConfigError::InvalidValue {
+                    key: "BACKUP_S3_PART_SIZE_MIB",
+                    value: v.to_string(),
+                    problem: "expected the first part's size in MiB (5 to 5120; parts grow from there)",
+                });
+            }
+            s3.part_size = u64::from(v) << 20;
+        }
+        if let Some(v) = l.backup_scratch_dir {
+            self.scratch_dir = Some(v);
         }
         if let Some(v) = l.dbkeep_api_token {
             self.api.token = Some(Secret::new(v));
@@ -485,6 +544,29 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         backup_encrypt_recipients: get("BACKUP_ENCRYPT_RECIPIENTS"),
         backup_encrypt_passphrase_file: get("BACKUP_ENCRYPT_PASSPHRASE_FILE").map(PathBuf::from),
         backup_decrypt_identity_file: get("BACKUP_DECRYPT_IDENTITY_FILE").map(PathBuf::from),
+        // dbkeep's own names first, then the standard AWS variables.
+        backup_s3_endpoint: get("BACKUP_S3_ENDPOINT")
+            .or_else(|| get("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| get("AWS_ENDPOINT_URL")),
+        backup_s3_region: get("BACKUP_S3_REGION")
+            .or_else(|| get("AWS_REGION"))
+            .or_else(|| get("AWS_DEFAULT_REGION")),
+        backup_s3_path_style: boolean("BACKUP_S3_PATH_STYLE")?,
+        backup_s3_access_key_id: get("BACKUP_S3_ACCESS_KEY_ID")
+            .or_else(|| get("AWS_ACCESS_KEY_ID")),
+        backup_s3_secret_access_key: get("BACKUP_S3_SECRET_ACCESS_KEY")
+            .or_else(|| get("AWS_SECRET_ACCESS_KEY")),
+        backup_s3_session_token: get("BACKUP_S3_SESSION_TOKEN")
+            .or_else(|| get("AWS_SESSION_TOKEN")),
+        backup_s3_max_parts: num32(
+            "BACKUP_S3_MAX_PARTS",
+            "expected the most parts the service accepts in one upload (100 to 10000)",
+        )?,
+        backup_s3_part_size_mib: num32(
+            "BACKUP_S3_PART_SIZE_MIB",
+            "expected the first part's size in MiB (5 to 5120; parts grow from there)",
+        )?,
+        backup_scratch_dir: get("BACKUP_SCRATCH_DIR").map(PathBuf::from),
         dbkeep_api_token: get("DBKEEP_API_TOKEN"),
         dbkeep_api_tokens_file: get("DBKEEP_API_TOKENS_FILE").map(PathBuf::from),
         dbkeep_audit_log: get("DBKEEP_AUDIT_LOG").map(PathBuf::from),

@@ -95,12 +95,14 @@ impl Error {
             Error::Config(_)
             | Error::Name(_)
             | Error::NotConfirmed(_)
-            | Error::WrongDatabaseType { .. } => ErrorKind::Usage,
+            | Error::WrongDatabaseType { .. }
+            | Error::Storage(StorageError::Setup { .. }) => ErrorKind::Usage,
             Error::Postgres(PostgresError::DatabaseMismatch { .. }) => ErrorKind::Usage,
             Error::NotFound { .. } | Error::NoBackups { .. } => ErrorKind::NotFound,
-            Error::NameExists { .. } | Error::Storage(StorageError::LockTimeout { .. }) => {
-                ErrorKind::Conflict
-            }
+            Error::NameExists { .. }
+            | Error::Storage(
+                StorageError::LockTimeout { .. } | StorageError::AlreadyExists { .. },
+            ) => ErrorKind::Conflict,
             Error::Serve(crate::api::ServeError::Serve(_)) => ErrorKind::Failed,
             Error::Encryption(
                 crate::encryption::EncryptionError::Decrypt(_)

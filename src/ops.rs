@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::naming::{self, BackupName};
 use crate::retention::{self, Action, Candidate, Decision, Policy};
 use crate::signals;
-use crate::storage::{self, LocalStorage, RepoLock, Storage, TEMP_PREFIX};
+use crate::storage::{self, RepoLock, Storage, TEMP_PREFIX};
 use chrono::Utc;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -26,6 +26,19 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
+
+/// What data files end with (before `.age`).
+const DATA_SUFFIXES: [&str; 9] = [
+    ".sql",
+    ".sql.gz",
+    ".sql.zst",
+    ".dump",
+    ".dump.gz",
+    ".dump.zst",
+    ".db",
+    ".db.gz",
+    ".db.zst",
+];
 
 /// Data files without a manifest younger than this are left alone by prune: a backup may be
 /// between writing its data and its manifest.
@@ -177,9 +190,11 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub fn new(settings: Settings) -> Self {
-        let storage = Box::new(LocalStorage::new(settings.backup_dir.clone()));
-        Self::with_storage(settings, storage)
+    /// Operations on the repository `BACKUP_DIR` names (a directory or an `s3://` URL).
+    pub fn new(settings: Settings) -> Result<Self, storage::StorageError> {
+        let location = settings.backup_dir.to_string_lossy().into_owned();
+        let storage = storage::open(&location, &settings.s3, settings.scratch_dir.as_deref())?;
+        Ok(Self::with_storage(settings, storage))
     }
 
     pub fn with_storage(settings: Settings, storage: Box<dyn Storage>) -> Self {
@@ -389,8 +404,30 @@ impl Ops {
         manifest.data_file = Some(key.clone());
         manifest.server_version = info_.server_version;
         manifest.tool_version = info_.tool_version;
-        // The commit point.
-        self.storage.put(&manifest.key(), &manifest.to_json()?)?;
+        // The commit point. A new name is created only if nobody else took it meanwhile (object
+        // storage shared by several instances); --replace overwrites on purpose.
+        let json = manifest.to_json()?;
+        let committed = if req.replace {
+            self.storage.put(&manifest.key(), &json)
+        } else {
+            self.storage.put_new(&manifest.key(), &json)
+        };
+        if let Err(e) = committed {
+            // No manifest, no backup: the data goes too, and the attempt is recorded.
+            if let Err(d) = self.storage.delete(&key) {
+                warn!(error = %d, "could not remove the data file of a backup that failed to commit");
+            }
+            let e = Error::from(e);
+            let mut failed = manifest.clone();
+            failed.success = false;
+            failed.error = Some(e.to_string());
+            failed.file_path = None;
+            failed.file_size = 0;
+            failed.sha256 = None;
+            failed.data_file = None;
+            self.record_failure(&failed);
+            return Err(e);
+        }
         // From here on the backup exists: tidying up can only warn.
         if let Err(e) = self
             .storage
@@ -516,7 +553,8 @@ impl Ops {
         level: u32,
         sealer: Option<&encryption::Sealer>,
     ) -> Result<(DumpInfo, Digest256), Error> {
-        let writer = self.storage.create(key)?;
+        // The data key is always new (a replaced backup's file gets a stamped name).
+        let writer = self.storage.create_new(key)?;
         // Compress, then encrypt, then hash what is stored.
         let sealed = Sealed::new(sealer, HashingWriter::new(writer))?;
         let mut enc =
@@ -526,8 +564,18 @@ impl Ops {
             Engine::Sqlite(sq) => {
                 let scratch = ScratchFile::create(&self.storage.scratch_dir()?, "snapshot.db")?;
                 let info = sq.snapshot(scratch.path())?;
+                // The copy is checked while it is compressed and stored (another core); a copy
+                // that fails the check is never committed.
+                let path = scratch.path().to_owned();
+                let check = std::thread::spawn(move || sqlite::integrity_check(&path));
                 let mut f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
-                io::copy(&mut f, &mut enc).map_err(io_err("store the SQLite copy"))?;
+                let stored = io::copy(&mut f, &mut enc).map_err(io_err("store the SQLite copy"));
+                let checked = check.join().map_err(|_| Error::Io {
+                    io_context: "check the SQLite copy".into(),
+                    source: io::Error::other("the integrity check panicked"),
+                })?;
+                checked?;
+                stored?;
                 info
             }
         };
@@ -650,9 +698,8 @@ impl Ops {
                     ),
                     (DatabaseType::Postgresql, PgFormat::Sql, Depth::Full) => check_sql(&mut dec),
                     // pg_restore -j needs a seekable file.
-                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Restore) => self
-                        .stage(&mut dec, "restore.dump", false)
-                        .and_then(|file| {
+                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Restore) => {
+                        self.stage(&mut dec, "restore.dump").and_then(|file| {
                             postgres::list_archive(self.settings.pg_bindir.as_deref(), file.path())
                                 .map_err(|e| format!("pg_restore cannot read the archive: {e}"))?;
                             scratch = Some(file);
@@ -660,7 +707,8 @@ impl Ops {
                                 "custom archive staged; pg_restore reads its table of contents"
                                     .into(),
                             )
-                        }),
+                        })
+                    }
                     (DatabaseType::Postgresql, PgFormat::Custom, Depth::Full) => {
                         postgres::check_archive(self.settings.pg_bindir.as_deref(), &mut dec)
                             .map(|()| {
@@ -669,7 +717,7 @@ impl Ops {
                             .map_err(|e| format!("the archive is not complete: {e}"))
                     }
                     (DatabaseType::Sqlite, _, _) => {
-                        self.stage(&mut dec, "verify.db", true).and_then(|file| {
+                        self.stage(&mut dec, "verify.db").and_then(|file| {
                             sqlite::integrity_check(file.path()).map_err(|e| e.to_string())?;
                             scratch = Some(file);
                             Ok("SQLite integrity_check ok".into())
@@ -709,8 +757,8 @@ impl Ops {
         Ok((checks, scratch))
     }
 
-    /// Writes `dec` into a new scratch file in the backup directory (`sync`: and to disk).
-    fn stage(&self, dec: &mut dyn Read, what: &str, sync: bool) -> Result<ScratchFile, String> {
+    /// Writes `dec` into a new scratch file (read back at once: no fsync).
+    fn stage(&self, dec: &mut dyn Read, what: &str) -> Result<ScratchFile, String> {
         let dir = self.storage.scratch_dir().map_err(|e| e.to_string())?;
         let file = ScratchFile::create(&dir, what).map_err(|e| e.to_string())?;
         std::fs::OpenOptions::new()
@@ -720,8 +768,9 @@ impl Ops {
             .and_then(|f| {
                 let mut w = io::BufWriter::with_capacity(1 << 20, f);
                 io::copy(dec, &mut w)?;
-                let f = w.into_inner().map_err(io::IntoInnerError::into_error)?;
-                if sync { f.sync_all() } else { Ok(()) }
+                w.into_inner()
+                    .map_err(io::IntoInnerError::into_error)
+                    .map(drop)
             })
             .map_err(|e| format!("decompressing into {} failed: {e}", file.path().display()))?;
         Ok(file)
@@ -952,8 +1001,9 @@ impl Ops {
         })
     }
 
-    /// (temporary files of killed runs, data-like files that no manifest names), both older
-    /// than [`ORPHAN_GRACE`].
+    /// (what prune removes: temporary files of killed runs, and on object storage data objects
+    /// that no manifest names; what it only reports: data-like files in a directory that no
+    /// manifest names), all older than [`ORPHAN_GRACE`].
     fn leftovers(&self, cat: &Catalog) -> Result<(Vec<String>, Vec<String>), Error> {
         let referenced: std::collections::HashSet<&str> = cat.referenced_data().collect();
         let now = SystemTime::now();
@@ -965,13 +1015,20 @@ impl Ops {
             if !old {
                 continue;
             }
-            let is_data = [".sql", ".sql.gz", ".sql.zst", ".db", ".db.gz", ".db.zst"]
+            let is_data = DATA_SUFFIXES
                 .iter()
                 .any(|s| o.key.ends_with(s) || o.key.ends_with(&format!("{s}.age")));
             if o.key.starts_with(TEMP_PREFIX) {
                 temps.push(o.key);
             } else if is_data && !referenced.contains(o.key.as_str()) {
-                orphans.push(o.key);
+                // In a directory, such a file may be the user's own (a live app.db): reported.
+                // A bucket prefix holds only what dbkeep wrote: an upload whose manifest never
+                // came is removed.
+                if self.storage.owns_every_object() {
+                    temps.push(o.key);
+                } else {
+                    orphans.push(o.key);
+                }
             }
         }
         Ok((temps, orphans))

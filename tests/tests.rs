@@ -7,4 +7,6 @@ mod common;
 mod encryption;
 mod formats;
 mod postgres;
+mod s3;
 mod sqlite;
+mod storage;

@@ -59,6 +59,8 @@ pub enum ServeError {
     RateLimits(#[from] limits::RateLimitError),
     #[error("cannot open the audit log: {0}")]
     Audit(std::io::Error),
+    #[error(transparent)]
+    Repository(#[from] crate::storage::StorageError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -106,7 +108,7 @@ impl AppState {
         let mut ops_settings = settings.clone();
         ops_settings.lock_timeout = Duration::ZERO;
         Ok(Self {
-            ops: Arc::new(Ops::new(ops_settings).without_signal_handlers()),
+            ops: Arc::new(Ops::new(ops_settings)?.without_signal_handlers()),
             tokens: Tokens::load(&settings.api)?,
             no_auth,
             limits: Limits::new(settings.api.rate_limits.as_deref())?,
@@ -495,11 +497,9 @@ async fn create(
 }
 
 impl AppState {
-    /// The backup directory's mtime.
+    /// When the repository last changed (the backup directory's mtime).
     fn stamp(&self) -> Option<SystemTime> {
-        std::fs::metadata(&self.ops.settings().backup_dir)
-            .and_then(|m| m.modified())
-            .ok()
+        self.ops.storage().changed_at()
     }
 
     /// The cached catalog, if the directory has not changed since it was read.

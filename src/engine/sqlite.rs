@@ -1,11 +1,12 @@
 //! SQLite through its online backup API (in process, via rusqlite).
 //!
 //! - A backup copies every page in one step into a scratch file, so a busy writer cannot starve
-//!   it and the copy is one consistent snapshot; the copy must pass `PRAGMA integrity_check`.
+//!   it and the copy is one consistent snapshot; the copy must pass `PRAGMA integrity_check`
+//!   (run by the caller while it compresses the copy).
 //! - The source is opened read-only and without the create flag: a missing database is an
 //!   error, never a new empty file.
-//! - A restore checks the backup first, then writes it into the live database through the backup
-//!   API, so a program holding the database open sees the restored data. The copy is one
+//! - A restore checks the backup first (the caller runs `integrity_check` on the staged copy),
+//!   then writes it into the live database through the backup API, so a program holding the database open sees the restored data. The copy is one
 //!   transaction on the live database: if it fails, the live database is as it was.
 
 use super::DumpInfo;
@@ -57,7 +58,8 @@ impl Sqlite {
         &self.path
     }
 
-    /// Copies the live database into `dest` (a new file) and checks the copy.
+    /// Copies the live database into `dest` (a new file). The caller checks the copy with
+    /// [`integrity_check`] before it counts.
     pub fn snapshot(&self, dest: &Path) -> Result<DumpInfo, SqliteError> {
         if !self.path.is_file() {
             return Err(SqliteError::Missing(self.path.clone()));
@@ -72,16 +74,15 @@ impl Sqlite {
         let mut dst = Connection::open(dest).map_err(err("create", dest))?;
         copy_all(&src, &mut dst, &self.path)?;
         drop(dst);
-        integrity_check(dest)?;
         Ok(DumpInfo {
             server_version: None,
             tool_version: Some(format!("SQLite {}", rusqlite::version())),
         })
     }
 
-    /// Writes the checked backup file `from` into the live database.
+    /// Writes the backup file `from`, already checked with [`integrity_check`], into the live
+    /// database.
     pub fn restore_from(&self, from: &Path) -> Result<(), SqliteError> {
-        integrity_check(from)?;
         let src = Connection::open_with_flags(
             from,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

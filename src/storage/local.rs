@@ -1,168 +1,15 @@
-//! The repository: where backups live. One small trait, [`Storage`], of flat keys (file names)
-//! and whole objects; [`LocalStorage`] implements it on a directory. An object-storage backend
-//! implements the same trait.
-//!
-//! Architecture Invariant: an object becomes visible under its key only complete. Writers stream
-//! into a hidden temporary object (`.dbkeep-tmp-…`) and [`ObjectWriter::commit`] makes it visible
-//! atomically (fsync + rename on local disk); dropping a writer without committing removes it.
-//! Temporary objects left by a killed run are removed by the next run that holds the lock.
+//! [`LocalStorage`]: a repository in a directory on the local file system.
 
+use super::{LOCK_FILE, ObjectInfo, ObjectWriter, RepoLock, Storage, StorageError, temp_path};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use thiserror::Error;
-
-/// Prefix of temporary objects: never a valid backup name (names start with a letter or digit).
-pub const TEMP_PREFIX: &str = ".dbkeep-tmp-";
-const LOCK_FILE: &str = ".dbkeep.lock";
-
-#[derive(Debug, Error)]
-pub enum StorageError {
-    #[error("{op} {path}: {source}{hint}", hint = io_hint(source))]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("interrupted by a signal while waiting for the repository lock")]
-    Interrupted,
-    #[error("{key} does not exist in the repository {location}")]
-    NotFound { key: String, location: String },
-    #[error(
-        "the repository {location} is locked by another dbkeep ({holder}); waited {waited_secs} s (BACKUP_LOCK_TIMEOUT)"
-    )]
-    LockTimeout {
-        location: String,
-        holder: String,
-        waited_secs: u64,
-    },
-}
-
-impl StorageError {
-    /// True when the file system is full.
-    pub fn is_disk_full(&self) -> bool {
-        matches!(self, StorageError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
-    }
-}
-
-fn io_hint(e: &io::Error) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => {
-            " (check that the user running dbkeep may write to the backup directory)"
-        }
-        io::ErrorKind::StorageFull => " (the disk is full: free space or move BACKUP_DIR)",
-        _ => "",
-    }
-}
-
-/// An object in the repository.
-#[derive(Debug, Clone)]
-pub struct ObjectInfo {
-    pub key: String,
-    pub size: u64,
-    pub modified: SystemTime,
-}
-
-/// A stream into a new object; nothing is visible under the key until `commit`.
-pub trait ObjectWriter: Write + Send {
-    fn commit(self: Box<Self>) -> Result<(), StorageError>;
-}
-
-/// Held while a command changes the repository; released on drop.
-pub struct RepoLock {
-    _file: File,
-}
-
-pub trait Storage: Send + Sync {
-    /// Where the repository is, for people: a path or URL without credentials.
-    fn location(&self) -> String;
-    /// How to show the object `key` (the spec's `file_path`).
-    fn display_path(&self, key: &str) -> String;
-    /// All objects, temporary ones included.
-    fn list(&self) -> Result<Vec<ObjectInfo>, StorageError>;
-    fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError>;
-    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError>;
-    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
-    fn delete(&self, key: &str) -> Result<(), StorageError>;
-    /// Free bytes where new backups go, when the backend can tell.
-    fn free_space(&self) -> Option<u64>;
-    /// Takes the repository's exclusive lock, waiting up to `timeout`. `purpose` says who holds
-    /// it, for the message another process shows while it waits.
-    fn lock(&self, purpose: &str, timeout: Duration) -> Result<RepoLock, StorageError>;
-    /// A local directory for scratch files (a SQLite copy being checked, a restore being
-    /// staged); the caller removes what it puts there.
-    fn scratch_dir(&self) -> Result<PathBuf, StorageError>;
-
-    /// Reads a small object whole (manifests).
-    fn read_all(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        let mut buf = Vec::new();
-        self.open(key)?
-            .read_to_end(&mut buf)
-            .map_err(|source| StorageError::Io {
-                op: "read",
-                path: PathBuf::from(self.display_path(key)),
-                source,
-            })?;
-        Ok(buf)
-    }
-
-    /// Writes a small object whole, atomically.
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
-        let mut w = self.create(key)?;
-        w.write_all(bytes).map_err(|source| StorageError::Io {
-            op: "write",
-            path: PathBuf::from(self.display_path(key)),
-            source,
-        })?;
-        w.commit()
-    }
-
-    /// Removes temporary objects left behind by a killed run. Call only under the lock. A
-    /// temp object of a process that is still running on this machine (a `verify`, which takes
-    /// no lock) is left alone.
-    fn remove_stale_temps(&self) -> Result<usize, StorageError> {
-        let mut n = 0;
-        for o in self.list()? {
-            if o.key.starts_with(TEMP_PREFIX) && !owner_alive(&o.key) {
-                self.delete(&o.key)?;
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-}
-
-/// Whether the process that named the temp object `key` (`.dbkeep-tmp-PID-…`) is alive (this
-/// one included).
-fn owner_alive(key: &str) -> bool {
-    let pid = key
-        .strip_prefix(TEMP_PREFIX)
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|p| p.parse::<i32>().ok());
-    match pid {
-        // Our own temp files belong to operations still running in this process (the server).
-        Some(pid) if pid as u32 == std::process::id() => true,
-        Some(pid) if pid > 0 => {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-        }
-        _ => false,
-    }
-}
 
 /// A repository in a directory on the local file system.
 pub struct LocalStorage {
     root: PathBuf,
-}
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A unique temporary file name in `dir` for `what`.
-pub fn temp_path(dir: &Path, what: &str) -> PathBuf {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("{TEMP_PREFIX}{}-{n}-{what}", std::process::id()))
 }
 
 impl LocalStorage {
@@ -195,6 +42,25 @@ impl LocalStorage {
             .map_err(self.io("create the backup directory", &self.root))
     }
 
+    fn writer(&self, key: &str, new: bool) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.ensure_dir()?;
+        let temp = temp_path(&self.root, key);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(self.io("create", &temp))?;
+        Ok(Box::new(LocalWriter {
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            temp,
+            dest: self.path(key),
+            dir: self.root.clone(),
+            new,
+            location: self.location(),
+        }))
+    }
+
     fn sync_dir(&self) -> Result<(), StorageError> {
         File::open(&self.root)
             .and_then(|d| d.sync_all())
@@ -207,6 +73,9 @@ struct LocalWriter {
     temp: PathBuf,
     dest: PathBuf,
     dir: PathBuf,
+    /// Fail instead of replacing an existing `dest`.
+    new: bool,
+    location: String,
 }
 
 impl Write for LocalWriter {
@@ -239,7 +108,27 @@ impl ObjectWriter for LocalWriter {
             .map_err(|e| io("write", &self.temp)(e.into_error()))?;
         file.sync_all().map_err(io("sync", &self.temp))?;
         drop(file);
-        fs::rename(&self.temp, &self.dest).map_err(io("rename into place", &self.dest))?;
+        if self.new {
+            // link() fails if the name exists: a create that never replaces.
+            match fs::hard_link(&self.temp, &self.dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&self.temp);
+                    return Err(StorageError::AlreadyExists {
+                        key: self
+                            .dest
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        location: self.location.clone(),
+                    });
+                }
+                Err(e) => return Err(io("link into place", &self.dest)(e)),
+            }
+            fs::remove_file(&self.temp).map_err(io("remove", &self.temp))?;
+        } else {
+            fs::rename(&self.temp, &self.dest).map_err(io("rename into place", &self.dest))?;
+        }
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io("sync the directory", &self.dir))?;
@@ -323,20 +212,11 @@ impl Storage for LocalStorage {
     }
 
     fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        self.ensure_dir()?;
-        let temp = temp_path(&self.root, key);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(self.io("create", &temp))?;
-        Ok(Box::new(LocalWriter {
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            temp,
-            dest: self.path(key),
-            dir: self.root.clone(),
-        }))
+        self.writer(key, false)
+    }
+
+    fn create_new(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.writer(key, true)
     }
 
     fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -406,18 +286,23 @@ impl Storage for LocalStorage {
         // Say who holds the lock, for whoever waits next.
         let _ = file.set_len(0);
         let _ = writeln!(file, "pid {}: {purpose}", std::process::id());
-        Ok(RepoLock { _file: file })
+        Ok(RepoLock::new(file))
     }
 
     fn scratch_dir(&self) -> Result<PathBuf, StorageError> {
         self.ensure_dir()?;
         Ok(self.root.clone())
     }
+
+    fn changed_at(&self) -> Option<SystemTime> {
+        fs::metadata(&self.root).and_then(|m| m.modified()).ok()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::TEMP_PREFIX;
 
     #[test]
     fn commit_makes_visible_and_drop_removes_temp() {

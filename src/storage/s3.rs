@@ -1,0 +1,684 @@
+//! [`S3Storage`]: a repository under a prefix of an S3-compatible bucket, through Apache OpenDAL
+//! (the `s3` service; other OpenDAL services are a feature and a builder away).
+//!
+//! - Uploads stream as multipart uploads whose part size grows with the bytes written
+//!   ([`part_size`]), so that any backup up to 5 TB fits in `max_parts` parts; an upload that is
+//!   not committed is aborted, so a failed backup leaves no open upload behind.
+//! - New objects are created with `If-None-Match: *`: two instances that pick the same name never
+//!   overwrite each other's data or manifest. The repository lock is a lease object, created the
+//!   same way and renewed while it is held.
+//! - OpenDAL is asynchronous; [`Storage`] is not. A small runtime of our own drives OpenDAL, and
+//!   each call blocks on it (from a plain thread or the API's blocking threads).
+
+use super::{LOCK_FILE, ObjectInfo, ObjectWriter, RepoLock, Storage, StorageError};
+use crate::database_url::Secret;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use opendal::{Buffer, ErrorKind as DalErrorKind, Operator};
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The largest part S3 accepts.
+const MAX_PART: u64 = 5 << 30;
+/// How long a lease on the repository lock lasts without renewal (a killed holder's lease
+/// expires after this), and how often the holder renews it.
+const LEASE: Duration = Duration::from_secs(60);
+const LEASE_RENEW: Duration = Duration::from_secs(15);
+
+/// Settings of S3-compatible object storage.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// `BACKUP_S3_ENDPOINT` / `AWS_ENDPOINT_URL`: a custom endpoint (MinIO, Ceph, R2, …).
+    pub endpoint: Option<String>,
+    /// `BACKUP_S3_REGION` / `AWS_REGION`; default `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); default: on with a custom endpoint.
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// The most parts the service accepts in one upload (10,000 on AWS).
+    pub max_parts: u32,
+    /// The first part's size; later parts grow from it.
+    pub part_size: u64,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            path_style: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            max_parts: 10_000,
+            part_size: 8 << 20,
+        }
+    }
+}
+
+/// The size of part `index` (0-based): `first`, doubled every tenth of `max_parts`, at most
+/// 5 GiB. With 10,000 parts of 8 MiB first, an upload reaches 7.8 TiB; with 1,000, 780 GiB.
+pub fn part_size(first: u64, max_parts: u32, index: u32) -> u64 {
+    let step = (max_parts / 10).max(1);
+    (first << (index / step).min(20)).min(MAX_PART)
+}
+
+/// The runtime that drives OpenDAL: two worker threads, for the life of the process.
+static RUNTIME: LazyLock<io::Result<tokio::runtime::Runtime>> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dbkeep-s3")
+        .enable_all()
+        .build()
+});
+
+/// Runs `fut` to completion on the OpenDAL runtime, blocking this thread.
+fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
+    match &*RUNTIME {
+        Ok(rt) => Ok(rt.handle().block_on(fut)),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot start the object-storage runtime: {e}"),
+        )),
+    }
+}
+
+pub struct S3Storage {
+    op: Operator,
+    location: String,
+    settings: S3Settings,
+    scratch: PathBuf,
+}
+
+impl S3Storage {
+    /// A repository at `url` (`s3://bucket/prefix`). Nothing is contacted yet.
+    pub fn new(url: &str, settings: &S3Settings, scratch: PathBuf) -> Result<Self, StorageError> {
+        let setup = |problem: String| StorageError::Setup {
+            location: url.to_owned(),
+            problem,
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| setup("expected s3://bucket/prefix".into()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/');
+        if bucket.is_empty()
+            || !bucket
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return Err(setup(format!(
+                "{bucket:?} is not a bucket name: expected s3://bucket/prefix"
+            )));
+        }
+        let location = if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
+        let mut b = opendal::services::S3::default()
+            .bucket(bucket)
+            .root(&format!("/{prefix}"))
+            .region(settings.region.as_deref().unwrap_or("us-east-1"));
+        if let Some(endpoint) = &settings.endpoint {
+            b = b.endpoint(endpoint);
+        }
+        // Path style by default with a custom endpoint (MinIO and most others want it); AWS's
+        // own endpoint takes virtual-host style.
+        if !settings.path_style.unwrap_or(settings.endpoint.is_some()) {
+            b = b.enable_virtual_host_style();
+        }
+        match (&settings.access_key_id, &settings.secret_access_key) {
+            (Some(id), Some(secret)) => {
+                // The given keys and nothing else: no ~/.aws files, no instance metadata.
+                b = b
+                    .access_key_id(id)
+                    .secret_access_key(secret.expose())
+                    .disable_config_load()
+                    .disable_ec2_metadata();
+                if let Some(token) = &settings.session_token {
+                    b = b.session_token(token.expose());
+                }
+            }
+            (None, None) => {} // the AWS default chain: profile files, instance metadata
+            _ => {
+                return Err(setup(
+                    "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or backup_s3_access_key_id and backup_s3_secret_access_key in the config file)".into(),
+                ));
+            }
+        }
+        opendal::install_default();
+        let op = Operator::new(b)
+            .map_err(|e| setup(e.to_string()))?
+            .layer(
+                opendal::layers::TimeoutLayer::new()
+                    .with_timeout(Duration::from_secs(120))
+                    .with_io_timeout(Duration::from_secs(60)),
+            )
+            // Transient faults are retried briefly; a service that is down fails the command
+            // within seconds.
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(4)
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter(),
+            );
+        Ok(Self {
+            op,
+            location,
+            settings: settings.clone(),
+            scratch,
+        })
+    }
+
+    /// A storage error for `op` on `key`, without any secret.
+    fn err(&self, op: &'static str, key: &str, e: &opendal::Error) -> StorageError {
+        if e.kind() == DalErrorKind::ConditionNotMatch {
+            return StorageError::AlreadyExists {
+                key: key.to_owned(),
+                location: self.location.clone(),
+            };
+        }
+        remote(op, key, &self.location, e, &self.secrets())
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        [
+            &self.settings.secret_access_key,
+            &self.settings.session_token,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.expose().to_owned())
+        .collect()
+    }
+
+    fn runtime_err(&self, op: &'static str, key: &str, e: io::Error) -> StorageError {
+        StorageError::Remote {
+            op,
+            key: key.to_owned(),
+            location: self.location.clone(),
+            message: e.to_string(),
+            hint: "",
+        }
+    }
+
+    fn writer(&self, key: &str, new: bool) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let writer = block_on(async {
+            self.op
+                .writer_with(key)
+                .if_not_exists(new)
+                .concurrent(2)
+                .await
+        })
+        .map_err(|e| self.runtime_err("start writing", key, e))?
+        .map_err(|e| self.err("start writing", key, &e))?;
+        Ok(Box::new(S3Writer {
+            writer: Some(writer),
+            buf: Vec::new(),
+            parts: 0,
+            first: self.settings.part_size,
+            max_parts: self.settings.max_parts,
+            key: key.to_owned(),
+            location: self.location.clone(),
+            secrets: self.secrets(),
+        }))
+    }
+
+    /// The current lease, if any: its holder, and whether it is over (expired, or held by a
+    /// process of this machine that no longer runs).
+    fn read_lease(&self) -> Option<(String, bool)> {
+        let bytes = self.read_all(LOCK_FILE).ok()?;
+        let lease: Lease = serde_json::from_slice(&bytes).ok()?;
+        let expired = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|now| now.as_secs() > lease.expires_unix);
+        let dead = lease.host == hostname()
+            && lease.pid != std::process::id()
+            && i32::try_from(lease.pid).is_ok_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            });
+        Some((lease.holder, expired || dead))
+    }
+}
+
+/// A storage error from an OpenDAL error, with a hint for what to do; secrets are scrubbed.
+fn remote(
+    op: &'static str,
+    key: &str,
+    location: &str,
+    e: &opendal::Error,
+    secrets: &[String],
+) -> StorageError {
+    let hint = match e.kind() {
+        DalErrorKind::PermissionDenied => {
+            " (check the credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and the bucket's policy)"
+        }
+        DalErrorKind::NotFound => " (does the bucket exist? dbkeep does not create buckets)",
+        DalErrorKind::ConfigInvalid => " (check BACKUP_DIR and the BACKUP_S3_* settings)",
+        _ => "",
+    };
+    StorageError::Remote {
+        op,
+        key: key.to_owned(),
+        location: location.to_owned(),
+        message: crate::engine::process::scrub(&e.to_string(), secrets),
+        hint,
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Lease {
+    holder: String,
+    host: String,
+    pid: u32,
+    expires_unix: u64,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn lease_body(holder: &str) -> Vec<u8> {
+    let expires_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| (d + LEASE).as_secs());
+    serde_json::to_vec(&Lease {
+        holder: holder.to_owned(),
+        host: hostname(),
+        pid: std::process::id(),
+        expires_unix,
+    })
+    .unwrap_or_default()
+}
+
+/// Renews the lease while the lock is held; deletes it when dropped.
+struct LeaseKeeper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    op: Operator,
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let op = self.op.clone();
+        let _ = block_on(async move { op.delete(LOCK_FILE).await });
+    }
+}
+
+impl Storage for S3Storage {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn display_path(&self, key: &str) -> String {
+        format!("{}/{key}", self.location)
+    }
+
+    fn list(&self) -> Result<Vec<ObjectInfo>, StorageError> {
+        let entries = block_on(self.op.list("/"))
+            .map_err(|e| self.runtime_err("list", "", e))?
+            .map_err(|e| self.err("list", "", &e))?;
+        let mut out: Vec<ObjectInfo> = entries
+            .into_iter()
+            .filter(|e| {
+                let p = e.path();
+                !p.is_empty() && p != "/" && !p.ends_with('/') && p != LOCK_FILE
+            })
+            .map(|e| ObjectInfo {
+                key: e.path().to_owned(),
+                size: e.metadata().content_length(),
+                modified: e
+                    .metadata()
+                    .last_modified()
+                    .map_or(SystemTime::UNIX_EPOCH, SystemTime::from),
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        match block_on(self.op.stat(key)).map_err(|e| self.runtime_err("stat", key, e))? {
+            Ok(m) => Ok(Some(ObjectInfo {
+                key: key.to_owned(),
+                size: m.content_length(),
+                modified: m
+                    .last_modified()
+                    .map_or(SystemTime::UNIX_EPOCH, SystemTime::from),
+            })),
+            Err(e) if e.kind() == DalErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("stat", key, &e)),
+        }
+    }
+
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError> {
+        let op = self.op.clone();
+        let path = key.to_owned();
+        let stream = block_on(async move {
+            let reader = op.reader_with(&path).chunk(8 << 20).concurrent(2).await?;
+            reader.into_bytes_stream(..).await
+        })
+        .map_err(|e| self.runtime_err("open", key, e))?;
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) if e.kind() == DalErrorKind::NotFound => {
+                return Err(StorageError::NotFound {
+                    key: key.to_owned(),
+                    location: self.location.clone(),
+                });
+            }
+            Err(e) => return Err(self.err("open", key, &e)),
+        };
+        Ok(Box::new(S3Reader {
+            stream: Box::pin(stream),
+            current: Bytes::new(),
+        }))
+    }
+
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.writer(key, false)
+    }
+
+    fn create_new(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.writer(key, true)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        block_on(self.op.delete(key))
+            .map_err(|e| self.runtime_err("delete", key, e))?
+            .map_err(|e| self.err("delete", key, &e))
+    }
+
+    fn free_space(&self) -> Option<u64> {
+        None
+    }
+
+    fn owns_every_object(&self) -> bool {
+        true
+    }
+
+    fn lock(&self, purpose: &str, timeout: Duration) -> Result<RepoLock, StorageError> {
+        let holder = format!("{} pid {}: {purpose}", hostname(), std::process::id());
+        // Every command that changes the repository starts here: a missing bucket or wrong
+        // credentials are reported before anything is written.
+        block_on(async { self.op.list_with("/").limit(1).await })
+            .map_err(|e| self.runtime_err("list", "", e))?
+            .map_err(|e| self.err("list", "", &e))?;
+        let start = Instant::now();
+        let mut announced = false;
+        loop {
+            let body = lease_body(&holder);
+            let created = block_on(async {
+                self.op
+                    .write_with(LOCK_FILE, body)
+                    .if_not_exists(true)
+                    .await
+            })
+            .map_err(|e| self.runtime_err("take the lock", LOCK_FILE, e))?;
+            match created {
+                Ok(_) => break,
+                Err(e) if e.kind() == DalErrorKind::ConditionNotMatch => {
+                    let (current, expired) = self
+                        .read_lease()
+                        .unwrap_or_else(|| ("another dbkeep".into(), false));
+                    if expired {
+                        // Its holder was killed: the lease is ours to break.
+                        tracing::warn!(holder = %current, "breaking the lease of a dbkeep that is gone");
+                        self.delete(LOCK_FILE)?;
+                        continue;
+                    }
+                    if crate::signals::interrupted() {
+                        return Err(StorageError::Interrupted);
+                    }
+                    if start.elapsed() >= timeout {
+                        return Err(StorageError::LockTimeout {
+                            location: self.location.clone(),
+                            holder: current,
+                            waited_secs: start.elapsed().as_secs(),
+                        });
+                    }
+                    if !announced {
+                        tracing::warn!(holder = %current, "waiting for the repository lock");
+                        announced = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(self.err("take the lock", LOCK_FILE, &e)),
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, op, holder) = (stop.clone(), self.op.clone(), holder.clone());
+            std::thread::spawn(move || {
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if last.elapsed() >= LEASE_RENEW {
+                        let body = lease_body(&holder);
+                        let op = op.clone();
+                        let renewed = block_on(async move { op.write(LOCK_FILE, body).await });
+                        if !matches!(renewed, Ok(Ok(_))) {
+                            tracing::warn!("could not renew the repository lease");
+                        }
+                        last = Instant::now();
+                    }
+                }
+            })
+        };
+        Ok(RepoLock::new(LeaseKeeper {
+            stop,
+            thread: Some(thread),
+            op: self.op.clone(),
+        }))
+    }
+
+    fn scratch_dir(&self) -> Result<PathBuf, StorageError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.scratch.join("dbkeep-scratch");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| StorageError::Io {
+                op: "create the scratch directory",
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(dir)
+    }
+}
+
+/// Streams an object: OpenDAL reads ahead in 8 MiB chunks, two at a time.
+struct S3Reader {
+    stream: Pin<Box<opendal::FuturesBytesStream>>,
+    current: Bytes,
+}
+
+impl Read for S3Reader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match block_on(self.stream.next())? {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// A multipart upload: each full part goes out as one OpenDAL write (two in flight); parts grow
+/// by [`part_size`]. Committing completes the upload; dropping it uncommitted aborts it.
+struct S3Writer {
+    writer: Option<opendal::Writer>,
+    buf: Vec<u8>,
+    parts: u32,
+    first: u64,
+    max_parts: u32,
+    key: String,
+    location: String,
+    secrets: Vec<String>,
+}
+
+impl S3Writer {
+    fn target(&self) -> usize {
+        usize::try_from(part_size(self.first, self.max_parts, self.parts)).unwrap_or(usize::MAX)
+    }
+
+    fn send_part(&mut self) -> io::Result<()> {
+        let next = usize::try_from(part_size(self.first, self.max_parts, self.parts + 1))
+            .unwrap_or(usize::MAX);
+        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(next.min(64 << 20)));
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| io::Error::other("write after commit"))?;
+        block_on(writer.write(Buffer::from(part)))?.map_err(|e| {
+            io::Error::other(crate::engine::process::scrub(&e.to_string(), &self.secrets))
+        })?;
+        self.parts += 1;
+        if self.parts >= self.max_parts {
+            return Err(io::Error::other(format!(
+                "the upload would need more than {} parts (BACKUP_S3_MAX_PARTS)",
+                self.max_parts
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Write for S3Writer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = self.target().saturating_sub(self.buf.len()).max(1);
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= self.target() {
+            self.send_part()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for S3Writer {
+    fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+        let remote_io = |e: io::Error, location: &str, key: &str| StorageError::Remote {
+            op: "upload",
+            key: key.to_owned(),
+            location: location.to_owned(),
+            message: e.to_string(),
+            hint: "",
+        };
+        if !self.buf.is_empty() || self.parts == 0 {
+            let last = std::mem::take(&mut self.buf);
+            let writer = self.writer.as_mut().ok_or_else(|| {
+                remote_io(
+                    io::Error::other("committed twice"),
+                    &self.location,
+                    &self.key,
+                )
+            })?;
+            block_on(writer.write(Buffer::from(last)))
+                .map_err(|e| remote_io(e, &self.location, &self.key))?
+                .map_err(|e| remote("upload", &self.key, &self.location, &e, &self.secrets))?;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return Err(remote_io(
+                io::Error::other("committed twice"),
+                &self.location,
+                &self.key,
+            ));
+        };
+        match block_on(writer.close()).map_err(|e| remote_io(e, &self.location, &self.key))? {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = block_on(writer.abort());
+                if e.kind() == DalErrorKind::ConditionNotMatch {
+                    Err(StorageError::AlreadyExists {
+                        key: self.key.clone(),
+                        location: self.location.clone(),
+                    })
+                } else {
+                    Err(remote(
+                        "complete the upload of",
+                        &self.key,
+                        &self.location,
+                        &e,
+                        &self.secrets,
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        if let Some(mut writer) = self.writer.take() {
+            // Not committed: abort the multipart upload, so no parts are left behind.
+            let _ = block_on(writer.abort());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_5_tb_fits() {
+        let reach = |first: u64, max: u32| -> u64 {
+            (0..max).map(|i| part_size(first, max, i)).sum::<u64>()
+        };
+        assert_eq!(part_size(8 << 20, 10_000, 0), 8 << 20);
+        assert_eq!(part_size(8 << 20, 10_000, 999), 8 << 20);
+        assert_eq!(part_size(8 << 20, 10_000, 1000), 16 << 20);
+        assert!(reach(8 << 20, 10_000) > 5_000_000_000_000);
+        assert!(reach(5 << 20, 10_000) > 5_000_000_000_000);
+        // Never above S3's largest part.
+        assert!((0..10_000).all(|i| part_size(5 << 30, 10_000, i) <= MAX_PART));
+        // 1,000 parts: 780 GiB.
+        assert!(reach(8 << 20, 1_000) > 800_000_000_000);
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let s = S3Settings::default();
+        let scratch = std::env::temp_dir();
+        assert!(S3Storage::new("s3://", &s, scratch.clone()).is_err());
+        assert!(S3Storage::new("s3://bad bucket/x", &s, scratch.clone()).is_err());
+        let mut keys = S3Settings {
+            access_key_id: Some("id".into()),
+            ..S3Settings::default()
+        };
+        let err = S3Storage::new("s3://b/p", &keys, scratch.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+        keys.secret_access_key = Some(Secret::new("s3cr3t"));
+        let st = S3Storage::new("s3://b/some/prefix/", &keys, scratch).unwrap();
+        assert_eq!(st.location(), "s3://b/some/prefix");
+        assert_eq!(st.display_path("x.sql.gz"), "s3://b/some/prefix/x.sql.gz");
+    }
+}

@@ -1,0 +1,148 @@
+//! A real S3-compatible server on loopback, inside the test process: s3s with its file-system
+//! backend (s3s-fs), signature checking on, on `127.0.0.1:0`, over a temp directory. It can be
+//! stopped in the middle of a test (all connections drop) and started again on the same data.
+
+use super::TestEnv;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const ACCESS_KEY: &str = "dbkeep-test-access";
+pub const SECRET_KEY: &str = "dbkeep-test-secret-Zx9!";
+pub const BUCKET: &str = "backups";
+
+pub struct S3Server {
+    pub root: tempfile::TempDir,
+    pub addr: SocketAddr,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl S3Server {
+    /// Starts a server with one bucket, [`BUCKET`].
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
+        let (rt, addr) = serve(root.path(), "127.0.0.1:0".parse().unwrap());
+        Self {
+            root,
+            addr,
+            rt: Some(rt),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server: every connection drops at once.
+    pub fn stop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Starts it again on the same address and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (rt, _) = serve(self.root.path(), self.addr);
+        self.rt = Some(rt);
+    }
+
+    /// Points `env` at `s3://BUCKET/prefix` with the right credentials.
+    pub fn configure(&self, env: &mut TestEnv, prefix: &str) {
+        env.set("BACKUP_DIR", format!("s3://{BUCKET}/{prefix}"));
+        env.set("AWS_ENDPOINT_URL", self.endpoint());
+        env.set("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        env.set("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        env.set("AWS_REGION", "us-east-1");
+        env.set(
+            "BACKUP_SCRATCH_DIR",
+            env.path().join("scratch").display().to_string(),
+        );
+    }
+
+    /// Where the objects under `prefix` are stored.
+    pub fn dir(&self, prefix: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(prefix)
+    }
+
+    /// Object names under `prefix`, sorted (s3s-fs keeps its own metadata beside them).
+    pub fn objects(&self, prefix: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir(prefix))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_file())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with(".s3s") && !n.ends_with(".s3s"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        std::fs::read_dir(self.root.path())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.starts_with(".upload-") && n.ends_with(".json")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
+    let mut b = S3ServiceBuilder::new(fs);
+    b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let service = b.build();
+    let listener = rt.block_on(async {
+        // The port may take a moment to be free again after a stop.
+        let mut tries = 0;
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        }
+    });
+    let local = listener.local_addr().expect("local addr");
+    rt.spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = ConnBuilder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    (rt, local)
+}

@@ -1,0 +1,155 @@
+//! The real `dbkeep` binary on an S3 repository (a real S3 server on loopback): the whole life of
+//! a backup, and the faults of object storage.
+
+use crate::common::TestEnv;
+use crate::common::s3::{S3Server, SECRET_KEY};
+use crate::sqlite::{make_db, rows, sqlite_env};
+
+/// A SQLite database whose uncompressed backup spans more than two 5 MiB parts.
+fn big_sqlite_env(server: &S3Server, prefix: &str) -> TestEnv {
+    let mut env = sqlite_env(0);
+    make_db(&env.path().join("app.db"), 130_000);
+    server.configure(&mut env, prefix);
+    env.set("BACKUP_S3_PART_SIZE_MIB", "5");
+    env.set("BACKUP_COMPRESSION", "none");
+    env
+}
+
+#[test]
+fn a_backup_lives_its_whole_life_on_s3() {
+    let server = S3Server::start();
+    let env = big_sqlite_env(&server, "prod/app");
+    let db = env.path().join("app.db");
+    let before = rows(&db);
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(
+        size > 11 << 20,
+        "the database spans three parts ({size} bytes)"
+    );
+
+    env.run(&["backup", "--name", "daily_20240115"]).ok();
+    assert_eq!(server.open_uploads(), 0);
+    assert_eq!(
+        server.objects("prod/app"),
+        vec!["daily_20240115.db", "daily_20240115.manifest.json"]
+    );
+    let list = env.list();
+    let b = &list["backups"][0];
+    assert_eq!(b["success"], true);
+    assert_eq!(b["file_path"], "s3://backups/prod/app/daily_20240115.db");
+    let stored = std::fs::read(server.dir("prod/app").join("daily_20240115.db")).unwrap();
+    assert_eq!(stored.len() as u64, size, "stored byte for byte");
+    assert_eq!(b["file_size"], size);
+
+    env.run(&["verify", "daily_20240115"]).ok();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM people WHERE id % 2 = 0", [])
+        .unwrap();
+    env.run(&["restore", "daily_20240115", "--yes"]).ok();
+    assert_eq!(rows(&db), before);
+
+    // The same name again is refused; a second backup, statistics, retention, delete.
+    env.run(&["backup", "--name", "daily_20240115"]).code(2);
+    env.run(&["backup", "--name", "daily_20240116"]).ok();
+    let o = env.run(&["stats", "--json"]);
+    o.ok();
+    let stats: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(stats["total_backups"], 2);
+    assert_eq!(stats["backup_directory"], "s3://backups/prod/app");
+    env.run(&["prune", "--retention-days", "0", "--keep-min", "1"])
+        .ok();
+    env.run(&["delete", "daily_20240115", "--yes"]).ok();
+    assert_eq!(
+        server.objects("prod/app"),
+        vec!["daily_20240116.db", "daily_20240116.manifest.json"]
+    );
+    // The repository lock was released: nothing else is left in the bucket.
+    assert!(!server.dir("prod/app").join(".dbkeep.lock").exists());
+    // No scratch file is left behind.
+    let scratch = env.path().join("scratch/dbkeep-scratch");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn wrong_credentials_and_a_missing_bucket_are_clear_errors() {
+    let server = S3Server::start();
+    let mut env = sqlite_env(10);
+    server.configure(&mut env, "p");
+    env.set("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-42");
+    let o = env.run(&["backup", "--name", "b1"]);
+    o.code(1);
+    assert!(o.stderr.contains("credentials"), "{}", o.stderr);
+    assert!(!o.all().contains("wrong-secret-value-42"), "{}", o.all());
+    assert!(!env.log().contains("wrong-secret-value-42"));
+    assert!(server.objects("p").is_empty());
+
+    server.configure(&mut env, "p");
+    env.set("BACKUP_DIR", "s3://missing-bucket/p");
+    let o = env.run(&["backup", "--name", "b1"]);
+    o.code(1);
+    assert!(o.stderr.contains("bucket"), "{}", o.stderr);
+    assert!(!o.all().contains(SECRET_KEY));
+}
+
+#[test]
+fn server_stopped_mid_upload_fails_the_backup_and_the_next_run_is_clean() {
+    let mut server = S3Server::start();
+    let mut env = big_sqlite_env(&server, "p");
+    // Fail fast once the server is gone.
+    env.set("BACKUP_S3_PART_SIZE_MIB", "5");
+    let before = rows(&env.path().join("app.db"));
+    env.run(&["backup", "--name", "good"]).ok();
+
+    let child = env
+        .command(&["backup", "--name", "cut"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop the server as soon as the upload has begun.
+    let start = std::time::Instant::now();
+    while server.open_uploads() == 0 && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "the backup must fail: {stderr}");
+    assert!(!stderr.contains(SECRET_KEY));
+
+    server.restart();
+    assert!(
+        !server.dir("p").join("cut.manifest.json").exists(),
+        "no manifest for the failed backup"
+    );
+    let list = env.list();
+    let names: Vec<(String, bool)> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["backup_name"].as_str().unwrap().to_owned(),
+                b["success"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        !names.contains(&("cut".to_owned(), true)),
+        "nothing listed as a success: {names:?}"
+    );
+    assert!(names.contains(&("good".to_owned(), true)), "{names:?}");
+    // The earlier backup is intact, and the next run succeeds.
+    env.run(&["verify", "good"]).ok();
+    env.run(&["backup", "--name", "next"]).ok();
+    rusqlite::Connection::open(env.path().join("app.db"))
+        .unwrap()
+        .execute("DELETE FROM people", [])
+        .unwrap();
+    env.run(&["restore", "next", "--yes"]).ok();
+    assert_eq!(rows(&env.path().join("app.db")), before);
+}
