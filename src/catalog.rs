@@ -92,11 +92,37 @@ pub struct Manifest {
     pub keep_min: u32,
     /// When the manifest was written.
     pub finished_at: DateTime<Utc>,
+    /// Copies of this backup in other repositories (`copy_to`, `dbkeep copy`), and failed ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyRecord>,
     pub dbkeep_version: String,
     pub manifest_version: u32,
 }
 
+/// A copy of a backup in another repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    /// The repository, as a path or URL without credentials.
+    pub repository: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(with = "rfc3339_seconds")]
+    pub at: DateTime<Utc>,
+}
+
 impl Manifest {
+    /// Records the outcome of a copy to `repository`, replacing an earlier record of it.
+    pub fn record_copy(&mut self, record: CopyRecord) {
+        self.copies.retain(|c| c.repository != record.repository);
+        self.copies.push(record);
+    }
+
+    /// The copies that failed and were not completed since.
+    pub fn failed_copies(&self) -> impl Iterator<Item = &CopyRecord> {
+        self.copies.iter().filter(|c| !c.ok)
+    }
+
     pub fn key(&self) -> String {
         manifest_key(&self.backup_name, self.success)
     }

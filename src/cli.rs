@@ -47,6 +47,15 @@ enum Command {
         /// The spec's JSON list response: {"backups": [...], "statistics": {...}}.
         #[arg(long)]
         json: bool,
+        /// List another repository (a path or s3:// URL) instead of BACKUP_DIR.
+        #[arg(long, value_name = "REPO")]
+        repo: Option<String>,
+    },
+    /// Copy a backup to another repository (a path or s3:// URL), e.g. to complete a failed copy.
+    Copy {
+        name: String,
+        #[arg(long, value_name = "REPO")]
+        to: String,
     },
     /// Show repository statistics.
     Stats {
@@ -226,6 +235,7 @@ fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Backup(_) => "backup",
         Command::List { .. } => "list",
+        Command::Copy { .. } => "copy",
         Command::Stats { .. } => "stats",
         Command::Restore { .. } => "restore",
         Command::Delete { .. } => "delete",
@@ -259,8 +269,19 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 m.sha256.as_deref().unwrap_or("-"),
                 m.series,
             );
+            for c in &m.copies {
+                let state = if c.ok { "ok" } else { "FAILED" };
+                let _ = writeln!(out, "  copy   {} {state}", c.repository);
+            }
             for d in res.retention.iter().filter(|d| d.action == Action::Delete) {
                 let _ = writeln!(out, "retention deleted {}: {}", d.name, d.reason);
+            }
+            if let Some(first) = res.copy_errors.first() {
+                return Err(Error::CopyFailed {
+                    name: m.backup_name.clone(),
+                    failed: res.copy_errors.len(),
+                    first: first.clone(),
+                });
             }
             if let Some(first) = res.retention_errors.first() {
                 return Err(Error::Retention {
@@ -270,7 +291,20 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             }
             Ok(0)
         }
-        Command::List { json } => {
+        Command::Copy { name, to } => {
+            let m = ops.copy(name, to)?;
+            let _ = writeln!(out, "backup {} copied to {to}", m.backup_name);
+            Ok(0)
+        }
+        Command::List { json, repo } => {
+            let other;
+            let ops = match repo {
+                Some(r) => {
+                    other = ops.on(r)?;
+                    &other
+                }
+                None => ops,
+            };
             let cat = ops.catalog()?;
             let stats = ops.statistics(&cat);
             if *json {
@@ -467,7 +501,10 @@ fn list_table(out: &mut String, backups: &[Manifest]) {
         "NAME", "TIMESTAMP", "SIZE", "DURATION", "TYPE"
     );
     for m in backups {
-        let status = if m.success {
+        let failed_copies: Vec<&str> = m.failed_copies().map(|c| c.repository.as_str()).collect();
+        let status = if m.success && !failed_copies.is_empty() {
+            format!("ok, COPY FAILED to {}", failed_copies.join(", "))
+        } else if m.success {
             "ok".to_owned()
         } else {
             let e = m.error.as_deref().unwrap_or("failed");

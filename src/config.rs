@@ -71,6 +71,10 @@ pub struct Layer {
     pub backup_s3_max_parts: Option<u32>,
     pub backup_s3_part_size_mib: Option<u32>,
     pub backup_scratch_dir: Option<PathBuf>,
+    /// Comma-separated repositories each backup is also copied to (same S3 settings).
+    pub backup_copy_to: Option<String>,
+    /// `[[copy_to]]` tables: a repository each backup is also copied to, with its own settings.
+    pub copy_to: Option<Vec<CopyToLayer>>,
     pub dbkeep_api_token: Option<String>,
     pub dbkeep_api_tokens_file: Option<PathBuf>,
     pub dbkeep_audit_log: Option<PathBuf>,
@@ -78,6 +82,79 @@ pub struct Layer {
     pub dbkeep_rate_limits: Option<String>,
     pub dbkeep_health_max_age: Option<u64>,
     pub dbkeep_shutdown_grace: Option<u64>,
+}
+
+/// One `[[copy_to]]` table of the config file. Unset S3 settings are the primary's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyToLayer {
+    pub url: String,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    pub s3_session_token: Option<String>,
+}
+
+/// A repository backups are copied to.
+#[derive(Debug, Clone, Default)]
+pub struct CopyTarget {
+    pub location: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: Option<bool>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<Secret>,
+    session_token: Option<Secret>,
+}
+
+impl CopyTarget {
+    pub fn new(location: &str) -> Self {
+        Self {
+            location: location.trim().trim_end_matches('/').to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Its S3 settings: its own where given, else the primary's (`base`).
+    pub fn s3(&self, base: &S3Settings) -> S3Settings {
+        let own_keys = self.access_key_id.is_some();
+        S3Settings {
+            endpoint: self.endpoint.clone().or_else(|| base.endpoint.clone()),
+            region: self.region.clone().or_else(|| base.region.clone()),
+            path_style: self.path_style.or(base.path_style),
+            access_key_id: self
+                .access_key_id
+                .clone()
+                .or_else(|| base.access_key_id.clone()),
+            secret_access_key: if own_keys {
+                self.secret_access_key.clone()
+            } else {
+                base.secret_access_key.clone()
+            },
+            session_token: if own_keys {
+                self.session_token.clone()
+            } else {
+                base.session_token.clone()
+            },
+            ..base.clone()
+        }
+    }
+}
+
+impl From<CopyToLayer> for CopyTarget {
+    fn from(l: CopyToLayer) -> Self {
+        Self {
+            endpoint: l.s3_endpoint,
+            region: l.s3_region,
+            path_style: l.s3_path_style,
+            access_key_id: l.s3_access_key_id,
+            secret_access_key: l.s3_secret_access_key.map(Secret::new),
+            session_token: l.s3_session_token.map(Secret::new),
+            ..CopyTarget::new(&l.url)
+        }
+    }
 }
 
 /// The settings in force.
@@ -118,6 +195,8 @@ pub struct Settings {
     pub s3: S3Settings,
     /// Where scratch files go when the repository is not a local directory.
     pub scratch_dir: Option<PathBuf>,
+    /// Repositories each backup is also copied to (`[[copy_to]]`, `BACKUP_COPY_TO`).
+    pub copy_to: Vec<CopyTarget>,
     /// Settings of `dbkeep serve`.
     pub api: ApiSettings,
 }
@@ -178,6 +257,7 @@ impl Default for Settings {
             decrypt_identity_file: None,
             s3: S3Settings::default(),
             scratch_dir: None,
+            copy_to: Vec::new(),
             api: ApiSettings::default(),
         }
     }
@@ -332,6 +412,16 @@ impl Settings {
         if let Some(v) = l.backup_scratch_dir {
             self.scratch_dir = Some(v);
         }
+        if let Some(tables) = l.copy_to {
+            self.copy_to = tables.into_iter().map(CopyTarget::from).collect();
+        }
+        if let Some(v) = l.backup_copy_to {
+            self.copy_to = v
+                .split(',')
+                .filter(|u| !u.trim().is_empty())
+                .map(CopyTarget::new)
+                .collect();
+        }
         if let Some(v) = l.dbkeep_api_token {
             self.api.token = Some(Secret::new(v));
         }
@@ -365,6 +455,17 @@ impl Settings {
             self.api.shutdown_grace = Duration::from_secs(v);
         }
         Ok(())
+    }
+
+    /// The copy target for `location`: a configured one (with its settings), else one with the
+    /// primary's S3 settings.
+    pub fn copy_target(&self, location: &str) -> CopyTarget {
+        let wanted = location.trim().trim_end_matches('/');
+        self.copy_to
+            .iter()
+            .find(|t| t.location == wanted)
+            .cloned()
+            .unwrap_or_else(|| CopyTarget::new(wanted))
     }
 
     /// The codec a backup uses: `none` when compression is off.
@@ -567,6 +668,8 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
             "expected the first part's size in MiB (5 to 5120; parts grow from there)",
         )?,
         backup_scratch_dir: get("BACKUP_SCRATCH_DIR").map(PathBuf::from),
+        backup_copy_to: get("BACKUP_COPY_TO"),
+        copy_to: None,
         dbkeep_api_token: get("DBKEEP_API_TOKEN"),
         dbkeep_api_tokens_file: get("DBKEEP_API_TOKENS_FILE").map(PathBuf::from),
         dbkeep_audit_log: get("DBKEEP_AUDIT_LOG").map(PathBuf::from),

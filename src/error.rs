@@ -79,6 +79,14 @@ pub enum Error {
         io_context: String,
         source: std::io::Error,
     },
+    #[error(
+        "the backup {name} is complete in the primary repository, but {failed} copy(ies) failed: {first}. Run `dbkeep copy {name} --to REPOSITORY` once it is reachable"
+    )]
+    CopyFailed {
+        name: String,
+        failed: usize,
+        first: String,
+    },
     #[error("retention could not delete {failed} backup(s): {first}")]
     Retention { failed: usize, first: String },
     #[error("cannot catch termination signals: {0}")]

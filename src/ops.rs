@@ -5,9 +5,9 @@
 //! restore never overlaps a backup, delete or prune. Reading (list, statistics, verify) needs no
 //! lock: manifests appear atomically.
 
-use crate::catalog::{self, Catalog, Manifest, Statistics};
+use crate::catalog::{self, Catalog, CopyRecord, Manifest, Statistics};
 use crate::codec::{self, Compression, Digest256, Encoder, HashingReader, HashingWriter, Tail};
-use crate::config::Settings;
+use crate::config::{CopyTarget, Settings};
 use crate::database_url::DatabaseUrl;
 use crate::encryption::{self, Encryption, Keys, Sealed};
 use crate::engine::postgres::{self, Postgres};
@@ -135,6 +135,8 @@ pub struct BackupRequest {
 #[derive(Debug)]
 pub struct BackupOutcome {
     pub manifest: Manifest,
+    /// Copies to other repositories that failed (the backup itself is complete).
+    pub copy_errors: Vec<String>,
     /// Retention decisions for the backup's series.
     pub retention: Vec<Decision>,
     /// Deletions that retention planned but could not carry out.
@@ -195,6 +197,17 @@ impl Ops {
         let location = settings.backup_dir.to_string_lossy().into_owned();
         let storage = storage::open(&location, &settings.s3, settings.scratch_dir.as_deref())?;
         Ok(Self::with_storage(settings, storage))
+    }
+
+    /// The same operations on another repository (a path or URL; a configured `copy_to`
+    /// brings its own settings).
+    pub fn on(&self, location: &str) -> Result<Self, Error> {
+        let target = self.settings.copy_target(location);
+        Ok(Self {
+            settings: self.settings.clone(),
+            storage: self.open_target(&target)?,
+            catch_signals: self.catch_signals,
+        })
     }
 
     pub fn with_storage(settings: Settings, storage: Box<dyn Storage>) -> Self {
@@ -448,6 +461,9 @@ impl Ops {
             "backup completed"
         );
 
+        // Then the copies (3-2-1): a failed one is reported, the primary copy stays.
+        let copy_errors = self.copy_to_targets(&mut manifest, &self.settings.copy_to);
+
         let policy = Policy {
             retention_days: self.settings.retention_days,
             keep_min: self.settings.keep_min,
@@ -459,6 +475,7 @@ impl Ops {
                 warn!("{msg}");
                 return Ok(BackupOutcome {
                     manifest,
+                    copy_errors,
                     retention: Vec::new(),
                     retention_errors: vec![msg],
                 });
@@ -476,6 +493,7 @@ impl Ops {
         let retention_errors = self.execute(&cat, &retention);
         Ok(BackupOutcome {
             manifest,
+            copy_errors,
             retention,
             retention_errors,
         })
@@ -526,6 +544,7 @@ impl Ops {
             retention_days: self.settings.retention_days,
             keep_min: self.settings.keep_min,
             finished_at: Utc::now(),
+            copies: Vec::new(),
             dbkeep_version: env!("CARGO_PKG_VERSION").to_owned(),
             manifest_version: catalog::MANIFEST_VERSION,
         }
@@ -587,6 +606,148 @@ impl Ops {
             .finish();
         writer.commit()?;
         Ok((info, digest))
+    }
+
+    // ----- copies ---------------------------------------------------------------------------
+
+    /// Copies the backup `name` to the repository `to` (a configured `copy_to` with its
+    /// settings, or any path or URL with the primary's S3 settings).
+    pub fn copy(&self, name: &str, to: &str) -> Result<Manifest, Error> {
+        BackupName::parse(name)?;
+        let _lock = self.lock(&format!("copy {name}"))?;
+        let mut m = self.committed(name)?;
+        let errors = self.copy_to_targets(&mut m, &[self.settings.copy_target(to)]);
+        if let Some(first) = errors.first() {
+            return Err(Error::CopyFailed {
+                name: name.to_owned(),
+                failed: errors.len(),
+                first: first.clone(),
+            });
+        }
+        Ok(m)
+    }
+
+    /// The manifest of the successful backup `name`.
+    fn committed(&self, name: &str) -> Result<Manifest, Error> {
+        catalog::read_manifest(self.storage.as_ref(), &catalog::manifest_key(name, true)).map_err(
+            |e| match e {
+                catalog::CatalogError::Storage(storage::StorageError::NotFound { .. }) => {
+                    self.not_found(name)
+                }
+                e => e.into(),
+            },
+        )
+    }
+
+    /// Opens the repository of a copy target.
+    fn open_target(&self, target: &CopyTarget) -> Result<Box<dyn Storage>, Error> {
+        Ok(storage::open(
+            &target.location,
+            &target.s3(&self.settings.s3),
+            self.settings.scratch_dir.as_deref(),
+        )?)
+    }
+
+    /// Copies the committed backup `m` to each target and records every outcome in its
+    /// manifests (here and in each repository that now holds it). Returns the failures.
+    fn copy_to_targets(&self, m: &mut Manifest, targets: &[CopyTarget]) -> Vec<String> {
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let mut errors = Vec::new();
+        let mut holders: Vec<Box<dyn Storage>> = Vec::new();
+        for t in targets {
+            let copied = self.open_target(t).and_then(|dest| {
+                self.copy_into(m, dest.as_ref())?;
+                Ok(dest)
+            });
+            let (ok, error) = match copied {
+                Ok(dest) => {
+                    holders.push(dest);
+                    (true, None)
+                }
+                Err(e) => {
+                    warn!(backup = %m.backup_name, repository = %t.location, error = %e, "copy failed");
+                    errors.push(format!("{}: {e}", t.location));
+                    (false, Some(e.to_string()))
+                }
+            };
+            m.record_copy(CopyRecord {
+                repository: t.location.clone(),
+                ok,
+                error,
+                at: Utc::now(),
+            });
+        }
+        let mut write = |storage: &dyn Storage, manifest: &Manifest| {
+            if let Err(e) = manifest
+                .to_json()
+                .map_err(Error::from)
+                .and_then(|json| Ok(storage.put(&manifest.key(), &json)?))
+            {
+                errors.push(format!("{}: recording the copies: {e}", storage.location()));
+            }
+        };
+        write(self.storage.as_ref(), m);
+        for dest in &holders {
+            let mut there = m.clone();
+            there.file_path = m.data_file.as_deref().map(|k| dest.display_path(k));
+            // Seen from there, the primary is one of the copies.
+            there.copies.retain(|c| c.repository != dest.location());
+            there.copies.insert(
+                0,
+                CopyRecord {
+                    repository: self.storage.location(),
+                    ok: true,
+                    error: None,
+                    at: m.finished_at,
+                },
+            );
+            write(dest.as_ref(), &there);
+        }
+        errors
+    }
+
+    /// Copies the stored bytes of `m` into `dest`, checking their SHA-256 on the way, then its
+    /// manifest. A copy already complete there is left as it is.
+    fn copy_into(&self, m: &Manifest, dest: &dyn Storage) -> Result<(), Error> {
+        let key = m.data_file.as_deref().ok_or_else(|| Error::Damaged {
+            name: m.backup_name.clone(),
+            problem: "the manifest names no data file".into(),
+        })?;
+        match catalog::read_manifest(dest, &m.key()) {
+            Ok(there) if there.sha256 == m.sha256 => return Ok(()),
+            Ok(_) => {
+                return Err(storage::StorageError::AlreadyExists {
+                    key: m.key(),
+                    location: dest.location(),
+                }
+                .into());
+            }
+            Err(_) => {}
+        }
+        // Data without a manifest: an earlier copy that died before its manifest.
+        dest.delete(key)?;
+        let mut src = HashingReader::new(self.storage.open(key)?);
+        let mut w = dest.create_new(key)?;
+        io::copy(&mut src, &mut w).map_err(io_err("copy the data file"))?;
+        let digest = src.finish().map_err(io_err("read the data file"))?;
+        if Some(&digest.sha256) != m.sha256.as_ref() {
+            // `w` is dropped uncommitted: nothing appears there.
+            return Err(Error::Damaged {
+                name: m.backup_name.clone(),
+                problem: format!(
+                    "its data file {key} has SHA-256 {} but the manifest says {}: not copied",
+                    digest.sha256,
+                    m.sha256.as_deref().unwrap_or("")
+                ),
+            });
+        }
+        w.commit()?;
+        let mut there = m.clone();
+        there.file_path = Some(dest.display_path(key));
+        dest.put(&there.key(), &there.to_json()?)?;
+        Ok(())
     }
 
     // ----- verify ---------------------------------------------------------------------------
@@ -786,13 +947,7 @@ impl Ops {
         self.install_signals()?;
         let _lock = self.lock(&format!("restore {name}"))?;
         self.recover_interrupted_restore(&engine)?;
-        let m = catalog::read_manifest(self.storage.as_ref(), &catalog::manifest_key(name, true))
-            .map_err(|e| match e {
-            catalog::CatalogError::Storage(storage::StorageError::NotFound { .. }) => {
-                self.not_found(name)
-            }
-            e => e.into(),
-        })?;
+        let m = self.committed(name)?;
         if m.database_type != engine.database_type() {
             return Err(Error::WrongDatabaseType {
                 name: name.to_owned(),

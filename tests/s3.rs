@@ -2,7 +2,7 @@
 //! a backup, and the faults of object storage.
 
 use crate::common::TestEnv;
-use crate::common::s3::{S3Server, SECRET_KEY};
+use crate::common::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 use crate::sqlite::{make_db, rows, sqlite_env};
 
 /// A SQLite database whose uncompressed backup spans more than two 5 MiB parts.
@@ -152,4 +152,102 @@ fn server_stopped_mid_upload_fails_the_backup_and_the_next_run_is_clean() {
         .unwrap();
     env.run(&["restore", "next", "--yes"]).ok();
     assert_eq!(rows(&env.path().join("app.db")), before);
+}
+
+#[test]
+fn copies_reach_every_destination_and_a_failed_one_is_completed_later() {
+    let primary = S3Server::start();
+    let mut offsite = S3Server::start();
+    offsite.stop(); // down during the backup
+    let mut env = sqlite_env(300);
+    primary.configure(&mut env, "prod");
+    let local_copy = env.path().join("usb");
+    std::fs::write(
+        env.path().join("dbkeep.toml"),
+        format!(
+            "[[copy_to]]\nurl = \"{}\"\n\n[[copy_to]]\nurl = \"s3://{BUCKET}/offsite\"\ns3_endpoint = \"{}\"\ns3_access_key_id = \"{ACCESS_KEY}\"\ns3_secret_access_key = \"{SECRET_KEY}\"\n",
+            local_copy.display(),
+            offsite.endpoint()
+        ),
+    )
+    .unwrap();
+    let db = env.path().join("app.db");
+    let before = rows(&db);
+
+    // One destination down: the backup is kept on the primary and the other copy; the exit
+    // code and the list entry say what failed.
+    let o = env.run(&["backup", "--name", "nightly"]);
+    o.code(1);
+    assert!(
+        o.stderr.contains("copy") && o.stderr.contains("offsite"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.all().contains(SECRET_KEY));
+    assert_eq!(
+        primary.objects("prod"),
+        vec!["nightly.db.gz", "nightly.manifest.json"]
+    );
+    let m = &env.list()["backups"][0];
+    assert_eq!(m["success"], true);
+    let copies = m["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert_eq!(copies[0]["repository"], local_copy.display().to_string());
+    assert_eq!(copies[0]["ok"], true);
+    assert_eq!(copies[1]["repository"], format!("s3://{BUCKET}/offsite"));
+    assert_eq!(copies[1]["ok"], false);
+    let table = env.run(&["list"]);
+    assert!(table.stdout.contains("COPY FAILED"), "{}", table.stdout);
+
+    // The local copy is a complete repository of its own: list, verify and restore from it.
+    let there = env.run(&[
+        "list",
+        "--repo",
+        &local_copy.display().to_string(),
+        "--json",
+    ]);
+    there.ok();
+    let there: serde_json::Value = serde_json::from_str(&there.stdout).unwrap();
+    assert_eq!(there["backups"][0]["backup_name"], "nightly");
+    assert_eq!(
+        there["backups"][0]["copies"][0]["repository"],
+        "s3://backups/prod"
+    );
+
+    // Later, with the destination back, `dbkeep copy` completes it.
+    offsite.restart();
+    env.run(&["copy", "nightly", "--to", &format!("s3://{BUCKET}/offsite")])
+        .ok();
+    assert_eq!(
+        offsite.objects("offsite"),
+        vec!["nightly.db.gz", "nightly.manifest.json"]
+    );
+    let m = &env.list()["backups"][0];
+    assert!(
+        m["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true),
+        "{m}"
+    );
+    // Copying again changes nothing.
+    env.run(&["copy", "nightly", "--to", &format!("s3://{BUCKET}/offsite")])
+        .ok();
+
+    // Restore from the offsite copy alone.
+    let dir = format!("s3://{BUCKET}/offsite");
+    let endpoint = offsite.endpoint();
+    let from_offsite = [
+        ("BACKUP_DIR", dir.as_str()),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM people", [])
+        .unwrap();
+    env.run_with(&from_offsite, &["verify", "nightly"]).ok();
+    env.run_with(&from_offsite, &["restore", "nightly", "--yes"])
+        .ok();
+    assert_eq!(rows(&db), before);
 }

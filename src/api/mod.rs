@@ -490,6 +490,8 @@ async fn create(
             "duration": m.duration,
             "timestamp": m.timestamp_text(),
             "sha256": m.sha256,
+            "copies": m.copies,
+            "copy_errors": out.copy_errors,
         }))
         .into_response())
     })

@@ -130,7 +130,16 @@ impl TestEnv {
     }
 
     pub fn run(&self, args: &[&str]) -> Out {
-        let o = self.command(args).output().expect("run dbkeep");
+        self.run_with(&[], args)
+    }
+
+    /// Runs dbkeep with `vars` set on top of this environment.
+    pub fn run_with(&self, vars: &[(&str, &str)], args: &[&str]) -> Out {
+        let mut cmd = self.command(args);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().expect("run dbkeep");
         Out {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
