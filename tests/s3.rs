@@ -251,3 +251,44 @@ fn copies_reach_every_destination_and_a_failed_one_is_completed_later() {
         .ok();
     assert_eq!(rows(&db), before);
 }
+
+#[test]
+fn postgres_backups_restore_from_s3_and_prune_removes_stale_uploads() {
+    let Some((pg, mut env)) = crate::postgres::setup() else {
+        return;
+    };
+    let server = S3Server::start();
+    server.configure(&mut env, "pg");
+    let before = pg.normalized_dump("appdb");
+    for format in ["sql", "custom"] {
+        env.set("BACKUP_PG_FORMAT", format);
+        let name = format!("pg_{format}");
+        env.run(&["backup", "--name", &name]).ok();
+        env.run(&["verify", &name]).ok();
+        pg.sql_as("app", "appdb", "DELETE FROM sales.items WHERE id % 3 = 0;");
+        env.run(&["restore", &name, "--yes"]).ok();
+        assert_eq!(
+            pg.normalized_dump("appdb"),
+            before,
+            "restore of {name} from S3"
+        );
+    }
+    // A data object that no manifest names: left alone while young (an upload may be under
+    // way), removed by prune once it is a day old.
+    let stale = server.dir("pg").join("gone_20240101.sql.gz");
+    std::fs::write(&stale, b"partial").unwrap();
+    env.run(&["prune"]).ok();
+    assert!(stale.exists(), "a young object is never touched");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let o = env.run(&["prune"]);
+    o.ok();
+    assert!(!stale.exists(), "{}", o.stdout);
+    assert!(server.dir("pg").join("pg_sql.sql.gz").exists());
+    assert!(server.dir("pg").join("pg_custom.dump.gz").exists());
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod s3;
+pub mod s3_server;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -3,15 +3,10 @@
 //! stopped in the middle of a test (all connections drop) and started again on the same data.
 
 use super::TestEnv;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
+pub use super::s3_server::{ACCESS_KEY, SECRET_KEY, serve};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-pub const ACCESS_KEY: &str = "dbkeep-test-access";
-pub const SECRET_KEY: &str = "dbkeep-test-secret-Zx9!";
 pub const BUCKET: &str = "backups";
 
 pub struct S3Server {
@@ -103,46 +98,4 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
-    let mut b = S3ServiceBuilder::new(fs);
-    b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = b.build();
-    let listener = rt.block_on(async {
-        // The port may take a moment to be free again after a stop.
-        let mut tries = 0;
-        loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("bind {addr}: {e}"),
-            }
-        }
-    });
-    let local = listener.local_addr().expect("local addr");
-    rt.spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = ConnBuilder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(socket), service)
-                    .await;
-            });
-        }
-    });
-    (rt, local)
 }
