@@ -37,6 +37,30 @@ pub enum ConfigError {
     NoDatabaseUrl,
 }
 
+const MAX_PARTS_PROBLEM: &str =
+    "expected the most parts the service accepts in one upload (100 to 10000)";
+const PART_SIZE_PROBLEM: &str =
+    "expected the first part's size in MiB (5 to 5120; parts grow from there)";
+const MEMORY_PART_PROBLEM: &str = "expected the largest part sent from memory, in MiB (5 to 5120)";
+
+/// `v` if it lies in `range`, else an error naming `key` and `problem`.
+fn within(
+    v: u32,
+    range: std::ops::RangeInclusive<u32>,
+    key: &'static str,
+    problem: &'static str,
+) -> Result<u32, ConfigError> {
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::InvalidValue {
+            key,
+            value: v.to_string(),
+            problem,
+        })
+    }
+}
+
 /// The file name looked for in the working directory when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "dbkeep.toml";
 
@@ -70,6 +94,7 @@ pub struct Layer {
     pub backup_s3_session_token: Option<String>,
     pub backup_s3_max_parts: Option<u32>,
     pub backup_s3_part_size_mib: Option<u32>,
+    pub backup_s3_memory_part_mib: Option<u32>,
     pub backup_scratch_dir: Option<PathBuf>,
     /// Comma-separated repositories each backup is also copied to (same S3 settings).
     pub backup_copy_to: Option<String>,
@@ -390,24 +415,20 @@ impl Settings {
             s3.session_token = Some(Secret::new(v));
         }
         if let Some(v) = l.backup_s3_max_parts {
-            if !(100..=10_000).contains(&v) {
-                return Err(ConfigError::InvalidValue {
-                    key: "BACKUP_S3_MAX_PARTS",
-                    value: v.to_string(),
-                    problem: "expected the most parts the service accepts in one upload (100 to 10000)",
-                });
-            }
-            s3.max_parts = v;
+            s3.max_parts = within(v, 100..=10_000, "BACKUP_S3_MAX_PARTS", MAX_PARTS_PROBLEM)?;
         }
         if let Some(v) = l.backup_s3_part_size_mib {
-            if !(5..=5120).contains(&v) {
-                return Err(ConfigError::InvalidValue {
-                    key: "BACKUP_S3_PART_SIZE_MIB",
-                    value: v.to_string(),
-                    problem: "expected the first part's size in MiB (5 to 5120; parts grow from there)",
-                });
-            }
+            let v = within(v, 5..=5120, "BACKUP_S3_PART_SIZE_MIB", PART_SIZE_PROBLEM)?;
             s3.part_size = u64::from(v) << 20;
+        }
+        if let Some(v) = l.backup_s3_memory_part_mib {
+            let v = within(
+                v,
+                5..=5120,
+                "BACKUP_S3_MEMORY_PART_MIB",
+                MEMORY_PART_PROBLEM,
+            )?;
+            s3.memory_part = u64::from(v) << 20;
         }
         if let Some(v) = l.backup_scratch_dir {
             self.scratch_dir = Some(v);
@@ -659,14 +680,9 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
             .or_else(|| get("AWS_SECRET_ACCESS_KEY")),
         backup_s3_session_token: get("BACKUP_S3_SESSION_TOKEN")
             .or_else(|| get("AWS_SESSION_TOKEN")),
-        backup_s3_max_parts: num32(
-            "BACKUP_S3_MAX_PARTS",
-            "expected the most parts the service accepts in one upload (100 to 10000)",
-        )?,
-        backup_s3_part_size_mib: num32(
-            "BACKUP_S3_PART_SIZE_MIB",
-            "expected the first part's size in MiB (5 to 5120; parts grow from there)",
-        )?,
+        backup_s3_max_parts: num32("BACKUP_S3_MAX_PARTS", MAX_PARTS_PROBLEM)?,
+        backup_s3_part_size_mib: num32("BACKUP_S3_PART_SIZE_MIB", PART_SIZE_PROBLEM)?,
+        backup_s3_memory_part_mib: num32("BACKUP_S3_MEMORY_PART_MIB", MEMORY_PART_PROBLEM)?,
         backup_scratch_dir: get("BACKUP_SCRATCH_DIR").map(PathBuf::from),
         backup_copy_to: get("BACKUP_COPY_TO"),
         copy_to: None,
@@ -706,6 +722,61 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::load(file.map(|_| path.as_path()), &|k| map.get(k).cloned(), &o)
+    }
+
+    #[test]
+    fn s3_settings_take_the_aws_variables_and_copy_targets_inherit_them() {
+        let file = "[[copy_to]]\nurl = \"s3://other/x/\"\ns3_endpoint = \"http://site-b:9000\"\n\n[[copy_to]]\nurl = \"/mnt/usb\"\ns3_access_key_id = \"own\"\ns3_secret_access_key = \"own-secret\"\n";
+        let s = load(
+            Some(file),
+            &[
+                ("BACKUP_DIR", "s3://b/p"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+                ("AWS_REGION", "eu-west-3"),
+                ("AWS_ACCESS_KEY_ID", "AKIA1"),
+                ("AWS_SECRET_ACCESS_KEY", "aws-secret"),
+                ("BACKUP_S3_REGION", "eu-central-1"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(
+            s.s3.region.as_deref(),
+            Some("eu-central-1"),
+            "dbkeep's name wins"
+        );
+        assert_eq!(s.s3.access_key_id.as_deref(), Some("AKIA1"));
+        assert!(
+            !format!("{s:?}").contains("aws-secret") && !format!("{s:?}").contains("own-secret")
+        );
+        assert_eq!(s.copy_to.len(), 2);
+        let other = s.copy_target("s3://other/x").s3(&s.s3);
+        assert_eq!(other.endpoint.as_deref(), Some("http://site-b:9000"));
+        assert_eq!(other.access_key_id.as_deref(), Some("AKIA1"), "inherited");
+        let usb = s.copy_target("/mnt/usb/").s3(&s.s3);
+        assert_eq!(usb.access_key_id.as_deref(), Some("own"));
+        assert_eq!(
+            usb.secret_access_key
+                .map(|k| k.expose().to_owned())
+                .as_deref(),
+            Some("own-secret")
+        );
+        let err = load(None, &[("BACKUP_S3_MAX_PARTS", "50")], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BACKUP_S3_MAX_PARTS") && err.contains("100 to 10000"),
+            "{err}"
+        );
+        let err = load(
+            Some("[[copy_to]]\nurl = \"x\"\nbucket = \"y\"\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bucket"), "{err}");
     }
 
     #[test]

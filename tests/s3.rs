@@ -8,9 +8,12 @@ use crate::sqlite::{make_db, rows, sqlite_env};
 /// A SQLite database whose uncompressed backup spans more than two 5 MiB parts.
 fn big_sqlite_env(server: &S3Server, prefix: &str) -> TestEnv {
     let mut env = sqlite_env(0);
-    make_db(&env.path().join("app.db"), 130_000);
+    make_db(&env.path().join("app.db"), 180_000);
     server.configure(&mut env, prefix);
     env.set("BACKUP_S3_PART_SIZE_MIB", "5");
+    // Parts of 5 MiB (from memory), then 10 MiB and up (through temporary objects).
+    env.set("BACKUP_S3_MAX_PARTS", "100");
+    env.set("BACKUP_S3_MEMORY_PART_MIB", "5");
     env.set("BACKUP_COMPRESSION", "none");
     env
 }

@@ -13,7 +13,11 @@ pub fn s3_settings(server: &S3Server) -> S3Settings {
         region: Some("us-east-1".into()),
         access_key_id: Some(ACCESS_KEY.into()),
         secret_access_key: Some(Secret::new(SECRET_KEY)),
+        // 5, 10, 20 MiB parts: the first from memory, the next through a temporary object that
+        // the server copies in (UploadPartCopy).
         part_size: 5 << 20,
+        max_parts: 100,
+        memory_part: 5 << 20,
         ..S3Settings::default()
     }
 }
@@ -52,8 +56,9 @@ fn suite(s: &dyn Storage, after_abort: &dyn Fn()) {
     assert_eq!(s.read_all("a.sql.gz").unwrap(), b"hello");
     assert_eq!(s.stat("a.sql.gz").unwrap().unwrap().size, 5);
 
-    // More than two parts (5 MiB first part on S3), written in odd pieces: byte for byte.
-    let big = noise(12 * 1024 * 1024 + 12_345, 7);
+    // More than one part on S3 (5 MiB from memory, the rest through a temporary object), written
+    // in odd pieces: byte for byte, and no temporary object is left.
+    let big = noise(18 * 1024 * 1024 + 12_345, 7);
     let mut w = s.create_new("big.sql.zst").unwrap();
     for piece in big.chunks(333_333) {
         w.write_all(piece).unwrap();

@@ -181,11 +181,20 @@ pub trait Storage: Send + Sync {
 
     /// Removes temporary objects left behind by a killed run. Call only under the lock. A
     /// temp object of a process that is still running on this machine (a `verify`, which takes
-    /// no lock) is left alone.
+    /// no lock) is left alone. On object storage (shared by machines, so a pid says nothing) a
+    /// temporary object is visible only between its upload and the server-side copy that
+    /// consumes it: one older than ten minutes is stale.
     fn remove_stale_temps(&self) -> Result<usize, StorageError> {
         let mut n = 0;
+        let now = SystemTime::now();
         for o in self.list()? {
-            if o.key.starts_with(TEMP_PREFIX) && !owner_alive(&o.key) {
+            let stale = if self.owns_every_object() {
+                now.duration_since(o.modified)
+                    .is_ok_and(|age| age > Duration::from_secs(600))
+            } else {
+                !owner_alive(&o.key)
+            };
+            if o.key.starts_with(TEMP_PREFIX) && stale {
                 self.delete(&o.key)?;
                 n += 1;
             }
@@ -237,6 +246,12 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A unique temporary file name in `dir` for `what`.
 pub fn temp_path(dir: &Path, what: &str) -> PathBuf {
+    dir.join(temp_key(what))
+}
+
+/// A unique temporary key for `what`: `.dbkeep-tmp-PID-N-what` (removed by the next run under
+/// the lock once its process is gone).
+pub fn temp_key(what: &str) -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("{TEMP_PREFIX}{}-{n}-{what}", std::process::id()))
+    format!("{TEMP_PREFIX}{}-{n}-{what}", std::process::id())
 }

@@ -46,6 +46,9 @@ pub struct S3Settings {
     pub max_parts: u32,
     /// The first part's size; later parts grow from it.
     pub part_size: u64,
+    /// Parts up to this size are sent from memory; larger ones are uploaded as temporary
+    /// objects and assembled on the server (UploadPartCopy), so memory stays flat.
+    pub memory_part: u64,
 }
 
 impl Default for S3Settings {
@@ -59,15 +62,62 @@ impl Default for S3Settings {
             session_token: None,
             max_parts: 10_000,
             part_size: 8 << 20,
+            memory_part: 16 << 20,
         }
     }
 }
 
-/// The size of part `index` (0-based): `first`, doubled every tenth of `max_parts`, at most
-/// 5 GiB. With 10,000 parts of 8 MiB first, an upload reaches 7.8 TiB; with 1,000, 780 GiB.
-pub fn part_size(first: u64, max_parts: u32, index: u32) -> u64 {
-    let step = (max_parts / 10).max(1);
-    (first << (index / step).min(20)).min(MAX_PART)
+/// The largest upload the part schedule must reach.
+const REACH: u64 = 5_000_000_000_000;
+
+/// The part schedule: parts start at `first` and double every `step` parts, up to 5 GiB; `step`
+/// is the largest that still lets `max_parts` parts reach 5 TB (10,000 parts of 8 MiB first:
+/// doubling every 1,000; 1,000 parts: every 10).
+#[derive(Debug, Clone, Copy)]
+pub struct PartSchedule {
+    first: u64,
+    max_parts: u32,
+    step: u32,
+}
+
+impl PartSchedule {
+    pub fn new(first: u64, max_parts: u32) -> Self {
+        let first = first.clamp(5 << 20, MAX_PART);
+        let mut step = (max_parts / 10).max(1);
+        while step > 1 && Self::reach(first, max_parts, step) < REACH {
+            step -= 1;
+        }
+        Self {
+            first,
+            max_parts,
+            step,
+        }
+    }
+
+    fn reach(first: u64, max_parts: u32, step: u32) -> u64 {
+        (0..max_parts)
+            .step_by(step as usize)
+            .map(|i| {
+                let n = u64::from(step.min(max_parts - i));
+                Self::size_at(first, step, i).saturating_mul(n)
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
+    fn size_at(first: u64, step: u32, index: u32) -> u64 {
+        let doublings = (index / step).min(30);
+        first.saturating_mul(1u64 << doublings).min(MAX_PART)
+    }
+
+    /// The size of part `index` (0-based).
+    pub fn size(&self, index: u32) -> u64 {
+        Self::size_at(self.first, self.step, index)
+    }
+
+    /// How many bytes `max_parts` parts hold.
+    pub fn capacity(&self) -> u64 {
+        Self::reach(self.first, self.max_parts, self.step)
+    }
 }
 
 /// The runtime that drives OpenDAL: two worker threads, for the life of the process.
@@ -222,11 +272,14 @@ impl S3Storage {
         .map_err(|e| self.runtime_err("start writing", key, e))?
         .map_err(|e| self.err("start writing", key, &e))?;
         Ok(Box::new(S3Writer {
+            op: self.op.clone(),
             writer: Some(writer),
             buf: Vec::new(),
+            spill: None,
+            copied: Vec::new(),
             parts: 0,
-            first: self.settings.part_size,
-            max_parts: self.settings.max_parts,
+            schedule: PartSchedule::new(self.settings.part_size, self.settings.max_parts),
+            memory_part: self.settings.memory_part,
             key: key.to_owned(),
             location: self.location.clone(),
             secrets: self.secrets(),
@@ -524,52 +577,143 @@ impl Read for S3Reader {
     }
 }
 
-/// A multipart upload: each full part goes out as one OpenDAL write (two in flight); parts grow
-/// by [`part_size`]. Committing completes the upload; dropping it uncommitted aborts it.
+/// A multipart upload whose parts grow by a [`PartSchedule`]. A part up to `memory_part` is
+/// gathered in memory and sent as one OpenDAL write (two in flight); a larger part streams into
+/// a temporary object (`.dbkeep-tmp-…`, itself uploaded in 8 MiB chunks) that the server then
+/// copies in as the part (UploadPartCopy) — memory stays flat whatever the size. Committing
+/// completes the upload; dropping it uncommitted aborts it and removes a temporary object.
 struct S3Writer {
+    op: Operator,
     writer: Option<opendal::Writer>,
     buf: Vec<u8>,
+    spill: Option<Spill>,
+    /// Temporary objects copied in as parts: deleted once the upload is complete (the copies
+    /// run in the background until then) or aborted.
+    copied: Vec<String>,
     parts: u32,
-    first: u64,
-    max_parts: u32,
+    schedule: PartSchedule,
+    memory_part: u64,
     key: String,
     location: String,
     secrets: Vec<String>,
 }
 
+/// A large part on its way through a temporary object.
+struct Spill {
+    key: String,
+    writer: opendal::Writer,
+    written: u64,
+}
+
 impl S3Writer {
-    fn target(&self) -> usize {
-        usize::try_from(part_size(self.first, self.max_parts, self.parts)).unwrap_or(usize::MAX)
+    fn target(&self) -> u64 {
+        self.schedule.size(self.parts)
     }
 
-    fn send_part(&mut self) -> io::Result<()> {
-        let next = usize::try_from(part_size(self.first, self.max_parts, self.parts + 1))
-            .unwrap_or(usize::MAX);
-        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(next.min(64 << 20)));
-        let writer = self
-            .writer
+    fn io_err(&self, e: &opendal::Error) -> io::Error {
+        io::Error::other(crate::engine::process::scrub(&e.to_string(), &self.secrets))
+    }
+
+    fn main_writer(&mut self) -> io::Result<&mut opendal::Writer> {
+        self.writer
             .as_mut()
-            .ok_or_else(|| io::Error::other("write after commit"))?;
-        block_on(writer.write(Buffer::from(part)))?.map_err(|e| {
-            io::Error::other(crate::engine::process::scrub(&e.to_string(), &self.secrets))
-        })?;
+            .ok_or_else(|| io::Error::other("write after commit"))
+    }
+
+    fn count_part(&mut self) -> io::Result<()> {
         self.parts += 1;
-        if self.parts >= self.max_parts {
+        if self.parts >= self.schedule.max_parts {
             return Err(io::Error::other(format!(
-                "the upload would need more than {} parts (BACKUP_S3_MAX_PARTS)",
-                self.max_parts
+                "the upload would need more than {} parts (BACKUP_S3_MAX_PARTS), {} bytes",
+                self.schedule.max_parts,
+                self.schedule.capacity()
             )));
         }
         Ok(())
+    }
+
+    /// Sends the part gathered in memory.
+    fn send_part(&mut self) -> io::Result<()> {
+        let next = usize::try_from(self.schedule.size(self.parts + 1).min(self.memory_part))
+            .unwrap_or(usize::MAX);
+        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(next));
+        let writer = self.main_writer()?;
+        let sent = block_on(writer.write(Buffer::from(part)))?;
+        sent.map_err(|e| self.io_err(&e))?;
+        self.count_part()
+    }
+
+    /// Streams `data` into the temporary object of the current large part.
+    fn spill(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.spill.is_none() {
+            let key = super::temp_key(&format!("{}.part{}", self.key, self.parts));
+            let writer =
+                block_on(async { self.op.writer_with(&key).chunk(8 << 20).concurrent(2).await })?
+                    .map_err(|e| self.io_err(&e))?;
+            self.spill = Some(Spill {
+                key,
+                writer,
+                written: 0,
+            });
+        }
+        let Some(spill) = self.spill.as_mut() else {
+            return Err(io::Error::other("no temporary part"));
+        };
+        let written = block_on(spill.writer.write(Buffer::from(data.to_vec())))?;
+        spill.written += data.len() as u64;
+        written.map_err(|e| self.io_err(&e))
+    }
+
+    /// Completes the temporary object and has the server copy it in as the next part.
+    fn finish_spill(&mut self) -> io::Result<()> {
+        let Some(mut spill) = self.spill.take() else {
+            return Ok(());
+        };
+        let closed = block_on(spill.writer.close())?;
+        if let Err(e) = closed {
+            let op = self.op.clone();
+            let _ = block_on(async move { op.delete(&spill.key).await });
+            return Err(self.io_err(&e));
+        }
+        let (key, size) = (spill.key.clone(), spill.written);
+        self.copied.push(key.clone());
+        let writer = self.main_writer()?;
+        let copied = block_on(writer.copy_from(&key, 0..size))?;
+        copied.map_err(|e| self.io_err(&e))?;
+        self.count_part()
+    }
+
+    /// Deletes the temporary objects of large parts.
+    fn remove_copied(&mut self) {
+        for key in std::mem::take(&mut self.copied) {
+            let op = self.op.clone();
+            if !matches!(block_on(async move { op.delete(&key).await }), Ok(Ok(()))) {
+                tracing::warn!("could not remove a temporary part; the next run removes it");
+            }
+        }
     }
 }
 
 impl Write for S3Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = self.target().saturating_sub(self.buf.len()).max(1);
+        let target = self.target();
+        if target > self.memory_part {
+            let written = self.spill.as_ref().map_or(0, |s| s.written);
+            let room = usize::try_from(target - written)
+                .unwrap_or(usize::MAX)
+                .max(1);
+            let n = data.len().min(room);
+            self.spill(&data[..n])?;
+            if self.spill.as_ref().map_or(0, |s| s.written) >= target {
+                self.finish_spill()?;
+            }
+            return Ok(n);
+        }
+        let target = usize::try_from(target).unwrap_or(usize::MAX);
+        let room = target.saturating_sub(self.buf.len()).max(1);
         let n = data.len().min(room);
         self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() >= self.target() {
+        if self.buf.len() >= target {
             self.send_part()?;
         }
         Ok(n)
@@ -582,37 +726,51 @@ impl Write for S3Writer {
 
 impl ObjectWriter for S3Writer {
     fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
-        let remote_io = |e: io::Error, location: &str, key: &str| StorageError::Remote {
+        let upload_err = |this: &Self, e: io::Error| StorageError::Remote {
             op: "upload",
-            key: key.to_owned(),
-            location: location.to_owned(),
+            key: this.key.clone(),
+            location: this.location.clone(),
             message: e.to_string(),
             hint: "",
         };
-        if !self.buf.is_empty() || self.parts == 0 {
+        if self.spill.is_some() {
+            if let Err(e) = self.finish_spill() {
+                return Err(upload_err(&self, e));
+            }
+        } else if !self.buf.is_empty() || self.parts == 0 {
             let last = std::mem::take(&mut self.buf);
-            let writer = self.writer.as_mut().ok_or_else(|| {
-                remote_io(
-                    io::Error::other("committed twice"),
-                    &self.location,
-                    &self.key,
-                )
-            })?;
-            block_on(writer.write(Buffer::from(last)))
-                .map_err(|e| remote_io(e, &self.location, &self.key))?
-                .map_err(|e| remote("upload", &self.key, &self.location, &e, &self.secrets))?;
+            let sent = self
+                .main_writer()
+                .and_then(|w| block_on(w.write(Buffer::from(last))));
+            match sent {
+                Err(e) => return Err(upload_err(&self, e)),
+                Ok(Err(e)) => {
+                    return Err(remote(
+                        "upload",
+                        &self.key,
+                        &self.location,
+                        &e,
+                        &self.secrets,
+                    ));
+                }
+                Ok(Ok(())) => {}
+            }
         }
         let Some(mut writer) = self.writer.take() else {
-            return Err(remote_io(
-                io::Error::other("committed twice"),
-                &self.location,
-                &self.key,
-            ));
+            return Err(upload_err(&self, io::Error::other("committed twice")));
         };
-        match block_on(writer.close()).map_err(|e| remote_io(e, &self.location, &self.key))? {
-            Ok(_) => Ok(()),
+        let closed = match block_on(writer.close()) {
+            Ok(c) => c,
+            Err(e) => return Err(upload_err(&self, e)),
+        };
+        match closed {
+            Ok(_) => {
+                self.remove_copied();
+                Ok(())
+            }
             Err(e) => {
                 let _ = block_on(writer.abort());
+                self.remove_copied();
                 if e.kind() == DalErrorKind::ConditionNotMatch {
                     Err(StorageError::AlreadyExists {
                         key: self.key.clone(),
@@ -634,10 +792,16 @@ impl ObjectWriter for S3Writer {
 
 impl Drop for S3Writer {
     fn drop(&mut self) {
+        if let Some(mut spill) = self.spill.take() {
+            let _ = block_on(spill.writer.abort());
+            let op = self.op.clone();
+            let _ = block_on(async move { op.delete(&spill.key).await });
+        }
         if let Some(mut writer) = self.writer.take() {
             // Not committed: abort the multipart upload, so no parts are left behind.
             let _ = block_on(writer.abort());
         }
+        self.remove_copied();
     }
 }
 
@@ -647,18 +811,18 @@ mod tests {
 
     #[test]
     fn parts_grow_so_5_tb_fits() {
-        let reach = |first: u64, max: u32| -> u64 {
-            (0..max).map(|i| part_size(first, max, i)).sum::<u64>()
-        };
-        assert_eq!(part_size(8 << 20, 10_000, 0), 8 << 20);
-        assert_eq!(part_size(8 << 20, 10_000, 999), 8 << 20);
-        assert_eq!(part_size(8 << 20, 10_000, 1000), 16 << 20);
-        assert!(reach(8 << 20, 10_000) > 5_000_000_000_000);
-        assert!(reach(5 << 20, 10_000) > 5_000_000_000_000);
-        // Never above S3's largest part.
-        assert!((0..10_000).all(|i| part_size(5 << 30, 10_000, i) <= MAX_PART));
-        // 1,000 parts: 780 GiB.
-        assert!(reach(8 << 20, 1_000) > 800_000_000_000);
+        let s = PartSchedule::new(8 << 20, 10_000);
+        assert_eq!(s.size(0), 8 << 20);
+        assert_eq!(s.size(999), 8 << 20);
+        assert_eq!(s.size(1000), 16 << 20);
+        assert!(s.capacity() >= REACH, "{}", s.capacity());
+        // 1,000 parts (some services): still 5 TB, parts growing faster.
+        let s = PartSchedule::new(8 << 20, 1_000);
+        assert!(s.capacity() >= REACH, "{}", s.capacity());
+        assert_eq!(s.size(0), 8 << 20);
+        // The smallest first part, and never above S3's largest part.
+        assert!(PartSchedule::new(1, 10_000).capacity() >= REACH);
+        assert!((0..10_000).all(|i| PartSchedule::new(5 << 30, 10_000).size(i) <= MAX_PART));
     }
 
     #[test]
