@@ -967,8 +967,9 @@ impl Ops {
         let mut kept_old = None;
         match &engine {
             Engine::Postgres(pg) => {
-                // Plain SQL streams from the repository a second time (verified above);
-                // a custom archive was staged by the check.
+                // Plain SQL streams from the repository a second time (its size, SHA-256 and
+                // key were checked above; the load checks the rest); a custom archive was staged
+                // by the check.
                 let mut sql_reader = match format {
                     PgFormat::Sql => {
                         let key = m.data_file.as_deref().unwrap_or_default();

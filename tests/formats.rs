@@ -7,7 +7,7 @@ use crate::common::{TestEnv, have, require, tool_accepts};
 use crate::encryption::keygen;
 use crate::postgres::{
     aside_databases, assert_untouched, flipped_byte_is_refused, good_backup_then_a_change,
-    intact_backup_fails_to_load, plant, setup,
+    incomplete_backup_fails, intact_backup_fails_to_load, plant, setup,
 };
 use crate::sqlite::{rows, sqlite_env};
 use std::path::{Path, PathBuf};
@@ -142,13 +142,7 @@ fn damaged_or_failing_custom_archives_leave_the_live_database_as_it_was() {
         ".dump",
         &archive[..archive.len() * 2 / 3],
     );
-    let o = env.run(&["verify", "cut"]);
-    o.code(1);
-    assert!(o.stderr.contains("archive"), "{}", o.stderr);
-    let o = env.run(&["restore", "cut", "--yes"]);
-    o.code(1);
-    assert!(o.stderr.contains("pg_restore"), "{}", o.stderr);
-    assert_untouched(&pg, &live);
+    incomplete_backup_fails(&env, &pg, &live, "cut", "archive", "pg_restore");
 
     // 2. Not an archive at all (a plain dump under a custom manifest).
     plant(&env, "good", "text", ".dump", b"-- just text\nSELECT 1;\n");

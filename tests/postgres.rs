@@ -219,6 +219,25 @@ pub fn good_backup_then_a_change(env: &TestEnv, pg: &PgServer) -> String {
     pg.normalized_dump("appdb")
 }
 
+/// Backup `name` is incomplete though its checksum matches: verify fails saying `verify_says`,
+/// restore fails saying `restore_says`, and the live database stays `live`.
+pub fn incomplete_backup_fails(
+    env: &TestEnv,
+    pg: &PgServer,
+    live: &str,
+    name: &str,
+    verify_says: &str,
+    restore_says: &str,
+) {
+    let o = env.run(&["verify", name]);
+    o.code(1);
+    assert!(o.stderr.contains(verify_says), "{}", o.stderr);
+    let o = env.run(&["restore", name, "--yes"]);
+    o.code(1);
+    assert!(o.stderr.contains(restore_says), "{}", o.stderr);
+    assert_untouched(pg, live);
+}
+
 /// The live database is `live`, nothing is left aside, and it accepts connections.
 pub fn assert_untouched(pg: &PgServer, live: &str) {
     assert_eq!(pg.normalized_dump("appdb"), live);
@@ -261,13 +280,7 @@ fn failed_restores_leave_the_live_database_as_it_was() {
     //    without an error): verify calls it incomplete, and a restore loads it, sees no trailer
     //    and puts the original back.
     plant_backup(&env, "good", "truncated", &dump.as_bytes()[..cut]);
-    let o = env.run(&["verify", "truncated"]);
-    o.code(1);
-    assert!(o.stderr.contains("trailer"), "{}", o.stderr);
-    let o = env.run(&["restore", "truncated", "--yes"]);
-    o.code(1);
-    assert!(o.stderr.contains("trailer"), "{}", o.stderr);
-    assert_untouched(&pg, &live);
+    incomplete_backup_fails(&env, &pg, &live, "truncated", "trailer", "trailer");
 
     // 4. Cut in the middle of COPY data: psql's error, and the original is back.
     plant_backup(&env, "good", "halved", &dump.as_bytes()[..dump.len() / 2]);
