@@ -419,6 +419,16 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 let verb = if *dry_run { "would remove" } else { "removed" };
                 let _ = writeln!(out, "{verb} leftover {l}");
             }
+            for u in &p.stale_uploads {
+                let verb = if *dry_run { "would abort" } else { "aborted" };
+                let _ = writeln!(
+                    out,
+                    "{verb} incomplete upload of {u} (begun over a day ago)"
+                );
+            }
+            for n in &p.notes {
+                let _ = writeln!(out, "note: {n}");
+            }
             for o in &p.orphans {
                 let _ = writeln!(
                     out,

@@ -174,6 +174,11 @@ pub struct PruneOutcome {
     /// Data-like files that no manifest names, older than [`ORPHAN_GRACE`]: reported, never
     /// deleted (the backup directory may hold files dbkeep did not write).
     pub orphans: Vec<String>,
+    /// Keys of multipart uploads begun more than [`ORPHAN_GRACE`] ago and never finished (a
+    /// killed run, a server that went away mid-upload): aborted (or, in a dry run, that would be).
+    pub stale_uploads: Vec<String>,
+    /// What prune could not look at, and what to do about it (not an error).
+    pub notes: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -1140,6 +1145,18 @@ impl Ops {
         );
         let (leftovers, orphans) = self.leftovers(&cat)?;
         let mut errors = Vec::new();
+        let mut notes = Vec::new();
+        let stale_uploads = match self.storage.sweep_uploads(ORPHAN_GRACE, opts.dry_run) {
+            Ok(keys) => keys,
+            Err(e @ storage::StorageError::Unsupported { .. }) => {
+                notes.push(e.to_string());
+                Vec::new()
+            }
+            Err(e) => {
+                errors.push(e.to_string());
+                Vec::new()
+            }
+        };
         if !opts.dry_run {
             errors = self.execute(&cat, &decisions);
             for key in &leftovers {
@@ -1153,6 +1170,8 @@ impl Ops {
             policies,
             leftovers,
             orphans,
+            stale_uploads,
+            notes,
             errors,
         })
     }

@@ -10,6 +10,7 @@
 
 mod local;
 mod s3;
+mod uploads;
 
 pub use local::LocalStorage;
 pub use s3::{S3Settings, S3Storage};
@@ -47,6 +48,8 @@ pub enum StorageError {
     AlreadyExists { key: String, location: String },
     #[error("interrupted by a signal while waiting for the repository lock")]
     Interrupted,
+    #[error("{location} does not support {what}")]
+    Unsupported { location: String, what: String },
     #[error("{key} does not exist in the repository {location}")]
     NotFound { key: String, location: String },
     #[error(
@@ -177,6 +180,15 @@ pub trait Storage: Send + Sync {
             source,
         })?;
         w.commit()
+    }
+
+    /// Multipart uploads begun more than `grace` ago and never completed or aborted (a killed
+    /// run, or a server that went away mid-upload): aborted, unless `dry_run`. Returns their
+    /// keys. Backends without such uploads have none; `StorageError::Unsupported` when the
+    /// server cannot list them.
+    fn sweep_uploads(&self, grace: Duration, dry_run: bool) -> Result<Vec<String>, StorageError> {
+        let _ = (grace, dry_run);
+        Ok(Vec::new())
     }
 
     /// Removes temporary objects left behind by a killed run. Call only under the lock. A

@@ -142,6 +142,7 @@ fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
 
 pub struct S3Storage {
     op: Operator,
+    uploads: super::uploads::Uploads,
     location: String,
     settings: S3Settings,
     scratch: PathBuf,
@@ -204,6 +205,7 @@ impl S3Storage {
                 ));
             }
         }
+        let uploads = super::uploads::Uploads::new(settings, bucket, prefix).map_err(setup)?;
         opendal::install_default();
         let op = Operator::new(b)
             .map_err(|e| setup(e.to_string()))?
@@ -223,6 +225,7 @@ impl S3Storage {
             );
         Ok(Self {
             op,
+            uploads,
             location,
             settings: settings.clone(),
             scratch,
@@ -459,6 +462,44 @@ impl Storage for S3Storage {
 
     fn free_space(&self) -> Option<u64> {
         None
+    }
+
+    fn sweep_uploads(&self, grace: Duration, dry_run: bool) -> Result<Vec<String>, StorageError> {
+        use super::uploads::UploadError;
+        let fail = |e: UploadError| match e {
+            UploadError::Unsupported(call) => StorageError::Unsupported {
+                location: self.location.clone(),
+                what: format!(
+                    "listing incomplete multipart uploads ({call}): set an AbortIncompleteMultipartUpload lifecycle rule on the bucket instead"
+                ),
+            },
+            e => StorageError::Remote {
+                op: "sweep incomplete uploads of",
+                key: String::new(),
+                location: self.location.clone(),
+                message: crate::engine::process::scrub(&e.to_string(), &self.secrets()),
+                hint: match &e {
+                    UploadError::Refused { status: 403, .. } => {
+                        " (check the credentials, and that they may list and abort multipart uploads)"
+                    }
+                    _ => "",
+                },
+            },
+        };
+        let now = SystemTime::now();
+        let open = block_on(self.uploads.list())
+            .map_err(|e| self.runtime_err("list uploads of", "", e))?
+            .map_err(fail)?;
+        let mut swept = Vec::new();
+        for upload in open.into_iter().filter(|u| u.is_stale(grace, now)) {
+            if !dry_run {
+                block_on(self.uploads.abort(&upload))
+                    .map_err(|e| self.runtime_err("abort the upload of", &upload.key, e))?
+                    .map_err(fail)?;
+            }
+            swept.push(upload.key);
+        }
+        Ok(swept)
     }
 
     fn owns_every_object(&self) -> bool {

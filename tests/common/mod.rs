@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod s3;
 pub mod s3_server;
 
@@ -215,7 +216,7 @@ pub fn pg_bindir() -> Option<PathBuf> {
     found.pop().map(|(_, b)| b)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -48,14 +48,12 @@ impl S3Server {
 
     /// Points `env` at `s3://BUCKET/prefix` with the right credentials.
     pub fn configure(&self, env: &mut TestEnv, prefix: &str) {
-        env.set("BACKUP_DIR", format!("s3://{BUCKET}/{prefix}"));
-        env.set("AWS_ENDPOINT_URL", self.endpoint());
-        env.set("AWS_ACCESS_KEY_ID", ACCESS_KEY);
-        env.set("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        env.set("AWS_REGION", "us-east-1");
-        env.set(
-            "BACKUP_SCRATCH_DIR",
-            env.path().join("scratch").display().to_string(),
+        point_at(
+            env,
+            &format!("s3://{BUCKET}/{prefix}"),
+            &self.endpoint(),
+            ACCESS_KEY,
+            SECRET_KEY,
         );
     }
 
@@ -92,6 +90,20 @@ impl S3Server {
             })
             .unwrap_or(0)
     }
+}
+
+/// Points `env` at the S3 repository `url` on `endpoint` with these credentials; scratch files
+/// go to the test's own directory.
+pub fn point_at(env: &mut TestEnv, url: &str, endpoint: &str, key_id: &str, secret: &str) {
+    env.set("BACKUP_DIR", url);
+    env.set("AWS_ENDPOINT_URL", endpoint);
+    env.set("AWS_ACCESS_KEY_ID", key_id);
+    env.set("AWS_SECRET_ACCESS_KEY", secret);
+    env.set("AWS_REGION", "us-east-1");
+    env.set(
+        "BACKUP_SCRATCH_DIR",
+        env.path().join("scratch").display().to_string(),
+    );
 }
 
 impl Drop for S3Server {
