@@ -309,14 +309,22 @@ fn postgres_backups_restore_from_s3_and_prune_removes_stale_uploads() {
     assert!(server.dir("pg").join("pg_custom.dump.gz").exists());
 }
 
-/// A second, independent S3 implementation (moto) runs the life of a backup too, and shows what
-/// s3s-fs cannot: an upload cut off by SIGKILL stays open on the server until `prune` aborts it.
+/// On a second, independent S3 implementation (moto, behind a proxy that can cut it off): a
+/// backup killed in the middle of its upload, or whose server goes away in the middle of it,
+/// fails without a trace in the catalog, and the upload it could not abort (visible here, as
+/// s3s-fs cannot list uploads) is aborted by the next `prune`; the earlier backup is intact and
+/// the next run succeeds.
 #[test]
-fn an_upload_cut_off_by_a_kill_is_aborted_by_prune_on_moto() {
-    let Some(moto) = crate::common::moto::Moto::start() else {
+fn uploads_cut_off_by_a_kill_or_a_vanished_server_are_aborted_by_prune() {
+    use crate::common::moto::{KEY_ID, Moto, SECRET};
+    use crate::common::proxy::Proxy;
+    let Some(moto) = Moto::start() else {
         return;
     };
-    let env = big_sqlite_env_on(|env| moto.configure(env, "p"));
+    let proxy = Proxy::start(format!("127.0.0.1:{}", moto.port).parse().unwrap());
+    let env = big_sqlite_env_on(|env| {
+        crate::common::s3::point_at(env, "s3://backups/p", &proxy.endpoint(), KEY_ID, SECRET)
+    });
     let db = env.path().join("app.db");
     let before = rows(&db);
 
@@ -324,53 +332,89 @@ fn an_upload_cut_off_by_a_kill_is_aborted_by_prune_on_moto() {
     assert_eq!(moto.objects("p"), vec!["p/good.db", "p/good.manifest.json"]);
     assert!(moto.open_uploads().is_empty(), "{:?}", moto.open_uploads());
     env.run(&["verify", "good"]).ok();
-
     // Someone else's upload beside the repository is never ours to abort.
     moto.begin_upload("elsewhere/x.bin");
-    // A backup killed in the middle of its upload cannot abort it.
-    let mut child = env
-        .command(&["backup", "--name", "cut"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !moto.open_uploads().iter().any(|k| k.starts_with("p/cut")) {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
-            "the upload never began"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let open = moto.open_uploads();
-    assert!(
-        open.iter().any(|k| k.starts_with("p/cut")),
-        "the killed run's upload is open on the server: {open:?}"
-    );
-    assert!(
-        !env.list()["backups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["backup_name"] == "cut" && b["success"] == true)
-    );
 
-    // moto reports every upload as begun in 2010, so it is past prune's one-day grace (that an
-    // upload younger than the grace is kept is checked in the unit tests).
+    for fault in ["killed", "server gone"] {
+        let name = if fault == "killed" {
+            "cut_kill"
+        } else {
+            "cut_gone"
+        };
+        let mut child = env
+            .command(&["backup", "--name", name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !moto
+            .open_uploads()
+            .iter()
+            .any(|k| k.starts_with(&format!("p/{name}")))
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "{fault}: the upload never began"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if fault == "killed" {
+            child.kill().unwrap();
+        } else {
+            proxy.cut();
+        }
+        let out = child.wait_with_output().unwrap();
+        proxy.resume();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{fault}: the backup must fail");
+        assert!(!stderr.contains(SECRET), "{stderr}");
+        let open = moto.open_uploads();
+        assert!(
+            open.iter().any(|k| k.starts_with(&format!("p/{name}"))),
+            "{fault}: the upload could not be aborted and is open on the server: {open:?}"
+        );
+        assert!(
+            !moto
+                .objects("p")
+                .iter()
+                .any(|k| k.starts_with(&format!("p/{name}"))),
+            "{fault}: no object, no manifest: {:?}",
+            moto.objects("p")
+        );
+        let list = env.list();
+        assert!(
+            !list["backups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["backup_name"] == name && b["success"] == true),
+            "{fault}: nothing listed as a success: {list}"
+        );
+    }
+
+    // moto reports every upload as begun in 2010, so both are past prune's one-day grace (that
+    // an upload younger than the grace is kept is checked in the unit tests).
     let o = env.run(&["prune", "--dry-run"]);
     o.ok();
-    assert!(
-        o.stdout.contains("would abort incomplete upload of cut"),
-        "{}",
-        o.stdout
-    );
-    assert!(moto.open_uploads().iter().any(|k| k.starts_with("p/cut")));
+    for name in ["cut_kill", "cut_gone"] {
+        assert!(
+            o.stdout
+                .contains(&format!("would abort incomplete upload of {name}")),
+            "{}",
+            o.stdout
+        );
+    }
+    assert_eq!(moto.open_uploads().len(), 3);
     let o = env.run(&["prune"]);
     o.ok();
     assert!(
-        o.stdout.contains("aborted incomplete upload of cut"),
+        o.stdout.contains("aborted incomplete upload of cut_kill"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("aborted incomplete upload of cut_gone"),
         "{}",
         o.stdout
     );

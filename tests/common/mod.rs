@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod moto;
+pub mod proxy;
 pub mod s3;
 pub mod s3_server;
 
