@@ -87,6 +87,10 @@ pub struct Manifest {
     pub server_version: Option<String>,
     /// Version of the dump tool (pg_dump, or the SQLite library).
     pub tool_version: Option<String>,
+    /// Rows per table, counted in the snapshot the dump holds (PostgreSQL: the transaction whose
+    /// snapshot pg_dump imported; SQLite: the copy); what a restore drill checks against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_counts: Option<crate::engine::RowCounts>,
     /// The retention this backup's run asked for; `prune` applies it to the series.
     pub retention_days: u32,
     pub keep_min: u32,

@@ -79,6 +79,7 @@ pub struct Layer {
     pub backup_pg_bindir: Option<PathBuf>,
     pub backup_pg_maintenance_db: Option<String>,
     pub backup_restore_keep_old: Option<bool>,
+    pub backup_row_counts: Option<bool>,
     pub backup_pg_format: Option<PgFormat>,
     pub backup_restore_jobs: Option<u32>,
     pub backup_lock_timeout: Option<u64>,
@@ -202,6 +203,8 @@ pub struct Settings {
     pub pg_bindir: Option<PathBuf>,
     pub pg_maintenance_db: String,
     pub restore_keep_old: bool,
+    /// Count every table's rows in the dump's snapshot (`BACKUP_ROW_COUNTS`, default true).
+    pub row_counts: bool,
     /// PostgreSQL dump format (`BACKUP_PG_FORMAT`: sql, the spec's, or custom).
     pub pg_format: PgFormat,
     /// Parallel jobs of `pg_restore` for custom-format backups (`BACKUP_RESTORE_JOBS`).
@@ -273,6 +276,7 @@ impl Default for Settings {
             pg_bindir: None,
             pg_maintenance_db: "postgres".into(),
             restore_keep_old: false,
+            row_counts: true,
             pg_format: PgFormat::Sql,
             restore_jobs: std::thread::available_parallelism().map_or(2, |n| n.get().min(8) as u32),
             lock_timeout: Duration::from_secs(3600),
@@ -366,6 +370,9 @@ impl Settings {
         }
         if let Some(v) = l.backup_restore_keep_old {
             self.restore_keep_old = v;
+        }
+        if let Some(v) = l.backup_row_counts {
+            self.row_counts = v;
         }
         if let Some(v) = l.backup_pg_format {
             self.pg_format = v;
@@ -640,6 +647,7 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         backup_pg_bindir: get("BACKUP_PG_BINDIR").map(PathBuf::from),
         backup_pg_maintenance_db: get("BACKUP_PG_MAINTENANCE_DB"),
         backup_restore_keep_old: boolean("BACKUP_RESTORE_KEEP_OLD")?,
+        backup_row_counts: boolean("BACKUP_ROW_COUNTS")?,
         backup_pg_format: get("BACKUP_PG_FORMAT")
             .map(|v| match v.trim().to_ascii_lowercase().as_str() {
                 "sql" | "plain" => Ok(PgFormat::Sql),

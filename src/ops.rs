@@ -73,6 +73,7 @@ impl Engine {
                 settings.restore_keep_old,
                 settings.stall_timeout,
                 settings.restore_jobs,
+                settings.row_counts,
             )),
             DatabaseUrl::Sqlite { path } => Engine::Sqlite(Sqlite::new(path.clone())),
         };
@@ -422,6 +423,7 @@ impl Ops {
         manifest.data_file = Some(key.clone());
         manifest.server_version = info_.server_version;
         manifest.tool_version = info_.tool_version;
+        manifest.row_counts = info_.row_counts;
         // The commit point. A new name is created only if nobody else took it meanwhile (object
         // storage shared by several instances); --replace overwrites on purpose.
         let json = manifest.to_json()?;
@@ -546,6 +548,7 @@ impl Ops {
             },
             server_version: None,
             tool_version: None,
+            row_counts: None,
             retention_days: self.settings.retention_days,
             keep_min: self.settings.keep_min,
             finished_at: Utc::now(),
@@ -591,16 +594,23 @@ impl Ops {
                 // The copy is checked while it is compressed and stored (another core); a copy
                 // that fails the check is never committed.
                 let path = scratch.path().to_owned();
-                let check = std::thread::spawn(move || sqlite::integrity_check(&path));
+                let count = self.settings.row_counts;
+                let check = std::thread::spawn(move || {
+                    sqlite::integrity_check(&path)?;
+                    count.then(|| sqlite::count_rows(&path)).transpose()
+                });
                 let mut f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
                 let stored = io::copy(&mut f, &mut enc).map_err(io_err("store the SQLite copy"));
                 let checked = check.join().map_err(|_| Error::Io {
                     io_context: "check the SQLite copy".into(),
                     source: io::Error::other("the integrity check panicked"),
                 })?;
-                checked?;
+                let counts = checked?;
                 stored?;
-                info
+                DumpInfo {
+                    row_counts: counts,
+                    ..info
+                }
             }
         };
         let (writer, digest) = enc

@@ -566,3 +566,59 @@ fn a_dump_without_progress_is_stopped_and_recorded_as_failed() {
     assert_eq!(env.list()["backups"][0]["success"], false);
     assert_eq!(env.files(), vec!["stuck.manifest.failed.json"]);
 }
+
+/// The manifest's row counts are taken in the very snapshot pg_dump reads: rows that a
+/// transaction commits after the snapshot was exported (while the dump waits for its lock) are
+/// neither dumped nor counted, and the restored database has exactly the counted rows.
+#[test]
+fn row_counts_are_taken_in_the_dumps_own_snapshot() {
+    let Some((pg, env)) = setup() else { return };
+    let count = |table: &str| -> u64 {
+        pg.sql("appdb", &format!("SELECT count(*) FROM {table}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // A transaction adds 100 items (and 100 audit rows by trigger), holds the table's lock for
+    // a while, then commits.
+    let mut late = pg.client("psql", "app", "appdb");
+    late.args([
+        "-X",
+        "-c",
+        "BEGIN; INSERT INTO sales.items (name) SELECT 'late ' || g FROM generate_series(1, 100) g; \
+         LOCK TABLE sales.items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(5); COMMIT;",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut late = late.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The backup exports its snapshot at once (the late rows are not committed yet), then waits
+    // for the lock; the late rows are committed before it reads a single row.
+    env.run(&["backup", "--name", "snap"]).ok();
+    assert!(late.wait().unwrap().success());
+    assert_eq!(count("sales.items"), 3100, "the late rows are committed");
+
+    let m = env.manifest("snap");
+    let counts = &m["row_counts"];
+    assert_eq!(counts["sales.items"], 3000, "{counts}");
+    assert_eq!(counts["audit.log"], 3000, "{counts}");
+    assert_eq!(counts["public.empty_table"], 0, "{counts}");
+    assert_eq!(
+        counts.as_object().unwrap().len(),
+        3,
+        "only the user's tables: {counts}"
+    );
+
+    env.run(&["restore", "snap", "--yes"]).ok();
+    assert_eq!(count("sales.items"), 3000);
+    assert_eq!(count("audit.log"), 3000);
+
+    // Counting can be turned off: no second session, no counts, the same dump.
+    env.run_with(
+        &[("BACKUP_ROW_COUNTS", "false")],
+        &["backup", "--name", "uncounted"],
+    )
+    .ok();
+    assert!(env.manifest("uncounted").get("row_counts").is_none());
+    env.run(&["verify", "uncounted"]).ok();
+}

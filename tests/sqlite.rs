@@ -149,6 +149,12 @@ fn backup_during_continuous_writes_is_consistent() {
             "a prefix of the writes, without gaps"
         );
         assert!(ca <= written);
+        // The manifest counts the rows of exactly this copy, writes going on meanwhile.
+        let counts = &env.manifest(&format!("busy_{n}"))["row_counts"];
+        assert_eq!(counts["a"], ca, "{counts}");
+        assert_eq!(counts["b"], cb, "{counts}");
+        assert_eq!(counts["people"], 20_000, "{counts}");
+        assert_eq!(counts["empty_one"], 0, "{counts}");
         env.run(&["verify", &format!("busy_{n}")]).ok();
     }
 }

@@ -67,9 +67,14 @@ impl PgFormat {
     }
 }
 
+/// Rows per table (`schema.table` for PostgreSQL, the table's name for SQLite), counted in the
+/// very snapshot the dump holds.
+pub type RowCounts = std::collections::BTreeMap<String, u64>;
+
 /// What an engine tells about the dump it took, for the manifest.
 #[derive(Debug, Clone, Default)]
 pub struct DumpInfo {
     pub server_version: Option<String>,
     pub tool_version: Option<String>,
+    pub row_counts: Option<RowCounts>,
 }

@@ -9,7 +9,7 @@
 //!   then writes it into the live database through the backup API, so a program holding the database open sees the restored data. The copy is one
 //!   transaction on the live database: if it fails, the live database is as it was.
 
-use super::DumpInfo;
+use super::{DumpInfo, RowCounts};
 use crate::signals;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
@@ -77,6 +77,7 @@ impl Sqlite {
         Ok(DumpInfo {
             server_version: None,
             tool_version: Some(format!("SQLite {}", rusqlite::version())),
+            row_counts: None, // counted by the caller in the copy (`count_rows`)
         })
     }
 
@@ -154,4 +155,27 @@ pub fn integrity_check(path: &Path) -> Result<(), SqliteError> {
             problems: rows.join("; "),
         })
     }
+}
+
+/// The rows of every table of the database at `path` (SQLite's own `sqlite_%` tables left
+/// out), opened read-only: run on a backup's copy, they describe exactly what it holds.
+pub fn count_rows(path: &Path) -> Result<RowCounts, SqliteError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err("open", path))?;
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+        .map_err(err("list the tables of", path))?;
+    let mut counts = RowCounts::new();
+    for t in tables {
+        let quoted = format!("\"{}\"", t.replace('"', "\"\""));
+        let n: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {quoted}"), [], |r| r.get(0))
+            .map_err(err("count the rows of", path))?;
+        counts.insert(t, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(counts)
 }
