@@ -91,6 +91,9 @@ pub struct Manifest {
     /// snapshot pg_dump imported; SQLite: the copy); what a restore drill checks against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_counts: Option<crate::engine::RowCounts>,
+    /// The latest restore drill of this backup (`dbkeep verify --restore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
     /// The retention this backup's run asked for; `prune` applies it to the series.
     pub retention_days: u32,
     pub keep_min: u32,
@@ -101,6 +104,27 @@ pub struct Manifest {
     pub copies: Vec<CopyRecord>,
     pub dbkeep_version: String,
     pub manifest_version: u32,
+}
+
+/// The outcome of a restore drill: the backup was restored into a throwaway target and checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Full precision: which drill came last decides healthz.
+    pub verified_at: DateTime<Utc>,
+    pub outcome: DrillOutcome,
+    /// What was checked (row counts, integrity, indexes, …), in order.
+    pub checks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds the drill took.
+    pub duration: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillOutcome {
+    Passed,
+    Failed,
 }
 
 /// A copy of a backup in another repository.
@@ -263,6 +287,18 @@ pub struct Statistics {
     pub unreadable_manifests: usize,
     pub free_space_bytes: Option<u64>,
     pub free_space_mb: Option<f64>,
+    /// The most recent restore drill of any backup, if one ran.
+    pub last_drill: Option<DrillSummary>,
+}
+
+/// Which backup the most recent restore drill restored, when, and how it went.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillSummary {
+    pub backup_name: String,
+    pub verified_at: String,
+    pub outcome: DrillOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 pub fn statistics(cat: &Catalog, storage: &dyn Storage) -> Statistics {
@@ -284,6 +320,17 @@ pub fn statistics(cat: &Catalog, storage: &dyn Storage) -> Statistics {
         unreadable_manifests: cat.unreadable.len(),
         free_space_bytes: free,
         free_space_mb: free.map(bytes_to_mb),
+        last_drill: cat
+            .backups
+            .iter()
+            .filter_map(|m| m.verification.as_ref().map(|v| (m, v)))
+            .max_by_key(|(_, v)| v.verified_at)
+            .map(|(m, v)| DrillSummary {
+                backup_name: m.backup_name.clone(),
+                verified_at: v.verified_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                outcome: v.outcome,
+                error: v.error.clone(),
+            }),
     }
 }
 

@@ -105,13 +105,23 @@ enum Command {
         no_auth: bool,
     },
     /// Check stored backups: size, SHA-256, complete decompression, complete dump content.
+    /// With --restore, a restore drill: restore into a throwaway target and check it there.
     Verify {
         /// The backup to check (default: the newest successful backup).
-        #[arg(conflicts_with = "all")]
+        #[arg(conflicts_with_all = ["all", "latest"])]
         name: Option<String>,
         /// Check every successful backup.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "latest")]
         all: bool,
+        /// Check the newest successful backup (the default).
+        #[arg(long)]
+        latest: bool,
+        /// Restore drill: restore into a scratch database on the same server (PostgreSQL) or a
+        /// temporary file (SQLite), compare every table's row count with the manifest's, check
+        /// indexes (amcheck) or integrity and foreign keys, drop the target; the outcome goes
+        /// into the manifest.
+        #[arg(long)]
+        restore: bool,
     },
 }
 
@@ -276,6 +286,24 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             for d in res.retention.iter().filter(|d| d.action == Action::Delete) {
                 let _ = writeln!(out, "retention deleted {}: {}", d.name, d.reason);
             }
+            // BACKUP_DRILL: the backup is complete either way; a failed drill fails the run.
+            let drill_error = match ops.drill_after_backup(m) {
+                Ok(None) => None,
+                Ok(Some(r)) => match r.result {
+                    Ok(checks) => {
+                        let _ = writeln!(out, "  drill  passed: {}", checks.join(", "));
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                },
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(problem) = drill_error {
+                return Err(Error::DrillFailed {
+                    name: m.backup_name.clone(),
+                    problem: format!("{problem} (the backup itself is complete)"),
+                });
+            }
             if let Some(first) = res.copy_errors.first() {
                 return Err(Error::CopyFailed {
                     name: m.backup_name.clone(),
@@ -345,6 +373,17 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 let _ = writeln!(out, "total size         {}", human_bytes(total));
                 let _ = writeln!(out, "last success       {}", opt(&s.last_success));
                 let _ = writeln!(out, "last failure       {}", opt(&s.last_failure));
+                if let Some(d) = &s.last_drill {
+                    let outcome = match d.outcome {
+                        crate::catalog::DrillOutcome::Passed => "passed",
+                        crate::catalog::DrillOutcome::Failed => "FAILED",
+                    };
+                    let _ = writeln!(
+                        out,
+                        "last restore drill {} of {}: {outcome}",
+                        d.verified_at, d.backup_name
+                    );
+                }
                 let _ = writeln!(
                     out,
                     "free space         {}",
@@ -465,13 +504,22 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             let _ = writeln!(out, "{public}");
             Ok(0)
         }
-        Command::Verify { name, all } => {
+        Command::Verify {
+            name,
+            all,
+            latest: _,
+            restore,
+        } => {
             let target = match (name, all) {
                 (Some(n), _) => VerifyTarget::Named(n.clone()),
                 (None, true) => VerifyTarget::All,
                 (None, false) => VerifyTarget::Latest,
             };
-            let reports = ops.verify(&target)?;
+            let reports = if *restore {
+                ops.drill(&target)?
+            } else {
+                ops.verify(&target)?
+            };
             let mut failed = 0;
             for r in &reports {
                 match &r.result {
@@ -512,10 +560,17 @@ fn list_table(out: &mut String, backups: &[Manifest]) {
     );
     for m in backups {
         let failed_copies: Vec<&str> = m.failed_copies().map(|c| c.repository.as_str()).collect();
+        let drill = match &m.verification {
+            Some(v) if v.outcome == crate::catalog::DrillOutcome::Passed => {
+                format!(", drill passed {}", v.verified_at.format("%Y-%m-%d %H:%M"))
+            }
+            Some(v) => format!(", DRILL FAILED {}", v.verified_at.format("%Y-%m-%d %H:%M")),
+            None => String::new(),
+        };
         let status = if m.success && !failed_copies.is_empty() {
-            format!("ok, COPY FAILED to {}", failed_copies.join(", "))
+            format!("ok{drill}, COPY FAILED to {}", failed_copies.join(", "))
         } else if m.success {
-            "ok".to_owned()
+            format!("ok{drill}")
         } else {
             let e = m.error.as_deref().unwrap_or("failed");
             let short: String = e.chars().take(100).collect();

@@ -8,6 +8,20 @@
 use crate::codec::Compression;
 use crate::database_url::{DatabaseUrl, DatabaseUrlError, Secret};
 use crate::engine::PgFormat;
+
+/// When `dbkeep backup` runs a restore drill of its series (`BACKUP_DRILL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrillPolicy {
+    /// Only when asked (`dbkeep verify --restore`).
+    #[default]
+    Off,
+    /// After every successful backup, of that backup.
+    AfterBackup,
+    /// After a successful backup, of that backup, when no backup of its series was drilled in
+    /// the last 24 hours.
+    Daily,
+}
 use crate::storage::S3Settings;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -80,6 +94,7 @@ pub struct Layer {
     pub backup_pg_maintenance_db: Option<String>,
     pub backup_restore_keep_old: Option<bool>,
     pub backup_row_counts: Option<bool>,
+    pub backup_drill: Option<DrillPolicy>,
     pub backup_pg_format: Option<PgFormat>,
     pub backup_restore_jobs: Option<u32>,
     pub backup_lock_timeout: Option<u64>,
@@ -205,6 +220,8 @@ pub struct Settings {
     pub restore_keep_old: bool,
     /// Count every table's rows in the dump's snapshot (`BACKUP_ROW_COUNTS`, default true).
     pub row_counts: bool,
+    /// When `dbkeep backup` runs a restore drill (`BACKUP_DRILL`).
+    pub drill: DrillPolicy,
     /// PostgreSQL dump format (`BACKUP_PG_FORMAT`: sql, the spec's, or custom).
     pub pg_format: PgFormat,
     /// Parallel jobs of `pg_restore` for custom-format backups (`BACKUP_RESTORE_JOBS`).
@@ -277,6 +294,7 @@ impl Default for Settings {
             pg_maintenance_db: "postgres".into(),
             restore_keep_old: false,
             row_counts: true,
+            drill: DrillPolicy::Off,
             pg_format: PgFormat::Sql,
             restore_jobs: std::thread::available_parallelism().map_or(2, |n| n.get().min(8) as u32),
             lock_timeout: Duration::from_secs(3600),
@@ -373,6 +391,9 @@ impl Settings {
         }
         if let Some(v) = l.backup_row_counts {
             self.row_counts = v;
+        }
+        if let Some(v) = l.backup_drill {
+            self.drill = v;
         }
         if let Some(v) = l.backup_pg_format {
             self.pg_format = v;
@@ -648,6 +669,18 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         backup_pg_maintenance_db: get("BACKUP_PG_MAINTENANCE_DB"),
         backup_restore_keep_old: boolean("BACKUP_RESTORE_KEEP_OLD")?,
         backup_row_counts: boolean("BACKUP_ROW_COUNTS")?,
+        backup_drill: get("BACKUP_DRILL")
+            .map(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "off" | "false" | "no" => Ok(DrillPolicy::Off),
+                "after-backup" | "after_backup" => Ok(DrillPolicy::AfterBackup),
+                "daily" => Ok(DrillPolicy::Daily),
+                _ => Err(ConfigError::InvalidValue {
+                    key: "BACKUP_DRILL",
+                    value: v.clone(),
+                    problem: "expected off, after-backup or daily",
+                }),
+            })
+            .transpose()?,
         backup_pg_format: get("BACKUP_PG_FORMAT")
             .map(|v| match v.trim().to_ascii_lowercase().as_str() {
                 "sql" | "plain" => Ok(PgFormat::Sql),

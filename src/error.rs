@@ -74,6 +74,8 @@ pub enum Error {
     Sqlite(#[from] SqliteError),
     #[error("the backup {name:?} is damaged: {problem}")]
     Damaged { name: String, problem: String },
+    #[error("the restore drill of {name:?} failed: {problem}")]
+    DrillFailed { name: String, problem: String },
     #[error("{io_context}: {source}")]
     Io {
         io_context: String,

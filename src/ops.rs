@@ -5,7 +5,7 @@
 //! restore never overlaps a backup, delete or prune. Reading (list, statistics, verify) needs no
 //! lock: manifests appear atomically.
 
-use crate::catalog::{self, Catalog, CopyRecord, Manifest, Statistics};
+use crate::catalog::{self, Catalog, CopyRecord, DrillOutcome, Manifest, Statistics, Verification};
 use crate::codec::{self, Compression, Digest256, Encoder, HashingReader, HashingWriter, Tail};
 use crate::config::{CopyTarget, Settings};
 use crate::database_url::DatabaseUrl;
@@ -549,6 +549,7 @@ impl Ops {
             server_version: None,
             tool_version: None,
             row_counts: None,
+            verification: None,
             retention_days: self.settings.retention_days,
             keep_min: self.settings.keep_min,
             finished_at: Utc::now(),
@@ -771,7 +772,25 @@ impl Ops {
     pub fn verify(&self, target: &VerifyTarget) -> Result<Vec<VerifyReport>, Error> {
         let keys = self.keys()?;
         let cat = self.catalog()?;
-        let chosen: Vec<&Manifest> = match target {
+        let chosen = self.choose(&cat, target)?;
+        Ok(chosen
+            .into_iter()
+            .map(|m| VerifyReport {
+                name: m.backup_name.clone(),
+                result: self
+                    .check(m, keys.as_ref(), Depth::Full)
+                    .map(|(checks, _)| checks),
+            })
+            .collect())
+    }
+
+    /// The successful backups `target` names.
+    fn choose<'c>(
+        &self,
+        cat: &'c Catalog,
+        target: &VerifyTarget,
+    ) -> Result<Vec<&'c Manifest>, Error> {
+        Ok(match target {
             VerifyTarget::Latest => {
                 vec![cat.latest_successful().ok_or_else(|| Error::NoBackups {
                     location: self.storage.location(),
@@ -782,16 +801,173 @@ impl Ops {
                 vec![cat.successful(name).ok_or_else(|| self.not_found(name))?]
             }
             VerifyTarget::All => cat.backups.iter().filter(|m| m.success).collect(),
-        };
-        Ok(chosen
-            .into_iter()
-            .map(|m| VerifyReport {
+        })
+    }
+
+    // ----- restore drills -------------------------------------------------------------------
+
+    /// Restore drills: each chosen backup is restored into a throwaway target (PostgreSQL: a
+    /// scratch database on the same server; SQLite: a temporary file) and checked there; the
+    /// outcome is recorded in its manifest (`verification`). A failed drill is a report with
+    /// an error, not an `Err`: the others still run.
+    pub fn drill(&self, target: &VerifyTarget) -> Result<Vec<VerifyReport>, Error> {
+        let (engine, _url) = Engine::from_settings(&self.settings)?;
+        self.install_signals()?;
+        let keys = self.keys()?;
+        let cat = self.catalog()?;
+        let mut reports = Vec::new();
+        for m in self.choose(&cat, target)? {
+            if signals::interrupted() {
+                break;
+            }
+            info!(backup = %m.backup_name, "restore drill started");
+            let clock = Instant::now();
+            let result = self.drill_one(&engine, m, keys.as_ref());
+            let duration = round3(clock.elapsed().as_secs_f64());
+            let record = match &result {
+                Ok(checks) => Verification {
+                    verified_at: Utc::now(),
+                    outcome: DrillOutcome::Passed,
+                    checks: checks.clone(),
+                    error: None,
+                    duration,
+                },
+                Err(e) => Verification {
+                    verified_at: Utc::now(),
+                    outcome: DrillOutcome::Failed,
+                    checks: Vec::new(),
+                    error: Some(e.to_string()),
+                    duration,
+                },
+            };
+            match &result {
+                Ok(_) => info!(backup = %m.backup_name, duration, "restore drill passed"),
+                Err(e) => {
+                    tracing::error!(backup = %m.backup_name, error = %e, "restore drill failed")
+                }
+            }
+            // An interrupted drill proved nothing either way: not recorded.
+            if !signals::interrupted()
+                && let Err(e) = self.record_verification(&m.backup_name, record)
+            {
+                warn!(backup = %m.backup_name, error = %e, "could not record the drill's outcome in the manifest");
+            }
+            reports.push(VerifyReport {
                 name: m.backup_name.clone(),
-                result: self
-                    .check(m, keys.as_ref(), Depth::Full)
-                    .map(|(checks, _)| checks),
-            })
-            .collect())
+                result,
+            });
+        }
+        Ok(reports)
+    }
+
+    /// The drill `BACKUP_DRILL` asks for after the successful backup `m` (run once the
+    /// backup's lock is released): of `m`, always (`after-backup`) or when no backup of its
+    /// series and database was drilled in the last 24 hours (`daily`).
+    pub fn drill_after_backup(&self, m: &Manifest) -> Result<Option<VerifyReport>, Error> {
+        match self.settings.drill {
+            crate::config::DrillPolicy::Off => return Ok(None),
+            crate::config::DrillPolicy::AfterBackup => {}
+            crate::config::DrillPolicy::Daily => {
+                let cat = self.catalog()?;
+                let identity = database_identity(m);
+                let recent = cat
+                    .backups
+                    .iter()
+                    .filter(|b| b.series == m.series && database_identity(b) == identity)
+                    .filter_map(|b| b.verification.as_ref())
+                    .any(|v| Utc::now() - v.verified_at < chrono::Duration::hours(24));
+                if recent {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(self
+            .drill(&VerifyTarget::Named(m.backup_name.clone()))?
+            .into_iter()
+            .next())
+    }
+
+    fn drill_one(
+        &self,
+        engine: &Engine,
+        m: &Manifest,
+        keys: Option<&Keys>,
+    ) -> Result<Vec<String>, Error> {
+        let name = &m.backup_name;
+        if m.database_type != engine.database_type() {
+            return Err(Error::WrongDatabaseType {
+                name: name.clone(),
+                backup: m.database_type,
+                configured: engine.database_type(),
+            });
+        }
+        if m.encryption == Encryption::Age && keys.is_none() {
+            return Err(encryption::EncryptionError::NoKey.into());
+        }
+        let failed = |problem: String| Error::DrillFailed {
+            name: name.clone(),
+            problem,
+        };
+        let (mut checks, scratch) = self.check(m, keys, Depth::Restore)?;
+        match engine {
+            Engine::Postgres(pg) => {
+                let mut sql_reader = match m.pg_format.unwrap_or_default() {
+                    PgFormat::Sql => Some(self.sql_stream(m, keys)?),
+                    PgFormat::Custom => None,
+                };
+                let source = match (&mut sql_reader, &scratch) {
+                    (Some(r), _) => postgres::Source::Sql(r.as_mut()),
+                    (None, Some(f)) => postgres::Source::Archive(f.path()),
+                    (None, None) => return Err(failed("no staged archive to restore".into())),
+                };
+                let drilled = pg
+                    .drill(source, m.row_counts.as_ref())
+                    .map_err(|e| match e {
+                        postgres::PostgresError::Drill(problem) => failed(problem),
+                        e => e.into(),
+                    })?;
+                checks.extend(drilled);
+            }
+            Engine::Sqlite(_) => {
+                let file = scratch.ok_or_else(|| failed("no restored copy to check".into()))?;
+                checks.push("restored into a temporary file".into());
+                let (violations, first) = sqlite::foreign_key_check(file.path())?;
+                if violations > 0 {
+                    return Err(failed(format!(
+                        "PRAGMA foreign_key_check finds {violations} violation(s), the first: {}",
+                        first.unwrap_or_default()
+                    )));
+                }
+                checks.push("foreign_key_check: no violations".into());
+                let counts = sqlite::count_rows(file.path())?;
+                checks.push(
+                    crate::engine::compare_counts(m.row_counts.as_ref(), &counts)
+                        .map_err(failed)?,
+                );
+            }
+        }
+        Ok(checks)
+    }
+
+    /// Records a drill's outcome in the manifest of the successful backup `name`, under the
+    /// lock (the manifest is read again: a copy may have changed it meanwhile).
+    fn record_verification(&self, name: &str, record: Verification) -> Result<(), Error> {
+        let _lock = self.lock(&format!("record the drill of {name}"))?;
+        let mut m = self.committed(name)?;
+        m.verification = Some(record);
+        self.storage.put(&m.key(), &m.to_json()?)?;
+        Ok(())
+    }
+
+    /// A plain SQL backup's dump, decrypted and decompressed, streamed from the repository.
+    fn sql_stream(&self, m: &Manifest, keys: Option<&Keys>) -> Result<Box<dyn Read>, Error> {
+        let key = m.data_file.as_deref().unwrap_or_default();
+        let stored = self.storage.open(key)?;
+        let plain: Box<dyn Read> = match m.encryption {
+            Encryption::None => stored,
+            Encryption::Age => encryption::open(keys, stored)?,
+        };
+        codec::decoder(m.compression, plain).map_err(io_err("start the decompressor"))
     }
 
     /// The configured keys for encrypted backups, if any.
@@ -986,18 +1162,7 @@ impl Ops {
                 // key were checked above; the load checks the rest); a custom archive was staged
                 // by the check.
                 let mut sql_reader = match format {
-                    PgFormat::Sql => {
-                        let key = m.data_file.as_deref().unwrap_or_default();
-                        let stored = self.storage.open(key)?;
-                        let plain: Box<dyn Read> = match m.encryption {
-                            Encryption::None => stored,
-                            Encryption::Age => encryption::open(keys.as_ref(), stored)?,
-                        };
-                        Some(
-                            codec::decoder(m.compression, plain)
-                                .map_err(io_err("start the decompressor"))?,
-                        )
-                    }
+                    PgFormat::Sql => Some(self.sql_stream(&m, keys.as_ref())?),
                     PgFormat::Custom => None,
                 };
                 let source = match (&mut sql_reader, &scratch) {

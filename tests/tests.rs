@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod common;
+mod drills;
 mod encryption;
 mod formats;
 mod postgres;

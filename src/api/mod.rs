@@ -158,7 +158,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     (
         "post",
         "/api/backup/verify/{name}",
-        "Verify a stored backup",
+        "Verify a stored backup (?restore=true: a restore drill into a throwaway target)",
     ),
     ("get", "/api/openapi.json", "This OpenAPI document"),
     (
@@ -699,21 +699,24 @@ async fn verify(
         p,
         |name| async move {
             let Query(q) = q.map_err(|e| ApiError::bad_request(e.to_string()))?;
-            if q.restore == Some(true) {
-                return Err(ApiError::bad_request(
-                    "restore drills (?restore=true) are not available yet",
-                )
-                .with_name(Some(&name)));
-            }
+            let drill = q.restore == Some(true);
             let n = name.clone();
-            let reports = background(&st, move |ops| ops.verify(&VerifyTarget::Named(n)))
-                .await?
-                .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
+            let reports = background(&st, move |ops| {
+                let target = VerifyTarget::Named(n);
+                if drill {
+                    ops.drill(&target)
+                } else {
+                    ops.verify(&target)
+                }
+            })
+            .await?
+            .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
             let report = reports.into_iter().next();
             match report.map(|r| r.result) {
                 Some(Ok(checks)) => Ok(Json(json!({
                     "success": true,
                     "backup_name": name,
+                    "restore_drill": drill,
                     "checks": checks,
                     "timestamp": now_text(),
                 }))
@@ -827,10 +830,18 @@ async fn healthz(State(state): State<Shared>) -> Response {
     let last_ok = cat.latest_successful();
     let age = last_ok.map(|m| (chrono::Utc::now() - m.timestamp).num_seconds().max(0));
     let max = state.health_max_age.as_secs() as i64;
+    // The most recent restore drill: a failed one fails the check until a later one passes.
+    let drill = cat
+        .backups
+        .iter()
+        .filter_map(|m| m.verification.as_ref())
+        .max_by_key(|v| v.verified_at);
+    let drill_failed = drill.is_some_and(|v| v.outcome == crate::catalog::DrillOutcome::Failed);
     let (healthy, reason) = match (last, age) {
         (None, _) => (false, "no backup yet"),
         (Some(l), _) if !l.success => (false, "the last backup failed"),
         (_, Some(a)) if a > max => (false, "the last successful backup is too old"),
+        _ if drill_failed => (false, "the last restore drill failed"),
         _ => (true, "ok"),
     };
     let body = json!({
@@ -841,6 +852,10 @@ async fn healthz(State(state): State<Shared>) -> Response {
         "last_success_age_seconds": age,
         "max_age_seconds": max,
         "running_operations": state.running.load(Ordering::SeqCst),
+        "last_drill": drill.map(|v| json!({
+            "verified_at": v.verified_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "outcome": v.outcome,
+        })),
     });
     let status = if healthy {
         StatusCode::OK

@@ -6,6 +6,7 @@
 
 pub mod postgres;
 pub mod process;
+pub mod retarget;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
@@ -77,4 +78,40 @@ pub struct DumpInfo {
     pub server_version: Option<String>,
     pub tool_version: Option<String>,
     pub row_counts: Option<RowCounts>,
+}
+
+/// Compares a drill's row counts with the manifest's; says what matched or what differs.
+pub fn compare_counts(expected: Option<&RowCounts>, found: &RowCounts) -> Result<String, String> {
+    let Some(expected) = expected else {
+        return Ok(format!(
+            "{} tables, {} rows (the manifest has no row counts to compare: a backup made before dbkeep counted rows, or BACKUP_ROW_COUNTS=false)",
+            found.len(),
+            found.values().sum::<u64>()
+        ));
+    };
+    let mut differences = Vec::new();
+    for (table, want) in expected {
+        match found.get(table) {
+            Some(got) if got == want => {}
+            Some(got) => differences.push(format!("{table}: {got} rows, the backup had {want}")),
+            None => differences.push(format!("{table}: missing, the backup had {want} rows")),
+        }
+    }
+    for table in found.keys().filter(|t| !expected.contains_key(*t)) {
+        differences.push(format!("{table}: not in the backup's counts"));
+    }
+    if differences.is_empty() {
+        Ok(format!(
+            "row counts of all {} tables equal the manifest's ({} rows)",
+            found.len(),
+            found.values().sum::<u64>()
+        ))
+    } else {
+        let n = differences.len();
+        differences.truncate(10);
+        Err(format!(
+            "row counts differ from the manifest's in {n} tables: {}",
+            differences.join("; ")
+        ))
+    }
 }

@@ -10,6 +10,7 @@
 //! - A restore moves the live database aside first and puts it back if anything fails.
 
 use super::process::{self, ProcessError, Running};
+use super::retarget::Retarget;
 use super::{DumpInfo, PgFormat, RowCounts};
 use crate::database_url::PgConnection;
 use crate::signals;
@@ -61,6 +62,8 @@ pub enum PostgresError {
     Interrupted,
     #[error("cannot {what} for the dump: {problem}")]
     Snapshot { what: &'static str, problem: String },
+    #[error("restore drill: {0}")]
+    Drill(String),
     #[error("{tool} made no progress for {secs} s and was stopped (BACKUP_STALL_TIMEOUT)")]
     Stalled { tool: &'static str, secs: u64 },
     #[error(
@@ -501,8 +504,8 @@ impl Postgres {
             None => None,
         };
         let loaded = match source {
-            Source::Sql(input) => self.load_sql(input, &app_name),
-            Source::Archive(path) => self.load_archive(path, &app_name),
+            Source::Sql(input) => self.load_sql(&self.maintenance_db, input, &app_name),
+            Source::Archive(path) => self.load_archive(path, None, &app_name),
         };
         match loaded {
             Ok(()) => {
@@ -537,6 +540,87 @@ impl Postgres {
                         aside,
                         target,
                     }),
+                }
+            }
+        }
+    }
+
+    /// A restore drill: loads the dump into a new scratch database `dbkeep_drill_…` on the same
+    /// server (a plain dump through [`Retarget`], so its preamble never touches the live
+    /// database; a custom archive with `pg_restore -j N` into it), then checks every table's row
+    /// count against `expected` (the manifest's) and every btree index with amcheck's
+    /// `bt_index_check` where the extension can be created. The scratch database is dropped
+    /// however the drill ends; one left by a killed drill of this machine is dropped by the
+    /// next. Returns what was checked.
+    pub fn drill(
+        &self,
+        source: Source<'_>,
+        expected: Option<&RowCounts>,
+    ) -> Result<Vec<String>, PostgresError> {
+        self.drop_stale_drills();
+        let name = drill_name(std::process::id());
+        self.maintenance(&[format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            ident(&name)
+        )])
+        .map_err(|e| {
+            PostgresError::Drill(format!(
+                "cannot create the scratch database {name} (the role needs CREATEDB): {}",
+                error_line(&e)
+            ))
+        })?;
+        let scratch = ScratchDatabase { pg: self, name };
+        let name = scratch.name.as_str();
+        let app_name = format!("dbkeep drill {name}");
+        match source {
+            Source::Sql(input) => {
+                let mut retargeted = Retarget::new(io::BufReader::with_capacity(CHUNK, input));
+                self.load_sql(name, &mut retargeted, &app_name)?;
+            }
+            Source::Archive(path) => self.load_archive(path, Some(name), &app_name)?,
+        }
+        let mut checks = vec![format!("restored into the scratch database {name}")];
+        let counted = parse_row_counts(&self.psql(name, &[COUNT_ROWS_SQL.into()])?)
+            .map_err(|e| PostgresError::Drill(format!("cannot count the rows: {e}")))?;
+        checks.push(super::compare_counts(expected, &counted).map_err(PostgresError::Drill)?);
+        checks.push(self.amcheck(name)?);
+        Ok(checks)
+    }
+
+    /// amcheck's `bt_index_check` on every btree index of `database`, or why it cannot run.
+    fn amcheck(&self, database: &str) -> Result<String, PostgresError> {
+        if let Err(e) = self.psql(database, &["CREATE EXTENSION IF NOT EXISTS amcheck".into()]) {
+            return Ok(format!(
+                "amcheck not available, btree indexes not checked: {}",
+                error_line(&e)
+            ));
+        }
+        let checked = self.psql(database, &[AMCHECK_SQL.into()]).map_err(|e| {
+            PostgresError::Drill(format!("amcheck found a damaged index: {}", error_line(&e)))
+        })?;
+        Ok(format!(
+            "amcheck bt_index_check passed on {} btree indexes",
+            checked.trim()
+        ))
+    }
+
+    /// Drops scratch databases of drills of this machine whose process is gone.
+    fn drop_stale_drills(&self) {
+        let Ok(found) = self.maintenance(&[
+            "SELECT datname FROM pg_database WHERE datname LIKE 'dbkeep\\_drill\\_%'".into(),
+        ]) else {
+            return;
+        };
+        for name in found.lines().map(str::trim) {
+            let gone = drill_owner(name).is_some_and(|pid| {
+                i32::try_from(pid).is_ok_and(|pid| {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+                })
+            });
+            if gone {
+                tracing::warn!(database = %name, "dropping the scratch database of a killed drill");
+                if let Err(e) = self.drop_database(name) {
+                    tracing::warn!(database = %name, error = %e, "could not drop it");
                 }
             }
         }
@@ -662,8 +746,13 @@ impl Postgres {
     /// Feeds a plain dump to psql on the maintenance database. The dump must end with pg_dump's
     /// trailer: a stream that stops early (psql may well have run it all without an error) is a
     /// failed restore, which the caller rolls back.
-    fn load_sql(&self, input: &mut dyn Read, app_name: &str) -> Result<(), PostgresError> {
-        let mut cmd = self.command("psql", &self.maintenance_db);
+    fn load_sql(
+        &self,
+        database: &str,
+        input: &mut dyn Read,
+        app_name: &str,
+    ) -> Result<(), PostgresError> {
+        let mut cmd = self.command("psql", database);
         // Marks the restore's sessions, so that a later recovery can end them.
         cmd.env("PGAPPNAME", app_name);
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
@@ -682,16 +771,27 @@ impl Postgres {
         }
     }
 
-    /// Loads a staged custom archive with `pg_restore --create -j N` from the maintenance
-    /// database. pg_restore and its workers run in their own process group, so that a signal
-    /// stops all of them.
-    fn load_archive(&self, path: &Path, app_name: &str) -> Result<(), PostgresError> {
+    /// Loads a staged custom archive with `pg_restore -j N`: with `--create` from the
+    /// maintenance database (a restore), or `into` an existing database without owners and
+    /// privileges (a drill). pg_restore and its workers run in their own process group, so that
+    /// a signal stops all of them.
+    fn load_archive(
+        &self,
+        path: &Path,
+        into: Option<&str>,
+        app_name: &str,
+    ) -> Result<(), PostgresError> {
         use std::os::unix::process::CommandExt;
-        let mut cmd = self.command("pg_restore", &self.maintenance_db);
+        let database = into.unwrap_or(&self.maintenance_db);
+        let mut cmd = self.command("pg_restore", database);
         cmd.env("PGAPPNAME", app_name);
-        cmd.args(["--create", "--exit-on-error", "--no-password"])
+        match into {
+            None => cmd.arg("--create"),
+            Some(_) => cmd.args(["--no-owner", "--no-privileges"]),
+        };
+        cmd.args(["--exit-on-error", "--no-password"])
             .arg(format!("--jobs={}", self.restore_jobs))
-            .arg(format!("--dbname={}", self.maintenance_db))
+            .arg(format!("--dbname={database}"))
             .arg(path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -844,6 +944,63 @@ fn watchdog(
         }
         false
     })
+}
+
+/// Every btree index outside the system schemas, checked; answers how many.
+const AMCHECK_SQL: &str = "SELECT count(bt_index_check(c.oid)) FROM pg_index i \
+JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
+JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE a.amname = 'btree' AND i.indisready AND i.indisvalid AND c.relpersistence <> 't' \
+AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'";
+
+/// A drill's scratch database, dropped when this goes.
+struct ScratchDatabase<'a> {
+    pg: &'a Postgres,
+    name: String,
+}
+
+impl Drop for ScratchDatabase<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.pg.drop_database(&self.name) {
+            tracing::error!(database = %self.name, error = %e, "could not drop the drill's scratch database: drop it by hand");
+        }
+    }
+}
+
+/// `dbkeep_drill_<host>_<pid>_<random>`: the host (a hash of its name) and pid tell the next
+/// drill on this machine whether the one that made it is gone.
+fn drill_name(pid: u32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("dbkeep_drill_{}_{pid}_{nanos:08x}", host_tag())
+}
+
+fn host_tag() -> String {
+    use sha2::Digest;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(host.as_bytes())[..4])
+}
+
+/// The pid of the drill of this machine that made the scratch database `name`.
+fn drill_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("dbkeep_drill_")?;
+    let mut parts = rest.split('_');
+    let (host, pid) = (parts.next()?, parts.next()?);
+    (host == host_tag()).then(|| pid.parse().ok()).flatten()
+}
+
+/// The `ERROR:` line of a failed psql, else the error's first line.
+fn error_line(e: &PostgresError) -> String {
+    let text = e.to_string();
+    text.lines()
+        .find(|l| l.contains("ERROR:"))
+        .or_else(|| text.lines().next())
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// The major version of a version text: `15.18` → 15, `9.6.24` → 9.

@@ -122,13 +122,17 @@ fn copy_all(src: &Connection, dst: &mut Connection, live: &Path) -> Result<(), S
     }
 }
 
-/// Opens `path` read-only and runs `PRAGMA integrity_check`.
-pub fn integrity_check(path: &Path) -> Result<(), SqliteError> {
-    let conn = Connection::open_with_flags(
+fn open_read_only(path: &Path) -> Result<Connection, SqliteError> {
+    Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(err("open", path))?;
+    .map_err(err("open", path))
+}
+
+/// Opens `path` read-only and runs `PRAGMA integrity_check`.
+pub fn integrity_check(path: &Path) -> Result<(), SqliteError> {
+    let conn = open_read_only(path)?;
     let mut stmt = conn
         .prepare("PRAGMA integrity_check")
         .map_err(err("check", path))?;
@@ -160,11 +164,7 @@ pub fn integrity_check(path: &Path) -> Result<(), SqliteError> {
 /// The rows of every table of the database at `path` (SQLite's own `sqlite_%` tables left
 /// out), opened read-only: run on a backup's copy, they describe exactly what it holds.
 pub fn count_rows(path: &Path) -> Result<RowCounts, SqliteError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err("open", path))?;
+    let conn = open_read_only(path)?;
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
         .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
@@ -178,4 +178,25 @@ pub fn count_rows(path: &Path) -> Result<RowCounts, SqliteError> {
         counts.insert(t, u64::try_from(n).unwrap_or(0));
     }
     Ok(counts)
+}
+
+/// `PRAGMA foreign_key_check` on the database at `path`: how many violations, and the first.
+pub fn foreign_key_check(path: &Path) -> Result<(usize, Option<String>), SqliteError> {
+    let conn = open_read_only(path)?;
+    let mut stmt = conn
+        .prepare("PRAGMA foreign_key_check")
+        .map_err(err("check the foreign keys of", path))?;
+    let violations: Vec<String> = stmt
+        .query_map([], |r| {
+            let table: String = r.get(0)?;
+            let rowid: Option<i64> = r.get(1)?;
+            let parent: String = r.get(2)?;
+            Ok(format!(
+                "a row of {table} (rowid {}) refers to a missing row of {parent}",
+                rowid.map_or_else(|| "-".into(), |id| id.to_string())
+            ))
+        })
+        .and_then(Iterator::collect)
+        .map_err(err("check the foreign keys of", path))?;
+    Ok((violations.len(), violations.into_iter().next()))
 }

@@ -1,0 +1,250 @@
+//! Restore drills (`dbkeep verify --restore`, `?restore=true`, `BACKUP_DRILL`): the backup is
+//! restored into a throwaway target and checked there; the live database is never touched; the
+//! outcome lands in the manifest, list, statistics and healthz.
+
+use crate::api::{Server, TOKEN};
+use crate::common::TestEnv;
+use crate::sqlite::sqlite_env;
+use reqwest::{Method, StatusCode};
+
+/// The names of the drills' scratch databases left on the server.
+fn scratch_databases(pg: &crate::common::PgServer) -> Vec<String> {
+    pg.sql(
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'dbkeep\\_drill\\_%'",
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Sets the manifest's row count of `table` to `n` (what a drill must then catch).
+fn tamper_count(env: &TestEnv, name: &str, table: &str, n: u64) {
+    let path = env.backup_dir().join(format!("{name}.manifest.json"));
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["row_counts"][table] = n.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn sqlite_drills_restore_into_a_temporary_file_and_are_recorded() {
+    let mut env = sqlite_env(500);
+    let db = env.path().join("app.db");
+    let live_before = std::fs::read(&db).unwrap();
+    env.run(&["backup", "--name", "d_20240101"]).ok();
+
+    let o = env.run(&["verify", "--restore", "d_20240101"]);
+    o.ok();
+    for check in [
+        "sha256 matches",
+        "integrity_check ok",
+        "restored into a temporary file",
+        "foreign_key_check: no violations",
+        "row counts of all 2 tables equal the manifest's (500 rows)",
+    ] {
+        assert!(o.stdout.contains(check), "{check}: {}", o.stdout);
+    }
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        live_before,
+        "the live database is untouched"
+    );
+    let v = &env.manifest("d_20240101")["verification"];
+    assert_eq!(v["outcome"], "passed", "{v}");
+    assert!(v["verified_at"].as_str().unwrap().ends_with('Z'));
+    assert!(v["duration"].as_f64().unwrap() >= 0.0);
+    assert!(!v["checks"].as_array().unwrap().is_empty());
+    assert!(env.run(&["list"]).stdout.contains("drill passed"));
+    let stats: serde_json::Value =
+        serde_json::from_str(&env.run(&["stats", "--json"]).stdout).unwrap();
+    assert_eq!(stats["last_drill"]["backup_name"], "d_20240101");
+    assert_eq!(stats["last_drill"]["outcome"], "passed");
+    assert_eq!(
+        env.files(),
+        vec!["d_20240101.db.gz", "d_20240101.manifest.json"],
+        "no scratch file is left"
+    );
+
+    // A drill that finds other counts than the backup recorded fails, says where, and is
+    // recorded as failed; healthz then fails too.
+    tamper_count(&env, "d_20240101", "people", 499);
+    let o = env.run(&["verify", "--restore", "--latest"]);
+    o.code(1);
+    assert!(
+        o.stdout.contains("people: 500 rows, the backup had 499"),
+        "{}",
+        o.stdout
+    );
+    let v = &env.manifest("d_20240101")["verification"];
+    assert_eq!(v["outcome"], "failed", "{v}");
+    assert!(env.run(&["list"]).stdout.contains("DRILL FAILED"));
+    let s = Server::start(&env);
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{h}");
+    assert_eq!(h["reason"], "the last restore drill failed");
+    assert_eq!(h["last_drill"]["outcome"], "failed");
+    drop(s);
+
+    // BACKUP_DRILL=after-backup drills each new backup; through the API too (?restore=true);
+    // a passing drill makes healthz well again.
+    env.set("BACKUP_DRILL", "after-backup");
+    let o = env.run(&["backup", "--name", "d_20240102"]);
+    o.ok();
+    assert!(o.stdout.contains("drill  passed"), "{}", o.stdout);
+    assert_eq!(
+        env.manifest("d_20240102")["verification"]["outcome"],
+        "passed"
+    );
+    let s = Server::start(&env);
+    let (status, body) = s.call(
+        Method::POST,
+        "/api/backup/verify/d_20240102?restore=true",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["restore_drill"], true);
+    assert!(
+        body["checks"].to_string().contains("foreign_key_check"),
+        "{body}"
+    );
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::OK, "{h}");
+    assert_eq!(h["last_drill"]["outcome"], "passed");
+    drop(s);
+
+    // BACKUP_DRILL=daily: the series was drilled less than a day ago, so not again.
+    env.set("BACKUP_DRILL", "daily");
+    let o = env.run(&["backup", "--name", "d_20240103"]);
+    o.ok();
+    assert!(!o.stdout.contains("drill"), "{}", o.stdout);
+    assert!(env.manifest("d_20240103").get("verification").is_none());
+}
+
+#[test]
+fn sqlite_drill_finds_broken_foreign_keys() {
+    let env = TestEnv::new();
+    let db = env.path().join("app.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id));
+         INSERT INTO parent VALUES (1);
+         INSERT INTO child VALUES (1, 1), (2, 7);",
+    )
+    .unwrap();
+    drop(c);
+    let mut env = env;
+    env.set("DATABASE_URL", "sqlite:///app.db");
+    env.run(&["backup", "--name", "fk"]).ok();
+    let o = env.run(&["verify", "--restore", "fk"]);
+    o.code(1);
+    assert!(
+        o.stdout.contains("foreign_key_check finds 1 violation")
+            && o.stdout
+                .contains("a row of child (rowid 2) refers to a missing row of parent"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(env.manifest("fk")["verification"]["outcome"], "failed");
+}
+
+#[test]
+fn postgres_drills_use_a_scratch_database_and_never_touch_the_live_one() {
+    let Some((pg, mut env)) = crate::postgres::setup() else {
+        return;
+    };
+    let before = pg.normalized_dump("appdb");
+    for format in ["sql", "custom"] {
+        env.set("BACKUP_PG_FORMAT", format);
+        let name = format!("drill_{format}");
+        env.run(&["backup", "--name", &name]).ok();
+        // As the owner (no superuser): amcheck cannot be installed, and the drill says so.
+        let o = env.run(&["verify", "--restore", &name]);
+        o.ok();
+        assert!(
+            o.stdout
+                .contains("restored into the scratch database dbkeep_drill_"),
+            "{}",
+            o.stdout
+        );
+        assert!(
+            o.stdout
+                .contains("row counts of all 3 tables equal the manifest's (6000 rows)"),
+            "{}",
+            o.stdout
+        );
+        assert!(o.stdout.contains("amcheck not available"), "{}", o.stdout);
+        assert_eq!(
+            pg.normalized_dump("appdb"),
+            before,
+            "{format}: live database untouched"
+        );
+        assert!(
+            scratch_databases(&pg).is_empty(),
+            "{:?}",
+            scratch_databases(&pg)
+        );
+        assert_eq!(env.manifest(&name)["verification"]["outcome"], "passed");
+    }
+
+    // As a superuser (over the socket): amcheck checks every btree index.
+    let superuser = format!(
+        "postgresql://postgres@/appdb?host={}&port={}",
+        pg.socket_dir().display(),
+        pg.port
+    );
+    let o = env.run_with(
+        &[("DATABASE_URL", &superuser)],
+        &["verify", "--restore", "drill_sql"],
+    );
+    o.ok();
+    assert!(
+        o.stdout
+            .contains("amcheck bt_index_check passed on 2 btree indexes"),
+        "{}",
+        o.stdout
+    );
+
+    // A failed drill (counts that differ) drops its scratch database too.
+    tamper_count(&env, "drill_custom", "audit.log", 1);
+    let o = env.run(&["verify", "--restore", "drill_custom"]);
+    o.code(1);
+    assert!(
+        o.stdout.contains("audit.log: 3000 rows, the backup had 1"),
+        "{}",
+        o.stdout
+    );
+    assert!(scratch_databases(&pg).is_empty());
+    assert_eq!(
+        env.manifest("drill_custom")["verification"]["outcome"],
+        "failed"
+    );
+
+    // A drill killed mid-way leaves its scratch database; the next drill drops it.
+    let mut child = env
+        .command(&["verify", "--restore", "drill_sql"])
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while scratch_databases(&pg).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no drill began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = env.run(&["verify", "--restore", "drill_sql"]);
+    o.ok();
+    assert!(
+        scratch_databases(&pg).is_empty(),
+        "{:?}",
+        scratch_databases(&pg)
+    );
+    assert_eq!(pg.normalized_dump("appdb"), before);
+}
