@@ -582,7 +582,12 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     static QUOTED: std::sync::LazyLock<regex_lite::Regex> = std::sync::LazyLock::new(|| {
         regex_lite::Regex::new(r#""(?:[^"\\]|\\.)*"|'[^']*'"#).expect("a valid regex")
     });
-    let message = QUOTED.replace_all(e.message().trim(), "\"…\"").into_owned();
+    static VARIANT: std::sync::LazyLock<regex_lite::Regex> = std::sync::LazyLock::new(|| {
+        regex_lite::Regex::new(r"unknown variant `[^`]*`").expect("a valid regex")
+    });
+    let message = QUOTED.replace_all(e.message().trim(), "\"…\"");
+    // serde names a wrong enum value in backticks: the value may be a misplaced secret.
+    let message = VARIANT.replace_all(&message, "unknown value").into_owned();
     let Some(span) = e.span() else {
         return message;
     };

@@ -2,6 +2,7 @@
 //! files and a real PostgreSQL server.
 
 mod api;
+mod bad_input;
 mod cli;
 mod common;
 mod drills;
