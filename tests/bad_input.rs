@@ -173,7 +173,7 @@ fn config_line() -> impl Strategy<Value = String> {
     let value = prop_oneof![
         Just(format!("\"{SECRET}\"")),
         Just(format!("\"{SECRET}")),
-        Just(format!("{SECRET}")),
+        Just(SECRET.to_owned()),
         Just(format!("\"postgresql://u:{SECRET}@h/db\"")),
         Just("7".to_owned()),
         Just("-1".to_owned()),
