@@ -123,6 +123,7 @@ pub struct Layer {
     pub dbkeep_rate_limits: Option<String>,
     pub dbkeep_health_max_age: Option<u64>,
     pub dbkeep_shutdown_grace: Option<u64>,
+    pub dbkeep_body_timeout: Option<u64>,
 }
 
 /// One `[[copy_to]]` table of the config file. Unset S3 settings are the primary's.
@@ -263,6 +264,8 @@ pub struct ApiSettings {
     pub health_max_age: Duration,
     /// `DBKEEP_SHUTDOWN_GRACE`: seconds a running operation may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `DBKEEP_BODY_TIMEOUT`: seconds a client may take to send a request body.
+    pub body_timeout: Duration,
 }
 
 impl Default for ApiSettings {
@@ -275,6 +278,7 @@ impl Default for ApiSettings {
             rate_limits: None,
             health_max_age: Duration::from_secs(26 * 3600),
             shutdown_grace: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -502,6 +506,9 @@ impl Settings {
         }
         if let Some(v) = l.dbkeep_shutdown_grace {
             self.api.shutdown_grace = Duration::from_secs(v);
+        }
+        if let Some(v) = l.dbkeep_body_timeout {
+            self.api.body_timeout = Duration::from_secs(v.max(1));
         }
         Ok(())
     }
@@ -744,6 +751,10 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         dbkeep_shutdown_grace: num(
             "DBKEEP_SHUTDOWN_GRACE",
             "expected seconds a running operation may take to finish after SIGTERM",
+        )?,
+        dbkeep_body_timeout: num(
+            "DBKEEP_BODY_TIMEOUT",
+            "expected seconds a client may take to send a request body",
         )?,
     })
 }

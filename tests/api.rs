@@ -15,6 +15,8 @@ const GENEROUS: &str = "auth_failure=1000/minute,create=1000/minute,list=1000/se
 pub struct Server {
     child: Child,
     pub base: String,
+    /// What the server wrote to stderr, drained on a thread (a full pipe would block it).
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -38,6 +40,17 @@ impl Server {
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start dbkeep serve");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = stderr.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -50,7 +63,11 @@ impl Server {
             .filter(|u| u.starts_with("http://"))
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
-        Server { child, base }
+        Server {
+            child,
+            base,
+            stderr,
+        }
     }
 
     pub fn call(
@@ -114,6 +131,14 @@ impl Server {
             status,
             serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
         )
+    }
+
+    /// SIGTERM, then wait for the exit; returns what the server wrote to stderr.
+    pub fn stop_and_stderr(self) -> String {
+        let stderr = self.stderr.clone();
+        self.stop();
+        std::thread::sleep(Duration::from_millis(100));
+        stderr.lock().unwrap().clone()
     }
 
     /// SIGTERM, then wait for the exit; returns the exit code.

@@ -8,6 +8,7 @@ mod common;
 mod drills;
 mod encryption;
 mod formats;
+mod hostile_http;
 mod postgres;
 mod s3;
 mod sqlite;

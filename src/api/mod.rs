@@ -79,6 +79,7 @@ pub struct AppState {
     audit: Audit,
     trusted_proxies: Vec<IpAddr>,
     health_max_age: Duration,
+    body_timeout: Duration,
     running: Arc<AtomicUsize>,
     cache: Mutex<Option<CatalogCache>>,
     /// Held while the catalog is re-read, so concurrent misses wait for one read.
@@ -115,6 +116,7 @@ impl AppState {
             audit: Audit::open(settings.api.audit_log.as_deref()).map_err(ServeError::Audit)?,
             trusted_proxies: settings.api.trusted_proxies.clone(),
             health_max_age: settings.api.health_max_age,
+            body_timeout: settings.api.body_timeout,
             running: Arc::new(AtomicUsize::new(0)),
             cache: Mutex::new(None),
             rebuild: Mutex::new(()),
@@ -420,6 +422,7 @@ struct CreateBody {
 async fn json_body<T: Default + for<'de> Deserialize<'de>>(
     headers: &HeaderMap,
     body: Body,
+    timeout: Duration,
 ) -> Result<T, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -435,8 +438,18 @@ async fn json_body<T: Default + for<'de> Deserialize<'de>>(
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
         return Err(too_large());
     }
-    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT)
+    // A client that dribbles its body (or stops sending) does not hold the handler forever.
+    let bytes: Bytes = tokio::time::timeout(timeout, axum::body::to_bytes(body, BODY_LIMIT))
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s (DBKEEP_BODY_TIMEOUT)",
+                    timeout.as_secs()
+                ),
+            )
+        })?
         .map_err(|_| too_large())?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -463,7 +476,7 @@ async fn create(
     body: Body,
 ) -> Response {
     let st = state.clone();
-    let parsed: Result<CreateBody, ApiError> = json_body(&headers, body).await;
+    let parsed: Result<CreateBody, ApiError> = json_body(&headers, body, state.body_timeout).await;
     let name = parsed.as_ref().ok().and_then(|b| b.backup_name.clone());
     audited(&state, &caller, "create", name.as_deref(), async {
         let body = parsed?;
