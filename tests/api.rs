@@ -133,6 +133,10 @@ impl Server {
         )
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then wait for the exit; returns what the server wrote to stderr.
     pub fn stop_and_stderr(self) -> String {
         let stderr = self.stderr.clone();

@@ -11,5 +11,6 @@ mod formats;
 mod hostile_http;
 mod postgres;
 mod s3;
+mod soak;
 mod sqlite;
 mod storage;
