@@ -12,6 +12,7 @@ pub mod database_url;
 pub mod encryption;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod logging;
 pub mod naming;
 pub mod ops;

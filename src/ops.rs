@@ -621,6 +621,7 @@ impl Ops {
             .map_err(io_err("finish the encrypted stream"))?
             .finish();
         writer.commit()?;
+        crate::faults::point("after-data-commit");
         Ok((info, digest))
     }
 

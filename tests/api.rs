@@ -806,34 +806,14 @@ fn sigterm_lets_a_running_backup_finish_or_aborts_it_after_the_grace_period() {
 
 #[test]
 fn a_full_disk_gets_503_and_keeps_the_older_backup() {
-    if !nix::unistd::geteuid().is_root() {
-        // Mounting a small tmpfs needs root (CI runs as root).
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "this test needs root to mount a tmpfs"
-        );
-        eprintln!("SKIPPED: a_full_disk_gets_503 needs root to mount a tmpfs");
-        return;
-    }
     let mut env = TestEnv::new();
     let db = env.path().join("app.db");
     make_db(&db, 10);
     env.set("DATABASE_URL", "sqlite:///app.db");
     let dir = env.backup_dir();
-    std::fs::create_dir(&dir).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(dir.clone());
+    let Some(_tmpfs) = crate::common::mount_tmpfs(&dir, "512k") else {
+        return;
+    };
     let s = Server::start(&env);
     let (status, v) = s.call(
         Method::POST,

@@ -134,18 +134,7 @@ fn server_stopped_mid_upload_fails_the_backup_and_the_next_run_is_clean() {
         !server.dir("p").join("cut.manifest.json").exists(),
         "no manifest for the failed backup"
     );
-    let list = env.list();
-    let names: Vec<(String, bool)> = list["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["backup_name"].as_str().unwrap().to_owned(),
-                b["success"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    let names = env.backups();
     assert!(
         !names.contains(&("cut".to_owned(), true)),
         "nothing listed as a success: {names:?}"

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod drills;
 mod encryption;
+mod faults;
 mod formats;
 mod hostile_http;
 mod postgres;

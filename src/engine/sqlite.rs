@@ -26,7 +26,7 @@ pub enum SqliteError {
         "the SQLite database {0} does not exist: check DATABASE_URL (sqlite:///relative.db or sqlite:////absolute.db)"
     )]
     Missing(PathBuf),
-    #[error("SQLite: {what} {path}: {source}")]
+    #[error("SQLite: {what} {path}: {source}{hint}", hint = sqlite_hint(source))]
     Sqlite {
         what: &'static str,
         path: PathBuf,
@@ -38,6 +38,19 @@ pub enum SqliteError {
     Busy { path: PathBuf, secs: u64 },
     #[error("interrupted by a signal")]
     Interrupted,
+}
+
+/// What to do about a SQLite failure, where that is clear.
+fn sqlite_hint(e: &rusqlite::Error) -> &'static str {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            " (the disk of the backup directory, where the copy is staged, is full: free space or move BACKUP_DIR)"
+        }
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied) => {
+            " (check that the user running dbkeep may write there)"
+        }
+        _ => "",
+    }
 }
 
 pub struct Sqlite {

@@ -108,6 +108,9 @@ impl ObjectWriter for LocalWriter {
             .map_err(|e| io("write", &self.temp)(e.into_error()))?;
         file.sync_all().map_err(io("sync", &self.temp))?;
         drop(file);
+        if self.dest.to_string_lossy().ends_with(".manifest.json") {
+            crate::faults::point("manifest-before-rename");
+        }
         if self.new {
             // link() fails if the name exists: a create that never replaces.
             match fs::hard_link(&self.temp, &self.dest) {

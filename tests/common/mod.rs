@@ -43,6 +43,35 @@ pub fn tool_accepts(tool: &str, file: &Path) -> bool {
         .success()
 }
 
+/// A small tmpfs mounted on a new directory `dir` (root only: CI runs as root); unmounted when
+/// dropped. `None` (skipped, with a message) when not root and `CI` is not set.
+pub fn mount_tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root to mount a tmpfs"
+        );
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return None;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    Some(Tmpfs(dir.to_owned()))
+}
+
+pub struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Flips bits of the middle byte of `file` (`mask`), keeping its size.
 pub fn flip_byte(file: &Path, mask: u8) {
     let mut bytes = std::fs::read(file).unwrap();
@@ -171,6 +200,21 @@ impl TestEnv {
         v
     }
 
+    /// (name, success) of every entry of `list`, newest first.
+    pub fn backups(&self) -> Vec<(String, bool)> {
+        self.list()["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["backup_name"].as_str().unwrap().to_owned(),
+                    b["success"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     pub fn manifest(&self, name: &str) -> serde_json::Value {
         let text = std::fs::read_to_string(self.backup_dir().join(format!("{name}.manifest.json")))
             .expect("manifest");
@@ -281,20 +325,7 @@ impl PgServer {
         run_checked(&mut initdb);
         for _ in 0..5 {
             server.port = free_port();
-            let mut ctl = server.tool("pg_ctl");
-            ctl.arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(server.dir.path().join("server.log"))
-                .arg("-o")
-                .arg(format!(
-                    "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40",
-                    server.port,
-                    server.dir.path().display()
-                ))
-                .args(["-w", "-t", "60", "start"]);
-            if ctl.status().map(|s| s.success()).unwrap_or(false) {
-                server.running = true;
+            if server.launch() {
                 return Some(server);
             }
         }
@@ -302,6 +333,29 @@ impl PgServer {
             "could not start PostgreSQL: {}",
             std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
         );
+    }
+
+    /// `pg_ctl start` on the data directory and port; whether it came up.
+    fn launch(&mut self) -> bool {
+        let mut ctl = self.tool("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40",
+                self.port,
+                self.dir.path().display()
+            ))
+            .args(["-w", "-t", "60", "start"]);
+        self.running = ctl.status().map(|s| s.success()).unwrap_or(false);
+        self.running
+    }
+
+    /// Starts the server again after [`PgServer::stop`], on the same port and data.
+    pub fn start_again(&mut self) {
+        assert!(self.launch(), "PostgreSQL did not start again");
     }
 
     /// A command for a server tool, run as the `postgres` user when we are root (initdb

@@ -1,0 +1,479 @@
+//! The fault-injection suite: each fault is caused for real (SIGKILL at a moment found by
+//! watching the backup directory or by `DBKEEP_FAULT` points, a full tmpfs, a PostgreSQL server
+//! stopped mid-way, damaged files, concurrent runs), and each asserts the same four things: no
+//! false success, no earlier backup lost, a clear error where there is someone to tell, and a
+//! clean next run. Each test prints its table: fault, expected, observed. (The S3 server going
+//! away mid-upload is in `s3.rs`.)
+
+use crate::common::{PgServer, TestEnv, flip_byte};
+use crate::sqlite::{make_db, rows, sqlite_env};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+struct Table {
+    title: &'static str,
+    rows: Vec<[String; 3]>,
+}
+
+impl Table {
+    fn new(title: &'static str) -> Self {
+        Self {
+            title,
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, fault: &str, expected: &str, observed: impl Into<String>) {
+        // Without terminal colours: the table goes into notes.
+        let mut plain = String::new();
+        let mut escape = false;
+        for c in observed.into().chars() {
+            match (escape, c) {
+                (false, '\x1b') => escape = true,
+                (true, 'm') => escape = false,
+                (true, _) => {}
+                (false, c) => plain.push(c),
+            }
+        }
+        self.rows
+            .push([fault.to_owned(), expected.to_owned(), plain]);
+    }
+
+    fn print(&self) {
+        let mut out = format!(
+            "\n{}\n| fault | expected | observed |\n|---|---|---|\n",
+            self.title
+        );
+        for [f, e, o] in &self.rows {
+            out.push_str(&format!("| {f} | {e} | {o} |\n"));
+        }
+        eprintln!("{out}");
+    }
+}
+
+/// A kind of damage: its name, what the error must say, and the act.
+type Damage<'a> = (&'static str, &'static str, Box<dyn Fn() + 'a>);
+
+fn no_success(env: &TestEnv, name: &str) -> bool {
+    !env.backups().contains(&(name.to_owned(), true))
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} never happened"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn temp_files(env: &TestEnv) -> Vec<String> {
+    env.files()
+        .into_iter()
+        .filter(|f| f.starts_with(".dbkeep-tmp-"))
+        .collect()
+}
+
+/// Runs the backup `name` with `DBKEEP_FAULT=point`; it must die of SIGKILL.
+fn killed_at(env: &TestEnv, point: &str, name: &str) {
+    let status = env
+        .command(&["backup", "--name", name])
+        .env("DBKEEP_FAULT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{point}: killed by SIGKILL");
+}
+
+/// After a fault: the earlier backup still verifies and restores; the next backup succeeds and
+/// leaves no temporary file.
+fn clean_next_run(env: &TestEnv, next: &str) -> String {
+    env.run(&["verify", "good"]).ok();
+    env.run(&["backup", "--name", next]).ok();
+    let temps = temp_files(env);
+    assert!(
+        temps.is_empty(),
+        "temporary files after the next run: {temps:?}"
+    );
+    format!("good verifies; {next} ok, no temp file")
+}
+
+#[test]
+fn sqlite_faults_lose_nothing_and_the_next_run_is_clean() {
+    let mut t = Table::new("Fault injection (SQLite, local repository)");
+    let mut env = sqlite_env(0);
+    let db = env.path().join("app.db");
+    make_db(&db, 150_000);
+    let before = rows(&db);
+    env.run(&["backup", "--name", "good"]).ok();
+
+    // SIGKILL while compressing (zstd -19 is slow enough to be caught in the act).
+    env.set("BACKUP_COMPRESSION", "zstd");
+    env.set("BACKUP_COMPRESS_LEVEL", "19");
+    let mut child = env
+        .command(&["backup", "--name", "cut_compress"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("a growing temporary data file", || {
+        env.files().iter().any(|f| {
+            f.starts_with(".dbkeep-tmp-")
+                && f.contains("cut_compress")
+                && std::fs::metadata(env.backup_dir().join(f)).is_ok_and(|m| m.len() > 0)
+        })
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = temp_files(&env).len();
+    assert!(no_success(&env, "cut_compress"));
+    env.set("BACKUP_COMPRESSION", "gzip");
+    env.set("BACKUP_COMPRESS_LEVEL", "6");
+    let next = clean_next_run(&env, "after_compress");
+    t.row(
+        "SIGKILL during compression",
+        "no success listed; earlier backup intact; temp files removed by the next run",
+        format!("not listed; {left} temp file(s) left, removed by the next run; {next}"),
+    );
+
+    // SIGKILL between the data file's rename and the manifest's write.
+    killed_at(&env, "after-data-commit", "cut_data");
+    assert!(env.backup_dir().join("cut_data.db.gz").exists());
+    assert!(no_success(&env, "cut_data"));
+    // Once past the one-day grace, prune reports it (in a directory it never deletes a file no
+    // manifest names: it may be the user's).
+    std::fs::File::options()
+        .write(true)
+        .open(env.backup_dir().join("cut_data.db.gz"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 86_400))
+        .unwrap();
+    let pruned = env.run(&["prune", "--dry-run"]);
+    pruned.ok();
+    assert!(
+        pruned.stdout.contains("cut_data.db.gz"),
+        "{}",
+        pruned.stdout
+    );
+    let next = clean_next_run(&env, "after_data");
+    // The same name again: a new data file beside the orphan, never over it.
+    env.run(&["backup", "--name", "cut_data"]).ok();
+    t.row(
+        "SIGKILL after the data rename, before the manifest",
+        "the data file without a manifest does not exist for list/restore; prune reports it; the name can be used again",
+        format!("not listed; prune reports cut_data.db.gz; {next}; backup cut_data again ok"),
+    );
+
+    // SIGKILL during the manifest's write (complete in its temp file, not renamed).
+    killed_at(&env, "manifest-before-rename", "cut_manifest");
+    assert!(no_success(&env, "cut_manifest"));
+    assert!(!env.backup_dir().join("cut_manifest.manifest.json").exists());
+    let temps = temp_files(&env);
+    assert!(
+        temps
+            .iter()
+            .any(|f| f.contains("cut_manifest.manifest.json")),
+        "{temps:?}"
+    );
+    let next = clean_next_run(&env, "after_manifest");
+    t.row(
+        "SIGKILL during the manifest write",
+        "no manifest in place, no success; the temp manifest removed by the next run",
+        format!("not listed; temp manifest left, removed; {next}"),
+    );
+
+    // Damaged files: each found by verify, refused by restore, the live database untouched.
+    let dir = env.backup_dir();
+    let damage: [Damage; 5] = [
+        (
+            "flipped byte",
+            "SHA-256",
+            Box::new(|| flip_byte(&dir.join("after_compress.db.gz"), 0x40)),
+        ),
+        (
+            "truncated data file",
+            "truncated",
+            Box::new(|| {
+                let f = dir.join("after_data.db.gz");
+                let len = std::fs::metadata(&f).unwrap().len();
+                std::fs::File::options()
+                    .write(true)
+                    .open(&f)
+                    .unwrap()
+                    .set_len(len / 2)
+                    .unwrap();
+            }),
+        ),
+        (
+            "missing data file",
+            "missing",
+            Box::new(|| std::fs::remove_file(dir.join("after_manifest.db.gz")).unwrap()),
+        ),
+        (
+            "manifest with a wrong checksum",
+            "SHA-256",
+            Box::new(|| {
+                let p = dir.join("cut_data.manifest.json");
+                let text = std::fs::read_to_string(&p).unwrap();
+                let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+                m["sha256"] = "0".repeat(64).into();
+                std::fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+            }),
+        ),
+        (
+            "manifest that is not JSON",
+            "not valid",
+            Box::new(|| {
+                std::fs::write(dir.join("after_manifest.manifest.json"), b"{ not json").unwrap()
+            }),
+        ),
+    ];
+    let victims = [
+        "after_compress",
+        "after_data",
+        "after_manifest",
+        "cut_data",
+        "after_manifest",
+    ];
+    for ((what, needle, act), victim) in damage.iter().zip(victims) {
+        act();
+        let live = std::fs::read(&db).unwrap();
+        let v = env.run(&["verify", victim]);
+        let r = env.run(&["restore", victim, "--yes"]);
+        assert_ne!(v.code, 0, "{what}: verify must fail");
+        assert_ne!(r.code, 0, "{what}: restore must fail");
+        let said = format!("{}{}", v.stdout, v.stderr);
+        assert!(said.contains(needle), "{what}: {said}");
+        assert_eq!(
+            std::fs::read(&db).unwrap(),
+            live,
+            "{what}: live database untouched"
+        );
+        env.run(&["verify", "good"]).ok();
+        let first = said
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .chars()
+            .take(90)
+            .collect::<String>();
+        t.row(
+            what,
+            "verify and restore fail naming it; live database untouched; others intact",
+            format!("exit {}/{}: {first}…", v.code, r.code),
+        );
+    }
+    let stats = env.run(&["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    assert_eq!(stats["unreadable_manifests"], 1, "{stats}");
+
+    // Two backups and a restore started at the same moment: the lock orders them.
+    let spawn = |args: &[&str]| {
+        env.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn(&["backup", "--name", "same_a"]);
+    let b = spawn(&["backup", "--name", "same_b"]);
+    let r = spawn(&["restore", "good", "--yes"]);
+    let outs: Vec<_> = [a, b, r]
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(!no_success(&env, "same_a") && !no_success(&env, "same_b"));
+    assert_eq!(rows(&db), before, "the restore put back the good backup");
+    env.run(&["verify", "same_a"]).ok();
+    env.run(&["verify", "same_b"]).ok();
+    t.row(
+        "two backups and a restore at the same moment",
+        "all three succeed one after the other (the repository lock)",
+        "3 × exit 0; both backups verify; the database equals the restored backup",
+    );
+    t.print();
+}
+
+/// A full disk: a small tmpfs as the backup directory (root only; CI runs as root).
+#[test]
+fn full_disks_fail_clearly_and_keep_what_was_there() {
+    let mut env = TestEnv::new();
+    let dir = env.backup_dir();
+    let Some(_tmpfs) = crate::common::mount_tmpfs(&dir, "1m") else {
+        return;
+    };
+    let mut t = Table::new("Fault injection: full disks");
+    let db = env.path().join("app.db");
+    make_db(&db, 2_000);
+    env.set("DATABASE_URL", "sqlite:///app.db");
+    env.run(&["backup", "--name", "good"]).ok();
+
+    // The database outgrows the disk: the backup fails and says so.
+    make_db(&db, 30_000);
+    let o = env.run(&["backup", "--name", "big", "--no-compress"]);
+    o.code(1);
+    assert!(o.stderr.contains("disk is full"), "{}", o.stderr);
+    assert!(no_success(&env, "big"));
+    assert!(temp_files(&env).is_empty(), "{:?}", env.files());
+    env.run(&["verify", "good"]).ok();
+    t.row(
+        "disk full during a backup",
+        "exit 1 saying the disk is full; no temp file; the earlier backup intact",
+        o.stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .chars()
+            .take(100)
+            .collect::<String>(),
+    );
+
+    // A backup that fits, whose restore then cannot stage its copy on the full disk.
+    let filler = dir.join("filler");
+    std::fs::remove_file(&db).unwrap();
+    make_db(&db, 2_500);
+    let grown = rows(&db);
+    env.run(&["backup", "--name", "fits"]).ok();
+    let free = nix::sys::statvfs::statvfs(&dir).unwrap();
+    let room = free.blocks_available() * free.fragment_size();
+    std::fs::write(&filler, vec![0u8; room.saturating_sub(64 * 1024) as usize]).unwrap();
+    make_db(&db, 10); // the live database changes
+    let live = std::fs::read(&db).unwrap();
+    let o = env.run(&["restore", "fits", "--yes"]);
+    o.code(1);
+    assert!(
+        o.stderr.contains("No space left") || o.stderr.contains("disk is full"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        live,
+        "the live database untouched"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    env.run(&["restore", "fits", "--yes"]).ok();
+    assert_eq!(rows(&db), grown);
+    t.row(
+        "disk full during a restore's staging",
+        "exit 1; the live database as it was; the restore works once there is room",
+        "exit 1 (No space left); live database unchanged; restore ok after freeing space",
+    );
+    t.print();
+}
+
+/// Hold an exclusive lock on a table so pg_dump waits on it.
+fn hold_lock(pg: &PgServer) -> std::process::Child {
+    pg.client("psql", "app", "appdb")
+        .args([
+            "-X",
+            "-c",
+            "BEGIN; LOCK TABLE sales.items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn postgres_server_stopped_mid_way_loses_nothing() {
+    let Some((mut pg, env)) = crate::postgres::setup() else {
+        return;
+    };
+    let mut t = Table::new("Fault injection (PostgreSQL)");
+    // A bigger database, so that a restore takes long enough to be stopped in the middle.
+    pg.sql_as(
+        "app",
+        "appdb",
+        "INSERT INTO audit.log (item_id, note) SELECT g, repeat('x', 200) FROM generate_series(1, 400000) g;",
+    );
+    let before = pg.normalized_dump("appdb");
+    env.run(&["backup", "--name", "good"]).ok();
+
+    // The server stopped while pg_dump waits for a lock.
+    let mut holder = hold_lock(&pg);
+    std::thread::sleep(Duration::from_millis(500));
+    let child = env
+        .command(&["backup", "--name", "cut_dump"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the dump's temp file", || !temp_files(&env).is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    pg.stop();
+    let out = child.wait_with_output().unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains(crate::postgres::APP_PASSWORD));
+    pg.start_again();
+    assert!(no_success(&env, "cut_dump"));
+    let next = clean_next_run(&env, "after_dump");
+    t.row(
+        "PostgreSQL stopped during pg_dump",
+        "exit 1 with pg_dump's error; no success; the next run is clean",
+        format!(
+            "exit 1: {}; {next}",
+            stderr
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .chars()
+                .take(80)
+                .collect::<String>()
+        ),
+    );
+
+    // The server stopped while a restore loads: the original database comes back.
+    pg.sql_as("app", "appdb", "DELETE FROM sales.items WHERE id < 10;");
+    let changed = pg.normalized_dump("appdb");
+    let child = env
+        .command(&["restore", "good", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the original moved aside", || {
+        pg.try_sql_as(
+            "postgres",
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'appdb\\_dbkeep\\_old\\_%'",
+        )
+        .is_ok_and(|n| n.trim() == "1")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    pg.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    pg.start_again();
+    // The next run finds the journal and puts the original back before anything else.
+    env.run(&["verify", "good"]).ok();
+    env.run(&["backup", "--name", "after_restore"]).ok();
+    assert_eq!(
+        pg.normalized_dump("appdb"),
+        changed,
+        "the database as it was before the failed restore"
+    );
+    t.row(
+        "PostgreSQL stopped during a restore",
+        "the restore fails; the next run puts the original database back",
+        format!(
+            "exit {:?}; the next backup restored the original first (equal re-dump)",
+            out.status.code()
+        ),
+    );
+    env.run(&["restore", "good", "--yes"]).ok();
+    assert_eq!(pg.normalized_dump("appdb"), before);
+    t.print();
+}
