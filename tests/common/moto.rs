@@ -40,7 +40,7 @@ impl Moto {
         if !require(
             "moto's S3 server (moto_server)",
             program.is_some(),
-            "python3-venv, then: python3 -m venv /opt/dbkeep-moto && /opt/dbkeep-moto/bin/pip install 'moto[server]' (as .ci/run does)",
+            "python3-venv, then: python3 -m venv /opt/dbkeep-moto && /opt/dbkeep-moto/bin/pip install 'moto[server]==5.2.5' (as .ci/run does)",
         ) {
             return None;
         }
