@@ -324,6 +324,7 @@ fn uploads_cut_off_by_a_kill_or_a_vanished_server_are_aborted_by_prune() {
     // Someone else's upload beside the repository is never ours to abort.
     moto.begin_upload("elsewhere/x.bin");
 
+    let mut table = crate::common::FaultTable::new("Fault injection (object storage: moto)");
     for fault in ["killed", "server gone"] {
         let name = if fault == "killed" {
             "cut_kill"
@@ -380,6 +381,18 @@ fn uploads_cut_off_by_a_kill_or_a_vanished_server_are_aborted_by_prune() {
                 .any(|b| b["backup_name"] == name && b["success"] == true),
             "{fault}: nothing listed as a success: {list}"
         );
+        table.row(
+            if fault == "killed" {
+                "SIGKILL mid-upload (S3)"
+            } else {
+                "S3 server gone mid-upload"
+            },
+            "the backup fails; no object, no manifest, no success; prune aborts the open upload",
+            format!(
+                "{}; upload open on the server until prune (below); nothing listed",
+                out.status
+            ),
+        );
     }
 
     // moto reports every upload as begun in 2010, so both are past prune's one-day grace (that
@@ -419,4 +432,10 @@ fn uploads_cut_off_by_a_kill_or_a_vanished_server_are_aborted_by_prune() {
     env.run(&["restore", "next", "--yes"]).ok();
     assert_eq!(rows(&db), before);
     assert_eq!(moto.open_uploads(), vec!["elsewhere/x.bin"]);
+    table.row(
+        "next prune, then the next backup and a restore",
+        "both uploads aborted; another prefix's upload untouched; the earlier backup intact",
+        "prune aborted cut_kill and cut_gone; good verifies; next backup and restore ok",
+    );
+    table.print();
 }

@@ -43,6 +43,48 @@ pub fn tool_accepts(tool: &str, file: &Path) -> bool {
         .success()
 }
 
+/// The table a fault test prints: fault, expected, observed.
+pub struct FaultTable {
+    title: &'static str,
+    rows: Vec<[String; 3]>,
+}
+
+impl FaultTable {
+    pub fn new(title: &'static str) -> Self {
+        Self {
+            title,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, fault: &str, expected: &str, observed: impl Into<String>) {
+        // Without terminal colours: the table goes into notes.
+        let mut plain = String::new();
+        let mut escape = false;
+        for c in observed.into().chars() {
+            match (escape, c) {
+                (false, '\x1b') => escape = true,
+                (true, 'm') => escape = false,
+                (true, _) => {}
+                (false, c) => plain.push(c),
+            }
+        }
+        self.rows
+            .push([fault.to_owned(), expected.to_owned(), plain]);
+    }
+
+    pub fn print(&self) {
+        let mut out = format!(
+            "\n{}\n| fault | expected | observed |\n|---|---|---|\n",
+            self.title
+        );
+        for [f, e, o] in &self.rows {
+            out.push_str(&format!("| {f} | {e} | {o} |\n"));
+        }
+        eprintln!("{out}");
+    }
+}
+
 /// A small tmpfs mounted on a new directory `dir` (root only: CI runs as root); unmounted when
 /// dropped. `None` (skipped, with a message) when not root and `CI` is not set.
 pub fn mount_tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
