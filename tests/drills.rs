@@ -223,6 +223,36 @@ fn postgres_drills_use_a_scratch_database_and_never_touch_the_live_one() {
         "failed"
     );
 
+    // A drill stopped by SIGTERM drops its scratch database before it exits.
+    let child = env
+        .command(&["verify", "--restore", "drill_sql"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while scratch_databases(&pg).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no drill began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        scratch_databases(&pg).is_empty(),
+        "{:?} {}",
+        scratch_databases(&pg),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg.normalized_dump("appdb"), before);
+
     // A drill killed mid-way leaves its scratch database; the next drill drops it.
     let mut child = env
         .command(&["verify", "--restore", "drill_sql"])
