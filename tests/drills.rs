@@ -99,6 +99,18 @@ fn sqlite_drills_restore_into_a_temporary_file_and_are_recorded() {
     let s = Server::start(&env);
     let (status, body) = s.call(
         Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(serde_json::json!({"backup_name": "d_20240102b"})),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["drill"]["outcome"], "passed", "{body}");
+    assert_eq!(
+        env.manifest("d_20240102b")["verification"]["outcome"],
+        "passed"
+    );
+    let (status, body) = s.call(
+        Method::POST,
         "/api/backup/verify/d_20240102?restore=true",
         Some(TOKEN),
         None,

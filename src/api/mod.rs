@@ -491,9 +491,25 @@ async fn create(
             compress: body.compress,
             replace: false,
         };
-        let out = background(&st, move |ops| ops.backup(&req)).await?;
-        let out = out.map_err(|e| ApiError::from_ops(e, body.backup_name.as_deref()))?;
+        // BACKUP_DRILL: the drill runs once the backup (and its lock) is done; its outcome is
+        // part of the answer, the backup stands either way.
+        let out = background(&st, move |ops| {
+            ops.backup(&req).map(|out| {
+                let drill = ops.drill_after_backup(&out.manifest);
+                (out, drill)
+            })
+        })
+        .await?;
+        let (out, drill) = out.map_err(|e| ApiError::from_ops(e, body.backup_name.as_deref()))?;
         st.invalidate();
+        let drill = match drill {
+            Ok(None) => serde_json::Value::Null,
+            Ok(Some(r)) => match r.result {
+                Ok(checks) => json!({"outcome": "passed", "checks": checks}),
+                Err(e) => json!({"outcome": "failed", "error": e.to_string()}),
+            },
+            Err(e) => json!({"outcome": "failed", "error": e.to_string()}),
+        };
         let m = &out.manifest;
         Ok(Json(json!({
             "success": true,
@@ -505,6 +521,7 @@ async fn create(
             "sha256": m.sha256,
             "copies": m.copies,
             "copy_errors": out.copy_errors,
+            "drill": drill,
         }))
         .into_response())
     })
