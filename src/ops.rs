@@ -833,11 +833,13 @@ impl Ops {
                     error: None,
                     duration,
                 },
+                // Manifests are never encrypted: keep the error's first line, not the tool's
+                // stderr, whose DETAIL and CONTEXT lines may quote rows.
                 Err(e) => Verification {
                     verified_at: Utc::now(),
                     outcome: DrillOutcome::Failed,
                     checks: Vec::new(),
-                    error: Some(e.to_string()),
+                    error: Some(first_line(&e.to_string())),
                     duration,
                 },
             };
@@ -849,7 +851,8 @@ impl Ops {
             }
             // An interrupted drill proved nothing either way: not recorded.
             if !signals::interrupted()
-                && let Err(e) = self.record_verification(&m.backup_name, record)
+                && let Err(e) =
+                    self.record_verification(&m.backup_name, m.sha256.as_deref(), record)
             {
                 warn!(backup = %m.backup_name, error = %e, "could not record the drill's outcome in the manifest");
             }
@@ -952,9 +955,27 @@ impl Ops {
 
     /// Records a drill's outcome in the manifest of the successful backup `name`, under the
     /// lock (the manifest is read again: a copy may have changed it meanwhile).
-    fn record_verification(&self, name: &str, record: Verification) -> Result<(), Error> {
-        let _lock = self.lock(&format!("record the drill of {name}"))?;
+    /// Only if the backup is still the one drilled (same SHA-256: not replaced meanwhile). It
+    /// waits for the lock a minute at least, also in the API (whose other calls never wait):
+    /// a backup running meanwhile must not make the outcome go unrecorded.
+    fn record_verification(
+        &self,
+        name: &str,
+        sha256: Option<&str>,
+        record: Verification,
+    ) -> Result<(), Error> {
+        let wait = self
+            .settings
+            .lock_timeout
+            .max(std::time::Duration::from_secs(60));
+        let _lock = self
+            .storage
+            .lock(&format!("record the drill of {name}"), wait)?;
         let mut m = self.committed(name)?;
+        if m.sha256.as_deref() != sha256 {
+            warn!(backup = %name, "the backup was replaced during its drill: the outcome is not recorded");
+            return Ok(());
+        }
         m.verification = Some(record);
         self.storage.put(&m.key(), &m.to_json()?)?;
         Ok(())
@@ -1446,6 +1467,16 @@ fn check_sql(dec: &mut dyn Read) -> Result<String, String> {
     } else {
         Err("the dump does not end with pg_dump's completion trailer (incomplete dump)".into())
     }
+}
+
+/// The first line of an error, at most 300 characters.
+fn first_line(text: &str) -> String {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 fn database_identity(m: &Manifest) -> String {

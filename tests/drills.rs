@@ -168,6 +168,22 @@ fn postgres_drills_use_a_scratch_database_and_never_touch_the_live_one() {
     let Some((pg, mut env)) = crate::postgres::setup() else {
         return;
     };
+    // A hostile owner: a comment on the database whose second line is SQL, and a table comment
+    // with lines that look like statements on databases. A line-based filter would run the
+    // first and break the second; the drill must do neither.
+    pg.sql_as(
+        "app",
+        "appdb",
+        "COMMENT ON DATABASE appdb IS E'x\nALTER ROLE app CONNECTION LIMIT 7; --'; \
+         COMMENT ON TABLE sales.items IS E'a\nDROP DATABASE appdb;\n\\connect postgres\nb';",
+    );
+    let conn_limit = || {
+        pg.sql(
+            "postgres",
+            "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'app'",
+        )
+    };
+    assert_eq!(conn_limit().trim(), "-1");
     let before = pg.normalized_dump("appdb");
     for format in ["sql", "custom"] {
         env.set("BACKUP_PG_FORMAT", format);
@@ -193,6 +209,11 @@ fn postgres_drills_use_a_scratch_database_and_never_touch_the_live_one() {
             pg.normalized_dump("appdb"),
             before,
             "{format}: live database untouched"
+        );
+        assert_eq!(
+            conn_limit().trim(),
+            "-1",
+            "{format}: no SQL smuggled in a comment ran"
         );
         assert!(
             scratch_databases(&pg).is_empty(),

@@ -612,9 +612,11 @@ impl Postgres {
             return;
         };
         for name in found.lines().map(str::trim) {
+            // Only "no such process" means gone: a drill of another user answers EPERM.
             let gone = drill_owner(name).is_some_and(|pid| {
                 i32::try_from(pid).is_ok_and(|pid| {
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                        == Err(nix::errno::Errno::ESRCH)
                 })
             });
             if gone {
@@ -787,7 +789,9 @@ impl Postgres {
         cmd.env("PGAPPNAME", app_name);
         match into {
             None => cmd.arg("--create"),
-            Some(_) => cmd.args(["--no-owner", "--no-privileges"]),
+            // A subscription would make the scratch database impossible to drop (and its
+            // slot is the publisher's): never restored by a drill.
+            Some(_) => cmd.args(["--no-owner", "--no-privileges", "--no-subscriptions"]),
         };
         cmd.args(["--exit-on-error", "--no-password"])
             .arg(format!("--jobs={}", self.restore_jobs))

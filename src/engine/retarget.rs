@@ -2,59 +2,105 @@
 //! scratch database) instead of its own.
 //!
 //! Such a dump begins with a preamble that drops, creates and connects to the database it was
-//! taken from (`DROP DATABASE`, `CREATE DATABASE`, `ALTER DATABASE … OWNER`, `\connect NAME`).
-//! Run as it is, it would drop the live database. [`Retarget`] passes the dump through with:
-//! - everything before the first `\connect` line left out (the preamble; pg_dump repeats its
-//!   `SET` statements after `\connect`), and that line too;
-//! - after it, every line that names a database as a whole (`DROP`/`CREATE`/`ALTER DATABASE`,
-//!   `COMMENT ON DATABASE`, `SECURITY LABEL ON DATABASE`, `\connect`) left out, outside the data
-//!   of `COPY … FROM stdin;` blocks, whose rows pass untouched;
-//! - `\restrict` / `\unrestrict` lines (pg_dump 15.14+) kept wherever they are.
+//! taken from (`DROP DATABASE`, `CREATE DATABASE`, `ALTER DATABASE … OWNER`, `\connect NAME`),
+//! and after `\connect` it may still act on the database or the cluster as a whole
+//! (`GRANT … ON DATABASE`, `ALTER ROLE … IN DATABASE`, `CREATE SUBSCRIPTION`). [`Retarget`]
+//! passes the dump through with every statement before the first `\connect` (and that one), and
+//! every such statement after it, left out — whole statements, found the way psql finds them:
+//! it lexes quotes (`'…'`, `E'…'`, `"…"`, `$tag$…$tag$`) and comments, so no newline inside a
+//! string (a comment on the database, a function body) can make part of a string run as SQL.
+//! `COPY … FROM stdin;` data passes untouched up to its `\.` line; `\restrict` / `\unrestrict`
+//! (pg_dump 15.14+) are kept.
 //!
-//! A dump without any `\connect` line yields nothing but those: the drill then finds no tables,
-//! and fails, rather than touching any database but its own. It streams: memory stays at one
-//! 64 KiB buffer plus a line's first bytes, whatever the length of a line.
+//! A dump without any `\connect` yields nothing but those: the drill then finds no tables and
+//! fails, rather than touching any database but its own. It streams: memory stays at one buffer
+//! plus a statement's first bytes.
 
 use std::io::{self, BufRead, Read};
 
-/// Lines that act on a database as a whole; never passed after the preamble.
-const DATABASE_STATEMENTS: &[&[u8]] = &[
+/// Statements on a database or the cluster as a whole: never passed.
+const SKIPPED: &[&[u8]] = &[
     b"DROP DATABASE",
     b"CREATE DATABASE",
     b"ALTER DATABASE",
     b"COMMENT ON DATABASE",
     b"SECURITY LABEL ON DATABASE",
-    b"\\connect",
-    b"\\c ",
+    b"CREATE SUBSCRIPTION",
+    b"ALTER SUBSCRIPTION",
+    b"COMMENT ON SUBSCRIPTION",
+    b"SECURITY LABEL ON SUBSCRIPTION",
 ];
-const KEEP_ALWAYS: &[&[u8]] = &[b"\\restrict", b"\\unrestrict"];
-/// Bytes of a line's start that decide what happens to it.
-const HEAD: usize = 32;
-/// Bytes of a line's end kept to know whether a `COPY` line ends with `FROM stdin;`.
-const TAIL: usize = 16;
+/// Bytes of a statement's start that decide what happens to it.
+const HEAD: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Line {
-    /// At the start of a line: its first bytes are being gathered.
-    Start,
-    Pass,
-    Skip,
+enum Lex {
+    Normal,
+    /// After `-` or `/`: maybe the start of a comment.
+    Dash,
+    Slash,
+    LineComment,
+    Block {
+        depth: u32,
+        star: bool,
+        slash: bool,
+    },
+    Single {
+        escapes: bool,
+    },
+    SingleBackslash,
+    SingleEnd {
+        escapes: bool,
+    },
+    Double,
+    DoubleEnd,
+    /// After `$`: gathering a dollar-quote tag (its bytes in `tag`).
+    DollarTag,
+    /// Inside a dollar quote; `matched` bytes of the closing `$tag$` seen.
+    Dollar {
+        matched: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Between statements: whitespace and comments.
+    Between,
+    /// A statement whose first bytes are being gathered (`meta`: a psql backslash command,
+    /// which ends at the end of its line).
+    Head {
+        meta: bool,
+    },
+    Pass {
+        meta: bool,
+    },
+    Skip {
+        meta: bool,
+    },
+    /// After `COPY … FROM stdin;`: the rest of that line.
+    CopyRestOfLine,
+    /// COPY data; `at_start`: at the start of a line.
+    CopyData {
+        at_start: bool,
+    },
 }
 
 pub struct Retarget<R> {
     inner: R,
-    line: Line,
-    /// The first bytes of the current line, until it is decided.
+    part: Part,
+    lex: Lex,
+    /// The byte before the current one in the statement (for `E'…'` and `$` after a name).
+    prev: u8,
+    prev2: u8,
+    tag: Vec<u8>,
     head: Vec<u8>,
-    /// Decided bytes waiting to be read.
+    /// The last bytes of the current statement (is it `COPY … FROM stdin;`?).
+    tail: Vec<u8>,
+    /// Bytes at the start of a COPY data line that may be its `\.` end.
+    line: Vec<u8>,
+    connected: bool,
     out: Vec<u8>,
     out_pos: usize,
-    /// The first `\connect` has been seen.
-    connected: bool,
-    in_copy: bool,
-    /// The current line began with `COPY `: its end decides whether data follows.
-    copy_line: bool,
-    tail: Vec<u8>,
     eof: bool,
 }
 
@@ -62,69 +108,357 @@ impl<R: BufRead> Retarget<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            line: Line::Start,
-            head: Vec::with_capacity(HEAD),
+            part: Part::Between,
+            lex: Lex::Normal,
+            prev: b'\n',
+            prev2: b'\n',
+            tag: Vec::new(),
+            head: Vec::new(),
+            tail: Vec::new(),
+            line: Vec::new(),
+            connected: false,
             out: Vec::new(),
             out_pos: 0,
-            connected: false,
-            in_copy: false,
-            copy_line: false,
-            tail: Vec::with_capacity(TAIL),
             eof: false,
         }
     }
 
-    /// Decides the current line from its first bytes (`complete`: the whole line is in `head`).
-    fn decide(&mut self, complete: bool) {
-        let head = self.head.as_slice();
-        let text = trim_newline(head);
-        let starts = |p: &[&[u8]]| p.iter().any(|s| head.starts_with(s));
-        self.copy_line = false;
-        self.line = if self.in_copy {
-            if complete && text == b"\\." {
-                self.in_copy = false;
-            }
-            Line::Pass
-        } else if starts(KEEP_ALWAYS) {
-            Line::Pass
-        } else if !self.connected {
-            if head.starts_with(b"\\connect") || head.starts_with(b"\\c ") {
-                self.connected = true;
-            }
-            Line::Skip
-        } else if starts(DATABASE_STATEMENTS) {
-            Line::Skip
-        } else {
-            self.copy_line = head.starts_with(b"COPY ");
-            Line::Pass
+    fn emit(&mut self, b: u8) {
+        self.out.push(b);
+    }
+
+    /// Decides the statement gathered in `head`, and emits it if it passes.
+    fn decide(&mut self) {
+        let Part::Head { meta } = self.part else {
+            return;
         };
-        self.tail.clear();
-        if self.line == Line::Pass {
-            let head = std::mem::take(&mut self.head);
-            self.note_tail(&head);
+        let head = std::mem::take(&mut self.head);
+        let starts = |p: &[u8]| head.starts_with(p);
+        let contains = |p: &[u8]| head.windows(p.len()).any(|w| w == p);
+        let pass = if meta {
+            if starts(b"\\restrict") || starts(b"\\unrestrict") {
+                true
+            } else if starts(b"\\connect") || starts(b"\\c ") || starts(b"\\c\n") {
+                self.connected = true;
+                false
+            } else {
+                self.connected
+            }
+        } else {
+            self.connected
+                && !SKIPPED.iter().any(|p| starts(p))
+                && !((starts(b"GRANT ") || starts(b"REVOKE ")) && contains(b" ON DATABASE "))
+                && !(starts(b"ALTER ROLE ") && contains(b" IN DATABASE "))
+        };
+        if pass {
             self.out.extend_from_slice(&head);
-            self.head = head;
+            self.part = Part::Pass { meta };
+        } else {
+            self.part = Part::Skip { meta };
         }
+        self.head = head;
         self.head.clear();
     }
 
-    fn note_tail(&mut self, bytes: &[u8]) {
-        if !self.copy_line {
-            return;
+    /// The current statement ended (after its last byte was handled).
+    fn end_statement(&mut self, meta: bool) {
+        let copy =
+            !meta && matches!(self.part, Part::Pass { .. }) && self.tail.ends_with(b"FROM stdin;");
+        self.tail.clear();
+        self.lex = Lex::Normal;
+        self.part = if copy {
+            Part::CopyRestOfLine
+        } else {
+            Part::Between
+        };
+    }
+
+    /// One byte of a statement: lexed, then kept, emitted or dropped by its part. Returns
+    /// whether it ended the statement.
+    fn statement_byte(&mut self, b: u8, meta: bool) -> bool {
+        let ends = if meta { b == b'\n' } else { self.lex_byte(b) };
+        match self.part {
+            Part::Head { .. } => {
+                self.head.push(b);
+                if ends || self.head.len() >= HEAD {
+                    self.decide();
+                }
+            }
+            Part::Pass { .. } => self.emit(b),
+            _ => {}
         }
-        self.tail.extend_from_slice(bytes);
-        if self.tail.len() > TAIL {
-            self.tail.drain(..self.tail.len() - TAIL);
+        if !meta {
+            self.tail.push(b);
+            if self.tail.len() > 16 {
+                self.tail.remove(0);
+            }
+        }
+        if ends {
+            self.end_statement(meta);
+        }
+        ends
+    }
+
+    /// Lexes one byte of SQL; returns whether it is a statement's terminating `;`.
+    fn lex_byte(&mut self, b: u8) -> bool {
+        let (prev, prev2) = (self.prev, self.prev2);
+        self.prev2 = prev;
+        self.prev = b;
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        loop {
+            match self.lex {
+                Lex::Normal => {
+                    match b {
+                        b';' => return true,
+                        b'\'' => {
+                            let escapes = matches!(prev, b'E' | b'e') && !ident(prev2);
+                            self.lex = Lex::Single { escapes };
+                        }
+                        b'"' => self.lex = Lex::Double,
+                        b'-' => self.lex = Lex::Dash,
+                        b'/' => self.lex = Lex::Slash,
+                        b'$' if !ident(prev) => {
+                            self.tag.clear();
+                            self.lex = Lex::DollarTag;
+                        }
+                        _ => {}
+                    }
+                    return false;
+                }
+                Lex::Dash => {
+                    if b == b'-' {
+                        self.lex = Lex::LineComment;
+                        return false;
+                    }
+                    self.lex = Lex::Normal;
+                }
+                Lex::Slash => {
+                    if b == b'*' {
+                        self.lex = Lex::Block {
+                            depth: 1,
+                            star: false,
+                            slash: false,
+                        };
+                        return false;
+                    }
+                    self.lex = Lex::Normal;
+                }
+                Lex::LineComment => {
+                    if b == b'\n' {
+                        self.lex = Lex::Normal;
+                    }
+                    return false;
+                }
+                Lex::Block { depth, star, slash } => {
+                    self.lex = if star && b == b'/' {
+                        if depth == 1 {
+                            Lex::Normal
+                        } else {
+                            Lex::Block {
+                                depth: depth - 1,
+                                star: false,
+                                slash: false,
+                            }
+                        }
+                    } else if slash && b == b'*' {
+                        Lex::Block {
+                            depth: depth + 1,
+                            star: false,
+                            slash: false,
+                        }
+                    } else {
+                        Lex::Block {
+                            depth,
+                            star: b == b'*',
+                            slash: b == b'/',
+                        }
+                    };
+                    return false;
+                }
+                Lex::Single { escapes } => {
+                    if b == b'\'' {
+                        self.lex = Lex::SingleEnd { escapes };
+                    } else if escapes && b == b'\\' {
+                        self.lex = Lex::SingleBackslash;
+                    }
+                    return false;
+                }
+                Lex::SingleBackslash => {
+                    self.lex = Lex::Single { escapes: true };
+                    return false;
+                }
+                Lex::SingleEnd { escapes } => {
+                    if b == b'\'' {
+                        self.lex = Lex::Single { escapes };
+                        return false;
+                    }
+                    self.lex = Lex::Normal;
+                }
+                Lex::Double => {
+                    if b == b'"' {
+                        self.lex = Lex::DoubleEnd;
+                    }
+                    return false;
+                }
+                Lex::DoubleEnd => {
+                    if b == b'"' {
+                        self.lex = Lex::Double;
+                        return false;
+                    }
+                    self.lex = Lex::Normal;
+                }
+                Lex::DollarTag => {
+                    if b == b'$' {
+                        self.lex = Lex::Dollar { matched: 0 };
+                        return false;
+                    }
+                    let first = self.tag.is_empty();
+                    if (first && (b.is_ascii_alphabetic() || b == b'_' || b >= 0x80))
+                        || (!first && ident(b))
+                    {
+                        self.tag.push(b);
+                        return false;
+                    }
+                    // `$1`, or a `$` inside a name: not a quote.
+                    self.lex = Lex::Normal;
+                }
+                Lex::Dollar { matched } => {
+                    // The closing delimiter is `$` + tag + `$`.
+                    let want = |i: usize| -> u8 {
+                        if i == 0 || i == self.tag.len() + 1 {
+                            b'$'
+                        } else {
+                            self.tag[i - 1]
+                        }
+                    };
+                    let mut m = matched;
+                    if b == want(m) {
+                        m += 1;
+                    } else {
+                        m = usize::from(b == b'$');
+                    }
+                    self.lex = if m == self.tag.len() + 2 {
+                        Lex::Normal
+                    } else {
+                        Lex::Dollar { matched: m }
+                    };
+                    return false;
+                }
+            }
         }
     }
 
-    /// At the end of a passed line: a `COPY … FROM stdin;` line starts a data block.
-    fn end_line(&mut self) {
-        if self.copy_line && trim_newline(&self.tail).ends_with(b"FROM stdin;") {
-            self.in_copy = true;
+    /// One byte of a line or block comment between statements.
+    fn between_byte(&mut self, b: u8) {
+        if self.lex == Lex::Normal {
+            if b.is_ascii_whitespace() {
+                if self.connected {
+                    self.emit(b);
+                }
+                return;
+            }
+            if b == b'-' || b == b'/' {
+                // Maybe a comment: lexed as one; decided on the next byte.
+                self.lex_byte(b);
+                self.head.push(b);
+                return;
+            }
+            self.part = Part::Head { meta: b == b'\\' };
+            let meta = b == b'\\';
+            self.prev = b'\n';
+            self.prev2 = b'\n';
+            self.statement_byte(b, meta);
+            return;
         }
-        self.copy_line = false;
-        self.line = Line::Start;
+        if matches!(self.lex, Lex::Dash | Lex::Slash) {
+            self.lex_byte(b);
+            if matches!(self.lex, Lex::LineComment | Lex::Block { .. }) {
+                if self.connected {
+                    let pending = std::mem::take(&mut self.head);
+                    self.out.extend_from_slice(&pending);
+                    self.emit(b);
+                } else {
+                    self.head.clear();
+                }
+                return;
+            }
+            // Not a comment: a statement that begins with `-` or `/`.
+            let pending = std::mem::take(&mut self.head);
+            self.lex = Lex::Normal;
+            self.part = Part::Head { meta: false };
+            self.prev = b'\n';
+            self.prev2 = b'\n';
+            for p in pending {
+                if self.statement_byte(p, false) {
+                    break;
+                }
+            }
+            if matches!(
+                self.part,
+                Part::Head { .. } | Part::Pass { .. } | Part::Skip { .. }
+            ) {
+                self.statement_byte(b, false);
+            } else {
+                self.between_byte(b);
+            }
+            return;
+        }
+        // Inside a comment between statements.
+        self.lex_byte(b);
+        if self.connected {
+            self.emit(b);
+        }
+    }
+
+    /// Handles one chunk of input; returns how many bytes it used.
+    fn feed(&mut self, buf: &[u8]) -> usize {
+        match self.part {
+            Part::CopyData { at_start: false } => {
+                let nl = buf.iter().position(|&c| c == b'\n');
+                let upto = nl.map_or(buf.len(), |i| i + 1);
+                self.out.extend_from_slice(&buf[..upto]);
+                if nl.is_some() {
+                    self.part = Part::CopyData { at_start: true };
+                }
+                upto
+            }
+            Part::CopyData { at_start: true } => {
+                // Gather the line's first bytes until it is clearly not `\.`, or is.
+                let b = buf[0];
+                self.line.push(b);
+                let l = self.line.as_slice();
+                let end = l == b"\\.\n" || l == b"\\.\r\n";
+                let maybe = b"\\.\r\n".starts_with(l) || b"\\.\n".starts_with(l);
+                if end || !maybe {
+                    let line = std::mem::take(&mut self.line);
+                    self.out.extend_from_slice(&line);
+                    self.part = if end {
+                        Part::Between
+                    } else if b == b'\n' {
+                        Part::CopyData { at_start: true }
+                    } else {
+                        Part::CopyData { at_start: false }
+                    };
+                }
+                1
+            }
+            Part::CopyRestOfLine => {
+                let b = buf[0];
+                self.emit(b);
+                if b == b'\n' {
+                    self.part = Part::CopyData { at_start: true };
+                }
+                1
+            }
+            Part::Between => {
+                self.between_byte(buf[0]);
+                1
+            }
+            Part::Head { meta } | Part::Pass { meta } | Part::Skip { meta } => {
+                self.statement_byte(buf[0], meta);
+                1
+            }
+        }
     }
 
     /// Moves at least one decided byte into `out`, or reaches the end.
@@ -135,52 +469,21 @@ impl<R: BufRead> Retarget<R> {
             let buf = self.inner.fill_buf()?;
             if buf.is_empty() {
                 self.eof = true;
-                if self.line == Line::Start && !self.head.is_empty() {
-                    self.decide(true);
+                // A statement cut off by the end: decided on what there is.
+                if matches!(self.part, Part::Head { .. }) {
+                    self.decide();
                 }
+                let line = std::mem::take(&mut self.line);
+                self.out.extend_from_slice(&line);
                 return Ok(());
             }
-            let n = match self.line {
-                Line::Start => {
-                    let room = HEAD - self.head.len();
-                    let take = buf.len().min(room);
-                    let nl = buf[..take].iter().position(|&b| b == b'\n');
-                    let upto = nl.map_or(take, |i| i + 1);
-                    self.head.extend_from_slice(&buf[..upto]);
-                    if nl.is_some() {
-                        self.decide(true);
-                        if self.line == Line::Pass {
-                            self.end_line();
-                        } else {
-                            self.line = Line::Start;
-                        }
-                    } else if self.head.len() >= HEAD {
-                        self.decide(false);
-                    }
-                    upto
-                }
-                Line::Pass | Line::Skip => {
-                    let nl = buf.iter().position(|&b| b == b'\n');
-                    let upto = nl.map_or(buf.len(), |i| i + 1);
-                    if self.line == Line::Pass {
-                        self.out.extend_from_slice(&buf[..upto]);
-                        if self.copy_line {
-                            self.tail.extend_from_slice(&buf[..upto]);
-                            if self.tail.len() > TAIL {
-                                self.tail.drain(..self.tail.len() - TAIL);
-                            }
-                        }
-                    }
-                    if nl.is_some() {
-                        if self.line == Line::Pass {
-                            self.end_line();
-                        } else {
-                            self.line = Line::Start;
-                        }
-                    }
-                    upto
-                }
-            };
+            // Work through the whole buffer (byte by byte outside COPY data).
+            let mut used = 0;
+            let n = buf.len();
+            let chunk = buf.to_vec();
+            while used < n {
+                used += self.feed(&chunk[used..]);
+            }
             self.inner.consume(n);
         }
         Ok(())
@@ -198,11 +501,6 @@ impl<R: BufRead> Read for Retarget<R> {
     }
 }
 
-fn trim_newline(b: &[u8]) -> &[u8] {
-    let b = b.strip_suffix(b"\n").unwrap_or(b);
-    b.strip_suffix(b"\r").unwrap_or(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,16 +512,40 @@ mod tests {
         out
     }
 
-    const DUMP: &str = "\\restrict abc\n--\n-- PostgreSQL database dump\n--\nSET statement_timeout = 0;\nDROP DATABASE IF EXISTS appdb;\nCREATE DATABASE appdb WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';\nALTER DATABASE appdb OWNER TO app;\n\\unrestrict abc\n\\connect appdb\n\\restrict abc\nSET statement_timeout = 0;\nCREATE TABLE public.t (x text);\nALTER DATABASE appdb SET search_path TO public;\nCOPY public.t (x) FROM stdin;\nDROP DATABASE appdb;\n\\connect postgres\n\\.\nCOMMENT ON DATABASE appdb IS 'x';\nSELECT 1;\n-- PostgreSQL database dump complete\n\\unrestrict abc\n";
+    /// Every buffer size gives the same output.
+    fn same(input: &str) -> String {
+        let want = run(input, 8192);
+        for buf in [1, 2, 3, 7, 31, 64] {
+            assert_eq!(run(input, buf), want, "buffer {buf}");
+        }
+        want
+    }
 
-    const EXPECTED: &str = "\\restrict abc\n\\unrestrict abc\n\\restrict abc\nSET statement_timeout = 0;\nCREATE TABLE public.t (x text);\nCOPY public.t (x) FROM stdin;\nDROP DATABASE appdb;\n\\connect postgres\n\\.\nSELECT 1;\n-- PostgreSQL database dump complete\n\\unrestrict abc\n";
+    const DUMP: &str = "\\restrict abc\n--\n-- PostgreSQL database dump\n--\nSET statement_timeout = 0;\nDROP DATABASE IF EXISTS appdb;\nCREATE DATABASE appdb WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';\nALTER DATABASE appdb OWNER TO app;\n\\unrestrict abc\n\\connect appdb\n\\restrict abc\nSET statement_timeout = 0;\nCREATE TABLE public.t (x text);\nALTER DATABASE appdb SET search_path TO public;\nGRANT CONNECT,TEMPORARY ON DATABASE appdb TO bob;\nALTER ROLE bob IN DATABASE appdb SET work_mem TO '1MB';\nCREATE SUBSCRIPTION s CONNECTION 'host=x' PUBLICATION p WITH (connect = false);\nCOPY public.t (x) FROM stdin;\nDROP DATABASE appdb;\n\\connect postgres\n\\.\nCOMMENT ON DATABASE appdb IS 'x';\nSELECT 1;\n-- PostgreSQL database dump complete\n\\unrestrict abc\n";
 
     #[test]
     fn the_preamble_and_database_statements_go_and_copy_data_stays() {
-        // Any buffer size: lines split across reads decide the same way.
-        for buf in [1, 2, 3, 7, 31, 32, 33, 64, 8192] {
-            assert_eq!(run(DUMP, buf), EXPECTED, "buffer {buf}");
-        }
+        let out = same(DUMP);
+        assert_eq!(
+            out,
+            "\\restrict abc\n\\unrestrict abc\n\\restrict abc\nSET statement_timeout = 0;\nCREATE TABLE public.t (x text);\n\n\n\n\nCOPY public.t (x) FROM stdin;\nDROP DATABASE appdb;\n\\connect postgres\n\\.\n\nSELECT 1;\n-- PostgreSQL database dump complete\n\\unrestrict abc\n"
+        );
+    }
+
+    #[test]
+    fn a_newline_in_a_string_never_makes_sql_of_it() {
+        // A comment on the database whose text holds a newline and SQL: the whole statement
+        // goes, never its second line.
+        let out = same(
+            "\\connect db\nCOMMENT ON DATABASE db IS 'x\nALTER ROLE bob SUPERUSER; --';\nSELECT 1;\n",
+        );
+        assert_eq!(out, "\nSELECT 1;\n");
+        // A comment on a table whose line starts like a skipped statement stays whole.
+        let text = "\\connect db\nCOMMENT ON TABLE t IS 'a\nDROP DATABASE x;\n\\connect postgres\nb';\nSELECT 2;\n";
+        assert_eq!(same(text), text.strip_prefix("\\connect db\n").unwrap());
+        // Dollar quotes, E-strings, quoted names, comments.
+        let text = "\\connect db\nCREATE FUNCTION f() RETURNS int AS $body$\nDROP DATABASE x;\n$not$ ; $body$ LANGUAGE sql;\nCOMMENT ON TABLE t IS E'it\\'s\nDROP DATABASE y;';\nCREATE TABLE \"DROP DATABASE\n\"\"z\" (a int);\n/* DROP DATABASE\n*/ SELECT 3;\nSELECT $1 + a$b;\n";
+        assert_eq!(same(text), text.strip_prefix("\\connect db\n").unwrap());
     }
 
     #[test]
@@ -231,12 +553,12 @@ mod tests {
         let long = "x".repeat(200_000);
         let dump = format!(
             "\\connect db\nCOPY public.t (x, {}) FROM stdin;\n{long}\n\\.\nDROP DATABASE db;\nSELECT '{long}';\n",
-            "y".repeat(100)
+            "y".repeat(300)
         );
         let out = run(&dump, 4096);
         let want = format!(
-            "COPY public.t (x, {}) FROM stdin;\n{long}\n\\.\nSELECT '{long}';\n",
-            "y".repeat(100)
+            "COPY public.t (x, {}) FROM stdin;\n{long}\n\\.\n\nSELECT '{long}';\n",
+            "y".repeat(300)
         );
         assert_eq!(out, want);
     }
@@ -244,7 +566,7 @@ mod tests {
     #[test]
     fn without_a_connect_nothing_passes() {
         assert_eq!(run("DROP DATABASE x;\nCREATE TABLE t ();\n", 8192), "");
-        // A last line without a newline is decided too.
+        // A last statement without a newline is decided too.
         assert_eq!(run("\\connect x\nSELECT 1;", 8192), "SELECT 1;");
         assert_eq!(run("\\connect x\nDROP DATABASE y;", 8192), "");
     }
