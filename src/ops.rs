@@ -600,7 +600,8 @@ impl Ops {
                     sqlite::integrity_check(&path)?;
                     count.then(|| sqlite::count_rows(&path)).transpose()
                 });
-                let mut f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
+                let f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
+                let mut f = crate::faults::AfterBytes::new(f, 1 << 20, "during-compression");
                 let stored = io::copy(&mut f, &mut enc).map_err(io_err("store the SQLite copy"));
                 let checked = check.join().map_err(|_| Error::Io {
                     io_context: "check the SQLite copy".into(),
