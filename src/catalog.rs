@@ -237,6 +237,16 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The most recent restore drill of any backup, with its backup.
+    pub fn last_drill(&self) -> Option<(&Manifest, &Verification)> {
+        self.backups
+            .iter()
+            .filter_map(|m| m.verification.as_ref().map(|v| (m, v)))
+            .max_by_key(|(_, v)| v.verified_at)
+    }
+}
+
 /// Reads and checks one manifest.
 pub fn read_manifest(storage: &dyn Storage, key: &str) -> Result<Manifest, CatalogError> {
     let bytes = storage.read_all(key)?;
@@ -320,17 +330,12 @@ pub fn statistics(cat: &Catalog, storage: &dyn Storage) -> Statistics {
         unreadable_manifests: cat.unreadable.len(),
         free_space_bytes: free,
         free_space_mb: free.map(bytes_to_mb),
-        last_drill: cat
-            .backups
-            .iter()
-            .filter_map(|m| m.verification.as_ref().map(|v| (m, v)))
-            .max_by_key(|(_, v)| v.verified_at)
-            .map(|(m, v)| DrillSummary {
-                backup_name: m.backup_name.clone(),
-                verified_at: v.verified_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-                outcome: v.outcome,
-                error: v.error.clone(),
-            }),
+        last_drill: cat.last_drill().map(|(m, v)| DrillSummary {
+            backup_name: m.backup_name.clone(),
+            verified_at: v.verified_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            outcome: v.outcome,
+            error: v.error.clone(),
+        }),
     }
 }
 

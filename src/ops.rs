@@ -916,15 +916,8 @@ impl Ops {
         let (mut checks, scratch) = self.check(m, keys, Depth::Restore)?;
         match engine {
             Engine::Postgres(pg) => {
-                let mut sql_reader = match m.pg_format.unwrap_or_default() {
-                    PgFormat::Sql => Some(self.sql_stream(m, keys)?),
-                    PgFormat::Custom => None,
-                };
-                let source = match (&mut sql_reader, &scratch) {
-                    (Some(r), _) => postgres::Source::Sql(r.as_mut()),
-                    (None, Some(f)) => postgres::Source::Archive(f.path()),
-                    (None, None) => return Err(failed("no staged archive to restore".into())),
-                };
+                let mut sql_reader = self.sql_stream(m, keys)?;
+                let source = pg_source(name, &mut sql_reader, scratch.as_ref())?;
                 let drilled = pg
                     .drill(source, m.row_counts.as_ref())
                     .map_err(|e| match e {
@@ -982,15 +975,25 @@ impl Ops {
         Ok(())
     }
 
-    /// A plain SQL backup's dump, decrypted and decompressed, streamed from the repository.
-    fn sql_stream(&self, m: &Manifest, keys: Option<&Keys>) -> Result<Box<dyn Read>, Error> {
+    /// A plain SQL backup's dump, decrypted and decompressed, streamed from the repository
+    /// (`None` for a custom archive, which [`Ops::check`] stages instead).
+    fn sql_stream(
+        &self,
+        m: &Manifest,
+        keys: Option<&Keys>,
+    ) -> Result<Option<Box<dyn Read>>, Error> {
+        if m.pg_format.unwrap_or_default() != PgFormat::Sql {
+            return Ok(None);
+        }
         let key = m.data_file.as_deref().unwrap_or_default();
         let stored = self.storage.open(key)?;
         let plain: Box<dyn Read> = match m.encryption {
             Encryption::None => stored,
             Encryption::Age => encryption::open(keys, stored)?,
         };
-        codec::decoder(m.compression, plain).map_err(io_err("start the decompressor"))
+        codec::decoder(m.compression, plain)
+            .map(Some)
+            .map_err(io_err("start the decompressor"))
     }
 
     /// The configured keys for encrypted backups, if any.
@@ -1175,7 +1178,6 @@ impl Ops {
         if m.encryption == Encryption::Age && keys.is_none() {
             return Err(encryption::EncryptionError::NoKey.into());
         }
-        let format = m.pg_format.unwrap_or_default();
         let (_checks, scratch) = self.check(&m, keys.as_ref(), Depth::Restore)?;
         info!(backup = %name, "backup checked; restoring");
         let mut kept_old = None;
@@ -1184,20 +1186,8 @@ impl Ops {
                 // Plain SQL streams from the repository a second time (its size, SHA-256 and
                 // key were checked above; the load checks the rest); a custom archive was staged
                 // by the check.
-                let mut sql_reader = match format {
-                    PgFormat::Sql => Some(self.sql_stream(&m, keys.as_ref())?),
-                    PgFormat::Custom => None,
-                };
-                let source = match (&mut sql_reader, &scratch) {
-                    (Some(r), _) => postgres::Source::Sql(r.as_mut()),
-                    (None, Some(f)) => postgres::Source::Archive(f.path()),
-                    (None, None) => {
-                        return Err(Error::Damaged {
-                            name: name.to_owned(),
-                            problem: "no staged archive to restore from".into(),
-                        });
-                    }
-                };
+                let mut sql_reader = self.sql_stream(&m, keys.as_ref())?;
+                let source = pg_source(name, &mut sql_reader, scratch.as_ref())?;
                 // Record where the live database goes before it moves, so that a run killed
                 // mid-way is undone by the next one.
                 let journal = RestoreJournal {
@@ -1467,6 +1457,22 @@ fn check_sql(dec: &mut dyn Read) -> Result<String, String> {
         Ok("complete pg_dump output (trailer present)".into())
     } else {
         Err("the dump does not end with pg_dump's completion trailer (incomplete dump)".into())
+    }
+}
+
+/// What a PostgreSQL restore or drill loads: the plain dump's stream, or the staged archive.
+fn pg_source<'a>(
+    name: &str,
+    sql: &'a mut Option<Box<dyn Read>>,
+    staged: Option<&'a ScratchFile>,
+) -> Result<postgres::Source<'a>, Error> {
+    match (sql, staged) {
+        (Some(r), _) => Ok(postgres::Source::Sql(r.as_mut())),
+        (None, Some(f)) => Ok(postgres::Source::Archive(f.path())),
+        (None, None) => Err(Error::Damaged {
+            name: name.to_owned(),
+            problem: "no staged archive to restore from".into(),
+        }),
     }
 }
 

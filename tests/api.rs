@@ -1,6 +1,6 @@
 //! `dbkeep serve` on a free loopback port, driven over real HTTP.
 
-use crate::common::TestEnv;
+use crate::common::{TestEnv, wait_for};
 use crate::sqlite::{make_db, rows, sqlite_env};
 use reqwest::blocking::{Client, Response};
 use reqwest::{Method, StatusCode};
@@ -591,17 +591,6 @@ fn serve_refuses_to_start_without_a_token_unless_loopback_no_auth() {
     let (status, _) = s.call(Method::GET, "/api/backup/list", None, None);
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.stop(), 0);
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Sends a create over a raw connection and returns it (the caller may drop it to disconnect).

@@ -263,14 +263,9 @@ fn postgres_drills_use_a_scratch_database_and_never_touch_the_live_one() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while scratch_databases(&pg).is_empty() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "no drill began"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    crate::common::wait_for("a drill's scratch database", || {
+        !scratch_databases(&pg).is_empty()
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -291,14 +286,9 @@ fn postgres_drills_use_a_scratch_database_and_never_touch_the_live_one() {
         .command(&["verify", "--restore", "drill_sql"])
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while scratch_databases(&pg).is_empty() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "no drill began"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    crate::common::wait_for("a drill's scratch database", || {
+        !scratch_databases(&pg).is_empty()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));

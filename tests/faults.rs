@@ -5,27 +5,16 @@
 //! clean next run. Each test prints its table: fault, expected, observed. (The S3 server going
 //! away mid-upload is in `s3.rs`.)
 
-use crate::common::{FaultTable as Table, PgServer, TestEnv, flip_byte};
+use crate::common::{FaultTable as Table, PgServer, TestEnv, flip_byte, wait_for};
 use crate::sqlite::{make_db, rows, sqlite_env};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A kind of damage: its name, what the error must say, and the act.
 type Damage<'a> = (&'static str, &'static str, Box<dyn Fn() + 'a>);
 
 fn no_success(env: &TestEnv, name: &str) -> bool {
     !env.backups().contains(&(name.to_owned(), true))
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{what} never happened"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn temp_files(env: &TestEnv) -> Vec<String> {
@@ -349,7 +338,7 @@ fn postgres_server_stopped_mid_way_loses_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the dump's temp file", || !temp_files(&env).is_empty());
+    wait_for("the dump's temp file", || !temp_files(&env).is_empty());
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -371,7 +360,7 @@ fn postgres_server_stopped_mid_way_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the dump's temp file", || !temp_files(&env).is_empty());
+    wait_for("the dump's temp file", || !temp_files(&env).is_empty());
     std::thread::sleep(Duration::from_millis(300));
     pg.stop();
     let out = child.wait_with_output().unwrap();
@@ -407,7 +396,7 @@ fn postgres_server_stopped_mid_way_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the original moved aside", || {
+    wait_for("the original moved aside", || {
         pg.try_sql_as(
             "postgres",
             "postgres",

@@ -337,18 +337,11 @@ fn uploads_cut_off_by_a_kill_or_a_vanished_server_are_aborted_by_prune() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let start = std::time::Instant::now();
-        while !moto
-            .open_uploads()
-            .iter()
-            .any(|k| k.starts_with(&format!("p/{name}")))
-        {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(60),
-                "{fault}: the upload never began"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        crate::common::wait_for(&format!("{fault}: the upload to begin"), || {
+            moto.open_uploads()
+                .iter()
+                .any(|k| k.starts_with(&format!("p/{name}")))
+        });
         if fault == "killed" {
             child.kill().unwrap();
         } else {

@@ -861,11 +861,7 @@ async fn healthz(State(state): State<Shared>) -> Response {
     let age = last_ok.map(|m| (chrono::Utc::now() - m.timestamp).num_seconds().max(0));
     let max = state.health_max_age.as_secs() as i64;
     // The most recent restore drill: a failed one fails the check until a later one passes.
-    let drill = cat
-        .backups
-        .iter()
-        .filter_map(|m| m.verification.as_ref())
-        .max_by_key(|v| v.verified_at);
+    let drill = cat.last_drill().map(|(_, v)| v);
     let drill_failed = drill.is_some_and(|v| v.outcome == crate::catalog::DrillOutcome::Failed);
     let (healthy, reason) = match (last, age) {
         (None, _) => (false, "no backup yet"),

@@ -12,6 +12,19 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Waits (polling every 10 ms, at most a minute) until `cond` holds; fails naming `what`.
+#[track_caller]
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A missing prerequisite: skip with a visible message on a laptop, fail when `CI` is set.
 pub fn require(what: &str, found: bool, package: &str) -> bool {
     if found {
