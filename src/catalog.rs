@@ -112,8 +112,13 @@ pub struct Verification {
     /// Full precision: which drill came last decides healthz.
     pub verified_at: DateTime<Utc>,
     pub outcome: DrillOutcome,
-    /// What was checked (row counts, integrity, indexes, …), in order.
+    /// What was checked (row counts, integrity, indexes, …), in order; of a failed drill,
+    /// what passed before the failure.
     pub checks: Vec<String>,
+    /// Of a failed drill: the check that failed (`stored file`, `restore`, `row counts`,
+    /// `amcheck`, `foreign_key_check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_check: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Seconds the drill took.

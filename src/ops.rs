@@ -12,7 +12,7 @@ use crate::database_url::DatabaseUrl;
 use crate::encryption::{self, Encryption, Keys, Sealed};
 use crate::engine::postgres::{self, Postgres};
 use crate::engine::sqlite::{self, Sqlite};
-use crate::engine::{DatabaseType, DumpInfo, PgFormat};
+use crate::engine::{DatabaseType, DrillLog, DumpInfo, PgFormat};
 use crate::error::Error;
 use crate::naming::{self, BackupName};
 use crate::retention::{self, Action, Candidate, Decision, Policy};
@@ -779,9 +779,11 @@ impl Ops {
             .into_iter()
             .map(|m| VerifyReport {
                 name: m.backup_name.clone(),
-                result: self
-                    .check(m, keys.as_ref(), Depth::Full)
-                    .map(|(checks, _)| checks),
+                result: {
+                    let mut checks = Vec::new();
+                    self.check(m, keys.as_ref(), Depth::Full, &mut checks)
+                        .map(|_| checks)
+                },
             })
             .collect())
     }
@@ -824,13 +826,17 @@ impl Ops {
             }
             info!(backup = %m.backup_name, "restore drill started");
             let clock = Instant::now();
-            let result = self.drill_one(&engine, m, keys.as_ref());
+            let mut log = DrillLog::default();
+            let result = self
+                .drill_one(&engine, m, keys.as_ref(), &mut log)
+                .map(|()| log.passed.clone());
             let duration = round3(clock.elapsed().as_secs_f64());
             let record = match &result {
-                Ok(checks) => Verification {
+                Ok(_) => Verification {
                     verified_at: Utc::now(),
                     outcome: DrillOutcome::Passed,
-                    checks: checks.clone(),
+                    checks: log.passed,
+                    failed_check: None,
                     error: None,
                     duration,
                 },
@@ -839,7 +845,8 @@ impl Ops {
                 Err(e) => Verification {
                     verified_at: Utc::now(),
                     outcome: DrillOutcome::Failed,
-                    checks: Vec::new(),
+                    checks: log.passed,
+                    failed_check: Some(log.step.to_owned()),
                     error: Some(first_line(&e.to_string())),
                     duration,
                 },
@@ -892,13 +899,16 @@ impl Ops {
             .next())
     }
 
+    /// One drill of `m`; what passed, and the step it is in, go to `log` as it goes.
     fn drill_one(
         &self,
         engine: &Engine,
         m: &Manifest,
         keys: Option<&Keys>,
-    ) -> Result<Vec<String>, Error> {
+        log: &mut DrillLog,
+    ) -> Result<(), Error> {
         let name = &m.backup_name;
+        log.step("stored file");
         if m.database_type != engine.database_type() {
             return Err(Error::WrongDatabaseType {
                 name: name.clone(),
@@ -913,22 +923,22 @@ impl Ops {
             name: name.clone(),
             problem,
         };
-        let (mut checks, scratch) = self.check(m, keys, Depth::Restore)?;
+        let scratch = self.check(m, keys, Depth::Restore, &mut log.passed)?;
         match engine {
             Engine::Postgres(pg) => {
                 let mut sql_reader = self.sql_stream(m, keys)?;
                 let source = pg_source(name, &mut sql_reader, scratch.as_ref())?;
-                let drilled = pg
-                    .drill(source, m.row_counts.as_ref())
+                pg.drill(source, m.row_counts.as_ref(), log)
                     .map_err(|e| match e {
                         postgres::PostgresError::Drill(problem) => failed(problem),
                         e => e.into(),
                     })?;
-                checks.extend(drilled);
             }
             Engine::Sqlite(_) => {
+                log.step("restore");
                 let file = scratch.ok_or_else(|| failed("no restored copy to check".into()))?;
-                checks.push("restored into a temporary file".into());
+                log.pass("restored into a temporary file");
+                log.step("foreign_key_check");
                 let (violations, first) = sqlite::foreign_key_check(file.path())?;
                 if violations > 0 {
                     return Err(failed(format!(
@@ -936,15 +946,16 @@ impl Ops {
                         first.unwrap_or_default()
                     )));
                 }
-                checks.push("foreign_key_check: no violations".into());
+                log.pass("foreign_key_check: no violations");
+                log.step("row counts");
                 let counts = sqlite::count_rows(file.path())?;
-                checks.push(
+                log.pass(
                     crate::engine::compare_counts(m.row_counts.as_ref(), &counts)
                         .map_err(failed)?,
                 );
             }
         }
-        Ok(checks)
+        Ok(())
     }
 
     /// Records a drill's outcome in the manifest of the successful backup `name`, under the
@@ -1020,7 +1031,8 @@ impl Ops {
         m: &Manifest,
         keys: Option<&Keys>,
         depth: Depth,
-    ) -> Result<(Vec<String>, Option<ScratchFile>), Error> {
+        checks: &mut Vec<String>,
+    ) -> Result<Option<ScratchFile>, Error> {
         let damaged = |problem: String| Error::Damaged {
             name: m.backup_name.clone(),
             problem,
@@ -1040,7 +1052,7 @@ impl Ops {
                 stat.size, m.file_size
             )));
         }
-        let mut checks = vec![format!("size {} bytes", stat.size)];
+        checks.push(format!("size {} bytes", stat.size));
         let mut hashing = HashingReader::new(self.storage.open(key)?);
         let mut scratch = None;
         let mut not_decrypted = false;
@@ -1123,7 +1135,7 @@ impl Ops {
                 "encrypted with age: contents not checked without a key (BACKUP_DECRYPT_IDENTITY_FILE)"
                     .into(),
             );
-            return Ok((checks, None));
+            return Ok(None);
         }
         if m.encryption == Encryption::Age {
             checks.push("age decryption complete".into());
@@ -1132,7 +1144,7 @@ impl Ops {
             checks.push(format!("{} stream complete", m.compression.name()));
         }
         checks.push(content.map_err(damaged)?);
-        Ok((checks, scratch))
+        Ok(scratch)
     }
 
     /// Writes `dec` into a new scratch file (read back at once: no fsync).
@@ -1178,7 +1190,7 @@ impl Ops {
         if m.encryption == Encryption::Age && keys.is_none() {
             return Err(encryption::EncryptionError::NoKey.into());
         }
-        let (_checks, scratch) = self.check(&m, keys.as_ref(), Depth::Restore)?;
+        let scratch = self.check(&m, keys.as_ref(), Depth::Restore, &mut Vec::new())?;
         info!(backup = %name, "backup checked; restoring");
         let mut kept_old = None;
         match &engine {

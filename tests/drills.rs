@@ -224,11 +224,7 @@ fn postgres_drills_use_a_scratch_database_and_never_touch_the_live_one() {
     }
 
     // As a superuser (over the socket): amcheck checks every btree index.
-    let superuser = format!(
-        "postgresql://postgres@/appdb?host={}&port={}",
-        pg.socket_dir().display(),
-        pg.port
-    );
+    let superuser = pg.superuser_url("appdb");
     let o = env.run_with(
         &[("DATABASE_URL", &superuser)],
         &["verify", "--restore", "drill_sql"],
@@ -300,4 +296,100 @@ fn postgres_drills_use_a_scratch_database_and_never_touch_the_live_one() {
         scratch_databases(&pg)
     );
     assert_eq!(pg.normalized_dump("appdb"), before);
+}
+
+/// Operator classes whose comparison misbehaves only when amcheck calls it (its session's
+/// application_name is `dbkeep amcheck …`): `touchy_ops` raises an error (amcheck cannot
+/// check the index: not damage), `flip_ops` reverses the order the index was built in (what
+/// amcheck reports as a damaged index).
+const TOUCHY_OPCLASSES: &str = r#"
+CREATE FUNCTION touchy_cmp(int, int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF current_setting('application_name') LIKE 'dbkeep amcheck%' THEN
+    RAISE EXCEPTION 'touchy comparison refused';
+  END IF;
+  RETURN btint4cmp($1, $2);
+END $$;
+CREATE OPERATOR CLASS touchy_ops FOR TYPE int USING btree AS
+  OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >,
+  FUNCTION 1 touchy_cmp(int, int);
+CREATE FUNCTION flip_cmp(int, int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF current_setting('application_name') LIKE 'dbkeep amcheck%' THEN
+    RETURN btint4cmp($2, $1);
+  END IF;
+  RETURN btint4cmp($1, $2);
+END $$;
+CREATE OPERATOR CLASS flip_ops FOR TYPE int USING btree AS
+  OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >,
+  FUNCTION 1 flip_cmp(int, int);
+"#;
+
+#[test]
+fn postgres_drill_checks_leaf_btree_indexes_and_tells_damage_from_what_it_cannot_check() {
+    let Some((pg, mut env)) = crate::postgres::setup() else {
+        return;
+    };
+    // A partitioned table with a primary key: its partitioned index has the btree access
+    // method, but amcheck refuses it (only its partitions' indexes can be checked).
+    pg.sql(
+        "appdb",
+        &format!(
+            "{TOUCHY_OPCLASSES}
+             CREATE TABLE pk (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+             CREATE TABLE pk_1 PARTITION OF pk FOR VALUES FROM (0) TO (1000);
+             CREATE TABLE pk_2 PARTITION OF pk FOR VALUES FROM (1000) TO (2000);
+             INSERT INTO pk SELECT g, 'v' || g FROM generate_series(0, 1999) g;
+             CREATE TABLE other (x int, tags text[]);
+             INSERT INTO other SELECT g, ARRAY['a', 'b' || g] FROM generate_series(1, 500) g;
+             CREATE INDEX other_tags ON other USING gin (tags);
+             CREATE INDEX other_touchy ON other (x touchy_ops);"
+        ),
+    );
+    env.set("DATABASE_URL", pg.superuser_url("appdb"));
+    for format in ["sql", "custom"] {
+        env.set("BACKUP_PG_FORMAT", format);
+        let name = format!("am_{format}");
+        env.run(&["backup", "--name", &name]).ok();
+        let o = env.run(&["verify", "--restore", &name]);
+        o.ok();
+        for check in [
+            // sales.items, audit.log and the two partitions' primary keys.
+            "amcheck bt_index_check passed on 4 btree indexes (partitioned indexes: 1, checked through their partitions' indexes)",
+            "could not check public.other_touchy: touchy comparison refused",
+            "not checked by amcheck, which covers btree only: 1 gin indexes",
+        ] {
+            assert!(o.stdout.contains(check), "{format}: {check}: {}", o.stdout);
+        }
+        assert!(!o.stdout.contains("damaged"), "{}", o.stdout);
+        assert_eq!(env.manifest(&name)["verification"]["outcome"], "passed");
+    }
+
+    // A damaged index fails the drill, named as damaged; the manifest keeps what passed
+    // before (the restore, the row counts) and says which check failed.
+    pg.sql("appdb", "CREATE INDEX other_flipped ON other (x flip_ops);");
+    env.set("BACKUP_PG_FORMAT", "custom");
+    env.run(&["backup", "--name", "am_bad"]).ok();
+    let o = env.run(&["verify", "--restore", "am_bad"]);
+    o.code(1);
+    assert!(
+        o.stdout
+            .contains("amcheck found 1 damaged index, the first public.other_flipped: "),
+        "{}",
+        o.stdout
+    );
+    assert!(!o.stdout.contains("could not check public.other_flipped"));
+    let v = &env.manifest("am_bad")["verification"];
+    assert_eq!(v["outcome"], "failed", "{v}");
+    assert_eq!(v["failed_check"], "amcheck", "{v}");
+    let checks = v["checks"].to_string();
+    for passed in [
+        "sha256 matches",
+        "restored into the scratch database dbkeep_drill_",
+        "row counts of all 6 tables equal the manifest's",
+        "could not check public.other_touchy",
+    ] {
+        assert!(checks.contains(passed), "{passed}: {v}");
+    }
+    assert!(scratch_databases(&pg).is_empty());
 }

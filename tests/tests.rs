@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod cli;
 mod common;
+mod corpus;
 mod drills;
 mod encryption;
 mod faults;

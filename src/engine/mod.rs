@@ -115,3 +115,23 @@ pub fn compare_counts(expected: Option<&RowCounts>, found: &RowCounts) -> Result
         ))
     }
 }
+
+/// What a restore drill has checked so far, and the step it is in: a drill that fails
+/// records both, so the manifest says what passed before the failure and which check failed.
+#[derive(Debug, Clone, Default)]
+pub struct DrillLog {
+    pub passed: Vec<String>,
+    pub step: &'static str,
+}
+
+impl DrillLog {
+    /// Enters the check `step` (`"stored file"`, `"restore"`, `"row counts"`, `"amcheck"`, …).
+    pub fn step(&mut self, step: &'static str) {
+        self.step = step;
+    }
+
+    /// Records a check that passed.
+    pub fn pass(&mut self, what: impl Into<String>) {
+        self.passed.push(what.into());
+    }
+}

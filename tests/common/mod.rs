@@ -489,6 +489,29 @@ impl PgServer {
             .join("\n")
     }
 
+    /// A DATABASE_URL as the superuser `postgres`, over the socket (trusted).
+    pub fn superuser_url(&self, db: &str) -> String {
+        format!(
+            "postgresql://postgres@/{db}?host={}&port={}",
+            self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// Runs a client tool as `postgres` on `db` with `args`; panics with its stderr on failure.
+    pub fn run_tool(&self, tool: &str, db: &str, args: &[&std::ffi::OsStr]) {
+        let out = self
+            .client(tool, "postgres", db)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A DATABASE_URL over TCP with the password percent-encoded.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
         let enc = |s: &str| {
