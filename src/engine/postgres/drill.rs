@@ -1,0 +1,271 @@
+//! Restore drills: a dump loaded into a scratch database of its own, its rows counted and its
+//! btree indexes checked with amcheck, the scratch database dropped however it ends.
+
+use super::*;
+use crate::engine::compare_counts;
+use crate::engine::process;
+use crate::engine::retarget::Retarget;
+use crate::engine::{DrillLog, RowCounts};
+use std::io;
+
+/// The schema amcheck's functions are in (dbkeep's own, or where the dump had put it).
+pub(super) const AMCHECK_SCHEMA_SQL: &str = "SELECT n.nspname FROM pg_extension e \
+JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'amcheck'";
+
+/// Checks every leaf btree index outside the system schemas, each in its own subtransaction,
+/// and leaves a JSON report in the session's `dbkeep.amcheck` setting ([`AmcheckReport`]):
+/// nothing is created in the database, so no event trigger of the dump's fires. `@SCHEMA@` is
+/// the quoted literal of amcheck's schema.
+pub(super) const AMCHECK_SQL: &str = r#"DO $dbkeep_amcheck$
+DECLARE
+  r record;
+  checked bigint := 0;
+  damaged jsonb := '[]';
+  unchecked jsonb := '[]';
+  other jsonb;
+  partitioned bigint;
+BEGIN
+  FOR r IN
+    SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'i' AND a.amname = 'btree' AND i.indisready AND i.indisvalid
+      AND c.relpersistence <> 't'
+      AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+    ORDER BY n.nspname, c.relname
+  LOOP
+    BEGIN
+      EXECUTE format('SELECT %I.bt_index_check($1)', @SCHEMA@) USING r.oid;
+      checked := checked + 1;
+    EXCEPTION
+      WHEN index_corrupted OR data_corrupted THEN
+        damaged := damaged || jsonb_build_array(jsonb_build_array(r.name, SQLERRM));
+      WHEN OTHERS THEN
+        unchecked := unchecked || jsonb_build_array(jsonb_build_array(r.name, SQLERRM));
+    END;
+  END LOOP;
+  SELECT coalesce(jsonb_object_agg(amname, n), '{}') INTO other FROM (
+    SELECT a.amname, count(*) AS n
+    FROM pg_class c JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'i' AND a.amname <> 'btree'
+      AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+    GROUP BY a.amname) kinds;
+  SELECT count(*) INTO partitioned
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'I' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%';
+  PERFORM set_config('dbkeep.amcheck', jsonb_build_object('checked', checked,
+    'damaged', damaged, 'unchecked', unchecked, 'other', other,
+    'partitioned', partitioned)::text, false);
+END
+$dbkeep_amcheck$"#;
+
+/// What [`AMCHECK_SQL`] found: how many btree indexes passed, which are damaged, which could
+/// not be checked and why, the other index kinds by access method, the partitioned indexes.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct AmcheckReport {
+    checked: u64,
+    damaged: Vec<(String, String)>,
+    unchecked: Vec<(String, String)>,
+    other: std::collections::BTreeMap<String, u64>,
+    partitioned: u64,
+}
+
+impl AmcheckReport {
+    /// The report as the drill's checks; a damaged index fails the drill.
+    pub(super) fn into_checks(self, log: &mut DrillLog) -> Result<(), PostgresError> {
+        let mut passed = format!(
+            "amcheck bt_index_check passed on {} btree indexes",
+            self.checked
+        );
+        if self.partitioned > 0 {
+            passed.push_str(&format!(
+                " (partitioned indexes: {}, checked through their partitions' indexes)",
+                self.partitioned
+            ));
+        }
+        if self.damaged.is_empty() {
+            log.pass(passed);
+        }
+        for (index, why) in &self.unchecked {
+            log.pass(format!("could not check {index}: {why}"));
+        }
+        if !self.other.is_empty() {
+            let kinds: Vec<String> = self
+                .other
+                .iter()
+                .map(|(am, n)| format!("{n} {am}"))
+                .collect();
+            log.pass(format!(
+                "not checked by amcheck, which covers btree only: {} indexes",
+                kinds.join(", ")
+            ));
+        }
+        match self.damaged.first() {
+            None => Ok(()),
+            Some((index, why)) => Err(PostgresError::Drill(format!(
+                "amcheck found {} damaged index{}, the first {index}: {why}",
+                self.damaged.len(),
+                if self.damaged.len() == 1 { "" } else { "es" }
+            ))),
+        }
+    }
+}
+
+/// A drill's scratch database, dropped when this goes.
+pub(super) struct ScratchDatabase<'a> {
+    pg: &'a Postgres,
+    name: String,
+}
+
+impl Drop for ScratchDatabase<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.pg.drop_database(&self.name) {
+            tracing::error!(database = %self.name, error = %e, "could not drop the drill's scratch database: drop it by hand");
+        }
+    }
+}
+
+/// `dbkeep_drill_<host>_<pid>_<random>`: the host (a hash of its name) and pid tell the next
+/// drill on this machine whether the one that made it is gone.
+pub(super) fn drill_name(pid: u32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("dbkeep_drill_{}_{pid}_{nanos:08x}", host_tag())
+}
+
+pub(super) fn host_tag() -> String {
+    use sha2::Digest;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(host.as_bytes())[..4])
+}
+
+/// The pid of the drill of this machine that made the scratch database `name`.
+pub(super) fn drill_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("dbkeep_drill_")?;
+    let mut parts = rest.split('_');
+    let (host, pid) = (parts.next()?, parts.next()?);
+    (host == host_tag()).then(|| pid.parse().ok()).flatten()
+}
+
+impl Postgres {
+    /// A restore drill: loads the dump into a new scratch database `dbkeep_drill_…` on the same
+    /// server (a plain dump through [`Retarget`], so its preamble never touches the live
+    /// database; a custom archive with `pg_restore -j N` into it), then checks every table's row
+    /// count against `expected` (the manifest's) and every btree index with amcheck's
+    /// `bt_index_check` where the extension can be created. The scratch database is dropped
+    /// however the drill ends; one left by a killed drill of this machine is dropped by the
+    /// next. Returns what was checked.
+    pub fn drill(
+        &self,
+        source: Source<'_>,
+        expected: Option<&RowCounts>,
+        log: &mut DrillLog,
+    ) -> Result<(), PostgresError> {
+        log.step("restore");
+        self.drop_stale_drills();
+        let name = drill_name(std::process::id());
+        self.maintenance(&[format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            ident(&name)
+        )])
+        .map_err(|e| {
+            PostgresError::Drill(format!(
+                "cannot create the scratch database {name} (the role needs CREATEDB): {}",
+                error_line(&e)
+            ))
+        })?;
+        let scratch = ScratchDatabase { pg: self, name };
+        let name = scratch.name.as_str();
+        let app_name = format!("dbkeep drill {name}");
+        match source {
+            Source::Sql(input) => {
+                let mut retargeted = Retarget::new(io::BufReader::with_capacity(CHUNK, input));
+                self.load_sql(name, &mut retargeted, &app_name)?;
+            }
+            Source::Archive(path) => self.load_archive(path, Some(name), &app_name)?,
+        }
+        log.pass(format!("restored into the scratch database {name}"));
+        log.step("row counts");
+        let counted = parse_row_counts(&self.psql(
+            name,
+            &["SET row_security = off".into(), COUNT_ROWS_SQL.into()],
+        )?)
+        .map_err(|e| PostgresError::Drill(format!("cannot count the rows: {e}")))?;
+        log.pass(compare_counts(expected, &counted).map_err(PostgresError::Drill)?);
+        log.step("amcheck");
+        self.amcheck(name, log)
+    }
+
+    /// amcheck's `bt_index_check` on every leaf btree index of `database` (valid, ready, not
+    /// temporary), each on its own: an index that amcheck finds damaged fails the drill; one it
+    /// could not check for another reason (a privilege, a lock, an operator class whose
+    /// functions fail) is named as not checked, as are the index kinds amcheck does not cover.
+    pub(super) fn amcheck(&self, database: &str, log: &mut DrillLog) -> Result<(), PostgresError> {
+        let installed = self
+            .psql(
+                database,
+                &[
+                    "CREATE SCHEMA IF NOT EXISTS dbkeep_amcheck".into(),
+                    "CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA dbkeep_amcheck".into(),
+                    AMCHECK_SCHEMA_SQL.into(),
+                ],
+            )
+            .map(|s| s.trim().to_owned());
+        let schema = match installed {
+            Ok(schema) if !schema.is_empty() => schema,
+            Ok(_) => {
+                log.pass("amcheck not available, btree indexes not checked");
+                return Ok(());
+            }
+            Err(e) => {
+                log.pass(format!(
+                    "amcheck not available, btree indexes not checked: {}",
+                    error_line(&e)
+                ));
+                return Ok(());
+            }
+        };
+        let mut cmd = self.command("psql", database);
+        cmd.env("PGAPPNAME", format!("dbkeep amcheck {database}"));
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg("-c")
+            .arg("SET search_path = pg_catalog, pg_temp")
+            .arg("-c")
+            .arg(AMCHECK_SQL.replace("@SCHEMA@", &literal(&schema)))
+            .arg("-c")
+            .arg("SELECT current_setting('dbkeep.amcheck')");
+        let out = process::output(cmd, HINT, self.secrets())?;
+        let report: AmcheckReport = serde_json::from_str(out.trim()).map_err(|e| {
+            let start: String = out.chars().take(200).collect();
+            PostgresError::Drill(format!("cannot read amcheck's report: {e} in {start:?}"))
+        })?;
+        report.into_checks(log)
+    }
+
+    /// Drops scratch databases of drills of this machine whose process is gone.
+    pub(super) fn drop_stale_drills(&self) {
+        let Ok(found) = self.maintenance(&[
+            "SELECT datname FROM pg_database WHERE datname LIKE 'dbkeep\\_drill\\_%'".into(),
+        ]) else {
+            return;
+        };
+        for name in found.lines().map(str::trim) {
+            // Only "no such process" means gone: a drill of another user answers EPERM.
+            let gone = drill_owner(name).is_some_and(|pid| {
+                i32::try_from(pid).is_ok_and(|pid| {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                        == Err(nix::errno::Errno::ESRCH)
+                })
+            });
+            if gone {
+                tracing::warn!(database = %name, "dropping the scratch database of a killed drill");
+                if let Err(e) = self.drop_database(name) {
+                    tracing::warn!(database = %name, error = %e, "could not drop it");
+                }
+            }
+        }
+    }
+}

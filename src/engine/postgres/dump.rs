@@ -1,0 +1,267 @@
+//! `pg_dump` streamed into a writer, with the row counts taken in the dump's own snapshot.
+
+use super::*;
+use crate::engine::process::{self, ProcessError, Running};
+use crate::engine::{DumpInfo, PgFormat, RowCounts};
+use crate::signals;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Counts the rows of every table the dump holds (ordinary tables and leaf partitions outside
+/// the system schemas and not members of an extension), as one line of JSON:
+/// `[["schema","table",rows],…]`. `count(*)` runs per table through `query_to_xml`, so one
+/// statement counts them all in the caller's snapshot.
+pub const COUNT_ROWS_SQL: &str = "SELECT coalesce(jsonb_agg(jsonb_build_array(n.nspname, c.relname, \
+(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint) \
+ORDER BY n.nspname, c.relname), '[]'::jsonb)::text \
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')";
+
+/// Parses the output of [`COUNT_ROWS_SQL`].
+pub fn parse_row_counts(line: &str) -> Result<RowCounts, String> {
+    let rows: Vec<(String, String, u64)> = serde_json::from_str(line.trim()).map_err(|e| {
+        let start: String = line.chars().take(200).collect();
+        format!("{e} in {start:?}")
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(schema, table, n)| (format!("{schema}.{table}"), n))
+        .collect())
+}
+
+/// A psql session holding a repeatable-read, read-only transaction whose snapshot pg_dump
+/// imports (`--snapshot`), so that the rows counted in it are exactly the rows dumped.
+pub(super) struct SnapshotSession {
+    psql: Option<Running>,
+    stdin: Option<std::process::ChildStdin>,
+    out: BufReader<std::process::ChildStdout>,
+    id: String,
+}
+
+impl SnapshotSession {
+    pub(super) fn export(pg: &Postgres) -> Result<Self, PostgresError> {
+        let mut cmd = pg.command("psql", &pg.conn.database);
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut psql = process::spawn(cmd, HINT, pg.secrets())?;
+        let (stdin, stdout) = (psql.take_stdin(), psql.take_stdout());
+        let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+            psql.kill();
+            return Err(PostgresError::Snapshot {
+                what: "export a snapshot",
+                problem: "psql's pipes are missing".into(),
+            });
+        };
+        let mut session = Self {
+            psql: Some(psql),
+            stdin: Some(stdin),
+            out: BufReader::new(stdout),
+            id: String::new(),
+        };
+        session.id = session.ask(
+            "export a snapshot",
+            // As pg_dump does: a row-level security policy that would hide rows is an error,
+            // never a smaller count.
+            "SET row_security = off;\nBEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();\n",
+        )?;
+        if session.id.is_empty()
+            || !session
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(session.fail(
+                "export a snapshot",
+                format!("unexpected answer {:?}", session.id),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// Sends `sql` and reads the one line it answers.
+    pub(super) fn ask(&mut self, what: &'static str, sql: &str) -> Result<String, PostgresError> {
+        let sent = match self.stdin.as_mut() {
+            Some(stdin) => stdin.write_all(sql.as_bytes()).and_then(|()| stdin.flush()),
+            None => Err(io::Error::other("the session has ended")),
+        };
+        let mut line = String::new();
+        let read = sent.and_then(|()| self.out.read_line(&mut line));
+        match read {
+            Ok(n) if n > 0 => Ok(line.trim().to_owned()),
+            Ok(_) => Err(self.fail(what, "psql ended without an answer".into())),
+            Err(e) => Err(self.fail(what, e.to_string())),
+        }
+    }
+
+    /// The error for a failed step: psql's own (with its scrubbed stderr) when it failed.
+    pub(super) fn fail(&mut self, what: &'static str, problem: String) -> PostgresError {
+        self.stdin = None; // psql reads the end of its input and ends
+        match self.psql.take().map(Running::wait_success) {
+            Some(Err(e)) => e.into(),
+            _ => PostgresError::Snapshot { what, problem },
+        }
+    }
+
+    pub(super) fn count_rows(&mut self) -> Result<RowCounts, PostgresError> {
+        let line = self.ask("count rows", &format!("{COUNT_ROWS_SQL};\n"))?;
+        parse_row_counts(&line).map_err(|problem| PostgresError::Snapshot {
+            what: "count rows",
+            problem,
+        })
+    }
+
+    /// Ends the transaction and the session.
+    pub(super) fn end(mut self) -> Result<(), PostgresError> {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"COMMIT;\n");
+        }
+        if let Some(psql) = self.psql.take() {
+            psql.wait_success()?;
+        }
+        Ok(())
+    }
+}
+
+impl Postgres {
+    /// Streams a dump into `out`. Fails unless pg_dump exits 0 and the stream ends with the
+    /// completion trailer (plain SQL) or starts with the archive header (custom format, written
+    /// with pg_dump's own compression off so that dbkeep's codec applies).
+    pub fn dump(&self, format: PgFormat, out: &mut dyn Write) -> Result<DumpInfo, PostgresError> {
+        let tool_version = self.tool_version("pg_dump")?;
+        let (server_version, server_major) = self.server_version()?;
+        if major(&tool_version) < server_major {
+            return Err(PostgresError::ToolTooOld {
+                pg_dump: tool_version,
+                server: server_version,
+            });
+        }
+        // The dump and the row counts read one snapshot: exported by a repeatable-read
+        // transaction that stays open until pg_dump is done.
+        let session = if self.row_counts {
+            Some(SnapshotSession::export(self)?)
+        } else {
+            None
+        };
+        let mut cmd = self.command("pg_dump", &self.conn.database);
+        if let Some(s) = &session {
+            cmd.arg(format!("--snapshot={}", s.id));
+        }
+        match format {
+            PgFormat::Sql => cmd.args(["--format=plain", "--clean", "--if-exists", "--create"]),
+            PgFormat::Custom => cmd.args(["--format=custom", "--compress=0"]),
+        };
+        cmd.arg("--no-password")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut child = process::spawn(cmd, HINT, self.secrets())?;
+        let session_pid = session
+            .as_ref()
+            .and_then(|s| s.psql.as_ref().map(Running::pid));
+        let counting = session.map(|mut session| {
+            std::thread::spawn(move || {
+                let counts = session.count_rows();
+                (session, counts)
+            })
+        });
+        let stdout = child.take_stdout();
+        let mut tail = crate::codec::Tail::new(TRAILER_WINDOW);
+        let mut head = Vec::with_capacity(ARCHIVE_MAGIC.len());
+        // A reader thread keeps pg_dump running while this thread compresses: a bounded queue
+        // of chunks, so memory stays flat.
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+        let reader = std::thread::spawn(move || {
+            let Some(mut stdout) = stdout else { return };
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                match stdout.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(Ok(buf)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        let result = (|| {
+            let mut last_progress = Instant::now();
+            loop {
+                if signals::interrupted() {
+                    return Err(PostgresError::Interrupted);
+                }
+                if last_progress.elapsed() > self.stall_timeout {
+                    return Err(PostgresError::Stalled {
+                        tool: "pg_dump",
+                        secs: self.stall_timeout.as_secs(),
+                    });
+                }
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Ok(chunk)) => {
+                        last_progress = Instant::now();
+                        tail.push(&chunk);
+                        let want = ARCHIVE_MAGIC.len().saturating_sub(head.len());
+                        head.extend_from_slice(&chunk[..want.min(chunk.len())]);
+                        out.write_all(&chunk).map_err(PostgresError::Output)?;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(PostgresError::Process(ProcessError::Output {
+                            program: "pg_dump".into(),
+                            source: e,
+                        }));
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            }
+        })();
+        drop(rx);
+        if result.is_err() {
+            child.kill();
+            // The reader ends at EOF, which a grandchild holding the pipe may delay: not joined.
+            drop(reader);
+        } else {
+            let _ = reader.join();
+        }
+        let waited = child.wait_success();
+        if result.is_err() || waited.is_err() {
+            // The dump failed: the counts are of no use.
+            if let Some(pid) = session_pid {
+                process::kill_pid(pid);
+            }
+        }
+        let counted = match counting.map(std::thread::JoinHandle::join) {
+            None => None,
+            Some(Ok((session, counts))) => {
+                // Only now may the snapshot's transaction end: pg_dump has long imported it.
+                Some(session.end().and(counts))
+            }
+            Some(Err(_)) => Some(Err(PostgresError::Snapshot {
+                what: "count rows",
+                problem: "the counting thread panicked".into(),
+            })),
+        };
+        result?;
+        waited?;
+        let counts = counted.transpose()?;
+        match format {
+            PgFormat::Sql if !has_trailer(tail.bytes()) => return Err(PostgresError::Incomplete),
+            PgFormat::Custom if head != ARCHIVE_MAGIC => return Err(PostgresError::NotArchive),
+            _ => {}
+        }
+        Ok(DumpInfo {
+            server_version: Some(server_version),
+            tool_version: Some(format!("pg_dump {tool_version}")),
+            row_counts: counts,
+        })
+    }
+}

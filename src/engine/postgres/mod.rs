@@ -1,0 +1,357 @@
+//! PostgreSQL through its own tools, as child processes: `pg_dump` (plain SQL with `--clean
+//! --if-exists --create`, or the custom archive format), `psql` (plain restores, metadata) and
+//! `pg_restore` (custom-format restores with parallel jobs, archive checks).
+//!
+//! - The password reaches a child only through that child's environment (`PGPASSWORD`); every
+//!   other `PG*` variable of dbkeep's environment is removed from the child's, so `DATABASE_URL`
+//!   alone decides where it connects. dbkeep's own environment is never changed.
+//! - A dump counts only if pg_dump exited 0 and its output ends with the completion trailer
+//!   (plain) or starts with the archive header (custom).
+//! - A restore moves the live database aside first and puts it back if anything fails.
+
+mod drill;
+mod dump;
+mod restore;
+
+use super::process::{self, FeedError, ProcessError, feed_child};
+use crate::database_url::PgConnection;
+pub use dump::{COUNT_ROWS_SQL, parse_row_counts};
+pub use restore::RestoreReport;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use thiserror::Error;
+
+/// What pg_dump writes at the end of a complete plain dump.
+pub const TRAILER: &[u8] = b"-- PostgreSQL database dump complete";
+
+/// How far from the end the trailer may stand (newer pg_dump prints `\unrestrict KEY` after it).
+pub const TRAILER_WINDOW: usize = 4096;
+
+const HINT: &str = "install the PostgreSQL client tools of the server's major version or newer (Debian: apt-get install postgresql-client)";
+
+const CHUNK: usize = 256 * 1024;
+
+/// The first bytes of a custom-format archive.
+const ARCHIVE_MAGIC: &[u8] = b"PGDMP";
+
+#[derive(Debug, Error)]
+pub enum PostgresError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(
+        "pg_dump {pg_dump} is older than the server ({server}): a dump needs pg_dump of the server's major version or newer; install it and point BACKUP_PG_BINDIR at its bin directory"
+    )]
+    ToolTooOld { pg_dump: String, server: String },
+    #[error("cannot read the version of {tool} from {output:?}")]
+    Version { tool: &'static str, output: String },
+    #[error(
+        "the dump is incomplete: pg_dump exited 0 but its output does not end with \"PostgreSQL database dump complete\""
+    )]
+    Incomplete,
+    #[error(
+        "the dump is not a custom-format archive: pg_dump exited 0 but its output does not start with \"PGDMP\""
+    )]
+    NotArchive,
+    #[error(
+        "the dump being restored does not end with pg_dump's completion trailer: the backup is incomplete, so what was loaded is discarded"
+    )]
+    TruncatedInput,
+    #[error("writing the dump: {0}")]
+    Output(io::Error),
+    #[error("reading the backup: {0}")]
+    Input(io::Error),
+    #[error("interrupted by a signal")]
+    Interrupted,
+    #[error("cannot {what} for the dump: {problem}")]
+    Snapshot { what: &'static str, problem: String },
+    #[error("restore drill: {0}")]
+    Drill(String),
+    #[error("{tool} made no progress for {secs} s and was stopped (BACKUP_STALL_TIMEOUT)")]
+    Stalled { tool: &'static str, secs: u64 },
+    #[error(
+        "the backup holds the database {backup:?} but DATABASE_URL names {configured:?}: a plain dump made with --create restores into its own database; point DATABASE_URL at {backup:?}"
+    )]
+    DatabaseMismatch { backup: String, configured: String },
+    #[error(
+        "the restore failed and the original database could NOT be put back: {restore}; then: {rollback}. The original is kept as {aside:?}: rename it with ALTER DATABASE \"{aside}\" RENAME TO \"{target}\""
+    )]
+    RollbackFailed {
+        restore: Box<PostgresError>,
+        rollback: Box<PostgresError>,
+        aside: String,
+        target: String,
+    },
+}
+
+impl From<FeedError> for PostgresError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::Process(e) => PostgresError::Process(e),
+            FeedError::Interrupted => PostgresError::Interrupted,
+            FeedError::Stalled { program, secs } => PostgresError::Stalled {
+                tool: if program == "psql" {
+                    "psql"
+                } else {
+                    "pg_restore"
+                },
+                secs,
+            },
+            FeedError::Input(e) => PostgresError::Input(e),
+            FeedError::Output(e) => PostgresError::Output(e),
+        }
+    }
+}
+
+pub struct Postgres {
+    conn: PgConnection,
+    bindir: Option<PathBuf>,
+    maintenance_db: String,
+    keep_old: bool,
+    stall_timeout: Duration,
+    restore_jobs: u32,
+    row_counts: bool,
+}
+
+/// What a restore loads: a plain SQL stream (fed to psql), or a custom archive staged in a
+/// seekable file (loaded by `pg_restore -j N`).
+pub enum Source<'a> {
+    Sql(&'a mut dyn Read),
+    Archive(&'a Path),
+}
+
+/// Checks a custom archive completely without a database: streams it through
+/// `pg_restore --file=/dev/null`, which reads every entry and data block.
+pub fn check_archive(bindir: Option<&Path>, input: &mut dyn Read) -> Result<(), PostgresError> {
+    let mut cmd = process::clean_command(&process::program_path(bindir, "pg_restore"));
+    cmd.args(["--file=/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let child = process::spawn(cmd, HINT, vec![])?;
+    Ok(feed_child(child, input, None)?)
+}
+
+/// Reads a staged custom archive's table of contents (`pg_restore --list`): proves this
+/// pg_restore reads the archive before anything is changed.
+pub fn list_archive(bindir: Option<&Path>, path: &Path) -> Result<(), PostgresError> {
+    let mut cmd = process::clean_command(&process::program_path(bindir, "pg_restore"));
+    cmd.arg("--list").arg(path);
+    process::output(cmd, HINT, vec![])?;
+    Ok(())
+}
+
+/// The `ERROR:` line of a failed psql, else the error's first line.
+fn error_line(e: &PostgresError) -> String {
+    let text = e.to_string();
+    text.lines()
+        .find(|l| l.contains("ERROR:"))
+        .or_else(|| text.lines().next())
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The major version of a version text: `15.18` → 15, `9.6.24` → 9.
+pub fn major(version: &str) -> u32 {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a dump's last bytes hold pg_dump's completion trailer.
+pub fn has_trailer(tail: &[u8]) -> bool {
+    tail.windows(TRAILER.len()).any(|w| w == TRAILER)
+}
+
+/// A quoted SQL identifier.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A quoted SQL string literal (standard_conforming_strings is on since PostgreSQL 9.1).
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Postgres {
+    pub fn new(
+        conn: PgConnection,
+        bindir: Option<PathBuf>,
+        maintenance_db: String,
+        keep_old: bool,
+        stall_timeout: Duration,
+        restore_jobs: u32,
+        row_counts: bool,
+    ) -> Self {
+        Self {
+            conn,
+            bindir,
+            maintenance_db,
+            keep_old,
+            stall_timeout,
+            restore_jobs: restore_jobs.max(1),
+            row_counts,
+        }
+    }
+
+    /// The database DATABASE_URL names.
+    pub fn database(&self) -> &str {
+        &self.conn.database
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.conn
+            .password
+            .iter()
+            .map(|p| p.expose().to_owned())
+            .collect()
+    }
+
+    /// A command for `tool` connecting to `database`: a clean environment (no `PG*` variable, no
+    /// DATABASE_URL or API token of ours) plus the connection settings from DATABASE_URL.
+    fn command(&self, tool: &str, database: &str) -> Command {
+        let mut cmd = process::clean_command(&process::program_path(self.bindir.as_deref(), tool));
+        let c = &self.conn;
+        if let Some(h) = &c.host {
+            cmd.env("PGHOST", h);
+        }
+        if let Some(p) = c.port {
+            cmd.env("PGPORT", p.to_string());
+        }
+        if let Some(u) = &c.user {
+            cmd.env("PGUSER", u);
+        }
+        if let Some(p) = &c.password {
+            cmd.env("PGPASSWORD", p.expose());
+        }
+        cmd.env("PGDATABASE", database);
+        // Never wait forever for a server that does not answer.
+        cmd.env("PGCONNECT_TIMEOUT", "30");
+        for (k, v) in &c.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// `pg_dump --version` → `15.18`.
+    pub fn tool_version(&self, tool: &'static str) -> Result<String, PostgresError> {
+        let mut cmd = process::clean_command(&process::program_path(self.bindir.as_deref(), tool));
+        cmd.arg("--version");
+        let out = process::output(cmd, HINT, vec![])?;
+        out.split_whitespace()
+            .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+            .map(str::to_owned)
+            .ok_or(PostgresError::Version {
+                tool,
+                output: out.trim().to_owned(),
+            })
+    }
+
+    /// Runs SQL statements one by one (each its own transaction) on `database`; returns stdout.
+    fn psql(&self, database: &str, statements: &[String]) -> Result<String, PostgresError> {
+        let mut cmd = self.command("psql", database);
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        for s in statements {
+            cmd.arg("-c").arg(s);
+        }
+        Ok(process::output(cmd, HINT, self.secrets())?)
+    }
+
+    fn maintenance(&self, statements: &[String]) -> Result<String, PostgresError> {
+        self.psql(&self.maintenance_db, statements)
+    }
+
+    /// The server's version text and major version; also proves we can connect.
+    pub fn server_version(&self) -> Result<(String, u32), PostgresError> {
+        let out = self.psql(
+            &self.conn.database,
+            &["SELECT current_setting('server_version') || '|' || current_setting('server_version_num')".into()],
+        )?;
+        let line = out.trim();
+        let (text, num) = line.split_once('|').ok_or_else(|| PostgresError::Version {
+            tool: "the server",
+            output: line.to_owned(),
+        })?;
+        let num: u32 = num.trim().parse().map_err(|_| PostgresError::Version {
+            tool: "the server",
+            output: line.to_owned(),
+        })?;
+        let text = text.split_whitespace().next().unwrap_or(text).to_owned();
+        Ok((text, num / 10000))
+    }
+
+    fn drop_database(&self, name: &str) -> Result<(), PostgresError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.maintenance(&[
+                terminate_sql(name),
+                format!("DROP DATABASE IF EXISTS {}", ident(name)),
+            ]);
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if attempt < 50 && e.to_string().contains("being accessed by other users") =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn terminate_sql(db: &str) -> String {
+    format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+        literal(db)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dump::parse_row_counts;
+    use super::restore::aside_name;
+    use super::*;
+
+    #[test]
+    fn row_counts_parse_and_bad_answers_are_named() {
+        let c = parse_row_counts("[[\"public\",\"t\",3],[\"s\",\"x|y\",0]]\n").unwrap();
+        assert_eq!(c.get("public.t"), Some(&3));
+        assert_eq!(c.get("s.x|y"), Some(&0));
+        assert!(parse_row_counts("[]").unwrap().is_empty());
+        let err = parse_row_counts("ERROR: permission denied").unwrap_err();
+        assert!(err.contains("permission denied"), "{err}");
+    }
+
+    #[test]
+    fn majors() {
+        assert_eq!(major("15.18"), 15);
+        assert_eq!(major("9.6.24"), 9);
+        assert_eq!(major("17beta1"), 17);
+    }
+
+    #[test]
+    fn trailer_detection() {
+        let dump = b"...\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n\n";
+        assert!(has_trailer(dump));
+        assert!(!has_trailer(b"COPY public.t (a) FROM stdin;\n1\n"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(literal("o'k"), "'o''k'");
+    }
+
+    #[test]
+    fn aside_names_fit_63_bytes() {
+        let now = chrono::Utc::now();
+        let long = "x".repeat(63);
+        assert!(aside_name(&long, now).len() <= 63);
+        assert!(aside_name("shop", now).starts_with("shop_dbkeep_old_"));
+    }
+}

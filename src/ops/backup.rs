@@ -1,0 +1,376 @@
+//! `dbkeep backup`: the dump streamed through the codec, encryption and hashing into the
+//! repository, the manifest as the commit point, a failed attempt recorded, then copies and the
+//! series' retention.
+
+use super::*;
+use crate::catalog::{self, Manifest};
+use crate::codec::{Compression, Digest256, Encoder, HashingWriter};
+use crate::database_url::DatabaseUrl;
+use crate::encryption::{self, Encryption, Sealed};
+use crate::engine::sqlite;
+use crate::engine::{DatabaseType, DumpInfo, PgFormat};
+use crate::error::Error;
+use crate::naming::{self, BackupName};
+use crate::retention::{self, Candidate, Policy};
+
+use chrono::Utc;
+use std::fs::File;
+use std::io;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+impl Ops {
+    pub fn backup(&self, req: &BackupRequest) -> Result<BackupOutcome, Error> {
+        let given = req.name.as_deref().map(BackupName::parse).transpose()?;
+        let series = req
+            .series
+            .as_deref()
+            .map(naming::parse_series)
+            .transpose()?;
+        let (engine, url) = Engine::from_settings(&self.settings)?;
+        // Fail closed: an unusable recipient stops the backup before anything is written.
+        let sealer = encryption::sealer(
+            self.settings.encrypt_recipients.as_deref(),
+            self.settings.encrypt_passphrase_file.as_deref(),
+        )?;
+        let encryption = if sealer.is_some() {
+            Encryption::Age
+        } else {
+            Encryption::None
+        };
+        self.install_signals()?;
+        let _lock = match self.lock(&format!(
+            "backup {}",
+            given.as_ref().map_or("(default name)", |n| n.as_str())
+        )) {
+            Ok(lock) => lock,
+            // A run that waited out BACKUP_LOCK_TIMEOUT is recorded, so that
+            // `.backups[0].success` shows it; the API's immediate 409 (no wait) is not a failed
+            // backup, only a refused request.
+            Err(e) if self.settings.lock_timeout.is_zero() => return Err(e),
+            Err(e) => {
+                let name = given
+                    .clone()
+                    .unwrap_or_else(|| BackupName::default_at(Utc::now()));
+                let series = series
+                    .clone()
+                    .unwrap_or_else(|| naming::derive_series(&name));
+                let mut m = self.attempt_manifest(
+                    &name,
+                    series,
+                    engine.database_type(),
+                    &url,
+                    self.settings.codec(),
+                    encryption,
+                );
+                m.error = Some(e.to_string());
+                self.record_failure(&m);
+                return Err(e);
+            }
+        };
+
+        // The default name is taken once we hold the lock; a run in the same second waits for
+        // the next one instead of failing.
+        let mut started = Utc::now();
+        let name = match given {
+            Some(n) => {
+                if !req.replace
+                    && self
+                        .storage
+                        .stat(&catalog::manifest_key(n.as_str(), true))?
+                        .is_some()
+                {
+                    return Err(Error::NameExists {
+                        name: n.to_string(),
+                    });
+                }
+                n
+            }
+            None => loop {
+                let n = BackupName::default_at(started);
+                if self
+                    .storage
+                    .stat(&catalog::manifest_key(n.as_str(), true))?
+                    .is_none()
+                {
+                    break n;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                started = Utc::now();
+            },
+        };
+        let series = series.unwrap_or_else(|| naming::derive_series(&name));
+        // The request's `compress` switch (the API's field, `--no-compress`) picks between none
+        // and the configured codec (gzip when the configuration says none).
+        let compression = match req.compress {
+            None => self.settings.codec(),
+            Some(false) => Compression::None,
+            Some(true) if self.settings.compression == Compression::None => Compression::Gzip,
+            Some(true) => self.settings.compression,
+        };
+        // A level configured for another codec does not apply to the one the request chose.
+        let level = if compression == self.settings.compression {
+            self.settings.level(compression)?
+        } else {
+            compression.default_level()
+        };
+        let db_type = engine.database_type();
+        let pg_format = self.pg_format(db_type);
+        let suffix = format!(
+            "{}{}{}",
+            pg_format.map_or(db_type.extension(), PgFormat::extension),
+            compression.suffix(),
+            encryption.suffix()
+        );
+        let mut key = format!("{name}{suffix}");
+        if self.storage.stat(&key)?.is_some() {
+            // Never write over an existing file: with --replace the old backup's data stays
+            // intact until the new manifest is committed (then it is deleted).
+            key = format!("{name}.{}{suffix}", started.format("%Y%m%dT%H%M%S%3fZ"));
+        }
+        info!(backup = %name, series = %series, database = %url, "backup started");
+        let clock = Instant::now();
+
+        let previous = if req.replace {
+            catalog::read_manifest(
+                self.storage.as_ref(),
+                &catalog::manifest_key(name.as_str(), true),
+            )
+            .ok()
+        } else {
+            None
+        };
+        let mut manifest =
+            self.attempt_manifest(&name, series, db_type, &url, compression, encryption);
+        manifest.timestamp = started;
+
+        let dumped = self.recover_interrupted_restore(&engine).and_then(|()| {
+            self.dump_into(
+                &engine,
+                pg_format.unwrap_or_default(),
+                &key,
+                compression,
+                level,
+                sealer.as_ref(),
+            )
+        });
+        manifest.duration = round3(clock.elapsed().as_secs_f64());
+        manifest.finished_at = Utc::now();
+        let (info_, digest) = match dumped {
+            Ok(v) => v,
+            Err(e) => {
+                manifest.error = Some(e.to_string());
+                self.record_failure(&manifest);
+                return Err(e);
+            }
+        };
+        manifest.success = true;
+        manifest.file_path = Some(self.storage.display_path(&key));
+        manifest.file_size = digest.size;
+        manifest.sha256 = Some(digest.sha256);
+        manifest.data_file = Some(key.clone());
+        manifest.server_version = info_.server_version;
+        manifest.tool_version = info_.tool_version;
+        manifest.row_counts = info_.row_counts;
+        // The commit point. A new name is created only if nobody else took it meanwhile (object
+        // storage shared by several instances); --replace overwrites on purpose.
+        let json = manifest.to_json()?;
+        let committed = if req.replace {
+            self.storage.put(&manifest.key(), &json)
+        } else {
+            self.storage.put_new(&manifest.key(), &json)
+        };
+        if let Err(e) = committed {
+            // No manifest, no backup: the data goes too, and the attempt is recorded.
+            if let Err(d) = self.storage.delete(&key) {
+                warn!(error = %d, "could not remove the data file of a backup that failed to commit");
+            }
+            let e = Error::from(e);
+            let mut failed = manifest.clone();
+            failed.success = false;
+            failed.error = Some(e.to_string());
+            failed.file_path = None;
+            failed.file_size = 0;
+            failed.sha256 = None;
+            failed.data_file = None;
+            self.record_failure(&failed);
+            return Err(e);
+        }
+        // From here on the backup exists: tidying up can only warn.
+        if let Err(e) = self
+            .storage
+            .delete(&catalog::manifest_key(name.as_str(), false))
+        {
+            warn!(error = %e, "could not remove the record of an earlier failed attempt");
+        }
+        if let Some(old_key) = previous.and_then(|p| p.data_file).filter(|k| *k != key)
+            && let Err(e) = self.storage.delete(&old_key)
+        {
+            warn!(error = %e, "could not remove the replaced backup's data file");
+        }
+        info!(
+            backup = %name,
+            size = manifest.file_size,
+            sha256 = manifest.sha256.as_deref().unwrap_or(""),
+            duration = manifest.duration,
+            "backup completed"
+        );
+
+        // Then the copies (3-2-1): a failed one is reported, the primary copy stays.
+        let copy_errors = self.copy_to_targets(&mut manifest, &self.settings.copy_to);
+
+        let policy = Policy {
+            retention_days: self.settings.retention_days,
+            keep_min: self.settings.keep_min,
+        };
+        let cat = match self.catalog() {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("retention skipped: cannot read the catalog: {e}");
+                warn!("{msg}");
+                return Ok(BackupOutcome {
+                    manifest,
+                    copy_errors,
+                    retention: Vec::new(),
+                    retention_errors: vec![msg],
+                });
+            }
+        };
+        let candidates: Vec<Candidate> = cat
+            .backups
+            .iter()
+            .filter(|m| {
+                m.series == manifest.series && database_identity(m) == database_identity(&manifest)
+            })
+            .map(candidate)
+            .collect();
+        let retention = retention::plan(&candidates, |_, _| policy, Utc::now());
+        let retention_errors = self.execute(&cat, &retention);
+        Ok(BackupOutcome {
+            manifest,
+            copy_errors,
+            retention,
+            retention_errors,
+        })
+    }
+
+    /// The dump format a new backup of `db_type` gets (PostgreSQL only).
+    pub(super) fn pg_format(&self, db_type: DatabaseType) -> Option<PgFormat> {
+        match db_type {
+            DatabaseType::Postgresql => Some(self.settings.pg_format),
+            DatabaseType::Sqlite => None,
+        }
+    }
+
+    /// The manifest of an attempt that has not succeeded (yet).
+    pub(super) fn attempt_manifest(
+        &self,
+        name: &BackupName,
+        series: String,
+        database_type: DatabaseType,
+        url: &DatabaseUrl,
+        compression: Compression,
+        encryption: Encryption,
+    ) -> Manifest {
+        let started = Utc::now();
+        Manifest {
+            backup_name: name.to_string(),
+            file_path: None,
+            file_size: 0,
+            compressed: compression != Compression::None,
+            database_type,
+            timestamp: started,
+            duration: 0.0,
+            success: false,
+            error: None,
+            sha256: None,
+            compression,
+            encryption,
+            pg_format: self.pg_format(database_type),
+            data_file: None,
+            series,
+            database_name: url.database_name(),
+            database_host: match url {
+                DatabaseUrl::Postgres(c) => Some(c.host_display()),
+                DatabaseUrl::Sqlite { .. } => None,
+            },
+            server_version: None,
+            tool_version: None,
+            row_counts: None,
+            verification: None,
+            retention_days: self.settings.retention_days,
+            keep_min: self.settings.keep_min,
+            finished_at: Utc::now(),
+            copies: Vec::new(),
+            dbkeep_version: env!("CARGO_PKG_VERSION").to_owned(),
+            manifest_version: catalog::MANIFEST_VERSION,
+        }
+    }
+
+    /// Writes a failed attempt's manifest; a failure to do so is only logged.
+    pub(super) fn record_failure(&self, m: &Manifest) {
+        let written = m
+            .to_json()
+            .map_err(Error::from)
+            .and_then(|json| self.storage.put(&m.key(), &json).map_err(Error::from));
+        if let Err(e) = written {
+            warn!(error = %e, "could not record the failed attempt");
+        }
+    }
+
+    /// Dumps the database into a new object `key`; returns what the engine reported and the
+    /// stored size and SHA-256. Nothing is visible under `key` unless this returns `Ok`.
+    pub(super) fn dump_into(
+        &self,
+        engine: &Engine,
+        format: PgFormat,
+        key: &str,
+        compression: Compression,
+        level: u32,
+        sealer: Option<&encryption::Sealer>,
+    ) -> Result<(DumpInfo, Digest256), Error> {
+        // The data key is always new (a replaced backup's file gets a stamped name).
+        let writer = self.storage.create_new(key)?;
+        // Compress, then encrypt, then hash what is stored.
+        let sealed = Sealed::new(sealer, HashingWriter::new(writer))?;
+        let mut enc =
+            Encoder::new(compression, level, sealed).map_err(io_err("start the compressor"))?;
+        let info = match engine {
+            Engine::Postgres(pg) => pg.dump(format, &mut enc)?,
+            Engine::Sqlite(sq) => {
+                let scratch = ScratchFile::create(&self.storage.scratch_dir()?, "snapshot.db")?;
+                let info = sq.snapshot(scratch.path())?;
+                // The copy is checked while it is compressed and stored (another core); a copy
+                // that fails the check is never committed.
+                let path = scratch.path().to_owned();
+                let count = self.settings.row_counts;
+                let check = std::thread::spawn(move || {
+                    sqlite::integrity_check(&path)?;
+                    count.then(|| sqlite::count_rows(&path)).transpose()
+                });
+                let f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
+                let mut f = crate::faults::AfterBytes::new(f, 1 << 20, "during-compression");
+                let stored = io::copy(&mut f, &mut enc).map_err(io_err("store the SQLite copy"));
+                let checked = check.join().map_err(|_| Error::Io {
+                    io_context: "check the SQLite copy".into(),
+                    source: io::Error::other("the integrity check panicked"),
+                })?;
+                let counts = checked?;
+                stored?;
+                DumpInfo {
+                    row_counts: counts,
+                    ..info
+                }
+            }
+        };
+        let (writer, digest) = enc
+            .finish()
+            .map_err(io_err("finish the compressed stream"))?
+            .finish()
+            .map_err(io_err("finish the encrypted stream"))?
+            .finish();
+        writer.commit()?;
+        crate::faults::point("after-data-commit");
+        Ok((info, digest))
+    }
+}

@@ -1,0 +1,193 @@
+//! Restore drills: a backup restored into a throwaway target, checked, and the outcome recorded
+//! in its manifest.
+
+use super::*;
+use crate::catalog::{DrillOutcome, Manifest, Verification};
+use crate::encryption::{self, Encryption, Keys};
+use crate::engine::DrillLog;
+use crate::engine::postgres;
+use crate::engine::sqlite;
+use crate::error::Error;
+use crate::signals;
+
+use chrono::Utc;
+use std::time::Instant;
+use tracing::{info, warn};
+
+impl Ops {
+    /// Restore drills: each chosen backup is restored into a throwaway target (PostgreSQL: a
+    /// scratch database on the same server; SQLite: a temporary file) and checked there; the
+    /// outcome is recorded in its manifest (`verification`). A failed drill is a report with
+    /// an error, not an `Err`: the others still run.
+    pub fn drill(&self, target: &VerifyTarget) -> Result<Vec<VerifyReport>, Error> {
+        let (engine, _url) = Engine::from_settings(&self.settings)?;
+        self.install_signals()?;
+        let keys = self.keys()?;
+        let cat = self.catalog()?;
+        let mut reports = Vec::new();
+        for m in self.choose(&cat, target)? {
+            if signals::interrupted() {
+                break;
+            }
+            info!(backup = %m.backup_name, "restore drill started");
+            let clock = Instant::now();
+            let mut log = DrillLog::default();
+            let result = self
+                .drill_one(&engine, m, keys.as_ref(), &mut log)
+                .map(|()| log.passed.clone());
+            let duration = round3(clock.elapsed().as_secs_f64());
+            let record = match &result {
+                Ok(_) => Verification {
+                    verified_at: Utc::now(),
+                    outcome: DrillOutcome::Passed,
+                    checks: log.passed,
+                    failed_check: None,
+                    error: None,
+                    duration,
+                },
+                // Manifests are never encrypted: keep the error's first line, not the tool's
+                // stderr, whose DETAIL and CONTEXT lines may quote rows.
+                Err(e) => Verification {
+                    verified_at: Utc::now(),
+                    outcome: DrillOutcome::Failed,
+                    checks: log.passed,
+                    failed_check: Some(log.step.to_owned()),
+                    error: Some(first_line(&e.to_string())),
+                    duration,
+                },
+            };
+            match &result {
+                Ok(_) => info!(backup = %m.backup_name, duration, "restore drill passed"),
+                Err(e) => {
+                    tracing::error!(backup = %m.backup_name, error = %e, "restore drill failed")
+                }
+            }
+            // An interrupted drill proved nothing either way: not recorded.
+            if !signals::interrupted()
+                && let Err(e) =
+                    self.record_verification(&m.backup_name, m.sha256.as_deref(), record)
+            {
+                warn!(backup = %m.backup_name, error = %e, "could not record the drill's outcome in the manifest");
+            }
+            reports.push(VerifyReport {
+                name: m.backup_name.clone(),
+                result,
+            });
+        }
+        Ok(reports)
+    }
+
+    /// The drill `BACKUP_DRILL` asks for after the successful backup `m` (run once the
+    /// backup's lock is released): of `m`, always (`after-backup`) or when no backup of its
+    /// series and database was drilled in the last 24 hours (`daily`).
+    pub fn drill_after_backup(&self, m: &Manifest) -> Result<Option<VerifyReport>, Error> {
+        match self.settings.drill {
+            crate::config::DrillPolicy::Off => return Ok(None),
+            crate::config::DrillPolicy::AfterBackup => {}
+            crate::config::DrillPolicy::Daily => {
+                let cat = self.catalog()?;
+                let identity = database_identity(m);
+                let recent = cat
+                    .backups
+                    .iter()
+                    .filter(|b| b.series == m.series && database_identity(b) == identity)
+                    .filter_map(|b| b.verification.as_ref())
+                    .any(|v| Utc::now() - v.verified_at < chrono::Duration::hours(24));
+                if recent {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(self
+            .drill(&VerifyTarget::Named(m.backup_name.clone()))?
+            .into_iter()
+            .next())
+    }
+
+    /// One drill of `m`; what passed, and the step it is in, go to `log` as it goes.
+    pub(super) fn drill_one(
+        &self,
+        engine: &Engine,
+        m: &Manifest,
+        keys: Option<&Keys>,
+        log: &mut DrillLog,
+    ) -> Result<(), Error> {
+        let name = &m.backup_name;
+        log.step("stored file");
+        if m.database_type != engine.database_type() {
+            return Err(Error::WrongDatabaseType {
+                name: name.clone(),
+                backup: m.database_type,
+                configured: engine.database_type(),
+            });
+        }
+        if m.encryption == Encryption::Age && keys.is_none() {
+            return Err(encryption::EncryptionError::NoKey.into());
+        }
+        let failed = |problem: String| Error::DrillFailed {
+            name: name.clone(),
+            problem,
+        };
+        let scratch = self.check(m, keys, Depth::Restore, &mut log.passed)?;
+        match engine {
+            Engine::Postgres(pg) => {
+                let mut sql_reader = self.sql_stream(m, keys)?;
+                let source = pg_source(name, &mut sql_reader, scratch.as_ref())?;
+                pg.drill(source, m.row_counts.as_ref(), log)
+                    .map_err(|e| match e {
+                        postgres::PostgresError::Drill(problem) => failed(problem),
+                        e => e.into(),
+                    })?;
+            }
+            Engine::Sqlite(_) => {
+                log.step("restore");
+                let file = scratch.ok_or_else(|| failed("no restored copy to check".into()))?;
+                log.pass("restored into a temporary file");
+                log.step("foreign_key_check");
+                let (violations, first) = sqlite::foreign_key_check(file.path())?;
+                if violations > 0 {
+                    return Err(failed(format!(
+                        "PRAGMA foreign_key_check finds {violations} violation(s), the first: {}",
+                        first.unwrap_or_default()
+                    )));
+                }
+                log.pass("foreign_key_check: no violations");
+                log.step("row counts");
+                let counts = sqlite::count_rows(file.path())?;
+                log.pass(
+                    crate::engine::compare_counts(m.row_counts.as_ref(), &counts)
+                        .map_err(failed)?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a drill's outcome in the manifest of the successful backup `name`, under the
+    /// lock (the manifest is read again: a copy may have changed it meanwhile).
+    /// Only if the backup is still the one drilled (same SHA-256: not replaced meanwhile). It
+    /// waits for the lock a minute at least, also in the API (whose other calls never wait):
+    /// a backup running meanwhile must not make the outcome go unrecorded.
+    pub(super) fn record_verification(
+        &self,
+        name: &str,
+        sha256: Option<&str>,
+        record: Verification,
+    ) -> Result<(), Error> {
+        let wait = self
+            .settings
+            .lock_timeout
+            .max(std::time::Duration::from_secs(60));
+        let _lock = self
+            .storage
+            .lock(&format!("record the drill of {name}"), wait)?;
+        let mut m = self.committed(name)?;
+        if m.sha256.as_deref() != sha256 {
+            warn!(backup = %name, "the backup was replaced during its drill: the outcome is not recorded");
+            return Ok(());
+        }
+        m.verification = Some(record);
+        self.storage.put(&m.key(), &m.to_json()?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! `dbkeep delete` and `dbkeep prune`: retention decisions carried out, leftovers removed.
+
+use super::*;
+use crate::catalog::{self, Catalog};
+use crate::error::Error;
+use crate::naming::BackupName;
+use crate::retention::{self, Action, Candidate, Decision, Policy};
+use crate::storage::{self, TEMP_PREFIX};
+use chrono::Utc;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+use tracing::{info, warn};
+
+#[derive(Debug, Default)]
+pub struct PruneOutcome {
+    pub decisions: Vec<Decision>,
+    /// The policy of each (database, series).
+    pub policies: BTreeMap<(String, String), Policy>,
+    /// Temporary files of killed runs, removed (or, in a dry run, that would be).
+    pub leftovers: Vec<String>,
+    /// Data-like files that no manifest names, older than [`ORPHAN_GRACE`]: reported, never
+    /// deleted (the backup directory may hold files dbkeep did not write).
+    pub orphans: Vec<String>,
+    /// Keys of multipart uploads begun more than [`ORPHAN_GRACE`] ago and never finished (a
+    /// killed run, a server that went away mid-upload): aborted (or, in a dry run, that would be).
+    pub stale_uploads: Vec<String>,
+    /// What prune could not look at, and what to do about it (not an error).
+    pub notes: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Overrides for `prune`; otherwise each series keeps the policy its newest backup recorded.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PruneOptions {
+    pub dry_run: bool,
+    pub retention_days: Option<u32>,
+    pub keep_min: Option<u32>,
+}
+
+impl Ops {
+    /// Deletes the backup `name` (and a failed attempt of that name); returns the keys removed.
+    pub fn delete(&self, name: &str) -> Result<Vec<String>, Error> {
+        BackupName::parse(name)?;
+        let _lock = self.lock(&format!("delete {name}"))?;
+        let mut removed = Vec::new();
+        for success in [true, false] {
+            let key = catalog::manifest_key(name, success);
+            if self.storage.stat(&key)?.is_none() {
+                continue;
+            }
+            let data = catalog::read_manifest(self.storage.as_ref(), &key)
+                .ok()
+                .and_then(|m| m.data_file);
+            // The manifest first: once it is gone the backup no longer exists.
+            self.storage.delete(&key)?;
+            removed.push(key);
+            if let Some(data) = data {
+                self.storage.delete(&data)?;
+                removed.push(data);
+            }
+        }
+        if removed.is_empty() {
+            return Err(self.not_found(name));
+        }
+        info!(backup = %name, "backup deleted");
+        Ok(removed)
+    }
+
+    /// Applies retention to every series, and removes leftovers: temporary files and data files
+    /// that no manifest names, older than [`ORPHAN_GRACE`].
+    pub fn prune(&self, opts: PruneOptions) -> Result<PruneOutcome, Error> {
+        let _lock = if opts.dry_run {
+            None
+        } else {
+            Some(self.lock("prune")?)
+        };
+        let cat = self.catalog()?;
+        let mut policies: BTreeMap<(String, String), Policy> = BTreeMap::new();
+        // Newest first: the first manifest seen of a (database, series) sets its policy.
+        for m in &cat.backups {
+            let key = (database_identity(m), m.series.clone());
+            policies.entry(key).or_insert(Policy {
+                retention_days: opts.retention_days.unwrap_or(m.retention_days),
+                keep_min: opts.keep_min.unwrap_or(m.keep_min),
+            });
+        }
+        let candidates: Vec<Candidate> = cat.backups.iter().map(candidate).collect();
+        let fallback = Policy {
+            retention_days: self.settings.retention_days,
+            keep_min: self.settings.keep_min,
+        };
+        let decisions = retention::plan(
+            &candidates,
+            |d, s| {
+                policies
+                    .get(&(d.to_owned(), s.to_owned()))
+                    .copied()
+                    .unwrap_or(fallback)
+            },
+            Utc::now(),
+        );
+        let (leftovers, orphans) = self.leftovers(&cat)?;
+        let mut errors = Vec::new();
+        let mut notes = Vec::new();
+        let stale_uploads = match self.storage.sweep_uploads(ORPHAN_GRACE, opts.dry_run) {
+            Ok(keys) => keys,
+            Err(e @ storage::StorageError::Unsupported { .. }) => {
+                notes.push(e.to_string());
+                Vec::new()
+            }
+            Err(e) => {
+                errors.push(e.to_string());
+                Vec::new()
+            }
+        };
+        if !opts.dry_run {
+            errors = self.execute(&cat, &decisions);
+            for key in &leftovers {
+                if let Err(e) = self.storage.delete(key) {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        Ok(PruneOutcome {
+            decisions,
+            policies,
+            leftovers,
+            orphans,
+            stale_uploads,
+            notes,
+            errors,
+        })
+    }
+
+    /// (what prune removes: temporary files of killed runs, and on object storage data objects
+    /// that no manifest names; what it only reports: data-like files in a directory that no
+    /// manifest names), all older than [`ORPHAN_GRACE`].
+    pub(super) fn leftovers(&self, cat: &Catalog) -> Result<(Vec<String>, Vec<String>), Error> {
+        let referenced: std::collections::HashSet<&str> = cat.referenced_data().collect();
+        let now = SystemTime::now();
+        let (mut temps, mut orphans) = (Vec::new(), Vec::new());
+        for o in self.storage.list()? {
+            let old = now
+                .duration_since(o.modified)
+                .is_ok_and(|age| age > ORPHAN_GRACE);
+            if !old {
+                continue;
+            }
+            let is_data = DATA_SUFFIXES
+                .iter()
+                .any(|s| o.key.ends_with(s) || o.key.ends_with(&format!("{s}.age")));
+            if o.key.starts_with(TEMP_PREFIX) {
+                temps.push(o.key);
+            } else if is_data && !referenced.contains(o.key.as_str()) {
+                // In a directory, such a file may be the user's own (a live app.db): reported.
+                // A bucket prefix holds only what dbkeep wrote: an upload whose manifest never
+                // came is removed.
+                if self.storage.owns_every_object() {
+                    temps.push(o.key);
+                } else {
+                    orphans.push(o.key);
+                }
+            }
+        }
+        Ok((temps, orphans))
+    }
+
+    /// Carries out the deletions of a retention plan; returns the errors (it goes on after one).
+    pub(super) fn execute(&self, cat: &Catalog, plan: &[Decision]) -> Vec<String> {
+        let mut errors = Vec::new();
+        for d in plan.iter().filter(|d| d.action == Action::Delete) {
+            let Some(m) = cat
+                .backups
+                .iter()
+                .find(|m| m.backup_name == d.name && m.success == d.success)
+            else {
+                continue;
+            };
+            let result = self
+                .storage
+                .delete(&m.key())
+                .and_then(|()| match &m.data_file {
+                    Some(data) => self.storage.delete(data),
+                    None => Ok(()),
+                });
+            match result {
+                Ok(()) => {
+                    info!(backup = %d.name, series = %d.series, reason = %d.reason, "retention deleted a backup")
+                }
+                Err(e) => {
+                    warn!(backup = %d.name, error = %e, "retention could not delete a backup");
+                    errors.push(format!("{}: {e}", d.name));
+                }
+            }
+        }
+        errors
+    }
+}

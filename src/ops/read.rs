@@ -1,0 +1,264 @@
+//! The read path shared by verify, drills and restores: one pass over the stored file (size,
+//! SHA-256, decryption, decompression, the engine's content check), staging into scratch files.
+
+use super::*;
+use crate::catalog::Manifest;
+use crate::codec::{self, Compression, HashingReader, Tail};
+use crate::encryption::{self, Encryption, Keys};
+use crate::engine::postgres;
+use crate::engine::sqlite;
+use crate::engine::{DatabaseType, PgFormat};
+use crate::error::Error;
+use crate::storage;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A scratch file removed (with SQLite's side files) when dropped.
+pub struct ScratchFile {
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    /// Creates an empty scratch file (mode 0600) in `dir`.
+    pub fn create(dir: &Path, what: &str) -> Result<Self, Error> {
+        let path = storage::temp_path(dir, what);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                io_context: format!("create the scratch file {}", path.display()),
+                source,
+            })?;
+        Ok(Self { path })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+}
+
+/// Which database a backup is of, for grouping retention: type, host and name.
+/// How much of a backup [`Ops::check`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Depth {
+    /// Everything: decryption, decompression, the engine's content check (`verify`).
+    Full,
+    /// What a restore needs before it touches the database: size, SHA-256 (the stored bytes are
+    /// exactly what the successful backup wrote) and the key. Plain SQL is then checked while
+    /// it loads; a custom archive and a SQLite copy are staged (and checked).
+    Restore,
+}
+
+/// Reads a plain dump to its end: it must decompress and end with pg_dump's trailer.
+pub(super) fn check_sql(dec: &mut dyn Read) -> Result<String, String> {
+    let mut tail = Tail::new(postgres::TRAILER_WINDOW);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => tail.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("decompressing failed: {e}")),
+        }
+    }
+    if postgres::has_trailer(tail.bytes()) {
+        Ok("complete pg_dump output (trailer present)".into())
+    } else {
+        Err("the dump does not end with pg_dump's completion trailer (incomplete dump)".into())
+    }
+}
+
+/// What a PostgreSQL restore or drill loads: the plain dump's stream, or the staged archive.
+pub(super) fn pg_source<'a>(
+    name: &str,
+    sql: &'a mut Option<Box<dyn Read>>,
+    staged: Option<&'a ScratchFile>,
+) -> Result<postgres::Source<'a>, Error> {
+    match (sql, staged) {
+        (Some(r), _) => Ok(postgres::Source::Sql(r.as_mut())),
+        (None, Some(f)) => Ok(postgres::Source::Archive(f.path())),
+        (None, None) => Err(Error::Damaged {
+            name: name.to_owned(),
+            problem: "no staged archive to restore from".into(),
+        }),
+    }
+}
+
+impl Ops {
+    /// A plain SQL backup's dump, decrypted and decompressed, streamed from the repository
+    /// (`None` for a custom archive, which [`Ops::check`] stages instead).
+    pub(super) fn sql_stream(
+        &self,
+        m: &Manifest,
+        keys: Option<&Keys>,
+    ) -> Result<Option<Box<dyn Read>>, Error> {
+        if m.pg_format.unwrap_or_default() != PgFormat::Sql {
+            return Ok(None);
+        }
+        let key = m.data_file.as_deref().unwrap_or_default();
+        let stored = self.storage.open(key)?;
+        let plain: Box<dyn Read> = match m.encryption {
+            Encryption::None => stored,
+            Encryption::Age => encryption::open(keys, stored)?,
+        };
+        codec::decoder(m.compression, plain)
+            .map(Some)
+            .map_err(io_err("start the decompressor"))
+    }
+
+    /// Reads the stored file once: size and SHA-256 against the manifest and, as deep as `depth`
+    /// says, decryption, decompression and the engine's content check. What a restore loads from
+    /// a file (a SQLite copy, checked; a custom archive) is returned staged. An encrypted backup
+    /// without `keys` gets the size and SHA-256 checks only.
+    pub(super) fn check(
+        &self,
+        m: &Manifest,
+        keys: Option<&Keys>,
+        depth: Depth,
+        checks: &mut Vec<String>,
+    ) -> Result<Option<ScratchFile>, Error> {
+        let damaged = |problem: String| Error::Damaged {
+            name: m.backup_name.clone(),
+            problem,
+        };
+        let key = m
+            .data_file
+            .as_deref()
+            .ok_or_else(|| damaged("the manifest names no data file".into()))?;
+        let expected_sha = m.sha256.as_deref().unwrap_or_default();
+        let stat = self
+            .storage
+            .stat(key)?
+            .ok_or_else(|| damaged(format!("its data file {key} is missing")))?;
+        if stat.size != m.file_size {
+            return Err(damaged(format!(
+                "its data file {key} has {} bytes but the manifest says {} (truncated or replaced)",
+                stat.size, m.file_size
+            )));
+        }
+        checks.push(format!("size {} bytes", stat.size));
+        let mut hashing = HashingReader::new(self.storage.open(key)?);
+        let mut scratch = None;
+        let mut not_decrypted = false;
+        let mut key_error = None;
+        let content: Result<String, String> = {
+            let plain: Result<Box<dyn Read + '_>, String> = match (m.encryption, keys) {
+                (Encryption::None, _) => Ok(Box::new(&mut hashing)),
+                (Encryption::Age, None) => {
+                    not_decrypted = true;
+                    Err("not decrypted".into())
+                }
+                (Encryption::Age, Some(k)) => {
+                    encryption::open(Some(k), &mut hashing).map_err(|e| {
+                        let text = e.to_string();
+                        if matches!(e, encryption::EncryptionError::WrongKey) {
+                            key_error = Some(e);
+                        }
+                        text
+                    })
+                }
+            };
+            let dec = plain.and_then(|p| {
+                codec::decoder(m.compression, p)
+                    .map_err(|e| format!("cannot start the decompressor: {e}"))
+            });
+            match dec {
+                Err(e) => Err(e),
+                Ok(mut dec) => match (m.database_type, m.pg_format.unwrap_or_default(), depth) {
+                    // Checked while psql loads it (decompression, trailer); a failure there
+                    // puts the original database back.
+                    (DatabaseType::Postgresql, PgFormat::Sql, Depth::Restore) => Ok(
+                        "plain SQL: decompression and completeness checked while it loads".into(),
+                    ),
+                    (DatabaseType::Postgresql, PgFormat::Sql, Depth::Full) => check_sql(&mut dec),
+                    // pg_restore -j needs a seekable file.
+                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Restore) => {
+                        self.stage(&mut dec, "restore.dump").and_then(|file| {
+                            postgres::list_archive(self.settings.pg_bindir.as_deref(), file.path())
+                                .map_err(|e| format!("pg_restore cannot read the archive: {e}"))?;
+                            scratch = Some(file);
+                            Ok(
+                                "custom archive staged; pg_restore reads its table of contents"
+                                    .into(),
+                            )
+                        })
+                    }
+                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Full) => {
+                        postgres::check_archive(self.settings.pg_bindir.as_deref(), &mut dec)
+                            .map(|()| {
+                                "complete custom archive (pg_restore read every entry)".into()
+                            })
+                            .map_err(|e| format!("the archive is not complete: {e}"))
+                    }
+                    (DatabaseType::Sqlite, _, _) => {
+                        self.stage(&mut dec, "verify.db").and_then(|file| {
+                            sqlite::integrity_check(file.path()).map_err(|e| e.to_string())?;
+                            scratch = Some(file);
+                            Ok("SQLite integrity_check ok".into())
+                        })
+                    }
+                },
+            }
+        };
+        let digest = hashing
+            .finish()
+            .map_err(|e| damaged(format!("reading its data file failed: {e}")))?;
+        if digest.sha256 != expected_sha {
+            return Err(damaged(format!(
+                "SHA-256 of {key} is {} but the manifest says {expected_sha}: the file changed after the backup",
+                digest.sha256
+            )));
+        }
+        checks.push("sha256 matches".into());
+        // The stored bytes are intact: a key that does not fit is the key's fault.
+        if let Some(e) = key_error {
+            return Err(e.into());
+        }
+        if not_decrypted {
+            checks.push(
+                "encrypted with age: contents not checked without a key (BACKUP_DECRYPT_IDENTITY_FILE)"
+                    .into(),
+            );
+            return Ok(None);
+        }
+        if m.encryption == Encryption::Age {
+            checks.push("age decryption complete".into());
+        }
+        if m.compression != Compression::None {
+            checks.push(format!("{} stream complete", m.compression.name()));
+        }
+        checks.push(content.map_err(damaged)?);
+        Ok(scratch)
+    }
+
+    /// Writes `dec` into a new scratch file (read back at once: no fsync).
+    pub(super) fn stage(&self, dec: &mut dyn Read, what: &str) -> Result<ScratchFile, String> {
+        let dir = self.storage.scratch_dir().map_err(|e| e.to_string())?;
+        let file = ScratchFile::create(&dir, what).map_err(|e| e.to_string())?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(file.path())
+            .and_then(|f| {
+                let mut w = io::BufWriter::with_capacity(1 << 20, f);
+                io::copy(dec, &mut w)?;
+                w.into_inner()
+                    .map_err(io::IntoInnerError::into_error)
+                    .map(drop)
+            })
+            .map_err(|e| format!("decompressing into {} failed: {e}", file.path().display()))?;
+        Ok(file)
+    }
+}
