@@ -77,16 +77,23 @@ enum Command {
         yes: bool,
     },
     /// Apply retention to every series and remove leftovers; prints each decision with its reason.
+    /// Each backup is kept for the retention it recorded when it was taken.
     Prune {
         /// Print the plan without deleting anything.
         #[arg(long)]
         dry_run: bool,
-        /// Use this retention for every series instead of the one each series recorded.
-        #[arg(long, value_name = "DAYS")]
+        /// Apply retention to this series only (required by --retention-days and --keep-min).
+        #[arg(long, value_name = "SERIES")]
+        series: Option<String>,
+        /// Keep the series' backups this many days instead of what each recorded (0: forever).
+        #[arg(long, value_name = "DAYS", requires = "series")]
         retention_days: Option<u32>,
-        /// Keep at least this many newest successful backups per series instead of the recorded number.
-        #[arg(long, value_name = "N")]
+        /// Keep at least this many newest successful backups of the series (1 or more).
+        #[arg(long, value_name = "N", requires = "series", value_parser = clap::value_parser!(u32).range(1..))]
         keep_min: Option<u32>,
+        /// Lift the limit of deleting at most half of a series' successful backups in one run.
+        #[arg(long)]
+        force: bool,
     },
     /// Write a new age identity (X25519) to a file (mode 0600) and print its public key, for
     /// BACKUP_ENCRYPT_RECIPIENTS; keep the file safe and away from the backups.
@@ -283,6 +290,9 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 let state = if c.ok { "ok" } else { "FAILED" };
                 let _ = writeln!(out, "  copy   {} {state}", c.repository);
             }
+            for n in &res.retention_notes {
+                let _ = writeln!(out, "note: {n}");
+            }
             for d in res.retention.iter().filter(|d| d.action == Action::Delete) {
                 let _ = writeln!(out, "retention deleted {}: {}", d.name, d.reason);
             }
@@ -427,22 +437,34 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
         }
         Command::Prune {
             dry_run,
+            series,
             retention_days,
             keep_min,
+            force,
         } => {
             let p = ops.prune(PruneOptions {
                 dry_run: *dry_run,
+                series: series.clone(),
                 retention_days: *retention_days,
                 keep_min: *keep_min,
+                force: *force,
             })?;
             if *dry_run {
                 let _ = writeln!(out, "dry run: nothing is deleted");
             }
             for ((database, series), pol) in &p.policies {
+                let days = if p.overridden.as_ref() == Some(series) {
+                    format!("keep {} days (--retention-days)", pol.retention_days)
+                } else {
+                    format!(
+                        "each backup kept for the days it recorded (the newest: {})",
+                        pol.retention_days
+                    )
+                };
                 let _ = writeln!(
                     out,
-                    "series {series} of {database}: keep {} days, at least {} newest successful",
-                    pol.retention_days, pol.keep_min
+                    "series {series} of {database}: {days}, at least {} newest successful",
+                    pol.keep_min
                 );
             }
             for d in &p.decisions {

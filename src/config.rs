@@ -366,7 +366,12 @@ impl Settings {
             self.retention_days = v;
         }
         if let Some(v) = l.backup_keep_min {
-            self.keep_min = v;
+            self.keep_min = within(
+                v,
+                1..=u32::MAX,
+                "BACKUP_KEEP_MIN",
+                "expected 1 or more: the newest good backup of a series is always kept",
+            )?;
         }
         if let Some(v) = l.backup_compress {
             self.compress = v;

@@ -23,8 +23,11 @@ pub enum ErrorKind {
     Usage,
     /// The named backup does not exist. Exit code 2.
     NotFound,
-    /// The name is taken, or another run holds the repository. Exit code 2.
+    /// The name is taken. Exit code 2.
     Conflict,
+    /// Another run holds the repository (the lock timed out), or a write met an object another
+    /// writer made meanwhile: the operation failed, exit code 1 (HTTP 409).
+    Busy,
     /// The operation failed. Exit code 1.
     Failed,
 }
@@ -33,7 +36,7 @@ impl ErrorKind {
     pub fn exit_code(self) -> u8 {
         match self {
             ErrorKind::Usage | ErrorKind::NotFound | ErrorKind::Conflict => 2,
-            ErrorKind::Failed => 1,
+            ErrorKind::Failed | ErrorKind::Busy => 1,
         }
     }
 }
@@ -109,10 +112,10 @@ impl Error {
             | Error::Storage(StorageError::Setup { .. }) => ErrorKind::Usage,
             Error::Postgres(PostgresError::DatabaseMismatch { .. }) => ErrorKind::Usage,
             Error::NotFound { .. } | Error::NoBackups { .. } => ErrorKind::NotFound,
-            Error::NameExists { .. }
-            | Error::Storage(
+            Error::NameExists { .. } => ErrorKind::Conflict,
+            Error::Storage(
                 StorageError::LockTimeout { .. } | StorageError::AlreadyExists { .. },
-            ) => ErrorKind::Conflict,
+            ) => ErrorKind::Busy,
             Error::Serve(crate::api::ServeError::Serve(_)) => ErrorKind::Failed,
             Error::Encryption(
                 crate::encryption::EncryptionError::Decrypt(_)

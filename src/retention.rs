@@ -1,24 +1,52 @@
-//! Retention: which backups to keep and which to delete, as a pure function of the backups, the
-//! policy of each series and the current time. Nothing here touches storage: `ops` executes the
-//! plan (and `prune --dry-run` only prints it).
+//! Retention: which backups to keep and which to delete, as a pure function of the backups (each
+//! with the policy it recorded when it was taken), what the run may override, and the current
+//! time. Nothing here touches storage: `ops` executes the plan (and `prune --dry-run` only
+//! prints it).
 //!
 //! Rules, per series of one database (two databases sharing a folder and a series name never
 //! count each other's backups):
 //! 1. The `keep_min` newest *successful* backups are kept whatever their age, so backups that keep
-//!    failing never cost the last good one.
-//! 2. Any other backup, successful or a failed attempt, is deleted once it is older than
-//!    `retention_days`; `retention_days = 0` turns the age rule off (keep everything).
+//!    failing never cost the last good one. A series' `keep_min` is the largest any of its
+//!    backups recorded or the run asks for: a run can raise it, never lower it (only `prune
+//!    --keep-min N --series S` can).
+//! 2. Any other backup, successful or a failed attempt, is deleted once it is older than its
+//!    *own* `retention_days`, the one it recorded: a run with a shorter retention never cuts a
+//!    series' history (only `prune --retention-days N --series S` can). `0` keeps it forever.
+//! 3. A backup dated in the future (more than [`FUTURE_SLACK`] ahead of now: a skewed clock) is
+//!    kept, and holds no keep slot, so it can never stand in for the newest good backup.
+//! 4. One run deletes at most half of a series' successful backups (the oldest first); what
+//!    it spares says so. A clock that jumped a year ahead costs at most half. `force` lifts it.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// How long a series keeps its backups.
+/// How far ahead of now a backup's timestamp may be before it counts as dated in the future.
+pub const FUTURE_SLACK: Duration = Duration::hours(1);
+
+/// How long a backup is kept, as recorded in its manifest, or as an override asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Policy {
     pub retention_days: u32,
     pub keep_min: u32,
+}
+
+/// What a run may change of the policies the backups recorded, for one series.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Override {
+    pub retention_days: Option<u32>,
+    pub keep_min: Option<u32>,
+}
+
+/// How a run applies retention.
+pub struct Rules<'a> {
+    /// The run's own `keep_min` (the settings'): raises a series' `keep_min`, never lowers it.
+    pub keep_min_at_least: u32,
+    /// `prune --retention-days / --keep-min` for the series named with `--series`.
+    pub overrides: &'a dyn Fn(&str, &str) -> Override,
+    /// `prune --force`: no limit on how much one run deletes.
+    pub force: bool,
 }
 
 /// What retention needs to know of one backup.
@@ -30,6 +58,15 @@ pub struct Candidate {
     pub series: String,
     pub timestamp: DateTime<Utc>,
     pub success: bool,
+    /// The policy the backup recorded when it was taken.
+    pub policy: Policy,
+}
+
+/// The decisions, and what the run has to say about them (a limit that spared backups).
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +88,10 @@ pub enum Reason {
     Expired { age_days: i64, retention_days: u32 },
     /// `retention_days = 0`: the age rule is off.
     AgeRuleOff,
+    /// Dated in the future: kept, and holds no keep slot.
+    FutureDated { hours_ahead: i64 },
+    /// Would be deleted, but one run deletes at most half of a series' successful backups.
+    Capped { limit: u32, successful: u32 },
 }
 
 impl fmt::Display for Reason {
@@ -69,6 +110,14 @@ impl fmt::Display for Reason {
                 retention_days,
             } => write!(f, "{age_days} days old, older than {retention_days} days"),
             Reason::AgeRuleOff => f.write_str("retention days is 0: the age rule is off"),
+            Reason::FutureDated { hours_ahead } => write!(
+                f,
+                "dated {hours_ahead} hours in the future (a clock ahead?): kept, and it does not count as a newest backup"
+            ),
+            Reason::Capped { limit, successful } => write!(
+                f,
+                "expired, but kept: one run deletes at most {limit} of the series' {successful} successful backups (prune --force lifts the limit)"
+            ),
         }
     }
 }
@@ -83,13 +132,9 @@ pub struct Decision {
     pub reason: Reason,
 }
 
-/// Plans retention for every (database, series) present in `backups`, using
-/// `policy_of(database, series)`. Decisions come out grouped (sorted), newest first in a group.
-pub fn plan(
-    backups: &[Candidate],
-    policy_of: impl Fn(&str, &str) -> Policy,
-    now: DateTime<Utc>,
-) -> Vec<Decision> {
+/// Plans retention for every (database, series) present in `backups` by the rules of the module.
+/// Decisions come out grouped (sorted), newest first in a group.
+pub fn plan(backups: &[Candidate], rules: &Rules<'_>, now: DateTime<Utc>) -> Plan {
     let mut groups: BTreeMap<(&str, &str), Vec<&Candidate>> = BTreeMap::new();
     for b in backups {
         groups
@@ -97,29 +142,42 @@ pub fn plan(
             .or_default()
             .push(b);
     }
-    let mut out = Vec::with_capacity(backups.len());
+    let mut out = Plan::default();
     for ((database, series), mut members) in groups {
-        let policy = policy_of(database, series);
+        let over = (rules.overrides)(database, series);
+        let recorded = members.iter().map(|b| b.policy.keep_min).max().unwrap_or(0);
+        // Never 0: the newest good backup is always kept.
+        let keep_min = over
+            .keep_min
+            .unwrap_or(recorded.max(rules.keep_min_at_least))
+            .max(1);
         // Newest first; the name breaks ties so the plan is deterministic.
         members.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.name.cmp(&a.name)));
         let mut successful_seen = 0u32;
-        for b in members {
-            let (action, reason) = if b.success && successful_seen < policy.keep_min {
+        let first = out.decisions.len();
+        for b in &members {
+            let ahead = b.timestamp.signed_duration_since(now);
+            let (action, reason) = if ahead > FUTURE_SLACK {
+                (
+                    Action::Keep,
+                    Reason::FutureDated {
+                        hours_ahead: ahead.num_hours(),
+                    },
+                )
+            } else if b.success && successful_seen < keep_min {
                 successful_seen += 1;
                 (
                     Action::Keep,
                     Reason::NewestSuccessful {
                         rank: successful_seen,
-                        keep_min: policy.keep_min,
+                        keep_min,
                     },
                 )
             } else {
-                if b.success {
-                    successful_seen += 1;
-                }
-                age_rule(b.timestamp, policy.retention_days, now)
+                let retention_days = over.retention_days.unwrap_or(b.policy.retention_days);
+                age_rule(b.timestamp, retention_days, now)
             };
-            out.push(Decision {
+            out.decisions.push(Decision {
                 name: b.name.clone(),
                 database: b.database.clone(),
                 series: b.series.clone(),
@@ -128,8 +186,39 @@ pub fn plan(
                 reason,
             });
         }
+        if !rules.force {
+            cap(&mut out, first, database, series);
+        }
     }
     out
+}
+
+/// Spares the newest of the successful backups a group's decisions (from `first` on) would
+/// delete beyond half of the group's successful backups, and says so.
+fn cap(out: &mut Plan, first: usize, database: &str, series: &str) {
+    let group = &mut out.decisions[first..];
+    let successful = u32::try_from(group.iter().filter(|d| d.success).count()).unwrap_or(u32::MAX);
+    let limit = successful / 2;
+    let mut deleting = 0u32;
+    let mut spared = 0u32;
+    // Oldest first: the oldest are deleted, the newer spared.
+    for d in group.iter_mut().rev() {
+        if d.success && d.action == Action::Delete {
+            if deleting < limit {
+                deleting += 1;
+            } else {
+                d.action = Action::Keep;
+                d.reason = Reason::Capped { limit, successful };
+                spared += 1;
+            }
+        }
+    }
+    if spared > 0 {
+        out.notes.push(format!(
+            "retention would have deleted {} of the {successful} successful backups of series {series} of {database}; one run deletes at most half, so {spared} are kept for now: check the clock and the retention settings, then run `dbkeep prune --force` if that is right",
+            deleting + spared
+        ));
+    }
 }
 
 fn age_rule(timestamp: DateTime<Utc>, retention_days: u32, now: DateTime<Utc>) -> (Action, Reason) {
@@ -175,7 +264,31 @@ mod tests {
             series: series.into(),
             timestamp: at(day),
             success,
+            policy: P30,
         }
+    }
+
+    /// Candidates that recorded `policy`.
+    fn with(policy: Policy, b: Vec<Candidate>) -> Vec<Candidate> {
+        b.into_iter().map(|c| Candidate { policy, ..c }).collect()
+    }
+
+    fn no_override(_: &str, _: &str) -> Override {
+        Override::default()
+    }
+
+    /// The plan of a run whose own keep_min is 1, without overrides.
+    fn plan_at(b: &[Candidate], now: DateTime<Utc>, force: bool) -> Vec<Decision> {
+        plan(
+            b,
+            &Rules {
+                keep_min_at_least: 1,
+                overrides: &no_override,
+                force,
+            },
+            now,
+        )
+        .decisions
     }
 
     fn deleted(plan: &[Decision]) -> Vec<&str> {
@@ -200,7 +313,7 @@ mod tests {
             c("d_edge", "d", -30, true),
             c("d_new", "d", 0, true),
         ];
-        let p = plan(&b, |_, _| P30, at(0));
+        let p = plan_at(&b, at(0), false);
         assert_eq!(deleted(&p), vec!["d_old"]);
     }
 
@@ -213,7 +326,7 @@ mod tests {
         for day in 0..40 {
             b.push(c(&format!("fail_{day}"), "daily", -day, false));
         }
-        let p = plan(&b, |_, _| P30, at(0));
+        let p = plan_at(&b, at(0), false);
         let d = deleted(&p);
         assert!(!d.contains(&"good"), "the last good backup must survive");
         assert!(d.contains(&"older_good"));
@@ -242,15 +355,24 @@ mod tests {
                 b.push(c(&format!("monthly_{day}"), "monthly", -day, true));
             }
         }
-        let policy = |_: &str, s: &str| Policy {
-            retention_days: match s {
-                "daily" => 7,
-                "weekly" => 30,
-                _ => 365,
-            },
-            keep_min: 1,
-        };
-        let p = plan(&b, policy, at(0));
+        let b: Vec<Candidate> = b
+            .into_iter()
+            .map(|c| {
+                let retention_days = match c.series.as_str() {
+                    "daily" => 7,
+                    "weekly" => 30,
+                    _ => 365,
+                };
+                Candidate {
+                    policy: Policy {
+                        retention_days,
+                        keep_min: 1,
+                    },
+                    ..c
+                }
+            })
+            .collect();
+        let p = plan_at(&b, at(0), true);
         let kept = |series: &str| {
             p.iter()
                 .filter(|d| d.series == series && d.action == Action::Keep)
@@ -279,43 +401,51 @@ mod tests {
             c("s3", "x", -80, true),
             c("f1", "x", -70, false),
         ];
-        let p = plan(
-            &b,
-            |_, _| Policy {
+        let b = with(
+            Policy {
                 retention_days: 30,
                 keep_min: 2,
             },
-            at(0),
+            b,
         );
-        assert_eq!(deleted(&p), vec!["f1", "s1"]);
+        assert_eq!(deleted(&plan_at(&b, at(0), false)), vec!["f1", "s1"]);
     }
 
     #[test]
-    fn keep_min_zero_may_delete_everything_old() {
-        let b = vec![c("s1", "x", -100, true)];
-        let p = plan(
-            &b,
-            |_, _| Policy {
+    fn keep_min_zero_still_keeps_the_newest_good_backup() {
+        let b = with(
+            Policy {
                 retention_days: 30,
                 keep_min: 0,
             },
-            at(0),
+            vec![c("s1", "x", -100, true), c("s0", "x", -200, true)],
         );
-        assert_eq!(deleted(&p), vec!["s1"]);
+        let p = plan(
+            &b,
+            &Rules {
+                keep_min_at_least: 0,
+                overrides: &|_, _| Override {
+                    retention_days: None,
+                    keep_min: Some(0),
+                },
+                force: true,
+            },
+            at(0),
+        )
+        .decisions;
+        assert_eq!(deleted(&p), vec!["s0"]);
     }
 
     #[test]
     fn zero_days_turns_the_age_rule_off() {
-        let b = vec![c("s1", "x", -1000, true), c("s2", "x", -2000, false)];
-        let p = plan(
-            &b,
-            |_, _| Policy {
+        let b = with(
+            Policy {
                 retention_days: 0,
                 keep_min: 1,
             },
-            at(0),
+            vec![c("s1", "x", -1000, true), c("s2", "x", -2000, false)],
         );
-        assert!(deleted(&p).is_empty());
+        assert!(deleted(&plan_at(&b, at(0), false)).is_empty());
     }
 
     #[test]
@@ -337,7 +467,7 @@ mod tests {
                 ..c(&format!("b_fail_{day}"), "backup", -day, false)
             });
         }
-        let p = plan(&b, |_, _| P30, at(0));
+        let p = plan_at(&b, at(0), false);
         assert!(
             !deleted(&p).contains(&"b_good"),
             "B keeps its last good backup"
@@ -345,13 +475,111 @@ mod tests {
     }
 
     #[test]
-    fn future_timestamps_are_kept() {
-        let b = vec![c("s1", "x", 5, true), c("s2", "x", 3, true)];
-        assert!(deleted(&plan(&b, |_, _| P30, at(0))).is_empty());
+    fn future_dated_backups_are_kept_but_hold_no_keep_slot() {
+        // A host with its clock in 2030 wrote one backup; the real ones go on failing, and the
+        // last good one (60 days old) must not age out behind the skewed one.
+        let mut b = vec![c("skewed", "x", 2000, true), c("last_good", "x", -60, true)];
+        for day in 0..50 {
+            b.push(c(&format!("fail_{day}"), "x", -day, false));
+        }
+        let p = plan_at(&b, at(0), false);
+        assert!(!deleted(&p).contains(&"skewed"));
+        assert!(!deleted(&p).contains(&"last_good"), "{p:?}");
+        let good = p.iter().find(|d| d.name == "last_good").unwrap();
+        assert_eq!(
+            good.reason,
+            Reason::NewestSuccessful {
+                rank: 1,
+                keep_min: 1
+            }
+        );
+        let skewed = p.iter().find(|d| d.name == "skewed").unwrap();
+        assert!(matches!(skewed.reason, Reason::FutureDated { .. }));
+        // Within the slack, a timestamp a little ahead is an ordinary newest backup.
+        let b = vec![c("ahead", "x", 0, true), c("old", "x", -40, true)];
+        let now = at(0) - Duration::minutes(10);
+        assert_eq!(deleted(&plan_at(&b, now, false)), vec!["old"]);
+    }
+
+    #[test]
+    fn a_backup_keeps_the_retention_it_recorded() {
+        // Monthly backups kept for a year; a manual monthly taken with the default 30 days.
+        let mut b: Vec<Candidate> = (1..=11)
+            .map(|m| c(&format!("monthly_{m}"), "monthly", -30 * m, true))
+            .collect();
+        b = with(
+            Policy {
+                retention_days: 365,
+                keep_min: 1,
+            },
+            b,
+        );
+        b.push(c("monthly_manual", "monthly", 0, true)); // recorded P30
+        assert!(deleted(&plan_at(&b, at(0), false)).is_empty());
+        // Only an explicit override shortens it, and then the cap still holds.
+        let p = plan(
+            &b,
+            &Rules {
+                keep_min_at_least: 1,
+                overrides: &|_, s| Override {
+                    retention_days: (s == "monthly").then_some(30),
+                    keep_min: None,
+                },
+                force: false,
+            },
+            at(0),
+        );
+        assert_eq!(deleted(&p.decisions).len(), 6, "half of 12");
+        assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
+        assert!(p.notes[0].contains("prune --force"), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn one_run_deletes_at_most_half_unless_forced() {
+        // A clock that jumped a year ahead: everything is "expired".
+        let b: Vec<Candidate> = (0..10)
+            .map(|d| c(&format!("d{d}"), "d", -d, true))
+            .collect();
+        let later = at(400);
+        let p = plan_at(&b, later, false);
+        let gone = deleted(&p);
+        assert_eq!(gone, vec!["d5", "d6", "d7", "d8", "d9"], "the oldest half");
+        assert!(p.iter().any(|d| matches!(
+            d.reason,
+            Reason::Capped {
+                limit: 5,
+                successful: 10
+            }
+        )));
+        assert_eq!(
+            deleted(&plan_at(&b, later, true)).len(),
+            9,
+            "forced: all but keep_min"
+        );
+        // Failed attempts are not capped.
+        let f: Vec<Candidate> = (0..10)
+            .map(|d| c(&format!("f{d}"), "f", -40 - d, false))
+            .collect();
+        assert_eq!(deleted(&plan_at(&f, at(0), false)).len(), 10);
+    }
+
+    #[test]
+    fn a_run_raises_keep_min_but_never_lowers_it() {
+        let b = with(
+            Policy {
+                retention_days: 30,
+                keep_min: 3,
+            },
+            (0..4)
+                .map(|d| c(&format!("d{d}"), "d", -40 - d, true))
+                .collect(),
+        );
+        // The run asks for 1, the backups recorded 3: 3 are kept.
+        assert_eq!(deleted(&plan_at(&b, at(0), true)), vec!["d3"]);
     }
 
     #[test]
     fn empty_input_gives_empty_plan() {
-        assert!(plan(&[], |_, _| P30, at(0)).is_empty());
+        assert!(plan_at(&[], at(0), false).is_empty());
     }
 }

@@ -216,7 +216,18 @@ fn retention_per_series_from_the_cli() {
         o.stdout
     );
     assert_eq!(env.files().len(), 18, "a dry run deletes nothing");
-    env.run(&["prune"]).ok();
+    // One run deletes at most half of a series' successful backups, and says so.
+    let o = env.run(&["prune"]);
+    o.ok();
+    assert!(
+        o.stdout.contains(
+            "note: retention would have deleted 2 of the 3 successful backups of series daily"
+        ),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(env.files().len(), 12, "one backup of each series");
+    env.run(&["prune", "--force"]).ok();
     let names: Vec<String> = env.list()["backups"]
         .as_array()
         .unwrap()
@@ -244,6 +255,54 @@ fn retention_per_series_from_the_cli() {
         o.stdout
     );
     assert_eq!(env.list()["backups"].as_array().unwrap().len(), 4);
+}
+
+/// REVIEW A2: a manual monthly backup taken with the default 30 days must not cut a year of
+/// monthlies kept with 365; only `prune --series monthly --retention-days N` may shorten them.
+#[test]
+fn a_run_with_a_shorter_retention_never_cuts_a_series_history() {
+    let mut env = sqlite_env(3);
+    let dir = env.backup_dir();
+    env.set("BACKUP_RETENTION_DAYS", "365");
+    for m in 1..=11 {
+        let name = format!("monthly_2026{m:02}20");
+        env.run(&["backup", "--name", &name]).ok();
+        age(&dir, &name, 30 * (12 - i64::from(m)));
+    }
+    env.unset("BACKUP_RETENTION_DAYS");
+    let o = env.run(&["backup", "--name", "monthly_20261201"]);
+    o.ok();
+    assert!(!o.stdout.contains("retention deleted"), "{}", o.stdout);
+    assert_eq!(env.backups().len(), 12);
+    // The API's create is the same use case: no deletions either.
+    let o = env.run(&["prune"]);
+    o.ok();
+    assert!(!o.stdout.contains("delete "), "{}", o.stdout);
+    assert_eq!(env.backups().len(), 12);
+    // Shortening is explicit, for one series, and still at most half a run.
+    let o = env.run(&["prune", "--retention-days", "30"]);
+    o.code(2);
+    assert!(o.stderr.contains("--series"), "{}", o.stderr);
+    let o = env.run(&[
+        "prune",
+        "--series",
+        "monthly",
+        "--retention-days",
+        "30",
+        "--dry-run",
+    ]);
+    o.ok();
+    assert_eq!(o.stdout.matches("would delete").count(), 6, "{}", o.stdout);
+    assert!(
+        o.stdout.contains("keep 30 days (--retention-days)"),
+        "{}",
+        o.stdout
+    );
+    // keep_min 0 would let retention delete the newest good backup: refused.
+    let o = env.run_with(&[("BACKUP_KEEP_MIN", "0")], &["prune"]);
+    o.code(2);
+    assert!(o.stderr.contains("BACKUP_KEEP_MIN"), "{}", o.stderr);
+    assert_eq!(env.backups().len(), 12);
 }
 
 #[test]
@@ -356,8 +415,9 @@ fn a_run_that_cannot_get_the_lock_is_recorded_as_failed() {
         .unwrap();
     lock.lock().unwrap();
     env.set("BACKUP_LOCK_TIMEOUT", "1");
+    // A backup that waited out the lock failed: exit 1, not "bad usage" (2).
     let o = env.run(&["backup", "--name", "blocked"]);
-    o.code(2);
+    o.code(1);
     assert!(
         o.stderr.contains("locked by another dbkeep"),
         "{}",

@@ -40,7 +40,7 @@ impl ApiError {
         let status = match e.kind() {
             ErrorKind::Usage => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Conflict | ErrorKind::Busy => StatusCode::CONFLICT,
             ErrorKind::Failed if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -11,7 +11,7 @@ use crate::engine::sqlite;
 use crate::engine::{DatabaseType, DumpInfo, PgFormat};
 use crate::error::Error;
 use crate::naming::{self, BackupName};
-use crate::retention::{self, Candidate, Policy};
+use crate::retention::{self, Candidate};
 
 use chrono::Utc;
 use std::fs::File;
@@ -219,10 +219,6 @@ impl Ops {
         // Then the copies (3-2-1): a failed one is reported, the primary copy stays.
         let copy_errors = self.copy_to_targets(&mut manifest, &self.settings.copy_to);
 
-        let policy = Policy {
-            retention_days: self.settings.retention_days,
-            keep_min: self.settings.keep_min,
-        };
         let cat = match self.catalog() {
             Ok(c) => c,
             Err(e) => {
@@ -232,6 +228,7 @@ impl Ops {
                     manifest,
                     copy_errors,
                     retention: Vec::new(),
+                    retention_notes: Vec::new(),
                     retention_errors: vec![msg],
                 });
             }
@@ -244,12 +241,25 @@ impl Ops {
             })
             .map(candidate)
             .collect();
-        let retention = retention::plan(&candidates, |_, _| policy, Utc::now());
-        let retention_errors = self.execute(&cat, &retention);
+        // Each backup keeps the retention it recorded: this run's settings never shorten it.
+        let plan = retention::plan(
+            &candidates,
+            &retention::Rules {
+                keep_min_at_least: self.settings.keep_min,
+                overrides: &|_, _| retention::Override::default(),
+                force: false,
+            },
+            Utc::now(),
+        );
+        for note in &plan.notes {
+            warn!("{note}");
+        }
+        let retention_errors = self.execute(&cat, &plan.decisions);
         Ok(BackupOutcome {
             manifest,
             copy_errors,
-            retention,
+            retention: plan.decisions,
+            retention_notes: plan.notes,
             retention_errors,
         })
     }

@@ -27,7 +27,7 @@ use crate::engine::DatabaseType;
 use crate::engine::postgres::Postgres;
 use crate::engine::sqlite::Sqlite;
 use crate::error::Error;
-use crate::retention::{Candidate, Decision};
+use crate::retention::{Candidate, Decision, Policy};
 use crate::signals;
 use crate::storage::{self, RepoLock, Storage};
 use std::io;
@@ -101,6 +101,8 @@ pub struct BackupOutcome {
     pub copy_errors: Vec<String>,
     /// Retention decisions for the backup's series.
     pub retention: Vec<Decision>,
+    /// What retention has to say (a limit that spared backups).
+    pub retention_notes: Vec<String>,
     /// Deletions that retention planned but could not carry out.
     pub retention_errors: Vec<String>,
 }
@@ -158,6 +160,10 @@ fn candidate(m: &Manifest) -> Candidate {
         series: m.series.clone(),
         timestamp: m.timestamp,
         success: m.success,
+        policy: Policy {
+            retention_days: m.retention_days,
+            keep_min: m.keep_min,
+        },
     }
 }
 

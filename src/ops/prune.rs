@@ -4,7 +4,7 @@ use super::*;
 use crate::catalog::{self, Catalog};
 use crate::error::Error;
 use crate::naming::BackupName;
-use crate::retention::{self, Action, Candidate, Decision, Policy};
+use crate::retention::{self, Action, Candidate, Decision, Override, Policy, Rules};
 use crate::storage::{self, TEMP_PREFIX};
 use chrono::Utc;
 use std::collections::BTreeMap;
@@ -14,8 +14,12 @@ use tracing::{info, warn};
 #[derive(Debug, Default)]
 pub struct PruneOutcome {
     pub decisions: Vec<Decision>,
-    /// The policy of each (database, series).
+    /// The policy of each (database, series): the newest backup's retention days (each backup
+    /// keeps its own) or the override, and the series' keep_min.
     pub policies: BTreeMap<(String, String), Policy>,
+    /// The series whose recorded policy was overridden (`--series` with `--retention-days` or
+    /// `--keep-min`).
+    pub overridden: Option<String>,
     /// Temporary files of killed runs, removed (or, in a dry run, that would be).
     pub leftovers: Vec<String>,
     /// Data-like files that no manifest names, older than [`ORPHAN_GRACE`]: reported, never
@@ -29,12 +33,17 @@ pub struct PruneOutcome {
     pub errors: Vec<String>,
 }
 
-/// Overrides for `prune`; otherwise each series keeps the policy its newest backup recorded.
-#[derive(Debug, Default, Clone, Copy)]
+/// How `prune` runs. Each backup keeps the retention it recorded; `retention_days` and
+/// `keep_min` override it only for the one `series` named (and prune then plans that series
+/// only).
+#[derive(Debug, Default, Clone)]
 pub struct PruneOptions {
     pub dry_run: bool,
+    pub series: Option<String>,
     pub retention_days: Option<u32>,
     pub keep_min: Option<u32>,
+    /// Lifts the limit of half a series' successful backups per run.
+    pub force: bool,
 }
 
 impl Ops {
@@ -75,33 +84,47 @@ impl Ops {
             Some(self.lock("prune")?)
         };
         let cat = self.catalog()?;
+        let wanted = |m: &Manifest| opts.series.as_ref().is_none_or(|s| *s == m.series);
+        let over = Override {
+            retention_days: opts.retention_days,
+            keep_min: opts.keep_min,
+        };
         let mut policies: BTreeMap<(String, String), Policy> = BTreeMap::new();
-        // Newest first: the first manifest seen of a (database, series) sets its policy.
-        for m in &cat.backups {
+        // Newest first: the first manifest seen of a (database, series) is its newest.
+        for m in cat.backups.iter().filter(|m| wanted(m)) {
             let key = (database_identity(m), m.series.clone());
+            let keep_min = cat
+                .backups
+                .iter()
+                .filter(|b| b.series == m.series && database_identity(b) == key.0)
+                .map(|b| b.keep_min)
+                .max()
+                .unwrap_or(1)
+                .max(self.settings.keep_min);
             policies.entry(key).or_insert(Policy {
                 retention_days: opts.retention_days.unwrap_or(m.retention_days),
-                keep_min: opts.keep_min.unwrap_or(m.keep_min),
+                keep_min: opts.keep_min.unwrap_or(keep_min),
             });
         }
-        let candidates: Vec<Candidate> = cat.backups.iter().map(candidate).collect();
-        let fallback = Policy {
-            retention_days: self.settings.retention_days,
-            keep_min: self.settings.keep_min,
-        };
-        let decisions = retention::plan(
+        let candidates: Vec<Candidate> = cat
+            .backups
+            .iter()
+            .filter(|m| wanted(m))
+            .map(candidate)
+            .collect();
+        let plan = retention::plan(
             &candidates,
-            |d, s| {
-                policies
-                    .get(&(d.to_owned(), s.to_owned()))
-                    .copied()
-                    .unwrap_or(fallback)
+            &Rules {
+                keep_min_at_least: self.settings.keep_min,
+                overrides: &|_, _| over,
+                force: opts.force,
             },
             Utc::now(),
         );
+        let decisions = plan.decisions;
         let (leftovers, orphans) = self.leftovers(&cat)?;
         let mut errors = Vec::new();
-        let mut notes = Vec::new();
+        let mut notes = plan.notes;
         let stale_uploads = match self.storage.sweep_uploads(ORPHAN_GRACE, opts.dry_run) {
             Ok(keys) => keys,
             Err(e @ storage::StorageError::Unsupported { .. }) => {
@@ -114,7 +137,7 @@ impl Ops {
             }
         };
         if !opts.dry_run {
-            errors = self.execute(&cat, &decisions);
+            errors.extend(self.execute(&cat, &decisions));
             for key in &leftovers {
                 if let Err(e) = self.storage.delete(key) {
                     errors.push(e.to_string());
@@ -124,6 +147,7 @@ impl Ops {
         Ok(PruneOutcome {
             decisions,
             policies,
+            overridden: opts.series.filter(|_| over != Override::default()),
             leftovers,
             orphans,
             stale_uploads,
