@@ -187,6 +187,12 @@ pub fn manifest_key(name: &str, success: bool) -> String {
     format!("{name}{}", if success { OK_SUFFIX } else { FAILED_SUFFIX })
 }
 
+/// The backup name a manifest key is of.
+pub fn backup_name_of(key: &str) -> Option<&str> {
+    key.strip_suffix(OK_SUFFIX)
+        .or_else(|| key.strip_suffix(FAILED_SUFFIX))
+}
+
 /// Whether `key` is a manifest (of either kind).
 pub fn is_manifest_key(key: &str) -> bool {
     !key.starts_with('.') && (key.ends_with(OK_SUFFIX) || key.ends_with(FAILED_SUFFIX))
@@ -196,8 +202,9 @@ pub fn is_manifest_key(key: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub backups: Vec<Manifest>,
-    /// Manifests that exist but cannot be read, with the reason. They are never deleted by
-    /// retention and keep their data file alive.
+    /// Manifests that exist but cannot be read (damaged, edited, or written by a newer dbkeep),
+    /// with the reason. Retention never deletes them, and nothing that may be their data is
+    /// deleted while they exist ([`Catalog::may_own`]).
     pub unreadable: Vec<CatalogError>,
 }
 
@@ -236,9 +243,20 @@ impl Catalog {
         self.backups.iter().find(|m| m.success)
     }
 
-    /// Data files that some manifest names, or that belong to an unreadable manifest's backup.
+    /// Data files that some readable manifest names.
     pub fn referenced_data(&self) -> impl Iterator<Item = &str> {
         self.backups.iter().filter_map(|m| m.data_file.as_deref())
+    }
+
+    /// Whether the object `key` may belong to a backup: a readable manifest names it, or it is
+    /// of the name of a backup whose manifest cannot be read (`NAME.…` for `NAME.manifest.json`).
+    pub fn may_own(&self, key: &str) -> bool {
+        self.referenced_data().any(|d| d == key)
+            || self.unreadable.iter().any(|e| match e {
+                CatalogError::Invalid { key: manifest, .. } => backup_name_of(manifest)
+                    .is_some_and(|name| key.starts_with(&format!("{name}."))),
+                _ => true,
+            })
     }
 }
 
@@ -255,6 +273,22 @@ impl Catalog {
 /// Reads and checks one manifest.
 pub fn read_manifest(storage: &dyn Storage, key: &str) -> Result<Manifest, CatalogError> {
     let bytes = storage.read_all(key)?;
+    // The version first: a newer dbkeep's manifest may hold values this one cannot read, and
+    // must then be unreadable (kept, with its data), never half understood.
+    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("manifest_version")
+                .and_then(serde_json::Value::as_u64)
+        });
+    if let Some(v) = version.filter(|v| *v > u64::from(MANIFEST_VERSION)) {
+        return Err(CatalogError::Invalid {
+            key: key.to_owned(),
+            problem: format!(
+                "it was written by a newer dbkeep (manifest_version {v}; this one reads up to {MANIFEST_VERSION}): upgrade dbkeep to use it; it and its data are kept"
+            ),
+        });
+    }
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| CatalogError::Invalid {
         key: key.to_owned(),
         problem: e.to_string(),

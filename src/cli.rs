@@ -548,6 +548,10 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                     Ok(checks) => {
                         let _ = writeln!(out, "ok      {}: {}", r.name, checks.join(", "));
                     }
+                    // Not damage: retention removed it meanwhile.
+                    Err(e @ Error::DeletedMeanwhile { .. }) => {
+                        let _ = writeln!(out, "gone    {}: {e}", r.name);
+                    }
                     Err(e) => {
                         failed += 1;
                         let _ = writeln!(out, "FAILED  {}: {e}", r.name);

@@ -75,6 +75,14 @@ pub enum Error {
     Postgres(#[from] PostgresError),
     #[error(transparent)]
     Sqlite(#[from] SqliteError),
+    #[error(
+        "the backup {name:?} was deleted while it was being checked (retention or a delete ran meanwhile)"
+    )]
+    DeletedMeanwhile { name: String },
+    #[error("interrupted by a signal before every backup was checked")]
+    Interrupted,
+    #[error("{0}: its backup can be neither verified nor restored")]
+    UnreadableManifest(String),
     #[error("the backup {name:?} is damaged: {problem}")]
     Damaged { name: String, problem: String },
     #[error("the restore drill of {name:?} failed: {problem}")]
@@ -111,7 +119,9 @@ impl Error {
             | Error::WrongDatabaseType { .. }
             | Error::Storage(StorageError::Setup { .. }) => ErrorKind::Usage,
             Error::Postgres(PostgresError::DatabaseMismatch { .. }) => ErrorKind::Usage,
-            Error::NotFound { .. } | Error::NoBackups { .. } => ErrorKind::NotFound,
+            Error::NotFound { .. } | Error::NoBackups { .. } | Error::DeletedMeanwhile { .. } => {
+                ErrorKind::NotFound
+            }
             Error::NameExists { .. } => ErrorKind::Conflict,
             Error::Storage(
                 StorageError::LockTimeout { .. } | StorageError::AlreadyExists { .. },

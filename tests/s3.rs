@@ -432,3 +432,80 @@ fn uploads_cut_off_by_a_kill_or_a_vanished_server_are_aborted_by_prune() {
     );
     table.print();
 }
+
+/// Sets a JSON value in a manifest stored on the S3 server's disk.
+fn edit_manifest(path: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// REVIEW A1: a manifest this dbkeep cannot read (a value a newer dbkeep writes, a newer
+/// manifest_version, a manifest renamed by hand) keeps its backup's data on object storage
+/// through a prune two days later, and `verify --all` reports each as FAILED.
+#[test]
+fn prune_on_s3_never_deletes_data_an_unreadable_manifest_may_own() {
+    let server = S3Server::start();
+    let mut env = sqlite_env(50);
+    server.configure(&mut env, "a1");
+    let names = [
+        "keep_20240101",
+        "newer_20240102",
+        "future_20240103",
+        "renamed_20240104",
+    ];
+    for n in names {
+        env.run(&["backup", "--name", n, "--series", "s"]).ok();
+    }
+    let dir = server.dir("a1");
+    edit_manifest(&dir.join("newer_20240102.manifest.json"), |m| {
+        m["compression"] = "lz4".into()
+    });
+    edit_manifest(&dir.join("future_20240103.manifest.json"), |m| {
+        m["manifest_version"] = 2.into()
+    });
+    std::fs::rename(
+        dir.join("renamed_20240104.manifest.json"),
+        dir.join("moved_20240104.manifest.json"),
+    )
+    .unwrap();
+    // Two days later: every object is older than prune's one-day grace.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
+    let o = env.run(&["prune"]);
+    o.ok();
+    assert!(
+        o.stdout.contains("3 manifest(s) cannot be read"),
+        "{}",
+        o.stdout
+    );
+    for n in names {
+        assert!(
+            dir.join(format!("{n}.db.gz")).exists(),
+            "{n}'s data survives prune: {}",
+            o.stdout
+        );
+    }
+    let o = env.run(&["verify", "--all"]);
+    o.code(1);
+    for failed in [
+        "FAILED  newer_20240102",
+        "FAILED  future_20240103",
+        "newer dbkeep (manifest_version 2",
+        "FAILED  moved_20240104",
+    ] {
+        assert!(o.stdout.contains(failed), "{failed}: {}", o.stdout);
+    }
+    assert!(o.stdout.contains("ok      keep_20240101"), "{}", o.stdout);
+}

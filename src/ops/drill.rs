@@ -74,6 +74,13 @@ impl Ops {
                 result,
             });
         }
+        // An interrupted run proved nothing of the backups it did not reach.
+        if signals::interrupted() {
+            return Err(Error::Interrupted);
+        }
+        if matches!(target, VerifyTarget::All) {
+            reports.extend(super::verify::unreadable_reports(&cat));
+        }
         Ok(reports)
     }
 

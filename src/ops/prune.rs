@@ -125,6 +125,13 @@ impl Ops {
         let (leftovers, orphans) = self.leftovers(&cat)?;
         let mut errors = Vec::new();
         let mut notes = plan.notes;
+        if !cat.unreadable.is_empty() {
+            notes.push(format!(
+                "{} manifest(s) cannot be read (the first: {}): their backups are kept, and no data object is removed while one is unreadable; repair or delete the manifest, or upgrade dbkeep if a newer one wrote it",
+                cat.unreadable.len(),
+                cat.unreadable[0]
+            ));
+        }
         let stale_uploads = match self.storage.sweep_uploads(ORPHAN_GRACE, opts.dry_run) {
             Ok(keys) => keys,
             Err(e @ storage::StorageError::Unsupported { .. }) => {
@@ -159,8 +166,10 @@ impl Ops {
     /// (what prune removes: temporary files of killed runs, and on object storage data objects
     /// that no manifest names; what it only reports: data-like files in a directory that no
     /// manifest names), all older than [`ORPHAN_GRACE`].
+    ///
+    /// Conservative when unsure: while any manifest cannot be read, no data object is removed
+    /// (a renamed or damaged manifest may own any of them); they are reported instead.
     pub(super) fn leftovers(&self, cat: &Catalog) -> Result<(Vec<String>, Vec<String>), Error> {
-        let referenced: std::collections::HashSet<&str> = cat.referenced_data().collect();
         let now = SystemTime::now();
         let (mut temps, mut orphans) = (Vec::new(), Vec::new());
         for o in self.storage.list()? {
@@ -175,11 +184,11 @@ impl Ops {
                 .any(|s| o.key.ends_with(s) || o.key.ends_with(&format!("{s}.age")));
             if o.key.starts_with(TEMP_PREFIX) {
                 temps.push(o.key);
-            } else if is_data && !referenced.contains(o.key.as_str()) {
+            } else if is_data && !cat.may_own(&o.key) {
                 // In a directory, such a file may be the user's own (a live app.db): reported.
                 // A bucket prefix holds only what dbkeep wrote: an upload whose manifest never
-                // came is removed.
-                if self.storage.owns_every_object() {
+                // came is removed, unless some manifest cannot be read.
+                if self.storage.owns_every_object() && cat.unreadable.is_empty() {
                     temps.push(o.key);
                 } else {
                     orphans.push(o.key);

@@ -138,10 +138,16 @@ impl Ops {
             .as_deref()
             .ok_or_else(|| damaged("the manifest names no data file".into()))?;
         let expected_sha = m.sha256.as_deref().unwrap_or_default();
-        let stat = self
-            .storage
-            .stat(key)?
-            .ok_or_else(|| damaged(format!("its data file {key} is missing")))?;
+        let Some(stat) = self.storage.stat(key)? else {
+            // Retention or a delete may have removed the backup since the catalog was read:
+            // not damage.
+            if self.storage.stat(&m.key())?.is_none() {
+                return Err(Error::DeletedMeanwhile {
+                    name: m.backup_name.clone(),
+                });
+            }
+            return Err(damaged(format!("its data file {key} is missing")));
+        };
         if stat.size != m.file_size {
             return Err(damaged(format!(
                 "its data file {key} has {} bytes but the manifest says {} (truncated or replaced)",

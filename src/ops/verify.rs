@@ -11,7 +11,7 @@ impl Ops {
         let keys = self.keys()?;
         let cat = self.catalog()?;
         let chosen = self.choose(&cat, target)?;
-        Ok(chosen
+        let mut reports: Vec<VerifyReport> = chosen
             .into_iter()
             .map(|m| VerifyReport {
                 name: m.backup_name.clone(),
@@ -21,7 +21,11 @@ impl Ops {
                         .map(|_| checks)
                 },
             })
-            .collect())
+            .collect();
+        if matches!(target, VerifyTarget::All) {
+            reports.extend(unreadable_reports(&cat));
+        }
+        Ok(reports)
     }
 
     /// The successful backups `target` names.
@@ -43,4 +47,26 @@ impl Ops {
             VerifyTarget::All => cat.backups.iter().filter(|m| m.success).collect(),
         })
     }
+}
+
+/// A failed report for each manifest that cannot be read: its backup can be neither verified
+/// nor restored.
+pub(super) fn unreadable_reports(cat: &Catalog) -> Vec<VerifyReport> {
+    cat.unreadable
+        .iter()
+        .map(|e| {
+            let name = match e {
+                crate::catalog::CatalogError::Invalid { key, .. } => {
+                    crate::catalog::backup_name_of(key)
+                        .unwrap_or(key)
+                        .to_owned()
+                }
+                other => other.to_string(),
+            };
+            VerifyReport {
+                name,
+                result: Err(Error::UnreadableManifest(e.to_string())),
+            }
+        })
+        .collect()
 }
