@@ -509,3 +509,29 @@ fn prune_on_s3_never_deletes_data_an_unreadable_manifest_may_own() {
     }
     assert!(o.stdout.contains("ok      keep_20240101"), "{}", o.stdout);
 }
+
+/// REVIEW A5: the answer to the manifest's create is lost and the retry meets "already exists":
+/// the backup is committed (its data kept), not deleted under a manifest that stays.
+#[test]
+fn a_lost_answer_to_the_manifest_create_commits_the_backup() {
+    use crate::common::proxy::Proxy;
+    let server = S3Server::start();
+    let proxy = Proxy::start(server.addr);
+    let mut env = sqlite_env(50);
+    crate::common::s3::point_at(
+        &mut env,
+        &format!("s3://{BUCKET}/lost"),
+        &proxy.endpoint(),
+        ACCESS_KEY,
+        SECRET_KEY,
+    );
+    proxy.lose_answer_to(&format!("PUT /{BUCKET}/lost/lost_20240101.manifest.json"));
+    let o = env.run(&["backup", "--name", "lost_20240101"]);
+    assert!(proxy.lost_an_answer(), "the trap was sprung");
+    o.ok();
+    assert!(server.dir("lost").join("lost_20240101.db.gz").exists());
+    env.run(&["verify", "lost_20240101"]).ok();
+    let list = env.list();
+    assert_eq!(list["backups"][0]["backup_name"], "lost_20240101");
+    assert_eq!(list["backups"][0]["success"], true);
+}

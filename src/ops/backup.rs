@@ -181,20 +181,7 @@ impl Ops {
             self.storage.put_new(&manifest.key(), &json)
         };
         if let Err(e) = committed {
-            // No manifest, no backup: the data goes too, and the attempt is recorded.
-            if let Err(d) = self.storage.delete(&key) {
-                warn!(error = %d, "could not remove the data file of a backup that failed to commit");
-            }
-            let e = Error::from(e);
-            let mut failed = manifest.clone();
-            failed.success = false;
-            failed.error = Some(e.to_string());
-            failed.file_path = None;
-            failed.file_size = 0;
-            failed.sha256 = None;
-            failed.data_file = None;
-            self.record_failure(&failed);
-            return Err(e);
+            self.commit_failed(&manifest, &key, e)?;
         }
         // From here on the backup exists: tidying up can only warn.
         if let Err(e) = self
@@ -262,6 +249,47 @@ impl Ops {
             retention_notes: plan.notes,
             retention_errors,
         })
+    }
+
+    /// After the manifest's create answered an error: read it back, since a create whose answer
+    /// was lost may have landed (a retry then meets "already exists"). This run's manifest in
+    /// place (same data file and SHA-256) means committed: `Ok`. Another's, or none: the data
+    /// goes too and the attempt is recorded. Unknown (it cannot be read back): the data is kept,
+    /// for a manifest may name it; prune removes it a day later if none does.
+    pub(super) fn commit_failed(
+        &self,
+        manifest: &Manifest,
+        key: &str,
+        e: storage::StorageError,
+    ) -> Result<(), Error> {
+        let there = catalog::read_manifest(self.storage.as_ref(), &manifest.key());
+        let remove_data = match &there {
+            Ok(m) if m.data_file == manifest.data_file && m.sha256 == manifest.sha256 => {
+                warn!(backup = %manifest.backup_name, error = %e, "the manifest's commit answered an error, but this run's manifest is in place: the backup is committed");
+                return Ok(());
+            }
+            Ok(_) | Err(catalog::CatalogError::Storage(storage::StorageError::NotFound { .. })) => {
+                true
+            }
+            Err(read) => {
+                warn!(backup = %manifest.backup_name, error = %read, "cannot tell whether the manifest landed: its data is kept");
+                false
+            }
+        };
+        // No manifest of ours, no backup: the data goes too, and the attempt is recorded.
+        if remove_data && let Err(d) = self.storage.delete(key) {
+            warn!(error = %d, "could not remove the data file of a backup that failed to commit");
+        }
+        let e = Error::from(e);
+        let mut failed = manifest.clone();
+        failed.success = false;
+        failed.error = Some(e.to_string());
+        failed.file_path = None;
+        failed.file_size = 0;
+        failed.sha256 = None;
+        failed.data_file = None;
+        self.record_failure(&failed);
+        Err(e)
     }
 
     /// The dump format a new backup of `db_type` gets (PostgreSQL only).

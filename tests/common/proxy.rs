@@ -12,6 +12,9 @@ pub struct Proxy {
     pub addr: SocketAddr,
     down: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    /// A request to let through whose answer is then lost (see [`Proxy::lose_answer_to`]).
+    trap: Arc<Mutex<Option<String>>>,
+    sprung: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -20,8 +23,11 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy address");
         let down = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));
+        let trap = Arc::new(Mutex::new(None::<String>));
+        let sprung = Arc::new(AtomicBool::new(false));
         {
             let (down, open) = (down.clone(), open.clone());
+            let (trap, sprung) = (trap.clone(), sprung.clone());
             std::thread::spawn(move || {
                 for client in listener.incoming() {
                     let Ok(client) = client else { continue };
@@ -37,12 +43,42 @@ impl Proxy {
                             conns.push(c);
                         }
                     }
-                    pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                    pipe(server, client);
+                    // Set once this connection carried the trapped request: what the
+                    // server answers from then on never reaches the client.
+                    let mute = Arc::new(AtomicBool::new(false));
+                    let watch = Watch {
+                        trap: trap.clone(),
+                        sprung: sprung.clone(),
+                        mute: mute.clone(),
+                    };
+                    pipe(
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        Some(watch),
+                        None,
+                    );
+                    pipe(server, client, None, Some(mute));
                 }
             });
         }
-        Self { addr, down, open }
+        Self {
+            addr,
+            down,
+            open,
+            trap,
+            sprung,
+        }
+    }
+
+    /// The next request whose head contains `pattern` reaches the server, but its answer is
+    /// lost: the connection closes instead (a response lost on the network).
+    pub fn lose_answer_to(&self, pattern: &str) {
+        *self.trap.lock().unwrap() = Some(pattern.to_owned());
+    }
+
+    /// Whether an answer was lost.
+    pub fn lost_an_answer(&self) -> bool {
+        self.sprung.load(Ordering::SeqCst)
     }
 
     pub fn endpoint(&self) -> String {
@@ -63,14 +99,41 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` on a thread until either side closes.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// What the client-to-server pipe watches for.
+struct Watch {
+    trap: Arc<Mutex<Option<String>>>,
+    sprung: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
+}
+
+/// Copies `from` to `to` on a thread until either side closes; `watch` springs the trap on the
+/// request it names, and a set `mute` drops the answer and closes both sides.
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    watch: Option<Watch>,
+    mute: Option<Arc<AtomicBool>>,
+) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 64 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if mute.as_ref().is_some_and(|m| m.load(Ordering::SeqCst)) {
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    if let Some(w) = &watch {
+                        let head = String::from_utf8_lossy(&buf[..n.min(2048)]);
+                        let mut trap = w.trap.lock().unwrap();
+                        if trap.as_ref().is_some_and(|t| head.contains(t.as_str())) {
+                            *trap = None;
+                            w.mute.store(true, Ordering::SeqCst);
+                            w.sprung.store(true, Ordering::SeqCst);
+                        }
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
