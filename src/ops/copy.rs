@@ -57,15 +57,15 @@ impl Ops {
             return Vec::new();
         }
         let mut errors = Vec::new();
-        let mut holders: Vec<Box<dyn Storage>> = Vec::new();
+        let mut holders: Vec<(Box<dyn Storage>, String)> = Vec::new();
         for t in targets {
             let copied = self.open_target(t).and_then(|dest| {
-                self.copy_into(m, dest.as_ref())?;
-                Ok(dest)
+                let data_key = self.copy_into(m, dest.as_ref())?;
+                Ok((dest, data_key))
             });
             let (ok, error) = match copied {
-                Ok(dest) => {
-                    holders.push(dest);
+                Ok(held) => {
+                    holders.push(held);
                     (true, None)
                 }
                 Err(e) => {
@@ -91,9 +91,10 @@ impl Ops {
             }
         };
         write(self.storage.as_ref(), m);
-        for dest in &holders {
+        for (dest, data_key) in &holders {
             let mut there = m.clone();
-            there.file_path = m.data_file.as_deref().map(|k| dest.display_path(k));
+            there.data_file = Some(data_key.clone());
+            there.file_path = Some(dest.display_path(data_key));
             // Seen from there, the primary is one of the copies.
             there.copies.retain(|c| c.repository != dest.location());
             there.copies.insert(
@@ -111,14 +112,27 @@ impl Ops {
     }
 
     /// Copies the stored bytes of `m` into `dest`, checking their SHA-256 on the way, then its
-    /// manifest. A copy already complete there is left as it is.
-    pub(super) fn copy_into(&self, m: &Manifest, dest: &dyn Storage) -> Result<(), Error> {
+    /// manifest; returns the data file's key there. A copy already complete there is left as it
+    /// is. Nothing is ever deleted there (write-once credentials and object lock work): data
+    /// already under the key is reused when it is these very bytes, else the copy goes under a
+    /// key of its own. The manifest there is replaced only by a newer backup of the same
+    /// database under the same name (a `--replace`), and only a manifest that is not there
+    /// (not one that cannot be read) counts as missing.
+    pub(super) fn copy_into(&self, m: &Manifest, dest: &dyn Storage) -> Result<String, Error> {
         let key = m.data_file.as_deref().ok_or_else(|| Error::Damaged {
             name: m.backup_name.clone(),
             problem: "the manifest names no data file".into(),
         })?;
-        match catalog::read_manifest(dest, &m.key()) {
-            Ok(there) if there.sha256 == m.sha256 => return Ok(()),
+        let replacing = match catalog::read_manifest(dest, &m.key()) {
+            Ok(there) if there.sha256 == m.sha256 => {
+                return Ok(there.data_file.unwrap_or_else(|| key.to_owned()));
+            }
+            Ok(there)
+                if database_identity(&there) == database_identity(m)
+                    && there.finished_at < m.finished_at =>
+            {
+                true
+            }
             Ok(_) => {
                 return Err(storage::StorageError::AlreadyExists {
                     key: m.key(),
@@ -126,29 +140,57 @@ impl Ops {
                 }
                 .into());
             }
-            Err(_) => {}
+            Err(catalog::CatalogError::Storage(storage::StorageError::NotFound { .. })) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let mut data_key = key.to_owned();
+        let reuse = match dest.stat(key)? {
+            None => false,
+            Some(_) => {
+                // An earlier copy that died before its manifest, or the replaced backup's data.
+                let mut there = HashingReader::new(dest.open(key)?);
+                io::copy(&mut there, &mut io::sink()).map_err(io_err("read the copy's data"))?;
+                let digest = there.finish().map_err(io_err("read the copy's data"))?;
+                if Some(&digest.sha256) != m.sha256.as_ref() {
+                    data_key = format!(
+                        "{}.{}{}",
+                        m.backup_name,
+                        Utc::now().format("%Y%m%dT%H%M%S%3fZ"),
+                        &key[m.backup_name.len()..]
+                    );
+                    false
+                } else {
+                    true
+                }
+            }
+        };
+        if !reuse {
+            let mut src = HashingReader::new(self.storage.open(key)?);
+            let mut w = dest.create_new(&data_key)?;
+            io::copy(&mut src, &mut w).map_err(io_err("copy the data file"))?;
+            let digest = src.finish().map_err(io_err("read the data file"))?;
+            if Some(&digest.sha256) != m.sha256.as_ref() {
+                // `w` is dropped uncommitted: nothing appears there.
+                return Err(Error::Damaged {
+                    name: m.backup_name.clone(),
+                    problem: format!(
+                        "its data file {key} has SHA-256 {} but the manifest says {}: not copied",
+                        digest.sha256,
+                        m.sha256.as_deref().unwrap_or("")
+                    ),
+                });
+            }
+            w.commit()?;
         }
-        // Data without a manifest: an earlier copy that died before its manifest.
-        dest.delete(key)?;
-        let mut src = HashingReader::new(self.storage.open(key)?);
-        let mut w = dest.create_new(key)?;
-        io::copy(&mut src, &mut w).map_err(io_err("copy the data file"))?;
-        let digest = src.finish().map_err(io_err("read the data file"))?;
-        if Some(&digest.sha256) != m.sha256.as_ref() {
-            // `w` is dropped uncommitted: nothing appears there.
-            return Err(Error::Damaged {
-                name: m.backup_name.clone(),
-                problem: format!(
-                    "its data file {key} has SHA-256 {} but the manifest says {}: not copied",
-                    digest.sha256,
-                    m.sha256.as_deref().unwrap_or("")
-                ),
-            });
-        }
-        w.commit()?;
         let mut there = m.clone();
-        there.file_path = Some(dest.display_path(key));
-        dest.put(&there.key(), &there.to_json()?)?;
-        Ok(())
+        there.data_file = Some(data_key.clone());
+        there.file_path = Some(dest.display_path(&data_key));
+        let json = there.to_json()?;
+        if replacing {
+            dest.put(&there.key(), &json)?;
+        } else {
+            dest.put_new(&there.key(), &json)?;
+        }
+        Ok(data_key)
     }
 }

@@ -3,7 +3,9 @@
 //! stopped in the middle of a test (all connections drop) and started again on the same data.
 
 use super::TestEnv;
-pub use super::s3_server::{ACCESS_KEY, SECRET_KEY, serve};
+pub use super::s3_server::{
+    ACCESS_KEY, SECRET_KEY, WRITE_ONCE_ACCESS_KEY, WRITE_ONCE_SECRET_KEY, serve,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -10,6 +10,34 @@ use std::path::Path;
 
 pub const ACCESS_KEY: &str = "dbkeep-test-access";
 pub const SECRET_KEY: &str = "dbkeep-test-secret-Zx9!";
+/// Write-once credentials, as an offsite copy should have: every delete is denied.
+pub const WRITE_ONCE_ACCESS_KEY: &str = "dbkeep-test-write-once";
+pub const WRITE_ONCE_SECRET_KEY: &str = "dbkeep-test-worm-Qq4!";
+
+/// Signed requests only; the write-once credentials may not delete.
+struct DenyDeletes;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for DenyDeletes {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        match cx.credentials() {
+            None => Err(s3s::s3_error!(AccessDenied, "signed requests only")),
+            Some(c)
+                if c.access_key == WRITE_ONCE_ACCESS_KEY
+                    && matches!(
+                        cx.s3_op().name(),
+                        "DeleteObject" | "DeleteObjects" | "AbortMultipartUpload"
+                    ) =>
+            {
+                Err(s3s::s3_error!(
+                    AccessDenied,
+                    "write-once credentials may not delete"
+                ))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
 
 /// Serves `root` (its subdirectories are buckets) on `addr` from a runtime of its own; dropping
 /// or shutting down the runtime stops the server and drops every connection.
@@ -21,7 +49,13 @@ pub fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketA
         .expect("runtime");
     let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
     let mut b = S3ServiceBuilder::new(fs);
-    b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let mut auth = SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY);
+    auth.register(
+        WRITE_ONCE_ACCESS_KEY.to_owned(),
+        WRITE_ONCE_SECRET_KEY.to_owned().into(),
+    );
+    b.set_auth(auth);
+    b.set_access(DenyDeletes);
     let service = b.build();
     let listener = rt.block_on(async {
         // The port may take a moment to be free again after a stop.
