@@ -420,6 +420,13 @@ fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 r.manifest.timestamp_text(),
                 r.duration
             );
+            if let Some(secs) = r.unavailable {
+                let _ = writeln!(
+                    out,
+                    "the database refused connections for {:.0} ms while the restored one was swapped in",
+                    secs * 1000.0
+                );
+            }
             if let Some(old) = r.kept_old {
                 let _ = writeln!(out, "the previous database is kept as {old}");
             }

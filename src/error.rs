@@ -137,6 +137,11 @@ impl Error {
         }
     }
 
+    /// The repository refused the operation to these credentials or this user.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Error::Storage(e) if e.is_denied())
+    }
+
     /// The backup directory cannot take writes: not writable, or its disk is full.
     pub fn is_unavailable(&self) -> bool {
         use std::io::ErrorKind as K;

@@ -99,7 +99,9 @@ fn postgres_corpus_round_trips_through_backup_verify_drill_and_restore() {
     };
     pg.sql(
         "postgres",
-        "CREATE ROLE corpus_owner; CREATE ROLE corpus_reader; CREATE DATABASE corpus;",
+        // Not the server's default locale: a restore must create the database as the dump says.
+        "CREATE ROLE corpus_owner; CREATE ROLE corpus_reader; \
+         CREATE DATABASE corpus TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C';",
     );
     pg.sql("corpus", PG_CORPUS);
     let original = pg.normalized_dump("corpus");

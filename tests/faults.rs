@@ -387,7 +387,8 @@ fn postgres_server_stopped_mid_way_loses_nothing() {
         ),
     );
 
-    // The server stopped while a restore loads: the original database comes back.
+    // The server stopped while a restore loads: the live database was never touched, and the
+    // next run drops the staging database.
     pg.sql_as("app", "appdb", "DELETE FROM sales.items WHERE id < 10;");
     let changed = pg.normalized_dump("appdb");
     let child = env
@@ -396,11 +397,11 @@ fn postgres_server_stopped_mid_way_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the original moved aside", || {
+    wait_for("the staging database", || {
         pg.try_sql_as(
             "postgres",
             "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'appdb\\_dbkeep\\_old\\_%'",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'appdb\\_dbkeep\\_new\\_%'",
         )
         .is_ok_and(|n| n.trim() == "1")
     });
@@ -410,19 +411,27 @@ fn postgres_server_stopped_mid_way_loses_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     pg.start_again();
-    // The next run finds the journal and puts the original back before anything else.
-    env.run(&["verify", "good"]).ok();
-    env.run(&["backup", "--name", "after_restore"]).ok();
     assert_eq!(
         pg.normalized_dump("appdb"),
         changed,
-        "the database as it was before the failed restore"
+        "the live database as it was before the failed restore"
     );
+    env.run(&["verify", "good"]).ok();
+    env.run(&["backup", "--name", "after_restore"]).ok();
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE '%dbkeep\\_new%'"
+        ),
+        "0",
+        "the next run dropped the staging database"
+    );
+    assert_eq!(pg.normalized_dump("appdb"), changed);
     t.row(
         "PostgreSQL stopped during a restore",
-        "the restore fails; the next run puts the original database back",
+        "the restore fails; the live database as it was; the next run drops the staging database",
         format!(
-            "{}; the next backup restored the original first (equal re-dump)",
+            "{}; live database unchanged (equal re-dump); staging dropped by the next backup",
             out.status
         ),
     );

@@ -475,9 +475,38 @@ fn killed_mid_dump_leaves_no_success_and_next_run_cleans_up() {
     );
 }
 
+/// Staging databases on the server.
+fn staging_databases(pg: &PgServer) -> String {
+    pg.sql(
+        "postgres",
+        "SELECT coalesce(string_agg(datname, ','), '') FROM pg_database WHERE datname LIKE '%\\_dbkeep\\_new\\_%'",
+    )
+}
+
+/// A client's write to the live database; whether it got in.
+fn client_writes(pg: &PgServer, note: &str) -> bool {
+    pg.try_sql_as(
+        "app",
+        "appdb",
+        &format!("INSERT INTO sales.items (name) VALUES ('{note}');"),
+    )
+    .is_ok()
+}
+
+fn has_row(pg: &PgServer, note: &str) -> bool {
+    pg.sql(
+        "appdb",
+        &format!("SELECT count(*) FROM sales.items WHERE name = '{note}'"),
+    ) == "1"
+}
+
+/// REVIEW A4: a restore killed by SIGKILL at each phase (during the load, between blocking
+/// the live database and the swap, after the swap), then a client writing, then the nightly
+/// backup: nothing a client wrote is ever lost, the live database is whole at every moment,
+/// and the backup only cleans up what provably nobody wrote to.
 #[test]
-fn restore_killed_mid_way_is_undone_by_the_next_run() {
-    let Some((pg, env)) = setup() else { return };
+fn restore_killed_at_each_phase_loses_no_write() {
+    let Some((pg, mut env)) = setup() else { return };
     // Enough data that loading it takes a moment.
     pg.sql_as(
         "app",
@@ -485,48 +514,159 @@ fn restore_killed_mid_way_is_undone_by_the_next_run() {
         "CREATE TABLE public.bulk AS SELECT g AS id, md5(g::text) AS h, repeat('x', 100) AS pad FROM generate_series(1, 400000) g;",
     );
     env.run(&["backup", "--name", "big"]).ok();
+    let restored = pg.normalized_dump("appdb");
+    for phase in ["during-load", "restore-before-swap", "restore-after-swap"] {
+        let before = format!("before {phase}");
+        assert!(client_writes(&pg, &before));
+        let live = pg.normalized_dump("appdb");
+        let mut cmd = if phase == "during-load" {
+            env.command(&["restore", "big", "--yes"])
+        } else {
+            env.set("DBKEEP_FAULT", phase);
+            let c = env.command(&["restore", "big", "--yes"]);
+            env.unset("DBKEEP_FAULT");
+            c
+        };
+        let mut child = cmd.spawn().unwrap();
+        if phase == "during-load" {
+            crate::common::wait_for("the staging database", || {
+                !staging_databases(&pg).is_empty()
+            });
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            child.kill().unwrap(); // SIGKILL: no cleanup of its own
+        }
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{phase}: the restore was killed");
+        match phase {
+            "restore-after-swap" => {
+                assert_eq!(pg.normalized_dump("appdb"), restored, "{phase}: swapped in");
+                assert_ne!(
+                    aside_databases(&pg),
+                    "",
+                    "{phase}: the previous one is aside"
+                );
+            }
+            _ => {
+                assert_eq!(
+                    pg.sql(
+                        "postgres",
+                        "SELECT datallowconn FROM pg_database WHERE datname = 'appdb'"
+                    ),
+                    if phase == "during-load" { "t" } else { "f" },
+                    "{phase}"
+                );
+                // Blocked connections refuse even a superuser: looked at after the backup.
+                if phase == "during-load" {
+                    assert_eq!(pg.normalized_dump("appdb"), live, "{phase}: untouched");
+                }
+            }
+        }
+        // A client writes after the kill (it cannot while connections are blocked), then the
+        // nightly backup runs, then the client writes again.
+        let after_kill = format!("after the kill {phase}");
+        let got_in = client_writes(&pg, &after_kill);
+        assert_eq!(got_in, phase != "restore-before-swap", "{phase}");
+        env.run(&[
+            "backup",
+            "--name",
+            &format!("after_{}", phase.replace('-', "_")),
+        ])
+        .ok();
+        assert_eq!(
+            staging_databases(&pg),
+            "",
+            "{phase}: no staging database left"
+        );
+        if phase == "restore-before-swap" {
+            // Unblocked by the backup run's recovery: as it was before the restore.
+            assert_eq!(pg.normalized_dump("appdb"), live, "{phase}: untouched");
+        }
+        let after_backup = format!("after the backup {phase}");
+        assert!(
+            client_writes(&pg, &after_backup),
+            "{phase}: connections allowed"
+        );
+        if phase != "restore-after-swap" {
+            assert!(
+                has_row(&pg, &before),
+                "{phase}: the write before the restore is kept"
+            );
+        }
+        if got_in {
+            assert!(
+                has_row(&pg, &after_kill),
+                "{phase}: the write after the kill is kept"
+            );
+        }
+        assert!(has_row(&pg, &after_backup));
+        if phase == "restore-after-swap" {
+            // The previous database (clients wrote to it before the swap) is never dropped
+            // by a later run: reported, and left to the operator.
+            let aside = aside_databases(&pg);
+            assert_ne!(aside, "", "{phase}: the previous database is kept");
+            pg.sql("postgres", &format!("DROP DATABASE \"{aside}\""));
+        }
+    }
+}
+
+/// REVIEW A4: clients polling the live name during a restore see the database as it was or
+/// as restored, never a partial one; the time it refused connections is printed.
+#[test]
+fn clients_never_see_a_partial_database_during_a_restore() {
+    let Some((pg, env)) = setup() else { return };
     pg.sql_as(
         "app",
         "appdb",
-        "INSERT INTO sales.items (name) VALUES ('after the backup');",
+        "CREATE TABLE public.bulk AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 300000) g;",
     );
-    let live = pg.normalized_dump("appdb");
-
-    let mut child = env.command(&["restore", "big", "--yes"]).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    // Kill dbkeep as soon as the live database has been moved aside.
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the database never moved aside"
-        );
-        if !aside_databases(&pg).is_empty() {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the restore ended before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap(); // SIGKILL: no cleanup of its own
-    child.wait().unwrap();
-    assert!(
-        env.backup_dir().join(".dbkeep-restore.json").exists(),
-        "the journal survives the kill"
-    );
-
-    // The next run puts the original back before doing anything else.
-    let o = env.run(&["backup", "--name", "after_kill"]);
+    env.run(&["backup", "--name", "full"]).ok();
+    pg.sql_as("app", "appdb", "DELETE FROM public.bulk WHERE id > 100000;");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let (socket, port) = (pg.socket_dir().to_owned(), pg.port);
+        let bin = pg.bin.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::<String, u32>::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = std::process::Command::new(bin.join("psql"))
+                    .env_clear()
+                    .env("PGHOST", &socket)
+                    .env("PGPORT", port.to_string())
+                    .env("PGUSER", "app")
+                    .env("PGDATABASE", "appdb")
+                    .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM public.bulk"])
+                    .output()
+                    .unwrap();
+                let key = if out.status.success() {
+                    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+                } else {
+                    "refused".into()
+                };
+                *seen.entry(key).or_default() += 1;
+            }
+            seen
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = env.run(&["restore", "full", "--yes"]);
     o.ok();
-    assert!(!env.backup_dir().join(".dbkeep-restore.json").exists());
-    assert_eq!(aside_databases(&pg), "");
-    assert_eq!(
-        pg.normalized_dump("appdb"),
-        live,
-        "the original database is back"
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = poller.join().unwrap();
+    println!(
+        "clients during the restore saw: {seen:?}; {}",
+        o.stdout.trim()
     );
-    env.run(&["verify", "after_kill"]).ok();
+    assert!(seen.get("100000").is_some_and(|n| *n > 0), "{seen:?}");
+    assert!(seen.get("300000").is_some_and(|n| *n > 0), "{seen:?}");
+    for k in seen.keys() {
+        assert!(
+            ["100000", "300000", "refused"].contains(&k.as_str()),
+            "a client saw {k}: {seen:?}"
+        );
+    }
+    assert!(o.stdout.contains("refused connections for"), "{}", o.stdout);
 }
 
 /// Makes `BACKUP_PG_BINDIR` a directory whose pg_dump runs `script` (after answering --version

@@ -292,6 +292,16 @@ mod tests {
     }
 }
 
+/// Whether the process `pid` of this machine is provably gone: only "no such process" (ESRCH)
+/// says so; a process of another user (EPERM) is alive. The one pid check of dbkeep.
+pub fn process_gone(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|pid| {
+        pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+    })
+}
+
 /// How much a fed child gets per write.
 const FEED_CHUNK: usize = 256 * 1024;
 

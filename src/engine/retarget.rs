@@ -32,6 +32,27 @@ const SKIPPED: &[&[u8]] = &[
 ];
 /// Bytes of a statement's start that decide what happens to it.
 const HEAD: usize = 256;
+/// The most bytes of whole-database statements a restore keeps ([`Retarget::for_restore`]).
+const CAPTURE_LIMIT: usize = 16 << 20;
+
+/// What the stream is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A drill's scratch database: whole-database statements and subscriptions go.
+    Drill,
+    /// A restore's staging database: whole-database statements are kept aside
+    /// ([`Retarget::captured`]) to be applied to it by name; subscriptions pass, as a plain
+    /// restore would create them.
+    Restore,
+}
+
+/// A whole-database statement a restore kept aside: `CREATE DATABASE` and the owner before the
+/// dump's `\connect`; settings, comment, grants and role settings in the database after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub after_connect: bool,
+    pub sql: String,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lex {
@@ -102,6 +123,11 @@ pub struct Retarget<R> {
     out: Vec<u8>,
     out_pos: usize,
     eof: bool,
+    mode: Mode,
+    /// The whole-database statement being kept aside.
+    current: Option<Vec<u8>>,
+    captured: Vec<Captured>,
+    captured_bytes: usize,
 }
 
 impl<R: BufRead> Retarget<R> {
@@ -120,7 +146,26 @@ impl<R: BufRead> Retarget<R> {
             out: Vec::new(),
             out_pos: 0,
             eof: false,
+            mode: Mode::Drill,
+            current: None,
+            captured: Vec::new(),
+            captured_bytes: 0,
         }
+    }
+
+    /// For a restore into a staging database: the whole-database statements are kept aside
+    /// ([`Retarget::captured`]) instead of dropped, and subscriptions pass.
+    pub fn for_restore(inner: R) -> Self {
+        Self {
+            mode: Mode::Restore,
+            ..Self::new(inner)
+        }
+    }
+
+    /// The whole-database statements kept aside so far, in the dump's order; `None` when they
+    /// were more than a restore keeps (16 MiB).
+    pub fn captured(&self) -> Option<&[Captured]> {
+        (self.captured_bytes <= CAPTURE_LIMIT).then_some(&self.captured[..])
     }
 
     fn emit(&mut self, b: u8) {
@@ -145,10 +190,21 @@ impl<R: BufRead> Retarget<R> {
                 self.connected
             }
         } else {
-            self.connected
-                && !SKIPPED.iter().any(|p| starts(p))
-                && !((starts(b"GRANT ") || starts(b"REVOKE ")) && contains(b" ON DATABASE "))
-                && !(starts(b"ALTER ROLE ") && contains(b" IN DATABASE "))
+            let subscription = starts(b"CREATE SUBSCRIPTION")
+                || starts(b"ALTER SUBSCRIPTION")
+                || starts(b"COMMENT ON SUBSCRIPTION")
+                || starts(b"SECURITY LABEL ON SUBSCRIPTION");
+            let database = (SKIPPED.iter().any(|p| starts(p)) && !subscription)
+                || ((starts(b"GRANT ") || starts(b"REVOKE ")) && contains(b" ON DATABASE "))
+                || (starts(b"ALTER ROLE ") && contains(b" IN DATABASE "));
+            if self.mode == Mode::Restore
+                && database
+                && !starts(b"DROP DATABASE")
+                && (self.connected || starts(b"CREATE DATABASE") || starts(b"ALTER DATABASE"))
+            {
+                self.current = Some(head.clone());
+            }
+            self.connected && !database && (!subscription || self.mode == Mode::Restore)
         };
         if pass {
             self.out.extend_from_slice(&head);
@@ -162,6 +218,15 @@ impl<R: BufRead> Retarget<R> {
 
     /// The current statement ended (after its last byte was handled).
     fn end_statement(&mut self, meta: bool) {
+        if let Some(sql) = self.current.take() {
+            self.captured_bytes += sql.len();
+            if self.captured_bytes <= CAPTURE_LIMIT {
+                self.captured.push(Captured {
+                    after_connect: self.connected,
+                    sql: String::from_utf8_lossy(&sql).into_owned(),
+                });
+            }
+        }
         let copy =
             !meta && matches!(self.part, Part::Pass { .. }) && self.tail.ends_with(b"FROM stdin;");
         self.tail.clear();
@@ -185,7 +250,13 @@ impl<R: BufRead> Retarget<R> {
                 }
             }
             Part::Pass { .. } => self.emit(b),
-            _ => {}
+            _ => {
+                if let Some(sql) = self.current.as_mut()
+                    && sql.len() <= CAPTURE_LIMIT
+                {
+                    sql.push(b);
+                }
+            }
         }
         if !meta {
             self.tail.push(b);

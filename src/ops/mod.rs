@@ -113,6 +113,8 @@ pub struct RestoreOutcome {
     pub duration: f64,
     /// PostgreSQL: the previous database, kept under this name.
     pub kept_old: Option<String>,
+    /// PostgreSQL: seconds the live name refused connections (blocked until the swap).
+    pub unavailable: Option<f64>,
 }
 
 #[derive(Debug)]

@@ -1,28 +1,18 @@
-//! `dbkeep restore`: the backup checked, then loaded by the engine; the journal that lets a run
-//! killed mid-way be undone.
+//! `dbkeep restore`: the backup checked, then loaded by the engine (PostgreSQL through a
+//! staging database swapped in at the end; SQLite in one transaction). A restore needs no write
+//! access to the repository.
 
 use super::*;
 use crate::encryption::{self, Encryption};
-use crate::engine::postgres;
 use crate::error::Error;
 use crate::naming::BackupName;
-use crate::storage;
-use chrono::Utc;
 
 use std::time::Instant;
 use tracing::{info, warn};
 
-/// Written before a PostgreSQL restore moves the live database aside, removed when the restore
-/// has ended either way: if it is still there, that restore was killed.
+/// Where dbkeep before the staging restore kept the journal of a restore under way. One left
+/// by such a version is reported, never acted on: what it names may have been written to since.
 pub const RESTORE_JOURNAL: &str = ".dbkeep-restore.json";
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(super) struct RestoreJournal {
-    database: String,
-    aside: String,
-    backup: String,
-    started: chrono::DateTime<Utc>,
-}
 
 impl Ops {
     /// Restores `name` into the configured database, after checking its size, SHA-256 and key
@@ -31,7 +21,16 @@ impl Ops {
         BackupName::parse(name)?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
         self.install_signals()?;
-        let _lock = self.lock(&format!("restore {name}"))?;
+        // Read-only credentials or mounts may restore: without the lock then (a backup or
+        // prune meanwhile cannot harm the live database: the load is checked as it goes).
+        let _lock = match self.lock(&format!("restore {name}")) {
+            Ok(lock) => Some(lock),
+            Err(e) if e.is_unavailable() || e.is_denied() => {
+                warn!(error = %e, "the repository cannot be written: restoring without its lock");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         self.recover_interrupted_restore(&engine)?;
         let m = self.committed(name)?;
         if m.database_type != engine.database_type() {
@@ -50,6 +49,7 @@ impl Ops {
         let scratch = self.check(&m, keys.as_ref(), Depth::Restore, &mut Vec::new())?;
         info!(backup = %name, "backup checked; restoring");
         let mut kept_old = None;
+        let mut unavailable = None;
         match &engine {
             Engine::Postgres(pg) => {
                 // Plain SQL streams from the repository a second time (its size, SHA-256 and
@@ -57,37 +57,9 @@ impl Ops {
                 // by the check.
                 let mut sql_reader = self.sql_stream(&m, keys.as_ref())?;
                 let source = pg_source(name, &mut sql_reader, scratch.as_ref())?;
-                // Record where the live database goes before it moves, so that a run killed
-                // mid-way is undone by the next one.
-                let journal = RestoreJournal {
-                    database: m.database_name.clone(),
-                    aside: pg.aside_name(),
-                    backup: name.to_owned(),
-                    started: Utc::now(),
-                };
-                self.storage.put(
-                    RESTORE_JOURNAL,
-                    &serde_json::to_vec(&journal).map_err(|e| Error::Io {
-                        io_context: "encode the restore journal".into(),
-                        source: e.into(),
-                    })?,
-                )?;
-                // Once the dump has loaded, the journal must go before anything else: recovery
-                // would otherwise put the old database back over the restored one.
-                let mut loaded = || {
-                    if let Err(e) = self.storage.delete(RESTORE_JOURNAL) {
-                        tracing::error!(error = %e, "could not remove the restore journal {RESTORE_JOURNAL}: remove it by hand, or the next run would undo this restore");
-                    }
-                };
-                let restored = pg.restore(source, &m.database_name, &journal.aside, &mut loaded);
-                // After a failed rollback the journal stays, so the next run tries again.
-                if !matches!(
-                    restored,
-                    Err(postgres::PostgresError::RollbackFailed { .. })
-                ) {
-                    self.storage.delete(RESTORE_JOURNAL)?;
-                }
-                kept_old = restored?.kept_old;
+                let report = pg.restore(source, &m.database_name)?;
+                kept_old = report.kept_old;
+                unavailable = Some(round3(report.unavailable.as_secs_f64()));
             }
             Engine::Sqlite(sq) => {
                 let file = scratch.ok_or_else(|| Error::Damaged {
@@ -103,35 +75,25 @@ impl Ops {
             manifest: m,
             duration,
             kept_old,
+            unavailable,
         })
     }
 
-    /// Puts back a database that a killed restore left aside (see [`RESTORE_JOURNAL`]).
+    /// Cleans up after a restore of the configured database killed on this host (see
+    /// [`postgres::Postgres::recover_interrupted`]): nothing a client could have written to is
+    /// ever dropped. A journal left by an older dbkeep is reported, never acted on.
     pub(super) fn recover_interrupted_restore(&self, engine: &Engine) -> Result<(), Error> {
         let Engine::Postgres(pg) = engine else {
             return Ok(());
         };
-        let bytes = match self.storage.read_all(RESTORE_JOURNAL) {
-            Ok(b) => b,
-            Err(storage::StorageError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let journal: RestoreJournal = match serde_json::from_slice(&bytes) {
-            Ok(j) => j,
-            Err(e) => {
-                warn!(error = %e, "ignoring an unreadable restore journal");
-                self.storage.delete(RESTORE_JOURNAL)?;
-                return Ok(());
-            }
-        };
-        if journal.database != pg.database() {
-            // Another database's restore: not ours to touch with this DATABASE_URL.
-            return Ok(());
+        for done in pg.recover_interrupted()? {
+            warn!("{done}");
         }
-        if let Some(done) = pg.recover(&journal.aside)? {
-            warn!(backup = %journal.backup, "{done}");
+        if matches!(self.storage.stat(RESTORE_JOURNAL), Ok(Some(_))) {
+            warn!(
+                "{RESTORE_JOURNAL} in the repository: an older dbkeep's restore was interrupted; the database it moved aside (NAME_dbkeep_old_…) is left as it is: compare it with the live one, then drop or rename it by hand and remove {RESTORE_JOURNAL}"
+            );
         }
-        self.storage.delete(RESTORE_JOURNAL)?;
         Ok(())
     }
 }

@@ -41,6 +41,8 @@ pub enum StorageError {
         location: String,
         message: String,
         hint: &'static str,
+        /// The service refused the credentials this (403).
+        denied: bool,
     },
     #[error("the repository {location} cannot be used: {problem}")]
     Setup { location: String, problem: String },
@@ -63,6 +65,19 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// True when the repository refused the operation to these credentials (a read-only
+    /// mount, a read-only or write-once key).
+    pub fn is_denied(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ),
+            StorageError::Remote { denied, .. } => *denied,
+            _ => false,
+        }
+    }
+
     /// True when the file system is full.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StorageError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)

@@ -261,6 +261,7 @@ impl S3Storage {
             location: self.location.clone(),
             message: e.to_string(),
             hint: "",
+            denied: false,
         }
     }
 
@@ -328,6 +329,7 @@ fn remote(
         location: location.to_owned(),
         message: crate::engine::process::scrub(&e.to_string(), secrets),
         hint,
+        denied: e.kind() == DalErrorKind::PermissionDenied,
     }
 }
 
@@ -484,6 +486,7 @@ impl Storage for S3Storage {
                     }
                     _ => "",
                 },
+                denied: matches!(&e, UploadError::Refused { status: 403, .. }),
             },
         };
         let now = SystemTime::now();
@@ -773,6 +776,7 @@ impl ObjectWriter for S3Writer {
             location: this.location.clone(),
             message: e.to_string(),
             hint: "",
+            denied: e.kind() == io::ErrorKind::PermissionDenied,
         };
         if self.spill.is_some() {
             if let Err(e) = self.finish_spill() {

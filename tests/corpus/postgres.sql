@@ -14,6 +14,12 @@ CREATE SCHEMA shop AUTHORIZATION corpus_owner;
 CREATE SCHEMA "Weird Schema ✓";
 CREATE SCHEMA hist;
 ALTER DATABASE corpus SET search_path = shop, public;
+ALTER DATABASE corpus SET work_mem = '8MB';
+ALTER DATABASE corpus OWNER TO corpus_owner;
+COMMENT ON DATABASE corpus IS 'The corpus: ''quoted'', a newline
+and DATABASE corpus in the text';
+REVOKE CONNECT, TEMPORARY ON DATABASE corpus FROM PUBLIC;
+GRANT CONNECT ON DATABASE corpus TO corpus_reader;
 ALTER ROLE corpus_reader IN DATABASE corpus SET search_path = shop;
 GRANT USAGE ON SCHEMA shop TO corpus_reader;
 ALTER DEFAULT PRIVILEGES FOR ROLE corpus_owner IN SCHEMA shop GRANT SELECT ON TABLES TO corpus_reader;

@@ -185,7 +185,7 @@ impl Postgres {
                 let mut retargeted = Retarget::new(io::BufReader::with_capacity(CHUNK, input));
                 self.load_sql(name, &mut retargeted, &app_name)?;
             }
-            Source::Archive(path) => self.load_archive(path, Some(name), &app_name)?,
+            Source::Archive(path) => self.load_archive(path, name, &app_name, true)?,
         }
         log.pass(format!("restored into the scratch database {name}"));
         log.step("row counts");
@@ -254,12 +254,7 @@ impl Postgres {
         };
         for name in found.lines().map(str::trim) {
             // Only "no such process" means gone: a drill of another user answers EPERM.
-            let gone = drill_owner(name).is_some_and(|pid| {
-                i32::try_from(pid).is_ok_and(|pid| {
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-                        == Err(nix::errno::Errno::ESRCH)
-                })
-            });
+            let gone = drill_owner(name).is_some_and(process::process_gone);
             if gone {
                 tracing::warn!(database = %name, "dropping the scratch database of a killed drill");
                 if let Err(e) = self.drop_database(name) {

@@ -64,6 +64,12 @@ pub enum PostgresError {
     Input(io::Error),
     #[error("interrupted by a signal")]
     Interrupted,
+    #[error(
+        "the dump has no CREATE DATABASE statement: a plain dump to restore must be made with pg_dump --create (dbkeep's are)"
+    )]
+    NoCreateDatabase,
+    #[error("the dump holds more than 16 MiB of statements on the database as a whole")]
+    TooManyDatabaseStatements,
     #[error("cannot {what} for the dump: {problem}")]
     Snapshot { what: &'static str, problem: String },
     #[error("restore drill: {0}")]
