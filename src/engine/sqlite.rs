@@ -94,8 +94,8 @@ impl Sqlite {
         })
     }
 
-    /// Writes the backup file `from`, already checked with [`integrity_check`], into the live
-    /// database.
+    /// Writes the backup file `from` (the copy that passed [`integrity_check`] at backup time,
+    /// as its SHA-256 proved) into the live database, in one transaction.
     pub fn restore_from(&self, from: &Path) -> Result<(), SqliteError> {
         let src = Connection::open_with_flags(
             from,

@@ -135,7 +135,7 @@ impl Ops {
             name: name.clone(),
             problem,
         };
-        let scratch = self.check(m, keys, Depth::Restore, &mut log.passed)?;
+        let scratch = self.check(m, keys, Depth::Drill, &mut log.passed)?;
         match engine {
             Engine::Postgres(pg) => {
                 let mut sql_reader = self.sql_stream(m, keys)?;

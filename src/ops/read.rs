@@ -49,7 +49,6 @@ impl Drop for ScratchFile {
     }
 }
 
-/// Which database a backup is of, for grouping retention: type, host and name.
 /// How much of a backup [`Ops::check`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Depth {
@@ -57,8 +56,12 @@ pub(super) enum Depth {
     Full,
     /// What a restore needs before it touches the database: size, SHA-256 (the stored bytes are
     /// exactly what the successful backup wrote) and the key. Plain SQL is then checked while
-    /// it loads; a custom archive and a SQLite copy are staged (and checked).
+    /// it loads; a custom archive is staged and listed; a SQLite copy is staged only: its
+    /// SHA-256 proves it is the very copy that passed `integrity_check` when it was backed up.
     Restore,
+    /// A drill's: as [`Depth::Restore`], and a SQLite copy's `integrity_check` again (the drill
+    /// proves what the restore may take on trust).
+    Drill,
 }
 
 /// Reads a plain dump to its end: it must decompress and end with pg_dump's trailer.
@@ -185,12 +188,12 @@ impl Ops {
                 Ok(mut dec) => match (m.database_type, m.pg_format.unwrap_or_default(), depth) {
                     // Checked while psql loads it (decompression, trailer); a failure there
                     // puts the original database back.
-                    (DatabaseType::Postgresql, PgFormat::Sql, Depth::Restore) => Ok(
+                    (DatabaseType::Postgresql, PgFormat::Sql, Depth::Restore | Depth::Drill) => Ok(
                         "plain SQL: decompression and completeness checked while it loads".into(),
                     ),
                     (DatabaseType::Postgresql, PgFormat::Sql, Depth::Full) => check_sql(&mut dec),
                     // pg_restore -j needs a seekable file.
-                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Restore) => {
+                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Restore | Depth::Drill) => {
                         self.stage(&mut dec, "restore.dump").and_then(|file| {
                             postgres::list_archive(self.settings.pg_bindir.as_deref(), file.path())
                                 .map_err(|e| format!("pg_restore cannot read the archive: {e}"))?;
@@ -208,7 +211,14 @@ impl Ops {
                             })
                             .map_err(|e| format!("the archive is not complete: {e}"))
                     }
-                    (DatabaseType::Sqlite, _, _) => {
+                    (DatabaseType::Sqlite, _, Depth::Restore) => {
+                        self.stage(&mut dec, "restore.db").map(|file| {
+                            scratch = Some(file);
+                            "SQLite copy staged (the copy that passed integrity_check at backup time)"
+                                .into()
+                        })
+                    }
+                    (DatabaseType::Sqlite, _, Depth::Full | Depth::Drill) => {
                         self.stage(&mut dec, "verify.db").and_then(|file| {
                             sqlite::integrity_check(file.path()).map_err(|e| e.to_string())?;
                             scratch = Some(file);
