@@ -8,6 +8,16 @@
 //! `manifest-before-rename` (the new manifest is complete in its temporary file, not yet
 //! renamed into place).
 
+/// With `DBKEEP_STOP=<point>`, stops this process (SIGSTOP) at `point`, as a paused VM or a
+/// stalled host would, until a test sends SIGCONT. Point: `before-commit` (a backup's data is
+/// in place, its manifest not yet written).
+pub fn stop(point: &str) {
+    if std::env::var_os("DBKEEP_STOP").is_some_and(|v| v == point) {
+        tracing::warn!(point, "DBKEEP_STOP: this process stops itself here");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+}
+
 /// Kills this process with SIGKILL if `DBKEEP_FAULT` names `point`.
 pub fn point(point: &str) {
     if std::env::var_os("DBKEEP_FAULT").is_some_and(|v| v == point) {

@@ -762,3 +762,30 @@ fn row_counts_are_taken_in_the_dumps_own_snapshot() {
     assert!(env.manifest("uncounted").get("row_counts").is_none());
     env.run(&["verify", "uncounted"]).ok();
 }
+
+/// REVIEW D1: common production timeouts on the role (a statement_timeout, an
+/// idle_in_transaction_session_timeout) never fail a backup, its row counts, a drill or a
+/// restore: every dbkeep session turns them off for itself.
+#[test]
+fn role_timeouts_break_no_backup_drill_or_restore() {
+    let Some((pg, mut env)) = setup() else { return };
+    pg.sql_as(
+        "app",
+        "appdb",
+        "CREATE TABLE public.big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 400000) g;",
+    );
+    pg.sql(
+        "postgres",
+        "ALTER ROLE app SET statement_timeout = '5ms'; \
+         ALTER ROLE app SET idle_in_transaction_session_timeout = '50ms';",
+    );
+    for format in ["sql", "custom"] {
+        env.set("BACKUP_PG_FORMAT", format);
+        let name = format!("timeouts_{format}");
+        env.run(&["backup", "--name", &name]).ok();
+        assert_eq!(env.manifest(&name)["row_counts"]["public.big"], 400_000);
+        env.run(&["verify", "--restore", &name]).ok();
+        env.run(&["restore", &name, "--yes"]).ok();
+    }
+    assert_eq!(pg.sql("appdb", "SELECT count(*) FROM public.big"), "400000");
+}

@@ -81,7 +81,12 @@ fn a_backup_lives_its_whole_life_on_s3() {
         vec!["daily_20240116.db", "daily_20240116.manifest.json"]
     );
     // The repository lock was released: nothing else is left in the bucket.
-    assert!(!server.dir("prod/app").join(".dbkeep.lock").exists());
+    // The repository lock was released (written so, on its own version: never deleted).
+    let lease: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(server.dir("prod/app").join(".dbkeep.lock")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lease["released"], true, "{lease}");
     // No scratch file is left behind.
     let scratch = env.path().join("scratch/dbkeep-scratch");
     let left: Vec<_> = std::fs::read_dir(&scratch)
@@ -598,4 +603,53 @@ fn copies_never_delete_in_the_destination() {
     o.code(1);
     assert!(o.all().contains("w_20240102.manifest.json"), "{}", o.all());
     assert_eq!(server.objects("worm"), before);
+}
+
+/// REVIEW A3: a lease holder stalled past its lease (SIGSTOP, as a paused VM) loses the lock to
+/// a second instance, and notices before it commits anything: never two commits under one lease.
+#[test]
+fn a_stalled_lease_holder_notices_before_it_commits() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let server = S3Server::start();
+    let mut env = sqlite_env(50);
+    server.configure(&mut env, "lease");
+    env.set("DBKEEP_LEASE_SECS", "3");
+    env.run(&["backup", "--name", "first_20240101"]).ok();
+    env.set("DBKEEP_STOP", "before-commit");
+    let stalled = env
+        .command(&["backup", "--name", "stalled_20240102"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.unset("DBKEEP_STOP");
+    let pid = Pid::from_raw(stalled.id() as i32);
+    // Wait until it stopped itself, holding the lease.
+    crate::common::wait_for("the holder to stop", || {
+        std::fs::read_to_string(format!("/proc/{}/stat", stalled.id()))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("T"))
+    });
+    // A second instance waits out the lease (unchanged for 3 s on its own clock), takes it,
+    // and commits.
+    let o = env.run(&["backup", "--name", "second_20240103"]);
+    o.ok();
+    kill(pid, Signal::SIGCONT).unwrap();
+    let out = stalled.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lock of the repository"), "{stderr}");
+    assert!(stderr.contains("was lost"), "{stderr}");
+    let backups = env.backups();
+    assert!(
+        backups.contains(&("second_20240103".to_owned(), true)),
+        "{backups:?}"
+    );
+    assert!(
+        !backups.contains(&("stalled_20240102".to_owned(), true)),
+        "the stalled holder committed nothing: {backups:?}"
+    );
+    // The lock is free again: the next run takes it at once.
+    env.set("BACKUP_LOCK_TIMEOUT", "5");
+    env.run(&["backup", "--name", "third_20240104"]).ok();
 }

@@ -485,13 +485,25 @@ impl<R: BufRead> Retarget<R> {
     fn feed(&mut self, buf: &[u8]) -> usize {
         match self.part {
             Part::CopyData { at_start: false } => {
-                let nl = buf.iter().position(|&c| c == b'\n');
-                let upto = nl.map_or(buf.len(), |i| i + 1);
-                self.out.extend_from_slice(&buf[..upto]);
-                if nl.is_some() {
-                    self.part = Part::CopyData { at_start: true };
+                // Every line up to one that may be the end (`\.`) passes at once: the end can
+                // only follow a newline that is followed by a backslash.
+                let upto = match memchr::memmem::find(buf, b"\n\\") {
+                    Some(i) => Some(i + 1),
+                    // None in this buffer: up to its last newline (the next line's first bytes
+                    // may be in the next buffer).
+                    None => memchr::memrchr(b'\n', buf).map(|i| i + 1),
+                };
+                match upto {
+                    Some(upto) => {
+                        self.out.extend_from_slice(&buf[..upto]);
+                        self.part = Part::CopyData { at_start: true };
+                        upto
+                    }
+                    None => {
+                        self.out.extend_from_slice(buf);
+                        buf.len()
+                    }
                 }
-                upto
             }
             Part::CopyData { at_start: true } => {
                 // Gather the line's first bytes until it is clearly not `\.`, or is.

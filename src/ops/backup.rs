@@ -39,7 +39,7 @@ impl Ops {
             Encryption::None
         };
         self.install_signals()?;
-        let _lock = match self.lock(&format!(
+        let lock = match self.lock(&format!(
             "backup {}",
             given.as_ref().map_or("(default name)", |n| n.as_str())
         )) {
@@ -175,6 +175,9 @@ impl Ops {
         // The commit point. A new name is created only if nobody else took it meanwhile (object
         // storage shared by several instances); --replace overwrites on purpose.
         let json = manifest.to_json()?;
+        // Only while the lock is still this run's (a lease may have been lost to a stall).
+        crate::faults::stop("before-commit");
+        lock.ensure()?;
         let committed = if req.replace {
             self.storage.put(&manifest.key(), &json)
         } else {
@@ -204,7 +207,7 @@ impl Ops {
         );
 
         // Then the copies (3-2-1): a failed one is reported, the primary copy stays.
-        let copy_errors = self.copy_to_targets(&mut manifest, &self.settings.copy_to);
+        let copy_errors = self.copy_to_targets(&mut manifest, &self.settings.copy_to, &lock);
 
         let cat = match self.catalog() {
             Ok(c) => c,
@@ -241,7 +244,7 @@ impl Ops {
         for note in &plan.notes {
             warn!("{note}");
         }
-        let retention_errors = self.execute(&cat, &plan.decisions);
+        let retention_errors = self.execute(&cat, &plan.decisions, &lock);
         Ok(BackupOutcome {
             manifest,
             copy_errors,

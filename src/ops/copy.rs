@@ -6,7 +6,7 @@ use crate::codec::HashingReader;
 use crate::config::CopyTarget;
 use crate::error::Error;
 use crate::naming::BackupName;
-use crate::storage::{self, Storage};
+use crate::storage::{self, RepoLock, Storage};
 use chrono::Utc;
 use std::io;
 use tracing::warn;
@@ -16,9 +16,9 @@ impl Ops {
     /// settings, or any path or URL with the primary's S3 settings).
     pub fn copy(&self, name: &str, to: &str) -> Result<Manifest, Error> {
         BackupName::parse(name)?;
-        let _lock = self.lock(&format!("copy {name}"))?;
+        let lock = self.lock(&format!("copy {name}"))?;
         let mut m = self.committed(name)?;
-        let errors = self.copy_to_targets(&mut m, &[self.settings.copy_target(to)]);
+        let errors = self.copy_to_targets(&mut m, &[self.settings.copy_target(to)], &lock);
         if let Some(first) = errors.first() {
             return Err(Error::CopyFailed {
                 name: name.to_owned(),
@@ -52,7 +52,12 @@ impl Ops {
 
     /// Copies the committed backup `m` to each target and records every outcome in its
     /// manifests (here and in each repository that now holds it). Returns the failures.
-    pub(super) fn copy_to_targets(&self, m: &mut Manifest, targets: &[CopyTarget]) -> Vec<String> {
+    pub(super) fn copy_to_targets(
+        &self,
+        m: &mut Manifest,
+        targets: &[CopyTarget],
+        lock: &RepoLock,
+    ) -> Vec<String> {
         if targets.is_empty() {
             return Vec::new();
         }
@@ -90,7 +95,11 @@ impl Ops {
                 errors.push(format!("{}: recording the copies: {e}", storage.location()));
             }
         };
-        write(self.storage.as_ref(), m);
+        let mut lost = None;
+        match lock.ensure() {
+            Ok(()) => write(self.storage.as_ref(), m),
+            Err(e) => lost = Some(format!("recording the copies: {e}")),
+        }
         for (dest, data_key) in &holders {
             let mut there = m.clone();
             there.data_file = Some(data_key.clone());
@@ -108,6 +117,7 @@ impl Ops {
             );
             write(dest.as_ref(), &there);
         }
+        errors.extend(lost);
         errors
     }
 

@@ -231,12 +231,16 @@ impl Ops {
 
     fn lock(&self, purpose: &str) -> Result<RepoLock, Error> {
         let lock = self.storage.lock(purpose, self.settings.lock_timeout)?;
-        let removed = self.storage.remove_stale_temps()?;
-        if removed > 0 {
-            info!(
+        // Tidying up never stops the run (a temp object the credentials may not delete).
+        match self.storage.remove_stale_temps() {
+            Ok(0) => {}
+            Ok(removed) => info!(
                 removed,
                 "removed temporary files left by an interrupted run"
-            );
+            ),
+            Err(e) => {
+                warn!(error = %e, "could not remove the temporary files of an interrupted run")
+            }
         }
         Ok(lock)
     }

@@ -5,7 +5,7 @@ use crate::catalog::{self, Catalog};
 use crate::error::Error;
 use crate::naming::BackupName;
 use crate::retention::{self, Action, Candidate, Decision, Override, Policy, Rules};
-use crate::storage::{self, TEMP_PREFIX};
+use crate::storage::{self, RepoLock, TEMP_PREFIX};
 use chrono::Utc;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -50,7 +50,7 @@ impl Ops {
     /// Deletes the backup `name` (and a failed attempt of that name); returns the keys removed.
     pub fn delete(&self, name: &str) -> Result<Vec<String>, Error> {
         BackupName::parse(name)?;
-        let _lock = self.lock(&format!("delete {name}"))?;
+        let lock = self.lock(&format!("delete {name}"))?;
         let mut removed = Vec::new();
         for success in [true, false] {
             let key = catalog::manifest_key(name, success);
@@ -61,6 +61,7 @@ impl Ops {
                 .ok()
                 .and_then(|m| m.data_file);
             // The manifest first: once it is gone the backup no longer exists.
+            lock.ensure()?;
             self.storage.delete(&key)?;
             removed.push(key);
             if let Some(data) = data {
@@ -78,7 +79,7 @@ impl Ops {
     /// Applies retention to every series, and removes leftovers: temporary files and data files
     /// that no manifest names, older than [`ORPHAN_GRACE`].
     pub fn prune(&self, opts: PruneOptions) -> Result<PruneOutcome, Error> {
-        let _lock = if opts.dry_run {
+        let lock = if opts.dry_run {
             None
         } else {
             Some(self.lock("prune")?)
@@ -143,11 +144,14 @@ impl Ops {
                 Vec::new()
             }
         };
-        if !opts.dry_run {
-            errors.extend(self.execute(&cat, &decisions));
+        if let Some(lock) = &lock {
+            errors.extend(self.execute(&cat, &decisions, lock));
             for key in &leftovers {
-                if let Err(e) = self.storage.delete(key) {
+                if let Err(e) = lock.ensure().and_then(|()| self.storage.delete(key)) {
                     errors.push(e.to_string());
+                    if matches!(e, storage::StorageError::LeaseLost { .. }) {
+                        break;
+                    }
                 }
             }
         }
@@ -199,9 +203,14 @@ impl Ops {
     }
 
     /// Carries out the deletions of a retention plan; returns the errors (it goes on after one).
-    pub(super) fn execute(&self, cat: &Catalog, plan: &[Decision]) -> Vec<String> {
+    /// Each delete only while the lock is still this run's: a lost lease stops it there.
+    pub(super) fn execute(&self, cat: &Catalog, plan: &[Decision], lock: &RepoLock) -> Vec<String> {
         let mut errors = Vec::new();
         for d in plan.iter().filter(|d| d.action == Action::Delete) {
+            if let Err(e) = lock.ensure() {
+                errors.push(e.to_string());
+                break;
+            }
             let Some(m) = cat
                 .backups
                 .iter()

@@ -8,6 +8,7 @@
 //! the upload); dropping a writer without committing removes it (or aborts the upload).
 //! Temporary objects left by a killed run are removed by the next run that holds the lock.
 
+mod lease;
 mod local;
 mod s3;
 mod uploads;
@@ -52,6 +53,10 @@ pub enum StorageError {
     Interrupted,
     #[error("{location} does not support {what}")]
     Unsupported { location: String, what: String },
+    #[error(
+        "the lock of the repository {location} was lost ({why}): another dbkeep may hold it now, so this run stopped before changing anything more; run it again"
+    )]
+    LeaseLost { location: String, why: String },
     #[error("{key} does not exist in the repository {location}")]
     NotFound { key: String, location: String },
     #[error(
@@ -110,14 +115,31 @@ pub trait ObjectWriter: Write + Send {
 /// Held while a command changes the repository; released on drop (whatever the backend keeps
 /// in `_guard` releases it: a locked file, a lease object's keeper).
 pub struct RepoLock {
-    _guard: Box<dyn Send>,
+    guard: Box<dyn LockGuard>,
 }
 
+/// What holds a repository lock: released when dropped.
+pub trait LockGuard: Send {
+    /// Proves the lock is still this run's, right before a commit or a delete (a lease on
+    /// object storage may have been lost to a stall); a lock of the file system cannot be.
+    fn ensure(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+impl LockGuard for std::fs::File {}
+
 impl RepoLock {
-    pub fn new(guard: impl Send + 'static) -> Self {
+    pub fn new(guard: impl LockGuard + 'static) -> Self {
         Self {
-            _guard: Box::new(guard),
+            guard: Box::new(guard),
         }
+    }
+
+    /// Fails with [`StorageError::LeaseLost`] when another run may hold the lock now: call it
+    /// before every commit and delete.
+    pub fn ensure(&self) -> Result<(), StorageError> {
+        self.guard.ensure()
     }
 }
 

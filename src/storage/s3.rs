@@ -5,8 +5,8 @@
 //!   ([`part_size`]), so that any backup up to 5 TB fits in `max_parts` parts; an upload that is
 //!   not committed is aborted, so a failed backup leaves no open upload behind.
 //! - New objects are created with `If-None-Match: *`: two instances that pick the same name never
-//!   overwrite each other's data or manifest. The repository lock is a lease object, created the
-//!   same way and renewed while it is held.
+//!   overwrite each other's data or manifest. The repository lock is a fenced lease object
+//!   (`storage/lease.rs`).
 //! - OpenDAL is asynchronous; [`Storage`] is not. A small runtime of our own drives OpenDAL, and
 //!   each call blocks on it (from a plain thread or the API's blocking threads).
 
@@ -19,16 +19,11 @@ use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
 
 /// The largest part S3 accepts.
 const MAX_PART: u64 = 5 << 30;
-/// How long a lease on the repository lock lasts without renewal (a killed holder's lease
-/// expires after this), and how often the holder renews it.
-const LEASE: Duration = Duration::from_secs(60);
-const LEASE_RENEW: Duration = Duration::from_secs(15);
 
 /// Settings of S3-compatible object storage.
 #[derive(Debug, Clone)]
@@ -130,7 +125,7 @@ static RUNTIME: LazyLock<io::Result<tokio::runtime::Runtime>> = LazyLock::new(||
 });
 
 /// Runs `fut` to completion on the OpenDAL runtime, blocking this thread.
-fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
+pub(super) fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
     match &*RUNTIME {
         Ok(rt) => Ok(rt.handle().block_on(fut)),
         Err(e) => Err(io::Error::new(
@@ -146,6 +141,8 @@ pub struct S3Storage {
     location: String,
     settings: S3Settings,
     scratch: PathBuf,
+    /// Whether the service was found to honour conditional writes (once per repository).
+    probed: std::sync::OnceLock<()>,
 }
 
 impl S3Storage {
@@ -229,6 +226,7 @@ impl S3Storage {
             location,
             settings: settings.clone(),
             scratch,
+            probed: std::sync::OnceLock::new(),
         })
     }
 
@@ -289,26 +287,10 @@ impl S3Storage {
             secrets: self.secrets(),
         }))
     }
-
-    /// The current lease, if any: its holder, and whether it is over (expired, or held by a
-    /// process of this machine that no longer runs).
-    fn read_lease(&self) -> Option<(String, bool)> {
-        let bytes = self.read_all(LOCK_FILE).ok()?;
-        let lease: Lease = serde_json::from_slice(&bytes).ok()?;
-        let expired = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .is_ok_and(|now| now.as_secs() > lease.expires_unix);
-        let dead = lease.host == hostname()
-            && lease.pid != std::process::id()
-            && i32::try_from(lease.pid).is_ok_and(|pid| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
-            });
-        Some((lease.holder, expired || dead))
-    }
 }
 
 /// A storage error from an OpenDAL error, with a hint for what to do; secrets are scrubbed.
-fn remote(
+pub(super) fn remote(
     op: &'static str,
     key: &str,
     location: &str,
@@ -333,51 +315,6 @@ fn remote(
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Lease {
-    holder: String,
-    host: String,
-    pid: u32,
-    expires_unix: u64,
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn lease_body(holder: &str) -> Vec<u8> {
-    let expires_unix = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| (d + LEASE).as_secs());
-    serde_json::to_vec(&Lease {
-        holder: holder.to_owned(),
-        host: hostname(),
-        pid: std::process::id(),
-        expires_unix,
-    })
-    .unwrap_or_default()
-}
-
-/// Renews the lease while the lock is held; deletes it when dropped.
-struct LeaseKeeper {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    op: Operator,
-}
-
-impl Drop for LeaseKeeper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let op = self.op.clone();
-        let _ = block_on(async move { op.delete(LOCK_FILE).await });
-    }
-}
-
 impl Storage for S3Storage {
     fn location(&self) -> String {
         self.location.clone()
@@ -395,7 +332,11 @@ impl Storage for S3Storage {
             .into_iter()
             .filter(|e| {
                 let p = e.path();
-                !p.is_empty() && p != "/" && !p.ends_with('/') && p != LOCK_FILE
+                !p.is_empty()
+                    && p != "/"
+                    && !p.ends_with('/')
+                    && p != LOCK_FILE
+                    && p != super::lease::PROBE_KEY
             })
             .map(|e| ObjectInfo {
                 key: e.path().to_owned(),
@@ -510,78 +451,26 @@ impl Storage for S3Storage {
     }
 
     fn lock(&self, purpose: &str, timeout: Duration) -> Result<RepoLock, StorageError> {
-        let holder = format!("{} pid {}: {purpose}", hostname(), std::process::id());
         // Every command that changes the repository starts here: a missing bucket or wrong
         // credentials are reported before anything is written.
         block_on(async { self.op.list_with("/").limit(1).await })
             .map_err(|e| self.runtime_err("list", "", e))?
             .map_err(|e| self.err("list", "", &e))?;
-        let start = Instant::now();
-        let mut announced = false;
-        loop {
-            let body = lease_body(&holder);
-            let created = block_on(async {
-                self.op
-                    .write_with(LOCK_FILE, body)
-                    .if_not_exists(true)
-                    .await
-            })
-            .map_err(|e| self.runtime_err("take the lock", LOCK_FILE, e))?;
-            match created {
-                Ok(_) => break,
-                Err(e) if e.kind() == DalErrorKind::ConditionNotMatch => {
-                    let (current, expired) = self
-                        .read_lease()
-                        .unwrap_or_else(|| ("another dbkeep".into(), false));
-                    if expired {
-                        // Its holder was killed: the lease is ours to break.
-                        tracing::warn!(holder = %current, "breaking the lease of a dbkeep that is gone");
-                        self.delete(LOCK_FILE)?;
-                        continue;
-                    }
-                    if crate::signals::interrupted() {
-                        return Err(StorageError::Interrupted);
-                    }
-                    if start.elapsed() >= timeout {
-                        return Err(StorageError::LockTimeout {
-                            location: self.location.clone(),
-                            holder: current,
-                            waited_secs: start.elapsed().as_secs(),
-                        });
-                    }
-                    if !announced {
-                        tracing::warn!(holder = %current, "waiting for the repository lock");
-                        announced = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => return Err(self.err("take the lock", LOCK_FILE, &e)),
-            }
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (stop, op, holder) = (stop.clone(), self.op.clone(), holder.clone());
-            std::thread::spawn(move || {
-                let mut last = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    if last.elapsed() >= LEASE_RENEW {
-                        let body = lease_body(&holder);
-                        let op = op.clone();
-                        let renewed = block_on(async move { op.write(LOCK_FILE, body).await });
-                        if !matches!(renewed, Ok(Ok(_))) {
-                            tracing::warn!("could not renew the repository lease");
-                        }
-                        last = Instant::now();
-                    }
-                }
-            })
-        };
-        Ok(RepoLock::new(LeaseKeeper {
-            stop,
-            thread: Some(thread),
+        let ctx = super::lease::Ctx {
             op: self.op.clone(),
-        }))
+            location: self.location.clone(),
+            endpoint: self
+                .settings
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| "AWS S3".into()),
+            secrets: self.secrets(),
+        };
+        if self.probed.get().is_none() {
+            super::lease::probe(&ctx)?;
+            let _ = self.probed.set(());
+        }
+        super::lease::acquire(&ctx, purpose, timeout)
     }
 
     fn scratch_dir(&self) -> Result<PathBuf, StorageError> {

@@ -98,8 +98,11 @@ impl Moto {
     }
 
     /// Keys of the objects under `prefix`, sorted.
+    /// Object keys under `prefix`, sorted, but for the repository lock and the probe of
+    /// conditional writes.
     pub fn objects(&self, prefix: &str) -> Vec<String> {
         let mut keys = self.keys(&format!("{BUCKET}?prefix={prefix}/"));
+        keys.retain(|k| !k.ends_with("/.dbkeep.lock") && !k.ends_with("/.dbkeep-probe"));
         keys.sort();
         keys
     }

@@ -72,6 +72,8 @@ impl S3Server {
                     .filter(|e| e.path().is_file())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .filter(|n| !n.starts_with(".s3s") && !n.ends_with(".s3s"))
+                    // The repository lock and the probe of conditional writes.
+                    .filter(|n| n != ".dbkeep.lock" && n != ".dbkeep-probe")
                     .collect()
             })
             .unwrap_or_default();

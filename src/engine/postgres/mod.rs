@@ -239,6 +239,17 @@ impl Postgres {
         for (k, v) in &c.env {
             cmd.env(k, v);
         }
+        // The server's or role's timeouts (`ALTER ROLE app SET statement_timeout = '30s'`, common
+        // in production) must not end dbkeep's sessions: the snapshot session counts rows and
+        // then idles in its transaction while pg_dump runs. pg_dump sets these on its own
+        // connection; every other session of dbkeep's gets them here.
+        let ours =
+            "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0";
+        let options = match c.env.get("PGOPTIONS") {
+            Some(theirs) => format!("{theirs} {ours}"),
+            None => ours.to_owned(),
+        };
+        cmd.env("PGOPTIONS", options);
         cmd
     }
 
