@@ -572,6 +572,38 @@ fn healthz_reports_the_last_backup_without_auth() {
     let (status, h) = s.call(Method::GET, "/healthz", None, None);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{h}");
     assert_eq!(h["reason"], "the last successful backup is too old");
+    drop(s);
+    // A failed copy of the last successful backup (3-2-1 broken) fails it, and so does a
+    // manifest that cannot be read (a backup that can be neither verified nor restored).
+    env.set("DBKEEP_HEALTH_MAX_AGE", "3600");
+    env.set("DATABASE_URL", "sqlite:///app.db");
+    let not_a_dir = env.path().join("not-a-directory");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    env.set(
+        "BACKUP_COPY_TO",
+        not_a_dir.join("copies").display().to_string(),
+    );
+    env.run(&["backup", "--name", "h3"]).code(1);
+    env.unset("BACKUP_COPY_TO");
+    let s = Server::start(&env);
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{h}");
+    assert_eq!(h["reason"], "a copy of the last successful backup failed");
+    assert_eq!(h["failed_copies"], 1);
+    drop(s);
+    env.run(&["backup", "--name", "h4"]).ok();
+    let junk = env.backup_dir().join("junk.manifest.json");
+    std::fs::write(&junk, b"{ not json").unwrap();
+    let s = Server::start(&env);
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{h}");
+    assert_eq!(h["reason"], "a manifest cannot be read");
+    assert_eq!(h["unreadable_manifests"], 1);
+    drop(s);
+    std::fs::remove_file(&junk).unwrap();
+    let s = Server::start(&env);
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, StatusCode::OK, "{h}");
 }
 
 #[test]

@@ -856,8 +856,12 @@ async fn healthz(State(state): State<Shared>) -> Response {
         )
             .into_response();
     };
-    let last = cat.backups.first();
-    let last_ok = cat.latest_successful();
+    // A backup dated in the future (a skewed clock) never stands in for the newest.
+    let now = chrono::Utc::now();
+    let dated = |m: &&crate::catalog::Manifest| m.timestamp <= now + crate::retention::FUTURE_SLACK;
+    let last = cat.backups.iter().find(dated);
+    let last_ok = cat.backups.iter().filter(dated).find(|m| m.success);
+    let copy_failed = last_ok.is_some_and(|m| m.copies.iter().any(|c| !c.ok));
     let age = last_ok.map(|m| (chrono::Utc::now() - m.timestamp).num_seconds().max(0));
     let max = state.health_max_age.as_secs() as i64;
     // The most recent restore drill: a failed one fails the check until a later one passes.
@@ -868,6 +872,8 @@ async fn healthz(State(state): State<Shared>) -> Response {
         (Some(l), _) if !l.success => (false, "the last backup failed"),
         (_, Some(a)) if a > max => (false, "the last successful backup is too old"),
         _ if drill_failed => (false, "the last restore drill failed"),
+        _ if copy_failed => (false, "a copy of the last successful backup failed"),
+        _ if !cat.unreadable.is_empty() => (false, "a manifest cannot be read"),
         _ => (true, "ok"),
     };
     let body = json!({
@@ -878,6 +884,8 @@ async fn healthz(State(state): State<Shared>) -> Response {
         "last_success_age_seconds": age,
         "max_age_seconds": max,
         "running_operations": state.running.load(Ordering::SeqCst),
+        "unreadable_manifests": cat.unreadable.len(),
+        "failed_copies": last_ok.map_or(0, |m| m.copies.iter().filter(|c| !c.ok).count()),
         "last_drill": drill.map(|v| json!({
             "verified_at": v.verified_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "outcome": v.outcome,
