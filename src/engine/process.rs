@@ -68,12 +68,23 @@ pub fn clean_command(program: &Path) -> Command {
     cmd
 }
 
-/// A running child whose stderr is being collected.
+/// A running child whose stderr is being collected. Dropped before it was waited for (an early
+/// return on an error), it is killed and reaped: no zombie is left in a long-lived server.
 pub struct Running {
     child: Child,
     program: String,
     stderr: Option<JoinHandle<Vec<u8>>>,
     secrets: Vec<String>,
+    waited: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.waited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Starts `cmd` with stderr captured. `hint` says what to install when the program is missing;
@@ -130,6 +141,7 @@ pub fn spawn(
         program,
         stderr,
         secrets,
+        waited: false,
     })
 }
 
@@ -166,6 +178,7 @@ impl Running {
             program: self.program.clone(),
             source,
         })?;
+        self.waited = true;
         let raw = self
             .stderr
             .take()
