@@ -393,3 +393,49 @@ fn postgres_drill_checks_leaf_btree_indexes_and_tells_damage_from_what_it_cannot
     }
     assert!(scratch_databases(&pg).is_empty());
 }
+
+/// REVIEW D8: drills through the API run one at a time on the production server, however many
+/// clients ask at once.
+#[test]
+fn api_drills_run_one_at_a_time() {
+    let Some((pg, env)) = crate::postgres::setup() else {
+        return;
+    };
+    pg.sql_as(
+        "app",
+        "appdb",
+        "CREATE TABLE public.bulk AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 200000) g;",
+    );
+    env.run(&["backup", "--name", "d_20240101"]).ok();
+    let s = Server::start(&env);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let most = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(scratch_databases(&pg).len());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            most
+        });
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    s.call(
+                        Method::POST,
+                        "/api/backup/verify/d_20240101?restore=true",
+                        Some(TOKEN),
+                        None,
+                    )
+                })
+            })
+            .collect();
+        for c in calls {
+            let (status, body) = c.join().unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        watcher.join().unwrap()
+    });
+    assert_eq!(most, 1, "never two scratch databases at once");
+}

@@ -14,12 +14,18 @@ use chrono::Utc;
 use std::time::Instant;
 use tracing::{info, warn};
 
+/// Serialises the drills of this process.
+static DRILLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Ops {
     /// Restore drills: each chosen backup is restored into a throwaway target (PostgreSQL: a
     /// scratch database on the same server; SQLite: a temporary file) and checked there; the
     /// outcome is recorded in its manifest (`verification`). A failed drill is a report with
     /// an error, not an `Err`: the others still run.
     pub fn drill(&self, target: &VerifyTarget) -> Result<Vec<VerifyReport>, Error> {
+        // One drill at a time in this process (the API server): each restores a whole backup
+        // on the production server, so concurrent requests wait their turn.
+        let _one = DRILLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (engine, _url) = Engine::from_settings(&self.settings)?;
         self.install_signals()?;
         let keys = self.keys()?;

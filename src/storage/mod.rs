@@ -231,15 +231,16 @@ pub trait Storage: Send + Sync {
     /// Removes temporary objects left behind by a killed run. Call only under the lock. A
     /// temp object of a process that is still running on this machine (a `verify`, which takes
     /// no lock) is left alone. On object storage (shared by machines, so a pid says nothing) a
-    /// temporary object is visible only between its upload and the server-side copy that
-    /// consumes it: one older than ten minutes is stale.
+    /// temporary object (a large part spilled before the server copies it in) lives until its
+    /// whole upload commits, which for a long upload or a copy into a repository that is not
+    /// locked meanwhile can be hours: one is stale only once it is a day old.
     fn remove_stale_temps(&self) -> Result<usize, StorageError> {
         let mut n = 0;
         let now = SystemTime::now();
         for o in self.list()? {
             let stale = if self.owns_every_object() {
                 now.duration_since(o.modified)
-                    .is_ok_and(|age| age > Duration::from_secs(600))
+                    .is_ok_and(|age| age > Duration::from_secs(24 * 3600))
             } else {
                 !owner_alive(&o.key)
             };
@@ -284,9 +285,8 @@ fn owner_alive(key: &str) -> bool {
     match pid {
         // Our own temp files belong to operations still running in this process (the server).
         Some(pid) if pid as u32 == std::process::id() => true,
-        Some(pid) if pid > 0 => {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-        }
+        // A process of another user (EPERM) is alive: only "no such process" is gone.
+        Some(pid) if pid > 0 => !crate::engine::process::process_gone(pid as u32),
         _ => false,
     }
 }
