@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
-const GENEROUS: &str = "auth_failure=1000/minute,create=1000/minute,list=1000/second,restore=1000/minute,delete=1000/minute,statistics=1000/second,download=1000/minute,verify=1000/minute";
+pub const GENEROUS: &str = "auth_failure=1000/minute,create=1000/minute,list=1000/second,restore=1000/minute,delete=1000/minute,statistics=1000/second,download=1000/minute,verify=1000/minute";
 
 pub struct Server {
     child: Child,
@@ -274,6 +274,18 @@ fn spec_flow_on_sqlite_create_list_restore_delete_statistics() {
     assert_eq!(b["success"], true);
     assert_eq!(list["statistics"]["total_backups"], 1);
     assert_eq!(list["statistics"]["backup_directory"], "./backups");
+    // Per-table row counts only when asked for (REVIEW D4): a list stays small.
+    assert!(b.get("row_counts").is_none(), "{b}");
+    let (status, full) = s.call(
+        Method::GET,
+        "/api/backup/list?row_counts=true",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{full}");
+    assert!(full["backups"][0]["row_counts"].is_object(), "{full}");
+    let (status, _) = s.call(Method::GET, "/api/backup/list?bogus=1", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // The same name again: 409, and the backup is untouched.
     let (status, body) = s.call(

@@ -653,3 +653,38 @@ fn a_stalled_lease_holder_notices_before_it_commits() {
     env.set("BACKUP_LOCK_TIMEOUT", "5");
     env.run(&["backup", "--name", "third_20240104"]).ok();
 }
+
+/// REVIEW D3: on object storage the API serves the catalog from a cache for a few seconds
+/// (no LIST and N GETs per request, unauthenticated /healthz included); its own writes
+/// invalidate it at once, and another writer's show once the cache ages out.
+#[test]
+fn the_api_caches_an_s3_catalog_briefly() {
+    use crate::api::{Server, TOKEN};
+    use reqwest::{Method, StatusCode};
+    let server = S3Server::start();
+    let mut env = sqlite_env(20);
+    server.configure(&mut env, "api");
+    env.set("DBKEEP_RATE_LIMITS", crate::api::GENEROUS);
+    env.run(&["backup", "--name", "one_20240101"]).ok();
+    let s = Server::start(&env);
+    let count = || {
+        let (status, list) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+        assert_eq!(status, StatusCode::OK, "{list}");
+        list["backups"].as_array().unwrap().len()
+    };
+    assert_eq!(count(), 1);
+    // Another writer (the CLI) adds a backup: not seen until the cache ages out.
+    env.run(&["backup", "--name", "two_20240102"]).ok();
+    assert_eq!(count(), 1, "served from the cache");
+    std::thread::sleep(std::time::Duration::from_millis(5500));
+    assert_eq!(count(), 2, "the cache aged out");
+    // The server's own write is seen at once.
+    let (status, body) = s.call(
+        Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(serde_json::json!({"backup_name": "three_20240103"})),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(count(), 3);
+}

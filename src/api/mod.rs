@@ -87,13 +87,29 @@ pub struct AppState {
 }
 
 /// The catalog and the list response made from it, valid while the backup directory's mtime is
-/// unchanged (and, for the response, whose free-space figure ages, for [`LIST_TTL`]).
+/// unchanged (and, for the response, whose free-space figure ages, for [`LIST_TTL`]). A
+/// repository without such a stamp (object storage: a LIST per check would cost what the cache
+/// saves) is cached for [`CATALOG_TTL`], and every write of this server invalidates it.
 struct CatalogCache {
-    /// The backup directory's mtime when the catalog was read.
-    stamp: SystemTime,
+    /// The backup directory's mtime when the catalog was read; `None` on object storage.
+    stamp: Option<SystemTime>,
+    read: Instant,
     catalog: Arc<Catalog>,
     list: Option<(Instant, Bytes)>,
 }
+
+impl CatalogCache {
+    /// Whether this is still the repository as it is (its stamp now is `stamp`).
+    fn fresh(&self, stamp: Option<SystemTime>) -> bool {
+        match stamp {
+            Some(_) => self.stamp == stamp,
+            None => self.stamp.is_none() && self.read.elapsed() < CATALOG_TTL,
+        }
+    }
+}
+
+/// How long a catalog of object storage is served from the cache.
+const CATALOG_TTL: Duration = Duration::from_secs(5);
 
 /// A catalog read at least this long after the directory's last change saw that change: a later
 /// change gives the directory a later mtime, even with a coarse file-system clock.
@@ -534,12 +550,11 @@ impl AppState {
         self.ops.storage().changed_at()
     }
 
-    /// The cached catalog, if the directory has not changed since it was read.
+    /// The cached catalog, if the repository has not changed since it was read.
     fn cached(&self, stamp: Option<SystemTime>) -> Option<Arc<Catalog>> {
-        let stamp = stamp?;
         let cache = self.cache.lock().ok()?;
         let c = cache.as_ref()?;
-        (c.stamp == stamp).then(|| c.catalog.clone())
+        c.fresh(stamp).then(|| c.catalog.clone())
     }
 
     /// The catalog, cached until the backup directory changes. One caller re-reads it; the
@@ -554,16 +569,18 @@ impl AppState {
             return Ok(cat);
         }
         let read_at = SystemTime::now();
+        let read = Instant::now();
         let cat = Arc::new(self.ops.catalog()?);
         // Cache only a read that began well after the change it is keyed on (see MTIME_SLACK).
-        if let Some(stamp) = stamp
-            && read_at
+        let keyed = stamp.is_none_or(|stamp| {
+            read_at
                 .duration_since(stamp)
                 .is_ok_and(|gap| gap >= MTIME_SLACK)
-            && let Ok(mut cache) = self.cache.lock()
-        {
+        });
+        if keyed && let Ok(mut cache) = self.cache.lock() {
             *cache = Some(CatalogCache {
                 stamp,
+                read,
                 catalog: cat.clone(),
                 list: None,
             });
@@ -573,11 +590,11 @@ impl AppState {
 
     /// The list response from the cache, without touching the disk beyond one stat.
     fn cached_list(&self) -> Option<Bytes> {
-        let stamp = self.stamp()?;
+        let stamp = self.stamp();
         let cache = self.cache.lock().ok()?;
         let c = cache.as_ref()?;
         let (made, body) = c.list.as_ref()?;
-        (c.stamp == stamp && made.elapsed() < LIST_TTL).then(|| body.clone())
+        (c.fresh(stamp) && made.elapsed() < LIST_TTL).then(|| body.clone())
     }
 
     fn store_list(&self, catalog: &Arc<Catalog>, body: &Bytes) {
@@ -596,10 +613,37 @@ impl AppState {
     }
 }
 
-async fn list(State(state): State<Shared>, Extension(caller): Extension<Caller>) -> Response {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Include every backup's per-table row counts (left out by default: a database of many
+    /// tables would make every list response and the cache that large).
+    row_counts: Option<bool>,
+}
+
+async fn list(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let st = state.clone();
     audited(&state, &caller, "list", None, async {
         limit(&st, Endpoint::List, &caller)?;
+        let Query(q) = q.map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if q.row_counts == Some(true) {
+            let cat = blocking(&st, {
+                let st2 = st.clone();
+                move |_| st2.catalog()
+            })
+            .await?
+            .map_err(|e| ApiError::from_ops(e, None))?;
+            let stats = st.ops.statistics(&cat);
+            return Ok(Json(json!(ListResponse {
+                backups: &cat.backups,
+                statistics: stats,
+            }))
+            .into_response());
+        }
         let body = match st.cached_list() {
             Some(body) => body,
             None => {
@@ -612,9 +656,17 @@ async fn list(State(state): State<Shared>, Extension(caller): Extension<Caller>)
                         return Ok(body);
                     }
                     let stats = ops.statistics(&cat);
+                    let lean: Vec<crate::catalog::Manifest> = cat
+                        .backups
+                        .iter()
+                        .map(|m| crate::catalog::Manifest {
+                            row_counts: None,
+                            ..m.clone()
+                        })
+                        .collect();
                     let body = Bytes::from(
                         serde_json::to_vec(&ListResponse {
-                            backups: &cat.backups,
+                            backups: &lean,
                             statistics: stats,
                         })
                         .map_err(|e| crate::error::Error::Io {

@@ -25,7 +25,9 @@ impl Ops {
     pub fn drill(&self, target: &VerifyTarget) -> Result<Vec<VerifyReport>, Error> {
         // One drill at a time in this process (the API server): each restores a whole backup
         // on the production server, so concurrent requests wait their turn.
-        let _one = DRILLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = DRILLS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (engine, _url) = Engine::from_settings(&self.settings)?;
         self.install_signals()?;
         let keys = self.keys()?;
