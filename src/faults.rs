@@ -6,7 +6,9 @@
 //! Points: `during-compression` (a SQLite copy's first MiB went into the compressor),
 //! `after-data-commit` (the data object is in place, its manifest not yet written),
 //! `manifest-before-rename` (the new manifest is complete in its temporary file, not yet
-//! renamed into place).
+//! renamed into place), `restore-before-swap` (a PostgreSQL restore has blocked connections to
+//! the live database, not yet swapped), `restore-after-swap` (swapped, the previous database
+//! not yet dropped).
 
 /// With `DBKEEP_STOP=<point>`, stops this process (SIGSTOP) at `point`, as a paused VM or a
 /// stalled host would, until a test sends SIGCONT. Point: `before-commit` (a backup's data is

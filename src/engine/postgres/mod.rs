@@ -151,11 +151,33 @@ pub fn list_archive(bindir: Option<&Path>, path: &Path) -> Result<(), PostgresEr
 fn error_line(e: &PostgresError) -> String {
     let text = e.to_string();
     text.lines()
-        .find(|l| l.contains("ERROR:"))
+        .find(|l| sqlstate_of(l).is_some())
+        .or_else(|| text.lines().find(|l| l.contains("ERROR:")))
         .or_else(|| text.lines().next())
         .unwrap_or_default()
         .trim()
         .to_owned()
+}
+
+/// SQLSTATE `object_in_use`: a database others are connected to (their sessions were ended
+/// and take a moment to go).
+pub(super) const OBJECT_IN_USE: &str = "55006";
+
+/// The SQLSTATE of a psql error line printed with `VERBOSITY=verbose`
+/// (`SEVERITY:  XXXXX: message`, the severity word in the server's language).
+fn sqlstate_of(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once(":  ")?;
+    let code = rest.get(..5)?;
+    (rest.get(5..7) == Some(": ")
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()))
+    .then_some(code)
+}
+
+/// Whether a failed psql reported the SQLSTATE `code`, whatever the server's lc_messages.
+pub(super) fn sqlstate_is(e: &PostgresError, code: &str) -> bool {
+    e.to_string().lines().any(|l| sqlstate_of(l) == Some(code))
 }
 
 /// The major version of a version text: `15.18` → 15, `9.6.24` → 9.
@@ -270,7 +292,18 @@ impl Postgres {
     /// Runs SQL statements one by one (each its own transaction) on `database`; returns stdout.
     fn psql(&self, database: &str, statements: &[String]) -> Result<String, PostgresError> {
         let mut cmd = self.command("psql", database);
-        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        // VERBOSITY=verbose puts the SQLSTATE in every error line, which does not depend on
+        // the server's lc_messages (see [`sqlstate_is`]).
+        cmd.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+        ]);
         for s in statements {
             cmd.arg("-c").arg(s);
         }
@@ -310,9 +343,7 @@ impl Postgres {
             ]);
             match r {
                 Ok(_) => return Ok(()),
-                Err(e)
-                    if attempt < 50 && e.to_string().contains("being accessed by other users") =>
-                {
+                Err(e) if attempt < 50 && sqlstate_is(&e, OBJECT_IN_USE) => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e),
@@ -342,6 +373,24 @@ mod tests {
         assert!(parse_row_counts("[]").unwrap().is_empty());
         let err = parse_row_counts("ERROR: permission denied").unwrap_err();
         assert!(err.contains("permission denied"), "{err}");
+    }
+
+    #[test]
+    fn sqlstates_are_read_in_any_language() {
+        assert_eq!(
+            sqlstate_of("ERROR:  55006: database \"x\" is being accessed"),
+            Some("55006")
+        );
+        assert_eq!(
+            sqlstate_of("FEHLER:  55006: auf Datenbank wird zugegriffen"),
+            Some("55006")
+        );
+        assert_eq!(
+            sqlstate_of("psql failed (exit code 1): ERROR:  42P01: relation"),
+            Some("42P01")
+        );
+        assert_eq!(sqlstate_of("LOCATION:  int4div, int.c:869"), None);
+        assert_eq!(sqlstate_of("ERROR:  division by zero"), None);
     }
 
     #[test]

@@ -300,9 +300,7 @@ impl Postgres {
             match r {
                 Ok(_) => return Ok(()),
                 // Terminated sessions take a moment to go.
-                Err(e)
-                    if attempt < 50 && e.to_string().contains("being accessed by other users") =>
-                {
+                Err(e) if attempt < 50 && sqlstate_is(&e, OBJECT_IN_USE) => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e),
