@@ -16,6 +16,11 @@
 //! fails, rather than touching any database but its own. It streams: memory stays at one buffer
 //! plus a statement's first bytes.
 
+mod lex;
+#[cfg(test)]
+mod tests;
+
+use lex::Lex;
 use std::io::{self, BufRead, Read};
 
 /// Statements on a database or the cluster as a whole: never passed.
@@ -30,8 +35,10 @@ const SKIPPED: &[&[u8]] = &[
     b"COMMENT ON SUBSCRIPTION",
     b"SECURITY LABEL ON SUBSCRIPTION",
 ];
+
 /// Bytes of a statement's start that decide what happens to it.
 const HEAD: usize = 256;
+
 /// The most bytes of whole-database statements a restore keeps ([`Retarget::for_restore`]).
 const CAPTURE_LIMIT: usize = 16 << 20;
 
@@ -52,35 +59,6 @@ enum Mode {
 pub struct Captured {
     pub after_connect: bool,
     pub sql: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lex {
-    Normal,
-    /// After `-` or `/`: maybe the start of a comment.
-    Dash,
-    Slash,
-    LineComment,
-    Block {
-        depth: u32,
-        star: bool,
-        slash: bool,
-    },
-    Single {
-        escapes: bool,
-    },
-    SingleBackslash,
-    SingleEnd {
-        escapes: bool,
-    },
-    Double,
-    DoubleEnd,
-    /// After `$`: gathering a dollar-quote tag (its bytes in `tag`).
-    DollarTag,
-    /// Inside a dollar quote; `matched` bytes of the closing `$tag$` seen.
-    Dollar {
-        matched: usize,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +106,17 @@ pub struct Retarget<R> {
     current: Option<Vec<u8>>,
     captured: Vec<Captured>,
     captured_bytes: usize,
+}
+
+impl<R: BufRead> Read for Retarget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fill()?;
+        let avail = &self.out[self.out_pos..];
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.out_pos += n;
+        Ok(n)
+    }
 }
 
 impl<R: BufRead> Retarget<R> {
@@ -268,155 +257,6 @@ impl<R: BufRead> Retarget<R> {
             self.end_statement(meta);
         }
         ends
-    }
-
-    /// Lexes one byte of SQL; returns whether it is a statement's terminating `;`.
-    fn lex_byte(&mut self, b: u8) -> bool {
-        let (prev, prev2) = (self.prev, self.prev2);
-        self.prev2 = prev;
-        self.prev = b;
-        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-        loop {
-            match self.lex {
-                Lex::Normal => {
-                    match b {
-                        b';' => return true,
-                        b'\'' => {
-                            let escapes = matches!(prev, b'E' | b'e') && !ident(prev2);
-                            self.lex = Lex::Single { escapes };
-                        }
-                        b'"' => self.lex = Lex::Double,
-                        b'-' => self.lex = Lex::Dash,
-                        b'/' => self.lex = Lex::Slash,
-                        b'$' if !ident(prev) => {
-                            self.tag.clear();
-                            self.lex = Lex::DollarTag;
-                        }
-                        _ => {}
-                    }
-                    return false;
-                }
-                Lex::Dash => {
-                    if b == b'-' {
-                        self.lex = Lex::LineComment;
-                        return false;
-                    }
-                    self.lex = Lex::Normal;
-                }
-                Lex::Slash => {
-                    if b == b'*' {
-                        self.lex = Lex::Block {
-                            depth: 1,
-                            star: false,
-                            slash: false,
-                        };
-                        return false;
-                    }
-                    self.lex = Lex::Normal;
-                }
-                Lex::LineComment => {
-                    if b == b'\n' {
-                        self.lex = Lex::Normal;
-                    }
-                    return false;
-                }
-                Lex::Block { depth, star, slash } => {
-                    self.lex = if star && b == b'/' {
-                        if depth == 1 {
-                            Lex::Normal
-                        } else {
-                            Lex::Block {
-                                depth: depth - 1,
-                                star: false,
-                                slash: false,
-                            }
-                        }
-                    } else if slash && b == b'*' {
-                        Lex::Block {
-                            depth: depth + 1,
-                            star: false,
-                            slash: false,
-                        }
-                    } else {
-                        Lex::Block {
-                            depth,
-                            star: b == b'*',
-                            slash: b == b'/',
-                        }
-                    };
-                    return false;
-                }
-                Lex::Single { escapes } => {
-                    if b == b'\'' {
-                        self.lex = Lex::SingleEnd { escapes };
-                    } else if escapes && b == b'\\' {
-                        self.lex = Lex::SingleBackslash;
-                    }
-                    return false;
-                }
-                Lex::SingleBackslash => {
-                    self.lex = Lex::Single { escapes: true };
-                    return false;
-                }
-                Lex::SingleEnd { escapes } => {
-                    if b == b'\'' {
-                        self.lex = Lex::Single { escapes };
-                        return false;
-                    }
-                    self.lex = Lex::Normal;
-                }
-                Lex::Double => {
-                    if b == b'"' {
-                        self.lex = Lex::DoubleEnd;
-                    }
-                    return false;
-                }
-                Lex::DoubleEnd => {
-                    if b == b'"' {
-                        self.lex = Lex::Double;
-                        return false;
-                    }
-                    self.lex = Lex::Normal;
-                }
-                Lex::DollarTag => {
-                    if b == b'$' {
-                        self.lex = Lex::Dollar { matched: 0 };
-                        return false;
-                    }
-                    let first = self.tag.is_empty();
-                    if (first && (b.is_ascii_alphabetic() || b == b'_' || b >= 0x80))
-                        || (!first && ident(b))
-                    {
-                        self.tag.push(b);
-                        return false;
-                    }
-                    // `$1`, or a `$` inside a name: not a quote.
-                    self.lex = Lex::Normal;
-                }
-                Lex::Dollar { matched } => {
-                    // The closing delimiter is `$` + tag + `$`.
-                    let want = |i: usize| -> u8 {
-                        if i == 0 || i == self.tag.len() + 1 {
-                            b'$'
-                        } else {
-                            self.tag[i - 1]
-                        }
-                    };
-                    let mut m = matched;
-                    if b == want(m) {
-                        m += 1;
-                    } else {
-                        m = usize::from(b == b'$');
-                    }
-                    self.lex = if m == self.tag.len() + 2 {
-                        Lex::Normal
-                    } else {
-                        Lex::Dollar { matched: m }
-                    };
-                    return false;
-                }
-            }
-        }
     }
 
     /// One byte of a line or block comment between statements.
@@ -570,87 +410,5 @@ impl<R: BufRead> Retarget<R> {
             self.inner.consume(n);
         }
         Ok(())
-    }
-}
-
-impl<R: BufRead> Read for Retarget<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.fill()?;
-        let avail = &self.out[self.out_pos..];
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.out_pos += n;
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(input: &str, buf: usize) -> String {
-        let mut r = Retarget::new(io::BufReader::with_capacity(buf, input.as_bytes()));
-        let mut out = String::new();
-        r.read_to_string(&mut out).unwrap();
-        out
-    }
-
-    /// Every buffer size gives the same output.
-    fn same(input: &str) -> String {
-        let want = run(input, 8192);
-        for buf in [1, 2, 3, 7, 31, 64] {
-            assert_eq!(run(input, buf), want, "buffer {buf}");
-        }
-        want
-    }
-
-    const DUMP: &str = "\\restrict abc\n--\n-- PostgreSQL database dump\n--\nSET statement_timeout = 0;\nDROP DATABASE IF EXISTS appdb;\nCREATE DATABASE appdb WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';\nALTER DATABASE appdb OWNER TO app;\n\\unrestrict abc\n\\connect appdb\n\\restrict abc\nSET statement_timeout = 0;\nCREATE TABLE public.t (x text);\nALTER DATABASE appdb SET search_path TO public;\nGRANT CONNECT,TEMPORARY ON DATABASE appdb TO bob;\nALTER ROLE bob IN DATABASE appdb SET work_mem TO '1MB';\nCREATE SUBSCRIPTION s CONNECTION 'host=x' PUBLICATION p WITH (connect = false);\nCOPY public.t (x) FROM stdin;\nDROP DATABASE appdb;\n\\connect postgres\n\\.\nCOMMENT ON DATABASE appdb IS 'x';\nSELECT 1;\n-- PostgreSQL database dump complete\n\\unrestrict abc\n";
-
-    #[test]
-    fn the_preamble_and_database_statements_go_and_copy_data_stays() {
-        let out = same(DUMP);
-        assert_eq!(
-            out,
-            "\\restrict abc\n\\unrestrict abc\n\\restrict abc\nSET statement_timeout = 0;\nCREATE TABLE public.t (x text);\n\n\n\n\nCOPY public.t (x) FROM stdin;\nDROP DATABASE appdb;\n\\connect postgres\n\\.\n\nSELECT 1;\n-- PostgreSQL database dump complete\n\\unrestrict abc\n"
-        );
-    }
-
-    #[test]
-    fn a_newline_in_a_string_never_makes_sql_of_it() {
-        // A comment on the database whose text holds a newline and SQL: the whole statement
-        // goes, never its second line.
-        let out = same(
-            "\\connect db\nCOMMENT ON DATABASE db IS 'x\nALTER ROLE bob SUPERUSER; --';\nSELECT 1;\n",
-        );
-        assert_eq!(out, "\nSELECT 1;\n");
-        // A comment on a table whose line starts like a skipped statement stays whole.
-        let text = "\\connect db\nCOMMENT ON TABLE t IS 'a\nDROP DATABASE x;\n\\connect postgres\nb';\nSELECT 2;\n";
-        assert_eq!(same(text), text.strip_prefix("\\connect db\n").unwrap());
-        // Dollar quotes, E-strings, quoted names, comments.
-        let text = "\\connect db\nCREATE FUNCTION f() RETURNS int AS $body$\nDROP DATABASE x;\n$not$ ; $body$ LANGUAGE sql;\nCOMMENT ON TABLE t IS E'it\\'s\nDROP DATABASE y;';\nCREATE TABLE \"DROP DATABASE\n\"\"z\" (a int);\n/* DROP DATABASE\n*/ SELECT 3;\nSELECT $1 + a$b;\n";
-        assert_eq!(same(text), text.strip_prefix("\\connect db\n").unwrap());
-    }
-
-    #[test]
-    fn long_lines_stream_through() {
-        let long = "x".repeat(200_000);
-        let dump = format!(
-            "\\connect db\nCOPY public.t (x, {}) FROM stdin;\n{long}\n\\.\nDROP DATABASE db;\nSELECT '{long}';\n",
-            "y".repeat(300)
-        );
-        let out = run(&dump, 4096);
-        let want = format!(
-            "COPY public.t (x, {}) FROM stdin;\n{long}\n\\.\n\nSELECT '{long}';\n",
-            "y".repeat(300)
-        );
-        assert_eq!(out, want);
-    }
-
-    #[test]
-    fn without_a_connect_nothing_passes() {
-        assert_eq!(run("DROP DATABASE x;\nCREATE TABLE t ();\n", 8192), "");
-        // A last statement without a newline is decided too.
-        assert_eq!(run("\\connect x\nSELECT 1;", 8192), "SELECT 1;");
-        assert_eq!(run("\\connect x\nDROP DATABASE y;", 8192), "");
     }
 }

@@ -1,0 +1,157 @@
+//! The server's state: settings, tokens, limits, the audit log, and the catalog cache (keyed by
+//! the backup directory's mtime, or a short time to live on object storage).
+
+use super::*;
+use crate::catalog::Catalog;
+use crate::config::Settings;
+use crate::ops::Ops;
+use audit::Audit;
+use auth::Tokens;
+use axum::body::Bytes;
+use limits::Limits;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// What every handler shares.
+pub struct AppState {
+    pub(super) ops: Arc<Ops>,
+    pub(super) tokens: Tokens,
+    pub(super) no_auth: bool,
+    pub(super) limits: Limits,
+    pub(super) audit: Audit,
+    pub(super) trusted_proxies: Vec<IpAddr>,
+    pub(super) health_max_age: Duration,
+    pub(super) body_timeout: Duration,
+    pub(super) running: Arc<AtomicUsize>,
+    pub(super) cache: Mutex<Option<CatalogCache>>,
+    /// Held while the catalog is re-read, so concurrent misses wait for one read.
+    pub(super) rebuild: Mutex<()>,
+}
+
+/// The catalog and the list response made from it, valid while the backup directory's mtime is
+/// unchanged (and, for the response, whose free-space figure ages, for [`LIST_TTL`]). A
+/// repository without such a stamp (object storage: a LIST per check would cost what the cache
+/// saves) is cached for [`CATALOG_TTL`], and every write of this server invalidates it.
+pub(super) struct CatalogCache {
+    /// The backup directory's mtime when the catalog was read; `None` on object storage.
+    pub(super) stamp: Option<SystemTime>,
+    pub(super) read: Instant,
+    pub(super) catalog: Arc<Catalog>,
+    pub(super) list: Option<(Instant, Bytes)>,
+}
+
+impl CatalogCache {
+    /// Whether this is still the repository as it is (its stamp now is `stamp`).
+    pub(super) fn fresh(&self, stamp: Option<SystemTime>) -> bool {
+        match stamp {
+            Some(_) => self.stamp == stamp,
+            None => self.stamp.is_none() && self.read.elapsed() < CATALOG_TTL,
+        }
+    }
+}
+
+/// How long a catalog of object storage is served from the cache.
+pub(super) const CATALOG_TTL: Duration = Duration::from_secs(5);
+
+/// A catalog read at least this long after the directory's last change saw that change: a later
+/// change gives the directory a later mtime, even with a coarse file-system clock.
+pub(super) const MTIME_SLACK: Duration = Duration::from_millis(50);
+
+pub(super) const LIST_TTL: Duration = Duration::from_secs(5);
+
+impl AppState {
+    /// Builds the state; the API never waits for the repository lock (409 instead).
+    pub fn new(settings: &Settings, no_auth: bool) -> Result<Self, ServeError> {
+        let mut ops_settings = settings.clone();
+        ops_settings.lock_timeout = Duration::ZERO;
+        Ok(Self {
+            ops: Arc::new(Ops::new(ops_settings)?.without_signal_handlers()),
+            tokens: Tokens::load(&settings.api)?,
+            no_auth,
+            limits: Limits::new(settings.api.rate_limits.as_deref())?,
+            audit: Audit::open(settings.api.audit_log.as_deref()).map_err(ServeError::Audit)?,
+            trusted_proxies: settings.api.trusted_proxies.clone(),
+            health_max_age: settings.api.health_max_age,
+            body_timeout: settings.api.body_timeout,
+            running: Arc::new(AtomicUsize::new(0)),
+            cache: Mutex::new(None),
+            rebuild: Mutex::new(()),
+        })
+    }
+
+    /// Operations still running on blocking threads.
+    pub fn running(&self) -> Arc<AtomicUsize> {
+        self.running.clone()
+    }
+}
+
+impl AppState {
+    /// When the repository last changed (the backup directory's mtime).
+    pub(super) fn stamp(&self) -> Option<SystemTime> {
+        self.ops.storage().changed_at()
+    }
+
+    /// The cached catalog, if the repository has not changed since it was read.
+    pub(super) fn cached(&self, stamp: Option<SystemTime>) -> Option<Arc<Catalog>> {
+        let cache = self.cache.lock().ok()?;
+        let c = cache.as_ref()?;
+        c.fresh(stamp).then(|| c.catalog.clone())
+    }
+
+    /// The catalog, cached until the backup directory changes. One caller re-reads it; the
+    /// others wait for that read.
+    pub(super) fn catalog(&self) -> Result<Arc<Catalog>, crate::error::Error> {
+        if let Some(cat) = self.cached(self.stamp()) {
+            return Ok(cat);
+        }
+        let _one_reader = self.rebuild.lock();
+        let stamp = self.stamp();
+        if let Some(cat) = self.cached(stamp) {
+            return Ok(cat);
+        }
+        let read_at = SystemTime::now();
+        let read = Instant::now();
+        let cat = Arc::new(self.ops.catalog()?);
+        // Cache only a read that began well after the change it is keyed on (see MTIME_SLACK).
+        let keyed = stamp.is_none_or(|stamp| {
+            read_at
+                .duration_since(stamp)
+                .is_ok_and(|gap| gap >= MTIME_SLACK)
+        });
+        if keyed && let Ok(mut cache) = self.cache.lock() {
+            *cache = Some(CatalogCache {
+                stamp,
+                read,
+                catalog: cat.clone(),
+                list: None,
+            });
+        }
+        Ok(cat)
+    }
+
+    /// The list response from the cache, without touching the disk beyond one stat.
+    pub(super) fn cached_list(&self) -> Option<Bytes> {
+        let stamp = self.stamp();
+        let cache = self.cache.lock().ok()?;
+        let c = cache.as_ref()?;
+        let (made, body) = c.list.as_ref()?;
+        (c.fresh(stamp) && made.elapsed() < LIST_TTL).then(|| body.clone())
+    }
+
+    pub(super) fn store_list(&self, catalog: &Arc<Catalog>, body: &Bytes) {
+        if let Ok(mut cache) = self.cache.lock()
+            && let Some(c) = cache.as_mut()
+            && Arc::ptr_eq(&c.catalog, catalog)
+        {
+            c.list = Some((Instant::now(), body.clone()));
+        }
+    }
+
+    pub(super) fn invalidate(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            *c = None;
+        }
+    }
+}

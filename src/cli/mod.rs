@@ -1,0 +1,267 @@
+//! The command line (clap): parse, load settings, call `ops`, print, and map the outcome to the
+//! documented exit codes: 0 success, 1 operation failed, 2 bad usage or configuration.
+
+mod output;
+mod run;
+
+use crate::config::{Overrides, Settings};
+use crate::error::Error;
+use crate::logging::{self, OUTCOME_TARGET, Verbosity};
+use crate::ops::Ops;
+use clap::{Args, Parser, Subcommand};
+use output::{human_bytes, list_table, to_json};
+use run::run;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dbkeep",
+    version,
+    about = "Complete, checksummed, restorable backups of PostgreSQL and SQLite databases",
+    after_help = "Settings come from dbkeep.toml (or --config), then the environment (DATABASE_URL, \
+BACKUP_DIR, BACKUP_RETENTION_DAYS, BACKUP_COMPRESS, BACKUP_LOG_FILE, …), then flags.\n\
+Exit codes: 0 success, 1 operation failed, 2 bad usage or configuration."
+)]
+pub struct Cli {
+    /// A TOML settings file (default: dbkeep.toml in the working directory, if present).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The backup directory (overrides BACKUP_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    backup_dir: Option<PathBuf>,
+    /// Print nothing on success, only the error on failure (for cron).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Also print progress (INFO events) on stderr.
+    #[arg(long, short, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take a backup, record its manifest, then apply retention to its series.
+    Backup(BackupArgs),
+    /// List backups, newest first.
+    List {
+        /// The spec's JSON list response: {"backups": [...], "statistics": {...}}.
+        #[arg(long)]
+        json: bool,
+        /// List another repository (a path or s3:// URL) instead of BACKUP_DIR.
+        #[arg(long, value_name = "REPO")]
+        repo: Option<String>,
+    },
+    /// Copy a backup to another repository (a path or s3:// URL), e.g. to complete a failed copy.
+    Copy {
+        name: String,
+        #[arg(long, value_name = "REPO")]
+        to: String,
+    },
+    /// Show repository statistics.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into the configured database (replaces its contents).
+    Restore {
+        name: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Delete a backup.
+    Delete {
+        name: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Apply retention to every series and remove leftovers; prints each decision with its reason.
+    /// Each backup is kept for the retention it recorded when it was taken.
+    Prune {
+        /// Print the plan without deleting anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply retention to this series only (required by --retention-days and --keep-min).
+        #[arg(long, value_name = "SERIES")]
+        series: Option<String>,
+        /// Keep the series' backups this many days instead of what each recorded (0: forever).
+        #[arg(long, value_name = "DAYS", requires = "series")]
+        retention_days: Option<u32>,
+        /// Keep at least this many newest successful backups of the series (1 or more).
+        #[arg(long, value_name = "N", requires = "series", value_parser = clap::value_parser!(u32).range(1..))]
+        keep_min: Option<u32>,
+        /// Lift the limit of deleting at most half of a series' successful backups in one run.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a new age identity (X25519) to a file (mode 0600) and print its public key, for
+    /// BACKUP_ENCRYPT_RECIPIENTS; keep the file safe and away from the backups.
+    Keygen {
+        /// The identity file to create (refuses to overwrite).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Serve the REST API (the spec's endpoints, bearer-token auth, rate limits, audit log).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        bind: std::net::SocketAddr,
+        /// Serve without authentication (only allowed on a loopback address).
+        #[arg(long)]
+        no_auth: bool,
+    },
+    /// Check stored backups: size, SHA-256, complete decompression, complete dump content.
+    /// With --restore, a restore drill: restore into a throwaway target and check it there.
+    Verify {
+        /// The backup to check (default: the newest successful backup).
+        #[arg(conflicts_with_all = ["all", "latest"])]
+        name: Option<String>,
+        /// Check every successful backup.
+        #[arg(long, conflicts_with = "latest")]
+        all: bool,
+        /// Check the newest successful backup (the default).
+        #[arg(long)]
+        latest: bool,
+        /// Restore drill: restore into a scratch database on the same server (PostgreSQL) or a
+        /// temporary file (SQLite), compare every table's row count with the manifest's, check
+        /// indexes (amcheck) or integrity and foreign keys, drop the target; the outcome goes
+        /// into the manifest.
+        #[arg(long)]
+        restore: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// The backup's name (default: backup_YYYYMMDD_HHMMSS, UTC).
+    #[arg(long)]
+    name: Option<String>,
+    /// The retention series (default: the name without its trailing date stamp).
+    #[arg(long)]
+    series: Option<String>,
+    /// Store the dump uncompressed.
+    #[arg(long)]
+    no_compress: bool,
+    /// Replace an existing backup of the same name, once the new one is complete.
+    #[arg(long)]
+    replace: bool,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let overrides = Overrides {
+        backup_dir: cli.backup_dir.clone(),
+        compress: match &cli.command {
+            Command::Backup(b) if b.no_compress => Some(false),
+            _ => None,
+        },
+    };
+    let settings = match Settings::load(
+        cli.config.as_deref(),
+        &|k| std::env::var(k).ok(),
+        &overrides,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    if let Some(w) = logging::init(verbosity, settings.log_file.as_deref()) {
+        eprintln!("{w}");
+    }
+    if let Command::Serve { bind, no_auth } = &cli.command {
+        return match serve(settings, *bind, *no_auth) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(target: OUTCOME_TARGET, command = "serve", "{e}");
+                eprintln!("error: {e}");
+                ExitCode::from(e.kind().exit_code())
+            }
+        };
+    }
+    let mut out = String::new();
+    let result = Ops::new(settings)
+        .map_err(Error::from)
+        .and_then(|ops| run(&ops, &cli, &mut out));
+    if !cli.quiet && write_stdout(&out).is_err() {
+        return ExitCode::from(1);
+    }
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let subject = match &cli.command {
+                Command::Backup(b) => b.name.as_deref(),
+                Command::Restore { name, .. } | Command::Delete { name, .. } => Some(name.as_str()),
+                Command::Verify { name, .. } => name.as_deref(),
+                _ => None,
+            };
+            // Debug formatting escapes whatever a hostile name holds (newlines, quotes).
+            tracing::error!(
+                target: OUTCOME_TARGET,
+                command = command_name(&cli.command),
+                backup = ?subject.unwrap_or("-"),
+                "{e}"
+            );
+            eprintln!("error: {e}");
+            ExitCode::from(e.kind().exit_code())
+        }
+    }
+}
+
+fn serve(settings: Settings, bind: std::net::SocketAddr, no_auth: bool) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            io_context: "start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(crate::api::serve(settings, bind, no_auth, |addr| {
+        // The first line on stdout, for whoever started us (tests bind port 0).
+        println!("dbkeep serve: listening on http://{addr}");
+        let _ = io::stdout().flush();
+    }))?;
+    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`dbkeep list | head`) is not an error.
+fn write_stdout(text: &str) -> io::Result<()> {
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Backup(_) => "backup",
+        Command::List { .. } => "list",
+        Command::Copy { .. } => "copy",
+        Command::Stats { .. } => "stats",
+        Command::Restore { .. } => "restore",
+        Command::Delete { .. } => "delete",
+        Command::Prune { .. } => "prune",
+        Command::Verify { .. } => "verify",
+        Command::Serve { .. } => "serve",
+        Command::Keygen { .. } => "keygen",
+    }
+}

@@ -1,0 +1,466 @@
+//! Settings: defaults, then the TOML file, then the environment, then command-line flags (each
+//! overrides the one before).
+//!
+//! Every setting has one name: the environment variable (`BACKUP_DIR`), whose lower-case form is
+//! the key in the TOML file (`backup_dir`). The spec's variables keep their meaning and defaults.
+//! An unknown file key or a malformed value is an error that names the key and the problem.
+
+mod copy;
+mod env;
+mod file;
+#[cfg(test)]
+mod tests;
+
+use crate::codec::Compression;
+use crate::database_url::{DatabaseUrl, DatabaseUrlError, Secret};
+use crate::engine::PgFormat;
+use crate::storage::S3Settings;
+pub use copy::CopyTarget;
+use env::env_layer;
+use file::read_file;
+pub use file::{CopyToLayer, Layer};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// When `dbkeep backup` runs a restore drill of its series (`BACKUP_DRILL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrillPolicy {
+    /// Only when asked (`dbkeep verify --restore`).
+    #[default]
+    Off,
+    /// After every successful backup, of that backup.
+    AfterBackup,
+    /// After a successful backup, of that backup, when no backup of its series was drilled in
+    /// the last 24 hours.
+    Daily,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is invalid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{key}={value:?} is invalid: {problem}")]
+    InvalidValue {
+        key: &'static str,
+        value: String,
+        problem: &'static str,
+    },
+    #[error("{0}")]
+    DatabaseUrl(#[from] DatabaseUrlError),
+    #[error(
+        "DATABASE_URL is not set: set it in the environment or as database_url in dbkeep.toml, e.g. postgresql://user:password@host/db or sqlite:///app.db"
+    )]
+    NoDatabaseUrl,
+}
+
+const MAX_PARTS_PROBLEM: &str =
+    "expected the most parts the service accepts in one upload (100 to 10000)";
+const PART_SIZE_PROBLEM: &str =
+    "expected the first part's size in MiB (5 to 5120; parts grow from there)";
+const MEMORY_PART_PROBLEM: &str = "expected the largest part sent from memory, in MiB (5 to 5120)";
+
+/// `v` if it lies in `range`, else an error naming `key` and `problem`.
+fn within(
+    v: u32,
+    range: std::ops::RangeInclusive<u32>,
+    key: &'static str,
+    problem: &'static str,
+) -> Result<u32, ConfigError> {
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::InvalidValue {
+            key,
+            value: v.to_string(),
+            problem,
+        })
+    }
+}
+
+/// The file name looked for in the working directory when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "dbkeep.toml";
+
+/// The settings in force.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Kept as text until a command needs it, so `list` works without a database. A [`Secret`],
+    /// so `Debug` of the settings never shows the password.
+    database_url: Option<Secret>,
+    pub backup_dir: PathBuf,
+    pub retention_days: u32,
+    pub keep_min: u32,
+    /// The spec's switch: false stores backups uncompressed whatever `compression` says.
+    pub compress: bool,
+    /// The codec when compressing (`BACKUP_COMPRESSION`; default gzip, the spec's).
+    pub compression: Compression,
+    /// The codec's level; `None` is the codec's default (gzip 6, zstd 3).
+    pub compress_level: Option<u32>,
+    /// `None` when `BACKUP_LOG_FILE` is `off`.
+    pub log_file: Option<PathBuf>,
+    pub pg_bindir: Option<PathBuf>,
+    pub pg_maintenance_db: String,
+    pub restore_keep_old: bool,
+    /// Count every table's rows in the dump's snapshot (`BACKUP_ROW_COUNTS`, default true).
+    pub row_counts: bool,
+    /// When `dbkeep backup` runs a restore drill (`BACKUP_DRILL`).
+    pub drill: DrillPolicy,
+    /// PostgreSQL dump format (`BACKUP_PG_FORMAT`: sql, the spec's, or custom).
+    pub pg_format: PgFormat,
+    /// Parallel jobs of `pg_restore` for custom-format backups (`BACKUP_RESTORE_JOBS`).
+    pub restore_jobs: u32,
+    pub lock_timeout: Duration,
+    /// A dump or restore that moves no data for this long is aborted.
+    pub stall_timeout: Duration,
+    /// age recipients (public keys), comma- or newline-separated: backups are encrypted to them.
+    pub encrypt_recipients: Option<String>,
+    /// A passphrase file: backups are encrypted with it (scrypt) and it opens them.
+    pub encrypt_passphrase_file: Option<PathBuf>,
+    /// age identities (or an SSH private key) that open encrypted backups for verify and restore.
+    pub decrypt_identity_file: Option<PathBuf>,
+    /// Object storage: endpoint, region, addressing, credentials, part sizes (`BACKUP_S3_*`,
+    /// else the standard `AWS_*` variables).
+    pub s3: S3Settings,
+    /// Where scratch files go when the repository is not a local directory.
+    pub scratch_dir: Option<PathBuf>,
+    /// Repositories each backup is also copied to (`[[copy_to]]`, `BACKUP_COPY_TO`).
+    pub copy_to: Vec<CopyTarget>,
+    /// Settings of `dbkeep serve`.
+    pub api: ApiSettings,
+}
+
+/// Settings of the HTTP API (`dbkeep serve`).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `DBKEEP_API_TOKEN`: one token, named `default` in the audit log.
+    pub token: Option<Secret>,
+    /// `DBKEEP_API_TOKENS_FILE`: lines of `NAME TOKEN` (or `NAME:TOKEN`).
+    pub tokens_file: Option<PathBuf>,
+    /// `DBKEEP_AUDIT_LOG`: JSON lines, one per API call on backups.
+    pub audit_log: Option<PathBuf>,
+    /// `DBKEEP_TRUSTED_PROXIES`: comma-separated IP addresses whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `DBKEEP_RATE_LIMITS`: overrides such as `create=3/hour,list=20/minute`.
+    pub rate_limits: Option<String>,
+    /// `DBKEEP_HEALTH_MAX_AGE`: seconds; `/healthz` fails when the last success is older.
+    pub health_max_age: Duration,
+    /// `DBKEEP_SHUTDOWN_GRACE`: seconds a running operation may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `DBKEEP_BODY_TIMEOUT`: seconds a client may take to send a request body.
+    pub body_timeout: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            token: None,
+            tokens_file: None,
+            audit_log: None,
+            trusted_proxies: Vec::new(),
+            rate_limits: None,
+            health_max_age: Duration::from_secs(26 * 3600),
+            shutdown_grace: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            backup_dir: PathBuf::from("./backups"),
+            retention_days: 30,
+            keep_min: 1,
+            compress: true,
+            compression: Compression::Gzip,
+            compress_level: None,
+            log_file: Some(PathBuf::from("./backup.log")),
+            pg_bindir: None,
+            pg_maintenance_db: "postgres".into(),
+            restore_keep_old: false,
+            row_counts: true,
+            drill: DrillPolicy::Off,
+            pg_format: PgFormat::Sql,
+            restore_jobs: std::thread::available_parallelism().map_or(2, |n| n.get().min(8) as u32),
+            lock_timeout: Duration::from_secs(3600),
+            stall_timeout: Duration::from_secs(1800),
+            encrypt_recipients: None,
+            encrypt_passphrase_file: None,
+            decrypt_identity_file: None,
+            s3: S3Settings::default(),
+            scratch_dir: None,
+            copy_to: Vec::new(),
+            api: ApiSettings::default(),
+        }
+    }
+}
+
+/// Command-line flags that override settings.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub backup_dir: Option<PathBuf>,
+    pub compress: Option<bool>,
+}
+
+impl Settings {
+    /// Loads the settings: `config` names a TOML file (else `dbkeep.toml` in the working
+    /// directory if present), `env` reads a variable (the process environment in `main`).
+    pub fn load(
+        config: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let file = match config {
+            Some(path) => Some(read_file(path)?),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.is_file() {
+                    Some(read_file(default)?)
+                } else {
+                    None
+                }
+            }
+        };
+        let mut s = Settings::default();
+        if let Some(file) = file {
+            s.apply(file)?;
+        }
+        s.apply(env_layer(env)?)?;
+        if let Some(dir) = &overrides.backup_dir {
+            s.backup_dir = dir.clone();
+        }
+        if let Some(c) = overrides.compress {
+            s.compress = c;
+        }
+        s.level(s.compression)?;
+        Ok(s)
+    }
+
+    fn apply(&mut self, l: Layer) -> Result<(), ConfigError> {
+        if let Some(v) = l.database_url {
+            self.database_url = Some(Secret::new(v));
+        }
+        if let Some(v) = l.backup_dir {
+            self.backup_dir = v;
+        }
+        if let Some(v) = l.backup_retention_days {
+            self.retention_days = v;
+        }
+        if let Some(v) = l.backup_keep_min {
+            self.keep_min = within(
+                v,
+                1..=u32::MAX,
+                "BACKUP_KEEP_MIN",
+                "expected 1 or more: the newest good backup of a series is always kept",
+            )?;
+        }
+        if let Some(v) = l.backup_compress {
+            self.compress = v;
+        }
+        if let Some(v) = l.backup_compression {
+            self.compression = v;
+        }
+        if let Some(v) = l.backup_compress_level {
+            self.compress_level = Some(v);
+        }
+        if let Some(v) = l.backup_log_file {
+            self.log_file = if v.as_os_str() == "off" {
+                None
+            } else {
+                Some(v)
+            };
+        }
+        if let Some(v) = l.backup_pg_bindir {
+            self.pg_bindir = Some(v);
+        }
+        if let Some(v) = l.backup_pg_maintenance_db {
+            self.pg_maintenance_db = v;
+        }
+        if let Some(v) = l.backup_restore_keep_old {
+            self.restore_keep_old = v;
+        }
+        if let Some(v) = l.backup_row_counts {
+            self.row_counts = v;
+        }
+        if let Some(v) = l.backup_drill {
+            self.drill = v;
+        }
+        if let Some(v) = l.backup_pg_format {
+            self.pg_format = v;
+        }
+        if let Some(v) = l.backup_restore_jobs {
+            if v == 0 {
+                return Err(ConfigError::InvalidValue {
+                    key: "BACKUP_RESTORE_JOBS",
+                    value: "0".into(),
+                    problem: "expected how many parallel pg_restore jobs to run (1 or more)",
+                });
+            }
+            self.restore_jobs = v;
+        }
+        if let Some(v) = l.backup_lock_timeout {
+            self.lock_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = l.backup_stall_timeout {
+            self.stall_timeout = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = l.backup_encrypt_recipients {
+            self.encrypt_recipients = Some(v);
+        }
+        if let Some(v) = l.backup_encrypt_passphrase_file {
+            self.encrypt_passphrase_file = Some(v);
+        }
+        if let Some(v) = l.backup_decrypt_identity_file {
+            self.decrypt_identity_file = Some(v);
+        }
+        let s3 = &mut self.s3;
+        if let Some(v) = l.backup_s3_endpoint {
+            s3.endpoint = Some(v);
+        }
+        if let Some(v) = l.backup_s3_region {
+            s3.region = Some(v);
+        }
+        if let Some(v) = l.backup_s3_path_style {
+            s3.path_style = Some(v);
+        }
+        if let Some(v) = l.backup_s3_access_key_id {
+            s3.access_key_id = Some(v);
+        }
+        if let Some(v) = l.backup_s3_secret_access_key {
+            s3.secret_access_key = Some(Secret::new(v));
+        }
+        if let Some(v) = l.backup_s3_session_token {
+            s3.session_token = Some(Secret::new(v));
+        }
+        if let Some(v) = l.backup_s3_max_parts {
+            s3.max_parts = within(v, 100..=10_000, "BACKUP_S3_MAX_PARTS", MAX_PARTS_PROBLEM)?;
+        }
+        if let Some(v) = l.backup_s3_part_size_mib {
+            let v = within(v, 5..=5120, "BACKUP_S3_PART_SIZE_MIB", PART_SIZE_PROBLEM)?;
+            s3.part_size = u64::from(v) << 20;
+        }
+        if let Some(v) = l.backup_s3_memory_part_mib {
+            let v = within(
+                v,
+                5..=5120,
+                "BACKUP_S3_MEMORY_PART_MIB",
+                MEMORY_PART_PROBLEM,
+            )?;
+            s3.memory_part = u64::from(v) << 20;
+        }
+        if let Some(v) = l.backup_scratch_dir {
+            self.scratch_dir = Some(v);
+        }
+        if let Some(tables) = l.copy_to {
+            self.copy_to = tables.into_iter().map(CopyTarget::from).collect();
+        }
+        if let Some(v) = l.backup_copy_to {
+            self.copy_to = v
+                .split(',')
+                .filter(|u| !u.trim().is_empty())
+                .map(CopyTarget::new)
+                .collect();
+        }
+        if let Some(v) = l.dbkeep_api_token {
+            self.api.token = Some(Secret::new(v));
+        }
+        if let Some(v) = l.dbkeep_api_tokens_file {
+            self.api.tokens_file = Some(v);
+        }
+        if let Some(v) = l.dbkeep_audit_log {
+            self.api.audit_log = Some(v);
+        }
+        if let Some(v) = l.dbkeep_trusted_proxies {
+            self.api.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse().map_err(|_| ConfigError::InvalidValue {
+                        key: "DBKEEP_TRUSTED_PROXIES",
+                        value: s.to_owned(),
+                        problem: "expected comma-separated IP addresses",
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = l.dbkeep_rate_limits {
+            self.api.rate_limits = Some(v);
+        }
+        if let Some(v) = l.dbkeep_health_max_age {
+            self.api.health_max_age = Duration::from_secs(v);
+        }
+        if let Some(v) = l.dbkeep_shutdown_grace {
+            self.api.shutdown_grace = Duration::from_secs(v);
+        }
+        if let Some(v) = l.dbkeep_body_timeout {
+            self.api.body_timeout = Duration::from_secs(v.max(1));
+        }
+        Ok(())
+    }
+
+    /// The copy target for `location`: a configured one (with its settings), else one with the
+    /// primary's S3 settings.
+    pub fn copy_target(&self, location: &str) -> CopyTarget {
+        let wanted = location.trim().trim_end_matches('/');
+        self.copy_to
+            .iter()
+            .find(|t| t.location == wanted)
+            .cloned()
+            .unwrap_or_else(|| CopyTarget::new(wanted))
+    }
+
+    /// The codec a backup uses: `none` when compression is off.
+    pub fn codec(&self) -> Compression {
+        if self.compress {
+            self.compression
+        } else {
+            Compression::None
+        }
+    }
+
+    /// The level for `codec`: the configured one, checked against the codec's range, or its
+    /// default.
+    pub fn level(&self, codec: Compression) -> Result<u32, ConfigError> {
+        let Some(level) = self.compress_level else {
+            return Ok(codec.default_level());
+        };
+        let (range, problem) = match codec {
+            Compression::Gzip => (
+                1..=9,
+                "expected a gzip level from 1 (fastest) to 9 (smallest)",
+            ),
+            Compression::Zstd => (
+                1..=19,
+                "expected a zstd level from 1 (fastest) to 19 (smallest)",
+            ),
+            Compression::None => return Ok(0),
+        };
+        if range.contains(&level) {
+            Ok(level)
+        } else {
+            Err(ConfigError::InvalidValue {
+                key: "BACKUP_COMPRESS_LEVEL",
+                value: level.to_string(),
+                problem,
+            })
+        }
+    }
+
+    /// The database to back up or restore; an error if none is configured or it is malformed.
+    pub fn database_url(&self) -> Result<DatabaseUrl, ConfigError> {
+        let raw = self
+            .database_url
+            .as_ref()
+            .ok_or(ConfigError::NoDatabaseUrl)?
+            .expose();
+        Ok(DatabaseUrl::parse(raw)?)
+    }
+}

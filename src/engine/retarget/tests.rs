@@ -1,0 +1,69 @@
+//! Retarget's unit tests, at every buffer size from one byte.
+
+use super::*;
+
+fn run(input: &str, buf: usize) -> String {
+    let mut r = Retarget::new(io::BufReader::with_capacity(buf, input.as_bytes()));
+    let mut out = String::new();
+    r.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Every buffer size gives the same output.
+fn same(input: &str) -> String {
+    let want = run(input, 8192);
+    for buf in [1, 2, 3, 7, 31, 64] {
+        assert_eq!(run(input, buf), want, "buffer {buf}");
+    }
+    want
+}
+
+const DUMP: &str = "\\restrict abc\n--\n-- PostgreSQL database dump\n--\nSET statement_timeout = 0;\nDROP DATABASE IF EXISTS appdb;\nCREATE DATABASE appdb WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';\nALTER DATABASE appdb OWNER TO app;\n\\unrestrict abc\n\\connect appdb\n\\restrict abc\nSET statement_timeout = 0;\nCREATE TABLE public.t (x text);\nALTER DATABASE appdb SET search_path TO public;\nGRANT CONNECT,TEMPORARY ON DATABASE appdb TO bob;\nALTER ROLE bob IN DATABASE appdb SET work_mem TO '1MB';\nCREATE SUBSCRIPTION s CONNECTION 'host=x' PUBLICATION p WITH (connect = false);\nCOPY public.t (x) FROM stdin;\nDROP DATABASE appdb;\n\\connect postgres\n\\.\nCOMMENT ON DATABASE appdb IS 'x';\nSELECT 1;\n-- PostgreSQL database dump complete\n\\unrestrict abc\n";
+
+#[test]
+fn the_preamble_and_database_statements_go_and_copy_data_stays() {
+    let out = same(DUMP);
+    assert_eq!(
+        out,
+        "\\restrict abc\n\\unrestrict abc\n\\restrict abc\nSET statement_timeout = 0;\nCREATE TABLE public.t (x text);\n\n\n\n\nCOPY public.t (x) FROM stdin;\nDROP DATABASE appdb;\n\\connect postgres\n\\.\n\nSELECT 1;\n-- PostgreSQL database dump complete\n\\unrestrict abc\n"
+    );
+}
+
+#[test]
+fn a_newline_in_a_string_never_makes_sql_of_it() {
+    // A comment on the database whose text holds a newline and SQL: the whole statement
+    // goes, never its second line.
+    let out = same(
+        "\\connect db\nCOMMENT ON DATABASE db IS 'x\nALTER ROLE bob SUPERUSER; --';\nSELECT 1;\n",
+    );
+    assert_eq!(out, "\nSELECT 1;\n");
+    // A comment on a table whose line starts like a skipped statement stays whole.
+    let text = "\\connect db\nCOMMENT ON TABLE t IS 'a\nDROP DATABASE x;\n\\connect postgres\nb';\nSELECT 2;\n";
+    assert_eq!(same(text), text.strip_prefix("\\connect db\n").unwrap());
+    // Dollar quotes, E-strings, quoted names, comments.
+    let text = "\\connect db\nCREATE FUNCTION f() RETURNS int AS $body$\nDROP DATABASE x;\n$not$ ; $body$ LANGUAGE sql;\nCOMMENT ON TABLE t IS E'it\\'s\nDROP DATABASE y;';\nCREATE TABLE \"DROP DATABASE\n\"\"z\" (a int);\n/* DROP DATABASE\n*/ SELECT 3;\nSELECT $1 + a$b;\n";
+    assert_eq!(same(text), text.strip_prefix("\\connect db\n").unwrap());
+}
+
+#[test]
+fn long_lines_stream_through() {
+    let long = "x".repeat(200_000);
+    let dump = format!(
+        "\\connect db\nCOPY public.t (x, {}) FROM stdin;\n{long}\n\\.\nDROP DATABASE db;\nSELECT '{long}';\n",
+        "y".repeat(300)
+    );
+    let out = run(&dump, 4096);
+    let want = format!(
+        "COPY public.t (x, {}) FROM stdin;\n{long}\n\\.\n\nSELECT '{long}';\n",
+        "y".repeat(300)
+    );
+    assert_eq!(out, want);
+}
+
+#[test]
+fn without_a_connect_nothing_passes() {
+    assert_eq!(run("DROP DATABASE x;\nCREATE TABLE t ();\n", 8192), "");
+    // A last statement without a newline is decided too.
+    assert_eq!(run("\\connect x\nSELECT 1;", 8192), "SELECT 1;");
+    assert_eq!(run("\\connect x\nDROP DATABASE y;", 8192), "");
+}
