@@ -34,7 +34,12 @@ pub struct RestoreReport {
 /// `name_dbkeep_old_20240115103000`, cut to PostgreSQL's 63-byte identifier limit.
 pub(super) fn aside_name(target: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     let suffix = format!("_dbkeep_old_{}", now.format("%Y%m%d%H%M%S"));
-    base_within(target, 63 - suffix.len()) + &suffix
+    aside_base(target) + &suffix
+}
+
+/// The part of an aside name before `_dbkeep_old_`.
+fn aside_base(target: &str) -> String {
+    base_within(target, 63 - "_dbkeep_old_YYYYmmddHHMMSS".len())
 }
 
 /// `target` cut at a character boundary to at most `max` bytes.
@@ -316,7 +321,7 @@ impl Postgres {
         let target = self.conn.database.clone();
         let found = self.maintenance(&[format!(
             "SELECT datname || '|' || datallowconn FROM pg_database WHERE datname LIKE '%\\_dbkeep\\_new\\_%' OR datname LIKE {} OR datname = {}",
-            literal(&format!("{}\\_dbkeep\\_old\\_%", base_within(&target, 36).replace('_', "\\_").replace('%', "\\%"))),
+            literal(&format!("{}\\_dbkeep\\_old\\_%", aside_base(&target).replace('_', "\\_").replace('%', "\\%"))),
             literal(&target)
         )])?;
         let mut done = Vec::new();
