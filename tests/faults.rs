@@ -439,3 +439,140 @@ fn postgres_server_stopped_mid_way_loses_nothing() {
     assert_eq!(pg.normalized_dump("appdb"), before);
     t.print();
 }
+
+/// The pid of a child of `parent` running `program` whose environment holds `marker`.
+fn child_with(parent: u32, program: &str, marker: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if ppid == Some(parent)
+            && first.ends_with(program.as_bytes())
+            && environ
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+        {
+            return pid.parse().ok();
+        }
+    }
+    None
+}
+
+/// REVIEW D6: the stall timeout covers what moves no data through dbkeep. A pg_restore that
+/// stops (SIGSTOP) during a custom-format restore, and a psql that stops reading a plain drill,
+/// are stopped after BACKUP_STALL_TIMEOUT with a clear error: their sessions are idle on the
+/// server, so nothing works. The live database is as it was.
+#[test]
+fn stalled_restores_and_drills_are_stopped() {
+    let Some((pg, mut env)) = crate::postgres::setup() else {
+        return;
+    };
+    let mut t = Table::new("Stalls where no data flows through dbkeep (PostgreSQL)");
+    pg.sql_as(
+        "app",
+        "appdb",
+        "INSERT INTO audit.log (item_id, note) SELECT g, repeat('x', 200) FROM generate_series(1, 400000) g;",
+    );
+    env.set("BACKUP_STALL_TIMEOUT", "3");
+    let cases = [
+        ("custom", "pg_restore", "PGAPPNAME=dbkeep restore", true),
+        ("sql", "psql", "PGAPPNAME=dbkeep drill", false),
+    ];
+    for (format, program, marker, restore) in cases {
+        env.set("BACKUP_PG_FORMAT", format);
+        let name = format!("stall_{format}");
+        env.run(&["backup", "--name", &name]).ok();
+        let before = pg.normalized_dump("appdb");
+        let args: Vec<&str> = if restore {
+            vec!["restore", &name, "--yes"]
+        } else {
+            vec!["verify", "--restore", &name]
+        };
+        let started = std::time::Instant::now();
+        let child = env
+            .command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let parent = child.id();
+        let mut stopped = None;
+        wait_for(program, || {
+            stopped = child_with(parent, program, marker);
+            stopped.is_some()
+        });
+        let pid = nix::unistd::Pid::from_raw(stopped.unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        let said = format!("{program} made no progress for 3 s");
+        assert!(
+            stderr.contains(&said) || stdout.contains(&said),
+            "{stdout}{stderr}"
+        );
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(120), "{took:?}");
+        assert_eq!(
+            pg.normalized_dump("appdb"),
+            before,
+            "live database untouched"
+        );
+        assert_eq!(
+            pg.sql(
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname LIKE '%dbkeep%'"
+            ),
+            "0",
+            "no staging or scratch database left"
+        );
+        t.row(
+            &format!("{program} stopped (SIGSTOP) during a {format} {}", args[0]),
+            "stopped after BACKUP_STALL_TIMEOUT; exit 1; live database unchanged",
+            format!("exit 1 after {:.1} s: {said}", took.as_secs_f64()),
+        );
+    }
+    env.run(&["verify", "--restore", "stall_custom"]).ok();
+
+    // Long work that moves no byte is not a stall: an index build of 6 s (an expression that
+    // sleeps 2 ms a row) under a 3 s limit, in a custom restore and in a plain drill.
+    pg.sql_as(
+        "app",
+        "appdb",
+        "CREATE FUNCTION public.slow(x integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE \
+         AS $$ BEGIN PERFORM pg_catalog.pg_sleep(0.002); RETURN x; END $$; \
+         CREATE INDEX items_slow ON sales.items (public.slow(id));",
+    );
+    let slow = pg.normalized_dump("appdb");
+    for (format, command) in [("custom", "restore"), ("sql", "verify")] {
+        env.set("BACKUP_PG_FORMAT", format);
+        let name = format!("slow_{format}");
+        env.run(&["backup", "--name", &name]).ok();
+        let started = std::time::Instant::now();
+        match command {
+            "restore" => env.run(&["restore", &name, "--yes"]).ok(),
+            _ => env.run(&["verify", "--restore", &name]).ok(),
+        };
+        let took = started.elapsed();
+        assert!(
+            took > Duration::from_secs(5),
+            "the index was built: {took:?}"
+        );
+        assert_eq!(pg.normalized_dump("appdb"), slow);
+        t.row(
+            &format!("a 6 s index build in a {format} {command}, limit 3 s"),
+            "not a stall: the server says the session works",
+            format!("ok in {:.1} s", took.as_secs_f64()),
+        );
+    }
+    t.print();
+}

@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod process;
 pub mod retarget;
 pub mod sqlite;
+pub mod watch;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

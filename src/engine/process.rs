@@ -2,14 +2,10 @@
 //! so a chatty child cannot deadlock, and kept (its tail) for the error message; secrets scrubbed
 //! from anything the child printed before it reaches an error.
 
-use crate::signals;
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// How much of a child's stderr is kept for the error message.
@@ -272,6 +268,32 @@ pub fn output(
     Ok(out)
 }
 
+/// Whether our child `pid` has exited, without reaping it (so that it, or its process group, may
+/// still be signalled safely until [`Running::wait`]).
+pub fn has_exited_unreaped(pid: u32) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(raw)), flags) {
+        Ok(WaitStatus::StillAlive) => false,
+        Err(nix::errno::Errno::EINTR) => false,
+        // Exited, or not ours to wait for any more (already reaped).
+        _ => true,
+    }
+}
+
+/// Whether the process `pid` of this machine is provably gone: only "no such process" (ESRCH)
+/// says so; a process of another user (EPERM) is alive. The one pid check of dbkeep.
+pub fn process_gone(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|pid| {
+        pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,128 +325,4 @@ mod tests {
             .to_string();
         assert!(err.contains("pg_dump was not found") && err.contains("postgresql-client"));
     }
-}
-
-/// Whether the process `pid` of this machine is provably gone: only "no such process" (ESRCH)
-/// says so; a process of another user (EPERM) is alive. The one pid check of dbkeep.
-pub fn process_gone(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|pid| {
-        pid > 0
-            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-                == Err(nix::errno::Errno::ESRCH)
-    })
-}
-
-/// How much a fed child gets per write.
-const FEED_CHUNK: usize = 256 * 1024;
-
-/// Why feeding a child its input failed.
-#[derive(Debug, Error)]
-pub enum FeedError {
-    #[error(transparent)]
-    Process(#[from] ProcessError),
-    #[error("interrupted by a signal")]
-    Interrupted,
-    #[error("{program} made no progress for {secs} s and was stopped (BACKUP_STALL_TIMEOUT)")]
-    Stalled { program: String, secs: u64 },
-    #[error("reading the input: {0}")]
-    Input(std::io::Error),
-    #[error("writing to the child: {0}")]
-    Output(std::io::Error),
-}
-
-/// Writes `input` to the child's stdin and waits for it to succeed. A watchdog kills the child
-/// when a signal arrives or, with `stall`, when no data moved for that long (a blocked write
-/// cannot time out by itself).
-pub fn feed_child(
-    mut child: Running,
-    input: &mut dyn Read,
-    stall: Option<Duration>,
-) -> Result<(), FeedError> {
-    let program = child.program().to_owned();
-    let mut stdin = child.take_stdin();
-    let mut buf = vec![0u8; FEED_CHUNK];
-    let progress = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let guard = watchdog(
-        child.pid(),
-        stall.map(|limit| (progress.clone(), limit)),
-        done.clone(),
-    );
-    let fed: Result<(), FeedError> = (|| {
-        let Some(stdin) = stdin.as_mut() else {
-            return Ok(());
-        };
-        loop {
-            if signals::interrupted() {
-                return Err(FeedError::Interrupted);
-            }
-            let n = match input.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(FeedError::Input(e)),
-            };
-            match stdin.write_all(&buf[..n]) {
-                Ok(()) => {
-                    progress.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                // The child stopped reading: its exit status and stderr say why.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(e) => return Err(FeedError::Output(e)),
-            }
-        }
-    })();
-    drop(stdin);
-    // Once the input is fed, the child's last statements may take long (an index build): the
-    // watchdog stops here, and before the child is reaped so it can never signal a reused pid.
-    done.store(true, Ordering::Relaxed);
-    let stalled = guard.join().unwrap_or(false);
-    if fed.is_err() {
-        child.kill();
-    }
-    let waited = child.wait_success();
-    if stalled {
-        return Err(FeedError::Stalled {
-            program,
-            secs: stall.map_or(0, |d| d.as_secs()),
-        });
-    }
-    if signals::interrupted() {
-        return Err(FeedError::Interrupted);
-    }
-    fed?;
-    waited?;
-    Ok(())
-}
-
-/// Watches a child until `done`: kills it when a signal arrives, or when the `progress` counter
-/// has not moved for its limit. Returns whether it killed for a stall.
-pub fn watchdog(
-    pid: u32,
-    progress: Option<(Arc<AtomicU64>, Duration)>,
-    done: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<bool> {
-    std::thread::spawn(move || {
-        let mut seen = 0;
-        let mut since = Instant::now();
-        while !done.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-            if signals::interrupted() {
-                kill_pid(pid);
-                return false;
-            }
-            if let Some((counter, limit)) = &progress {
-                let now = counter.load(Ordering::Relaxed);
-                if now != seen {
-                    seen = now;
-                    since = Instant::now();
-                } else if since.elapsed() > *limit {
-                    kill_pid(pid);
-                    return true;
-                }
-            }
-        }
-        false
-    })
 }

@@ -189,9 +189,10 @@ impl Postgres {
         }
         log.pass(format!("restored into the scratch database {name}"));
         log.step("row counts");
-        let counted = parse_row_counts(&self.psql(
+        let counted = parse_row_counts(&self.psql_watched(
             name,
             &["SET row_security = off".into(), COUNT_ROWS_SQL.into()],
+            &format!("dbkeep drill counts {name}"),
         )?)
         .map_err(|e| PostgresError::Drill(format!("cannot count the rows: {e}")))?;
         log.pass(compare_counts(expected, &counted).map_err(PostgresError::Drill)?);
@@ -228,16 +229,15 @@ impl Postgres {
                 return Ok(());
             }
         };
-        let mut cmd = self.command("psql", database);
-        cmd.env("PGAPPNAME", format!("dbkeep amcheck {database}"));
-        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .arg("-c")
-            .arg("SET search_path = pg_catalog, pg_temp")
-            .arg("-c")
-            .arg(AMCHECK_SQL.replace("@SCHEMA@", &literal(&schema)))
-            .arg("-c")
-            .arg("SELECT current_setting('dbkeep.amcheck')");
-        let out = process::output(cmd, HINT, self.secrets())?;
+        let out = self.psql_watched(
+            database,
+            &[
+                "SET search_path = pg_catalog, pg_temp".into(),
+                AMCHECK_SQL.replace("@SCHEMA@", &literal(&schema)),
+                "SELECT current_setting('dbkeep.amcheck')".into(),
+            ],
+            &format!("dbkeep amcheck {database}"),
+        )?;
         let report: AmcheckReport = serde_json::from_str(out.trim()).map_err(|e| {
             let start: String = out.chars().take(200).collect();
             PostgresError::Drill(format!("cannot read amcheck's report: {e} in {start:?}"))

@@ -41,9 +41,15 @@ pub(super) struct SnapshotSession {
     id: String,
 }
 
+/// Marks the snapshot session, whose counting the stall watch asks the server about.
+fn session_app_name() -> String {
+    format!("dbkeep row counts {}", std::process::id())
+}
+
 impl SnapshotSession {
     pub(super) fn export(pg: &Postgres) -> Result<Self, PostgresError> {
         let mut cmd = pg.command("psql", &pg.conn.database);
+        cmd.env("PGAPPNAME", session_app_name());
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
@@ -201,7 +207,7 @@ impl Postgres {
                 }
                 if last_progress.elapsed() > self.stall_timeout {
                     return Err(PostgresError::Stalled {
-                        tool: "pg_dump",
+                        tool: "pg_dump".into(),
                         secs: self.stall_timeout.as_secs(),
                     });
                 }
@@ -239,6 +245,22 @@ impl Postgres {
                 process::kill_pid(pid);
             }
         }
+        // The counts may still be running (the dump of an empty table is quick, its count in
+        // a session blocked behind a lock is not): they are waited for under the stall watch.
+        let mut stalled = false;
+        if let (Some(handle), Some(pid)) = (&counting, session_pid) {
+            let app_name = session_app_name();
+            let mut busy = || self.server_busy(&app_name);
+            let watched = watch::watch(
+                pid,
+                false,
+                &mut || handle.is_finished(),
+                &|| process::kill_pid(pid),
+                Some(self.stall(&mut busy)),
+                None,
+            );
+            stalled = watched == watch::Watched::Stalled;
+        }
         let counted = match counting.map(std::thread::JoinHandle::join) {
             None => None,
             Some(Ok((session, counts))) => {
@@ -252,6 +274,12 @@ impl Postgres {
         };
         result?;
         waited?;
+        if stalled {
+            return Err(PostgresError::Stalled {
+                tool: "the row-count session (psql)".into(),
+                secs: self.stall_timeout.as_secs(),
+            });
+        }
         let counts = counted.transpose()?;
         match format {
             PgFormat::Sql if !has_trailer(tail.bytes()) => return Err(PostgresError::Incomplete),

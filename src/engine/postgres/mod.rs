@@ -13,7 +13,8 @@ mod drill;
 mod dump;
 mod restore;
 
-use super::process::{self, FeedError, ProcessError, feed_child};
+use super::process::{self, ProcessError};
+use super::watch::{self, Stall, WatchError, feed_child};
 use crate::database_url::PgConnection;
 pub use dump::{COUNT_ROWS_SQL, parse_row_counts};
 pub use restore::RestoreReport;
@@ -75,7 +76,7 @@ pub enum PostgresError {
     #[error("restore drill: {0}")]
     Drill(String),
     #[error("{tool} made no progress for {secs} s and was stopped (BACKUP_STALL_TIMEOUT)")]
-    Stalled { tool: &'static str, secs: u64 },
+    Stalled { tool: String, secs: u64 },
     #[error(
         "the backup holds the database {backup:?} but DATABASE_URL names {configured:?}: a plain dump made with --create restores into its own database; point DATABASE_URL at {backup:?}"
     )]
@@ -91,21 +92,17 @@ pub enum PostgresError {
     },
 }
 
-impl From<FeedError> for PostgresError {
-    fn from(e: FeedError) -> Self {
+impl From<WatchError> for PostgresError {
+    fn from(e: WatchError) -> Self {
         match e {
-            FeedError::Process(e) => PostgresError::Process(e),
-            FeedError::Interrupted => PostgresError::Interrupted,
-            FeedError::Stalled { program, secs } => PostgresError::Stalled {
-                tool: if program == "psql" {
-                    "psql"
-                } else {
-                    "pg_restore"
-                },
+            WatchError::Process(e) => PostgresError::Process(e),
+            WatchError::Interrupted => PostgresError::Interrupted,
+            WatchError::Stalled { program, secs } => PostgresError::Stalled {
+                tool: program,
                 secs,
             },
-            FeedError::Input(e) => PostgresError::Input(e),
-            FeedError::Output(e) => PostgresError::Output(e),
+            WatchError::Input(e) => PostgresError::Input(e),
+            WatchError::Output(e) => PostgresError::Output(e),
         }
     }
 }
@@ -291,6 +288,62 @@ impl Postgres {
 
     /// Runs SQL statements one by one (each its own transaction) on `database`; returns stdout.
     fn psql(&self, database: &str, statements: &[String]) -> Result<String, PostgresError> {
+        let cmd = self.psql_command(database, statements);
+        Ok(process::output(cmd, HINT, self.secrets())?)
+    }
+
+    /// [`Postgres::psql`] for long work (a drill's counts, amcheck) under the stall watch: its
+    /// sessions are marked `app_name`, by which the server is asked whether they still work.
+    fn psql_watched(
+        &self,
+        database: &str,
+        statements: &[String],
+        app_name: &str,
+    ) -> Result<String, PostgresError> {
+        let mut cmd = self.psql_command(database, statements);
+        cmd.env("PGAPPNAME", app_name);
+        let mut busy = || self.server_busy(app_name);
+        let stall = self.stall(&mut busy);
+        Ok(watch::output(cmd, HINT, self.secrets(), Some(stall))?)
+    }
+
+    /// The stall watch of a child whose sessions `busy` asks about.
+    fn stall<'a>(&self, busy: &'a mut (dyn FnMut() -> bool + Send)) -> Stall<'a> {
+        Stall {
+            limit: self.stall_timeout,
+            working: busy,
+        }
+    }
+
+    /// Whether a session marked `app_name` is running a statement on the server that is not
+    /// waiting for a lock or for its client. Asked only after a child moved no byte for the
+    /// stall limit; a server that does not answer within a minute is not working.
+    fn server_busy(&self, app_name: &str) -> bool {
+        // The server keeps the first 63 bytes of a session's application_name.
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+             AND coalesce(wait_event_type, '') NOT IN ('Lock', 'Client') \
+             AND application_name <> '' AND starts_with({name}, application_name) \
+             AND octet_length(application_name) >= least(octet_length({name}), 60)",
+            name = literal(app_name)
+        );
+        let cmd = self.psql_command(&self.maintenance_db, &[sql]);
+        let answer = watch::output(
+            cmd,
+            HINT,
+            self.secrets(),
+            Some(Stall::silence(Duration::from_secs(60))),
+        );
+        match answer {
+            Ok(out) => out.trim().parse::<u64>().is_ok_and(|n| n > 0),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the server whether dbkeep's sessions still work");
+                false
+            }
+        }
+    }
+
+    fn psql_command(&self, database: &str, statements: &[String]) -> Command {
         let mut cmd = self.command("psql", database);
         // VERBOSITY=verbose puts the SQLSTATE in every error line, which does not depend on
         // the server's lc_messages (see [`sqlstate_is`]).
@@ -307,7 +360,7 @@ impl Postgres {
         for s in statements {
             cmd.arg("-c").arg(s);
         }
-        Ok(process::output(cmd, HINT, self.secrets())?)
+        cmd
     }
 
     fn maintenance(&self, statements: &[String]) -> Result<String, PostgresError> {

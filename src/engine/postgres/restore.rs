@@ -13,7 +13,6 @@
 //! could have written to: a previous database left aside after the swap is only reported.
 
 use super::*;
-use crate::engine::process::feed_child;
 use crate::engine::process::{self, Running};
 use crate::engine::retarget::{Captured, Retarget};
 use crate::signals;
@@ -387,7 +386,8 @@ impl Postgres {
             inner: input,
             tail: crate::codec::Tail::new(TRAILER_WINDOW),
         };
-        feed_child(child, &mut tracked, Some(self.stall_timeout))?;
+        let mut busy = || self.server_busy(app_name);
+        feed_child(child, &mut tracked, Some(self.stall(&mut busy)))?;
         if has_trailer(tracked.tail.bytes()) {
             Ok(())
         } else {
@@ -422,17 +422,11 @@ impl Postgres {
             .stdout(Stdio::null())
             .process_group(0);
         let mut child = process::spawn(cmd, HINT, self.secrets())?;
-        // No data flows through dbkeep here: only signals are watched. The group is killed
-        // before the child is reaped, so a reused pid is never signalled.
-        while !child.has_exited() {
-            if signals::interrupted() {
-                process::kill_group(child.pid());
-                let _ = child.wait();
-                return Err(PostgresError::Interrupted);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.wait_success()?;
+        // No data flows through dbkeep here: the group's reads and writes are its progress,
+        // and the server says whether its sessions still work when they stop.
+        let mut busy = || self.server_busy(app_name);
+        let watched = watch::watch_child(&mut child, true, Some(self.stall(&mut busy)), None);
+        watch::conclude(child, watched, self.stall_timeout.as_secs())?;
         Ok(())
     }
 }
