@@ -439,3 +439,43 @@ fn api_drills_run_one_at_a_time() {
     });
     assert_eq!(most, 1, "never two scratch databases at once");
 }
+
+/// REVIEW C7: the scratch database has the dump's encoding and locale (a LATIN1 database whose
+/// check constraint counts bytes drills as it restores, where the server's UTF8 default failed
+/// it), and a role that is not a superuser drills a plain dump whose objects belong to
+/// other roles (owners and privileges left out, as pg_restore --no-owner --no-privileges).
+#[test]
+fn postgres_drills_take_the_dumps_encoding_and_need_no_superuser() {
+    let Some((pg, mut env)) = crate::postgres::setup() else {
+        return;
+    };
+    pg.sql(
+        "postgres",
+        "CREATE ROLE bob; CREATE ROLE carol; \
+         CREATE DATABASE bytes OWNER app TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C';",
+    );
+    pg.sql(
+        "bytes",
+        "SET client_encoding = 'UTF8'; CREATE TABLE public.raw (b text CHECK (octet_length(b) = 4)); INSERT INTO public.raw VALUES ('café'), ('okay'); \
+         ALTER TABLE public.raw OWNER TO app; \
+         CREATE TABLE public.bobs (x int); INSERT INTO public.bobs VALUES (1); \
+         ALTER TABLE public.bobs OWNER TO bob; GRANT SELECT ON public.bobs TO carol, app;",
+    );
+    env.set(
+        "DATABASE_URL",
+        pg.url("app", crate::postgres::APP_PASSWORD, "bytes"),
+    );
+    for format in ["sql", "custom"] {
+        env.set("BACKUP_PG_FORMAT", format);
+        let name = format!("bytes_{format}");
+        env.run(&["backup", "--name", &name]).ok();
+        let o = env.run(&["verify", "--restore", &name]);
+        o.ok();
+        assert!(
+            o.stdout.contains("row counts of all 2 tables equal"),
+            "{}",
+            o.stdout
+        );
+    }
+    assert!(scratch_databases(&pg).is_empty());
+}

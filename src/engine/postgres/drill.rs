@@ -1,6 +1,7 @@
 //! Restore drills: a dump loaded into a scratch database of its own, its rows counted and its
 //! btree indexes checked with amcheck, the scratch database dropped however it ends.
 
+use super::restore::read_some;
 use super::*;
 use crate::engine::compare_counts;
 use crate::engine::process;
@@ -127,6 +128,68 @@ impl Drop for ScratchDatabase<'_> {
 
 /// `dbkeep_drill_<host>_<pid>_<random>`: the host (a hash of its name) and pid tell the next
 /// drill on this machine whether the one that made it is gone.
+/// The encoding and locale options of a dump's `CREATE DATABASE`, re-quoted: nothing else of it
+/// (a template, an owner, a tablespace) reaches the scratch database, whose input is hostile by
+/// assumption.
+pub(super) fn scratch_options(create: &str) -> String {
+    const KEPT: &[&str] = &[
+        "ENCODING",
+        "LOCALE",
+        "LC_COLLATE",
+        "LC_CTYPE",
+        "LOCALE_PROVIDER",
+        "ICU_LOCALE",
+        "ICU_RULES",
+        "BUILTIN_LOCALE",
+    ];
+    // Words and quoted strings or names (a doubled quote inside), as the options are written;
+    // `=` and the rest between them.
+    let mut tokens: Vec<(bool, String)> = Vec::new();
+    let mut chars = create.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\'' || c == '"' {
+            let mut s = String::new();
+            while let Some(q) = chars.next() {
+                if q == c {
+                    if chars.peek() == Some(&c) {
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                s.push(q);
+            }
+            tokens.push((true, s));
+        } else if c.is_alphanumeric() || c == '_' || c == '-' || c == '.' {
+            let mut s = String::from(c);
+            while let Some(&n) = chars.peek() {
+                if n.is_alphanumeric() || n == '_' || n == '-' || n == '.' {
+                    s.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            tokens.push((false, s));
+        }
+    }
+    let mut out = String::new();
+    // After CREATE DATABASE name.
+    let mut i = 3;
+    while i + 1 < tokens.len() {
+        let (quoted, key) = &tokens[i];
+        let key = key.to_ascii_uppercase();
+        if !quoted && KEPT.contains(&key.as_str()) {
+            let value = &tokens[i + 1].1;
+            out.push_str(&format!(" {key} = {}", literal(value)));
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 pub(super) fn drill_name(pid: u32) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -167,26 +230,68 @@ impl Postgres {
         log.step("restore");
         self.drop_stale_drills();
         let name = drill_name(std::process::id());
-        self.maintenance(&[format!(
-            "CREATE DATABASE {} TEMPLATE template0",
-            ident(&name)
-        )])
-        .map_err(|e| {
-            PostgresError::Drill(format!(
-                "cannot create the scratch database {name} (the role needs CREATEDB): {}",
-                error_line(&e)
-            ))
-        })?;
-        let scratch = ScratchDatabase { pg: self, name };
-        let name = scratch.name.as_str();
         let app_name = format!("dbkeep drill {name}");
         match source {
             Source::Sql(input) => {
-                let mut retargeted = Retarget::new(io::BufReader::with_capacity(CHUNK, input));
-                self.load_sql(name, &mut retargeted, &app_name)?;
+                let mut retarget = Retarget::new(io::BufReader::with_capacity(CHUNK, input));
+                // Reading the first bytes runs the preamble through: CREATE DATABASE is known.
+                let mut first = vec![0u8; CHUNK];
+                let n = read_some(&mut retarget, &mut first).map_err(PostgresError::Input)?;
+                first.truncate(n);
+                let create = retarget
+                    .captured()
+                    .and_then(|c| c.first())
+                    .map(|c| c.sql.clone());
+                let scratch = self.create_scratch(create.as_deref(), &name)?;
+                let mut rest = io::Cursor::new(first).chain(&mut retarget);
+                self.load_sql(&scratch.name, &mut rest, &app_name)?;
+                self.check_scratch(scratch, expected, log)
             }
-            Source::Archive(path) => self.load_archive(path, name, &app_name, true)?,
+            Source::Archive(path) => {
+                let statements = self.archive_statements(path)?;
+                let create = statements
+                    .iter()
+                    .find(|c| !c.after_connect && c.sql.starts_with("CREATE DATABASE"));
+                let scratch = self.create_scratch(create.map(|c| c.sql.as_str()), &name)?;
+                self.load_archive(path, &scratch.name, &app_name, true)?;
+                self.check_scratch(scratch, expected, log)
+            }
         }
+    }
+
+    /// Creates the scratch database with the encoding and locale of the dump's own `CREATE
+    /// DATABASE` (so a drill fails where a restore would, on a locale this server lacks, and
+    /// passes where it would), owned by the drill's role.
+    fn create_scratch(
+        &self,
+        create: Option<&str>,
+        name: &str,
+    ) -> Result<ScratchDatabase<'_>, PostgresError> {
+        let sql = format!(
+            "CREATE DATABASE {} TEMPLATE template0{}",
+            ident(name),
+            create.map(scratch_options).unwrap_or_default()
+        );
+        self.maintenance(&[sql]).map_err(|e| {
+            PostgresError::Drill(format!(
+                "cannot create the scratch database {name} with the dump's encoding and locale (the role needs CREATEDB, the server the locale): {}",
+                error_line(&e)
+            ))
+        })?;
+        Ok(ScratchDatabase {
+            pg: self,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The checks after the load: row counts against `expected`, then amcheck.
+    fn check_scratch(
+        &self,
+        scratch: ScratchDatabase<'_>,
+        expected: Option<&RowCounts>,
+        log: &mut DrillLog,
+    ) -> Result<(), PostgresError> {
+        let name = scratch.name.as_str();
         log.pass(format!("restored into the scratch database {name}"));
         log.step("row counts");
         let counted = parse_row_counts(&self.psql_watched(
@@ -262,5 +367,25 @@ impl Postgres {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_databases_keep_only_encoding_and_locale() {
+        let pg15 = "CREATE DATABASE appdb WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';";
+        assert_eq!(
+            scratch_options(pg15),
+            " ENCODING = 'UTF8' LOCALE_PROVIDER = 'libc' LOCALE = 'C.UTF-8'"
+        );
+        // A hostile name and options: the template, owner and tablespace go; quotes are ours.
+        let hostile = "CREATE DATABASE \"locale \"\" ENCODING\" WITH TEMPLATE = live OWNER = root TABLESPACE = t LC_COLLATE = 'x''; DROP DATABASE live; --' ICU_LOCALE = 'und';";
+        assert_eq!(
+            scratch_options(hostile),
+            " LC_COLLATE = 'x''; DROP DATABASE live; --' ICU_LOCALE = 'und'"
+        );
     }
 }

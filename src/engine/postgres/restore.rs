@@ -183,7 +183,7 @@ impl Postgres {
     }
 
     /// The whole-database statements of a custom archive, as `pg_restore --create` writes them.
-    fn archive_statements(&self, path: &Path) -> Result<Vec<Captured>, PostgresError> {
+    pub(super) fn archive_statements(&self, path: &Path) -> Result<Vec<Captured>, PostgresError> {
         let mut cmd = self.command("pg_restore", &self.maintenance_db);
         cmd.args(["--create", "--schema-only", "--file=-"])
             .arg(path)
@@ -451,7 +451,7 @@ fn captured<R: io::BufRead>(r: &Retarget<R>) -> Result<&[Captured], PostgresErro
 }
 
 /// Reads until `buf` has some bytes or the input ends.
-fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match r.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

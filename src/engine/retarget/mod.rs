@@ -39,13 +39,20 @@ const SKIPPED: &[&[u8]] = &[
 /// Bytes of a statement's start that decide what happens to it.
 const HEAD: usize = 256;
 
+/// How much of an `ALTER`, `GRANT` or `REVOKE` a drill reads before deciding on it: its end says
+/// whether it sets an owner (`… OWNER TO role;`).
+const HEAD_PRIVILEGES: usize = 64 << 10;
+
 /// The most bytes of whole-database statements a restore keeps ([`Retarget::for_restore`]).
 const CAPTURE_LIMIT: usize = 16 << 20;
 
 /// What the stream is loaded for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// A drill's scratch database: whole-database statements and subscriptions go.
+    /// A drill's scratch database: whole-database statements and subscriptions go, and so do
+    /// owners and privileges (as `pg_restore --no-owner --no-privileges` leaves them out), so a
+    /// role that is not a superuser drills a dump whose objects belong to other roles. The
+    /// `CREATE DATABASE` is kept aside: the scratch database gets its encoding and locale.
     Drill,
     /// A restore's staging database: whole-database statements are kept aside
     /// ([`Retarget::captured`]) to be applied to it by name; subscriptions pass, as a plain
@@ -108,6 +115,35 @@ pub struct Retarget<R> {
     captured_bytes: usize,
 }
 
+/// Whether a (whole, or its first 64 KiB of) statement sets an owner or privileges: `GRANT`,
+/// `REVOKE`, `ALTER DEFAULT PRIVILEGES`, or an `ALTER` that ends `OWNER TO role;`.
+fn sets_owner_or_privileges(stmt: &[u8]) -> bool {
+    if stmt.starts_with(b"GRANT ")
+        || stmt.starts_with(b"REVOKE ")
+        || stmt.starts_with(b"ALTER DEFAULT PRIVILEGES ")
+    {
+        return true;
+    }
+    if !stmt.starts_with(b"ALTER ") {
+        return false;
+    }
+    const OWNER: &[u8] = b" OWNER TO ";
+    let Some(at) = stmt.windows(OWNER.len()).rposition(|w| w == OWNER) else {
+        return false;
+    };
+    // What follows is one role name (bare or quoted) and the end of the statement.
+    let role = stmt[at + OWNER.len()..].trim_ascii_end();
+    let Some(role) = role.strip_suffix(b";") else {
+        return false;
+    };
+    let quoted = role.len() >= 2 && role.starts_with(b"\"") && role.ends_with(b"\"");
+    let bare = !role.is_empty()
+        && role
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$' || *b >= 0x80);
+    quoted || bare
+}
+
 impl<R: BufRead> Read for Retarget<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.fill()?;
@@ -157,6 +193,18 @@ impl<R: BufRead> Retarget<R> {
         (self.captured_bytes <= CAPTURE_LIMIT).then_some(&self.captured[..])
     }
 
+    /// How much of the current statement is read before it is decided.
+    fn head_limit(&self, meta: bool) -> usize {
+        let h = &self.head;
+        let privileges =
+            h.starts_with(b"ALTER ") || h.starts_with(b"GRANT ") || h.starts_with(b"REVOKE ");
+        if self.mode == Mode::Drill && !meta && privileges {
+            HEAD_PRIVILEGES
+        } else {
+            HEAD
+        }
+    }
+
     fn emit(&mut self, b: u8) {
         self.out.push(b);
     }
@@ -193,7 +241,14 @@ impl<R: BufRead> Retarget<R> {
             {
                 self.current = Some(head.clone());
             }
-            self.connected && !database && (!subscription || self.mode == Mode::Restore)
+            if self.mode == Mode::Drill && !self.connected && starts(b"CREATE DATABASE") {
+                self.current = Some(head.clone());
+            }
+            let privileges = self.mode == Mode::Drill && sets_owner_or_privileges(&head);
+            self.connected
+                && !database
+                && !privileges
+                && (!subscription || self.mode == Mode::Restore)
         };
         if pass {
             self.out.extend_from_slice(&head);
@@ -234,7 +289,7 @@ impl<R: BufRead> Retarget<R> {
         match self.part {
             Part::Head { .. } => {
                 self.head.push(b);
-                if ends || self.head.len() >= HEAD {
+                if ends || self.head.len() >= self.head_limit(meta) {
                     self.decide();
                 }
             }

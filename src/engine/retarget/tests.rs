@@ -67,3 +67,25 @@ fn without_a_connect_nothing_passes() {
     assert_eq!(run("\\connect x\nSELECT 1;", 8192), "SELECT 1;");
     assert_eq!(run("\\connect x\nDROP DATABASE y;", 8192), "");
 }
+
+#[test]
+fn drills_leave_out_owners_and_privileges_and_keep_the_create_database() {
+    let long_args = "x integer, ".repeat(40);
+    let dump = format!(
+        "CREATE DATABASE appdb WITH TEMPLATE = template0 ENCODING = 'LATIN1' LOCALE = 'C';\n\\connect appdb\nCREATE TABLE public.t (x text);\nALTER TABLE public.t OWNER TO bob;\nALTER FUNCTION public.f({long_args}y integer) OWNER TO \"Bob Two\";\nALTER TABLE public.t ADD CONSTRAINT c CHECK (x <> ' OWNER TO bob;');\nGRANT SELECT ON TABLE public.t TO carol;\nREVOKE ALL ON SCHEMA public FROM PUBLIC;\nALTER DEFAULT PRIVILEGES FOR ROLE bob GRANT SELECT ON TABLES TO carol;\nALTER TABLE public.t ALTER COLUMN x SET DEFAULT 'OWNER TO x';\nSELECT 1;\n"
+    );
+    let out = same(&dump);
+    assert_eq!(
+        out,
+        "CREATE TABLE public.t (x text);\n\n\nALTER TABLE public.t ADD CONSTRAINT c CHECK (x <> ' OWNER TO bob;');\n\n\n\nALTER TABLE public.t ALTER COLUMN x SET DEFAULT 'OWNER TO x';\nSELECT 1;\n"
+    );
+    let mut r = Retarget::new(io::BufReader::with_capacity(7, dump.as_bytes()));
+    io::copy(&mut r, &mut io::sink()).unwrap();
+    let captured = r.captured().unwrap();
+    assert_eq!(captured.len(), 1, "{captured:?}");
+    assert!(
+        captured[0].sql.contains("ENCODING = 'LATIN1'"),
+        "{captured:?}"
+    );
+    assert!(!captured[0].after_connect);
+}
