@@ -117,7 +117,9 @@ impl Error {
             | Error::Name(_)
             | Error::NotConfirmed(_)
             | Error::WrongDatabaseType { .. }
-            | Error::Storage(StorageError::Setup { .. }) => ErrorKind::Usage,
+            | Error::Storage(StorageError::Setup { .. } | StorageError::Unsupported { .. }) => {
+                ErrorKind::Usage
+            }
             Error::Postgres(PostgresError::DatabaseMismatch { .. }) => ErrorKind::Usage,
             Error::NotFound { .. } | Error::NoBackups { .. } | Error::DeletedMeanwhile { .. } => {
                 ErrorKind::NotFound

@@ -11,8 +11,10 @@
 //! not yet dropped).
 
 /// With `DBKEEP_STOP=<point>`, stops this process (SIGSTOP) at `point`, as a paused VM or a
-/// stalled host would, until a test sends SIGCONT. Point: `before-commit` (a backup's data is
-/// in place, its manifest not yet written).
+/// stalled host would, until a test sends SIGCONT. Points: `before-commit` (a backup's data is
+/// in place, its manifest not yet written), `before-reading-data` (a verify, drill or restore
+/// read the manifest, not yet the data), `between-drills` (a drill of several backups, before
+/// each after the first).
 pub fn stop(point: &str) {
     if std::env::var_os("DBKEEP_STOP").is_some_and(|v| v == point) {
         tracing::warn!(point, "DBKEEP_STOP: this process stops itself here");

@@ -549,62 +549,6 @@ fn a_lost_answer_to_the_manifest_create_commits_the_backup() {
     assert_eq!(list["backups"][0]["success"], true);
 }
 
-/// REVIEW A6: an offsite copy under write-once credentials (every delete denied) works; data
-/// left there by a copy that died is never deleted, nor reused unless it is the same bytes; a
-/// `--replace` reaches the copy; a copy manifest that cannot be read is never taken for a
-/// missing one (its data stays).
-#[test]
-fn copies_never_delete_in_the_destination() {
-    use crate::common::s3::{WRITE_ONCE_ACCESS_KEY, WRITE_ONCE_SECRET_KEY};
-    let server = S3Server::start();
-    let mut env = sqlite_env(50);
-    let offsite = format!("s3://{BUCKET}/worm");
-    env.set("BACKUP_COPY_TO", offsite.as_str());
-    env.set("AWS_ENDPOINT_URL", server.endpoint());
-    env.set("AWS_ACCESS_KEY_ID", WRITE_ONCE_ACCESS_KEY);
-    env.set("AWS_SECRET_ACCESS_KEY", WRITE_ONCE_SECRET_KEY);
-    env.set("AWS_REGION", "us-east-1");
-    let there = server.dir("worm");
-    env.run(&["backup", "--name", "w_20240101"]).ok();
-    assert!(there.join("w_20240101.manifest.json").exists());
-
-    // Data of a copy that died before its manifest (here: other bytes) stays as it is.
-    std::fs::write(there.join("w_20240102.db.gz"), b"an earlier, partial copy").unwrap();
-    let o = env.run(&["backup", "--name", "w_20240102"]);
-    o.ok();
-    assert_eq!(
-        std::fs::read(there.join("w_20240102.db.gz")).unwrap(),
-        b"an earlier, partial copy"
-    );
-    let offsite_env = |args: &[&str]| env.run_with(&[("BACKUP_DIR", offsite.as_str())], args);
-    offsite_env(&["verify", "w_20240102"]).ok();
-
-    // A --replace at the primary reaches the copy.
-    let o = env.run(&["backup", "--name", "w_20240101", "--replace"]);
-    o.ok();
-    let sha = |dir: &std::path::Path| {
-        let m: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("w_20240101.manifest.json")).unwrap(),
-        )
-        .unwrap();
-        m["sha256"].as_str().unwrap().to_owned()
-    };
-    assert_eq!(
-        sha(&there),
-        sha(&env.backup_dir()),
-        "the copy is the replacement"
-    );
-    offsite_env(&["verify", "w_20240101"]).ok();
-
-    // A copy manifest that cannot be read: the copy fails, and nothing there is deleted.
-    let before = server.objects("worm");
-    std::fs::write(there.join("w_20240102.manifest.json"), b"{ not json").unwrap();
-    let o = env.run(&["copy", "w_20240102", "--to", &offsite]);
-    o.code(1);
-    assert!(o.all().contains("w_20240102.manifest.json"), "{}", o.all());
-    assert_eq!(server.objects("worm"), before);
-}
-
 /// REVIEW A3: a lease holder stalled past its lease (SIGSTOP, as a paused VM) loses the lock to
 /// a second instance, and notices before it commits anything: never two commits under one lease.
 #[test]

@@ -33,7 +33,10 @@ impl Ops {
         let keys = self.keys()?;
         let cat = self.catalog()?;
         let mut reports = Vec::new();
-        for m in self.choose(&cat, target)? {
+        for (i, m) in self.choose(&cat, target)?.into_iter().enumerate() {
+            if i > 0 {
+                crate::faults::stop("between-drills");
+            }
             if signals::interrupted() {
                 break;
             }

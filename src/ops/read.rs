@@ -141,6 +141,7 @@ impl Ops {
             .as_deref()
             .ok_or_else(|| damaged("the manifest names no data file".into()))?;
         let expected_sha = m.sha256.as_deref().unwrap_or_default();
+        crate::faults::stop("before-reading-data");
         let Some(stat) = self.storage.stat(key)? else {
             // Retention or a delete may have removed the backup since the catalog was read:
             // not damage.

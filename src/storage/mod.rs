@@ -236,6 +236,9 @@ pub trait Storage: Send + Sync {
     /// locked meanwhile can be hours: one is stale only once it is a day old.
     fn remove_stale_temps(&self) -> Result<usize, StorageError> {
         let mut n = 0;
+        // One that cannot be removed does not keep the others: the first error is returned
+        // once every stale one was tried.
+        let mut failed = None;
         let now = SystemTime::now();
         for o in self.list()? {
             let stale = if self.owns_every_object() {
@@ -245,11 +248,15 @@ pub trait Storage: Send + Sync {
                 !owner_alive(&o.key)
             };
             if o.key.starts_with(TEMP_PREFIX) && stale {
-                self.delete(&o.key)?;
-                n += 1;
+                match self.delete(&o.key) {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(n)
+        failed.map_or(Ok(n), Err)
     }
 }
 

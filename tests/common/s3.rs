@@ -4,7 +4,7 @@
 
 use super::TestEnv;
 pub use super::s3_server::{
-    ACCESS_KEY, SECRET_KEY, WRITE_ONCE_ACCESS_KEY, WRITE_ONCE_SECRET_KEY, serve,
+    ACCESS_KEY, SECRET_KEY, WRITE_ONCE_ACCESS_KEY, WRITE_ONCE_SECRET_KEY, serve, serve_as,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,9 +20,22 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a server with one bucket, [`BUCKET`].
     pub fn start() -> Self {
+        Self::start_as(false)
+    }
+
+    /// A server that ignores conditional writes (every write overwrites).
+    pub fn start_ignoring_conditions() -> Self {
+        Self::start_as(true)
+    }
+
+    fn start_as(ignores_conditions: bool) -> Self {
         let root = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
-        let (rt, addr) = serve(root.path(), "127.0.0.1:0".parse().unwrap());
+        let (rt, addr) = serve_as(
+            root.path(),
+            "127.0.0.1:0".parse().unwrap(),
+            ignores_conditions,
+        );
         Self {
             root,
             addr,
