@@ -80,13 +80,7 @@ fn prune_never_deletes_files_it_did_not_write() {
     // A file that looks like a backup but that no manifest names, two days old.
     let stranger = env.backup_dir().join("app.db");
     std::fs::write(&stranger, b"someone's database").unwrap();
-    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
-    std::fs::File::options()
-        .write(true)
-        .open(&stranger)
-        .unwrap()
-        .set_modified(two_days_ago)
-        .unwrap();
+    crate::common::two_days_old(&stranger);
     let o = env.run(&["prune"]);
     o.ok();
     assert!(stranger.exists(), "prune left the stranger alone");

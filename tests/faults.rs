@@ -77,12 +77,7 @@ fn sqlite_faults_lose_nothing_and_the_next_run_is_clean() {
     assert!(no_success(&env, "cut_data"));
     // Once past the one-day grace, prune reports it (in a directory it never deletes a file no
     // manifest names: it may be the user's).
-    std::fs::File::options()
-        .write(true)
-        .open(env.backup_dir().join("cut_data.db.gz"))
-        .unwrap()
-        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 86_400))
-        .unwrap();
+    crate::common::two_days_old(&env.backup_dir().join("cut_data.db.gz"));
     let pruned = env.run(&["prune", "--dry-run"]);
     pruned.ok();
     assert!(

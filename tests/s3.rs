@@ -297,13 +297,7 @@ fn postgres_backups_restore_from_s3_and_prune_removes_stale_uploads() {
         "{}",
         o.stdout
     );
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
-    std::fs::File::options()
-        .write(true)
-        .open(&stale)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    crate::common::two_days_old(&stale);
     let o = env.run(&["prune"]);
     o.ok();
     assert!(!stale.exists(), "{}", o.stdout);
@@ -484,16 +478,10 @@ fn prune_on_s3_never_deletes_data_an_unreadable_manifest_may_own() {
     )
     .unwrap();
     // Two days later: every object is older than prune's one-day grace.
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_file() {
-            std::fs::File::options()
-                .write(true)
-                .open(&p)
-                .unwrap()
-                .set_modified(old)
-                .unwrap();
+            crate::common::two_days_old(&p);
         }
     }
     let o = env.run(&["prune"]);

@@ -28,13 +28,7 @@ fn write_once_credentials_never_block_a_backup_and_a_denied_sweep_fails_prune() 
     // A temp object of a dead run, two days old: stale, and not deletable with these keys.
     let stale = server.dir("worm").join(".dbkeep-tmp-999999999-0-x.db.gz");
     std::fs::write(&stale, b"left by a killed run").unwrap();
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
-    std::fs::File::options()
-        .write(true)
-        .open(&stale)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    crate::common::two_days_old(&stale);
     let o = env.run(&["backup", "--name", "second"]);
     o.ok();
     assert!(
