@@ -60,6 +60,10 @@ fn round_trip_keeps_every_row() {
     assert_eq!(m["database_type"], "sqlite");
     assert_eq!(m["compression"], "gzip");
     assert_eq!(m["series"], "rt");
+    // The manifest holds the row counts; the catalog (and so `list`) does not (REVIEW D4).
+    assert_eq!(m["row_counts"]["people"], 500);
+    let listed = env.list();
+    assert!(listed["backups"][0].get("row_counts").is_none(), "{listed}");
     // gzip -t accepts the stored file.
     let stored = env.backup_dir().join("rt_20240101.db.gz");
     assert!(crate::common::tool_accepts("gzip", &stored));

@@ -154,15 +154,29 @@ pub(super) async fn list(
         limit(&st, Endpoint::List, &caller)?;
         let Query(q) = q.map_err(|e| ApiError::bad_request(e.to_string()))?;
         if q.row_counts == Some(true) {
-            let cat = blocking(&st, {
+            // The catalog leaves the counts out: each manifest is read again for them.
+            let (cat, full) = blocking(&st, {
                 let st2 = st.clone();
-                move |_| st2.catalog()
+                move |ops| {
+                    let cat = st2.catalog()?;
+                    let full: Vec<crate::catalog::Manifest> = cat
+                        .backups
+                        .iter()
+                        .map(|m| crate::catalog::Manifest {
+                            row_counts: crate::catalog::read_row_counts(ops.storage(), m)
+                                .ok()
+                                .flatten(),
+                            ..m.clone()
+                        })
+                        .collect();
+                    Ok::<_, crate::error::Error>((cat, full))
+                }
             })
             .await?
             .map_err(|e| ApiError::from_ops(e, None))?;
             let stats = st.ops.statistics(&cat);
             return Ok(Json(json!(ListResponse {
-                backups: &cat.backups,
+                backups: &full,
                 statistics: stats,
             }))
             .into_response());
@@ -179,17 +193,10 @@ pub(super) async fn list(
                         return Ok(body);
                     }
                     let stats = ops.statistics(&cat);
-                    let lean: Vec<crate::catalog::Manifest> = cat
-                        .backups
-                        .iter()
-                        .map(|m| crate::catalog::Manifest {
-                            row_counts: None,
-                            ..m.clone()
-                        })
-                        .collect();
+                    // The catalog holds no row counts ([`crate::catalog::Catalog::load`]).
                     let body = Bytes::from(
                         serde_json::to_vec(&ListResponse {
-                            backups: &lean,
+                            backups: &cat.backups,
                             statistics: stats,
                         })
                         .map_err(|e| crate::error::Error::Io {
