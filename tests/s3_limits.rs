@@ -129,3 +129,21 @@ fn copies_never_delete_in_the_destination() {
     assert!(o.all().contains("w_20240102.manifest.json"), "{}", o.all());
     assert_eq!(server.objects("worm"), before);
 }
+
+/// REVIEW D10: on object storage a temp object (a long copy's spilled part) is stale only once
+/// it is a day old, whoever named it: a young one survives a backup's tidy-up, an old one goes.
+#[test]
+fn s3_temp_objects_are_stale_after_a_day_not_minutes() {
+    let server = S3Server::start();
+    let mut env = sqlite_env(20);
+    server.configure(&mut env, "tmp");
+    env.run(&["backup", "--name", "one"]).ok();
+    // Named by a process that no longer exists, but young: another host's copy may own it.
+    let temp = server.dir("tmp").join(".dbkeep-tmp-999999999-0-part.bin");
+    std::fs::write(&temp, b"a spilled part").unwrap();
+    env.run(&["backup", "--name", "two"]).ok();
+    assert!(temp.exists(), "a young temp object is kept");
+    crate::common::two_days_old(&temp);
+    env.run(&["backup", "--name", "three"]).ok();
+    assert!(!temp.exists(), "a day-old temp object is removed");
+}

@@ -298,6 +298,23 @@ pub fn process_gone(pid: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// REVIEW D5: a child dropped before it was waited for (an early return) is killed and
+    /// reaped: no zombie, no orphan, in a long-lived server.
+    #[test]
+    fn a_dropped_child_is_killed_and_reaped() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("300");
+        let running = spawn(cmd, "coreutils", vec![]).expect("sleep");
+        let pid = running.pid();
+        assert!(!process_gone(pid));
+        drop(running);
+        // Reaped: the pid no longer exists at all (a zombie would still answer kill(pid, 0)).
+        assert!(
+            process_gone(pid),
+            "pid {pid} is left as a zombie or still runs"
+        );
+    }
+
     #[test]
     fn scrub_removes_plain_and_encoded_secrets() {
         let s = scrub("pw p@ss and p%40ss", &["p@ss".into()]);
