@@ -479,3 +479,41 @@ fn postgres_drills_take_the_dumps_encoding_and_need_no_superuser() {
     }
     assert!(scratch_databases(&pg).is_empty());
 }
+
+/// REVIEW B3: with `?service=` in DATABASE_URL and a service file whose section names the live
+/// database, a drill (plain and custom) still loads only into its scratch database, and a
+/// restore only into its staging one: every tool is given its database on the command line,
+/// which a service file cannot override. (A table dropped after the backup must not come back.)
+#[test]
+fn a_service_file_never_turns_a_drill_toward_the_live_database() {
+    let Some((pg, mut env)) = crate::postgres::setup() else {
+        return;
+    };
+    let home = env.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".pg_service.conf"),
+        format!("[svc]\ndbname=appdb\nhost=127.0.0.1\nport={}\n", pg.port),
+    )
+    .unwrap();
+    env.set("HOME", home.display().to_string());
+    let url = format!(
+        "{}?service=svc",
+        pg.url("app", crate::postgres::APP_PASSWORD, "appdb")
+    );
+    env.set("DATABASE_URL", url);
+    for format in ["sql", "custom"] {
+        env.set("BACKUP_PG_FORMAT", format);
+        let name = format!("svc_{format}");
+        env.run(&["backup", "--name", &name]).ok();
+        pg.sql_as("app", "appdb", "DROP TABLE IF EXISTS public.empty_table;");
+        let after = pg.normalized_dump("appdb");
+        env.run(&["verify", "--restore", &name]).ok();
+        assert_eq!(
+            pg.normalized_dump("appdb"),
+            after,
+            "the {format} drill touched the live database"
+        );
+        assert!(scratch_databases(&pg).is_empty());
+    }
+}

@@ -49,6 +49,7 @@ fn session_app_name() -> String {
 impl SnapshotSession {
     pub(super) fn export(pg: &Postgres) -> Result<Self, PostgresError> {
         let mut cmd = pg.command("psql", &pg.conn.database);
+        cmd.arg("-d").arg(pg.conninfo(&pg.conn.database));
         cmd.env("PGAPPNAME", session_app_name());
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .stdin(Stdio::piped())
@@ -153,6 +154,7 @@ impl Postgres {
             None
         };
         let mut cmd = self.command("pg_dump", &self.conn.database);
+        cmd.arg("-d").arg(self.conninfo(&self.conn.database));
         if let Some(s) = &session {
             cmd.arg(format!("--snapshot={}", s.id));
         }

@@ -235,8 +235,32 @@ impl Postgres {
             .collect()
     }
 
+    /// The conninfo string that names `database` (and the host, port and user DATABASE_URL
+    /// gives) explicitly, for `-d`: what the command line names wins over a service file's
+    /// values (`service=`), which win over the environment, so no service file can turn a
+    /// drill or a staging load toward another database. Never a password.
+    pub(super) fn conninfo(&self, database: &str) -> String {
+        fn value(v: &str) -> String {
+            format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+        let c = &self.conn;
+        let mut out = format!("dbname={}", value(database));
+        if let Some(h) = &c.host {
+            out.push_str(&format!(" host={}", value(h)));
+        }
+        if let Some(p) = c.port {
+            out.push_str(&format!(" port={p}"));
+        }
+        if let Some(u) = &c.user {
+            out.push_str(&format!(" user={}", value(u)));
+        }
+        out
+    }
+
     /// A command for `tool` connecting to `database`: a clean environment (no `PG*` variable, no
-    /// DATABASE_URL or API token of ours) plus the connection settings from DATABASE_URL.
+    /// DATABASE_URL or API token of ours) plus the connection settings from DATABASE_URL; the
+    /// caller passes [`Postgres::conninfo`] as the tool's `-d` (pg_restore writing a script
+    /// takes none).
     fn command(&self, tool: &str, database: &str) -> Command {
         let mut cmd = process::clean_command(&process::program_path(self.bindir.as_deref(), tool));
         let c = &self.conn;
@@ -345,6 +369,7 @@ impl Postgres {
 
     fn psql_command(&self, database: &str, statements: &[String]) -> Command {
         let mut cmd = self.command("psql", database);
+        cmd.arg("-d").arg(self.conninfo(database));
         // VERBOSITY=verbose puts the SQLSTATE in every error line, which does not depend on
         // the server's lc_messages (see [`sqlstate_is`]).
         cmd.args([

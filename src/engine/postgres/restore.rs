@@ -376,6 +376,7 @@ impl Postgres {
         app_name: &str,
     ) -> Result<(), PostgresError> {
         let mut cmd = self.command("psql", database);
+        cmd.arg("-d").arg(self.conninfo(database));
         // Marks the restore's sessions, so that a later recovery can end them.
         cmd.env("PGAPPNAME", app_name);
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
@@ -416,7 +417,7 @@ impl Postgres {
         }
         cmd.args(["--exit-on-error", "--no-password"])
             .arg(format!("--jobs={}", self.restore_jobs))
-            .arg(format!("--dbname={database}"))
+            .arg(format!("--dbname={}", self.conninfo(database)))
             .arg(path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
