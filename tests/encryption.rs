@@ -133,6 +133,21 @@ fn passphrase_encrypted_backups_round_trip() {
         .unwrap();
     env.run(&["restore", "pw", "--yes"]).ok();
     assert_eq!(rows(&db), before);
+
+    // Public keys as well: age cannot mix them with a passphrase, so the configuration is
+    // refused at start (exit 2, naming both settings), before anything is written.
+    let public = keygen(&env, "key.txt");
+    env.set("BACKUP_ENCRYPT_RECIPIENTS", public);
+    let files = env.files();
+    let o = env.run(&["backup", "--name", "mixed"]);
+    o.code(2);
+    assert!(
+        o.stderr.contains("BACKUP_ENCRYPT_RECIPIENTS")
+            && o.stderr.contains("BACKUP_ENCRYPT_PASSPHRASE_FILE"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(env.files(), files, "nothing written");
 }
 
 #[test]

@@ -52,6 +52,10 @@ pub enum ConfigError {
         value: String,
         problem: &'static str,
     },
+    #[error(
+        "BACKUP_ENCRYPT_RECIPIENTS and BACKUP_ENCRYPT_PASSPHRASE_FILE are both set, but age cannot encrypt one backup to public keys and a passphrase at once (every backup would fail): set one of them, the passphrase instead of the keys or the keys instead of the passphrase"
+    )]
+    RecipientsAndPassphrase,
     #[error("{0}")]
     DatabaseUrl(#[from] DatabaseUrlError),
     #[error(
@@ -240,6 +244,13 @@ impl Settings {
             s.compress = c;
         }
         s.level(s.compression)?;
+        if s.encrypt_recipients
+            .as_deref()
+            .is_some_and(|r| !r.trim().is_empty())
+            && s.encrypt_passphrase_file.is_some()
+        {
+            return Err(ConfigError::RecipientsAndPassphrase);
+        }
         Ok(s)
     }
 
