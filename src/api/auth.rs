@@ -16,6 +16,10 @@ pub enum AuthError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "DBKEEP_API_TOKEN is {0}: a token needs 16 characters or more (e.g. head -c 24 /dev/urandom | base64)"
+    )]
+    WeakToken(&'static str),
     #[error("the tokens file {path}, line {line}: {problem}")]
     Line {
         path: PathBuf,
@@ -23,6 +27,9 @@ pub enum AuthError {
         problem: &'static str,
     },
 }
+
+/// The fewest characters of any token, however it is configured.
+const MIN_TOKEN_CHARS: usize = 16;
 
 /// The configured tokens.
 pub struct Tokens {
@@ -37,7 +44,14 @@ impl Tokens {
     pub fn load(api: &ApiSettings) -> Result<Self, AuthError> {
         let mut entries = Vec::new();
         if let Some(t) = &api.token {
-            entries.push(("default".to_owned(), digest(t.expose())));
+            let token = t.expose().trim();
+            if token.is_empty() {
+                return Err(AuthError::WeakToken("empty"));
+            }
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(AuthError::WeakToken("shorter than 16 characters"));
+            }
+            entries.push(("default".to_owned(), digest(token)));
         }
         if let Some(path) = &api.tokens_file {
             entries.extend(read_file(path)?);
@@ -86,7 +100,7 @@ fn read_file(path: &Path) -> Result<Vec<(String, [u8; 32])>, AuthError> {
         if name.is_empty() || token.is_empty() {
             return Err(err("expected NAME TOKEN (or NAME:TOKEN)"));
         }
-        if token.len() < 16 {
+        if token.chars().count() < MIN_TOKEN_CHARS {
             return Err(err("the token is shorter than 16 characters"));
         }
         out.push((name.to_owned(), digest(token)));
@@ -119,6 +133,42 @@ mod tests {
         assert_eq!(t.check("cccccccccccccccccccc"), Some("default"));
         assert_eq!(t.check("aaaaaaaaaaaaaaaaaaab"), None);
         assert_eq!(t.check(""), None);
+    }
+
+    /// REVIEW B4: every token, however configured, has 16 characters or more; an empty one
+    /// (`dbkeep_api_token = ""` in the file) is refused, not taken as a token.
+    #[test]
+    fn weak_and_empty_environment_tokens_are_refused() {
+        for (token, said) in [
+            ("", "is empty"),
+            ("   ", "is empty"),
+            ("s3cret-but-short", ""),
+        ] {
+            let api = ApiSettings {
+                token: Some(Secret::new(token)),
+                ..ApiSettings::default()
+            };
+            let loaded = Tokens::load(&api);
+            if said.is_empty() {
+                assert!(loaded.is_ok(), "16 characters is enough");
+                continue;
+            }
+            let err = loaded.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(said), "{err}");
+            assert!(err.contains("DBKEEP_API_TOKEN"), "{err}");
+        }
+        let api = ApiSettings {
+            token: Some(Secret::new("fifteen-chars!!")),
+            ..ApiSettings::default()
+        };
+        let err = Tokens::load(&api)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("shorter than 16") && !err.contains("fifteen"),
+            "{err}"
+        );
     }
 
     #[test]

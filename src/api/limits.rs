@@ -73,6 +73,9 @@ pub struct RateLimitError {
 pub struct Limits {
     limiters: HashMap<Endpoint, DefaultKeyedRateLimiter<IpAddr>>,
     clock: DefaultClock,
+    /// Clients over their authentication-failure budget, and until when: they get 429 before
+    /// any token they send is looked at, so guessing is slowed, not just answered differently.
+    barred: std::sync::Mutex<HashMap<IpAddr, std::time::Instant>>,
 }
 
 fn quota(count: u32, per_secs: u64) -> Option<Quota> {
@@ -138,7 +141,35 @@ impl Limits {
         Ok(Self {
             limiters,
             clock: DefaultClock::default(),
+            barred: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Seconds `client` is still barred for after too many failed authentications.
+    pub fn barred(&self, client: IpAddr) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let barred = self
+            .barred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        barred
+            .get(&client)
+            .filter(|until| **until > now)
+            .map(|until| ((*until - now).as_secs_f64().ceil() as u64).max(1))
+    }
+
+    /// Counts a failed authentication of `client`; over the budget, bars it and returns the
+    /// seconds to wait.
+    pub fn auth_failed(&self, client: IpAddr) -> Option<u64> {
+        let wait = self.check(Endpoint::AuthFailure, client).err()?.max(1);
+        self.barred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                client,
+                std::time::Instant::now() + Duration::from_secs(wait),
+            );
+        Some(wait)
     }
 
     /// Takes one request of `client` on `endpoint`; `Err(seconds)` to wait when over the limit.
@@ -159,6 +190,11 @@ impl Limits {
         for l in self.limiters.values() {
             l.retain_recent();
         }
+        let now = std::time::Instant::now();
+        self.barred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, until| *until > now);
     }
 }
 

@@ -151,23 +151,43 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The client: the peer address, or the forwarded-for address when the peer is a trusted proxy.
+/// The client: the peer address, or, when the peer is a trusted proxy, the `X-Forwarded-For`
+/// address its proxies vouch for: every header line in order (a proxy may append a line of its
+/// own after the client's), read right to left, up to the first address that is not a trusted
+/// proxy. An entry that does not parse ends the walk at the last address vouched for, so what
+/// a client writes to the left of it is never believed.
 fn client_ip(state: &AppState, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    if !state.trusted_proxies.contains(&peer) {
-        return peer;
+    client_ip_from(&state.trusted_proxies, peer, headers)
+}
+
+fn client_ip_from(trusted: &[IpAddr], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let mut client = peer;
+    if !trusted.contains(&peer) {
+        return client;
     }
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            // The rightmost address that is not one of our proxies.
-            v.split(',')
-                .map(str::trim)
-                .rev()
-                .filter_map(|a| a.parse::<IpAddr>().ok())
-                .find(|a| !state.trusted_proxies.contains(a))
-        })
-        .unwrap_or(peer)
+    let lines: Vec<&[u8]> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    for line in lines.iter().rev() {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return client;
+        };
+        for entry in line.split(',').map(str::trim).rev() {
+            let parsed = entry
+                .parse::<IpAddr>()
+                .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()));
+            let Ok(addr) = parsed else {
+                return client;
+            };
+            client = addr;
+            if !trusted.contains(&addr) {
+                return client;
+            }
+        }
+    }
+    client
 }
 
 async fn authenticate(
@@ -183,9 +203,23 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    let too_many = |wait: u64| {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed authentication attempts; try again later",
+        );
+        err.retry_after = Some(wait);
+        err
+    };
     let token = if state.no_auth {
         None
     } else {
+        // Over the failure budget, whatever it sends: its token is not even looked at.
+        if let Some(wait) = state.limits.barred(ip) {
+            let err = too_many(wait);
+            tracing::warn!(client = %ip, path = %req.uri().path(), status = err.status.as_u16(), "API authentication refused: too many failures");
+            return err.into_response();
+        }
         let name = presented.and_then(|t| state.tokens.check(t));
         if name.is_none() {
             let mut err = ApiError::new(
@@ -196,12 +230,8 @@ async fn authenticate(
                     "missing token: send Authorization: Bearer <token>"
                 },
             );
-            if let Err(wait) = state.limits.check(Endpoint::AuthFailure, ip) {
-                err = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many failed authentication attempts; try again later",
-                );
-                err.retry_after = Some(wait);
+            if let Some(wait) = state.limits.auth_failed(ip) {
+                err = too_many(wait);
             }
             tracing::warn!(client = %ip, path = %req.uri().path(), status = err.status.as_u16(), "API authentication failed");
             return err.into_response();
@@ -438,5 +468,38 @@ async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// REVIEW B5: every header line, right to left, stopping at the first address that is not
+    /// a trusted proxy or does not parse.
+    #[test]
+    fn forwarded_for_is_read_right_to_left_over_every_line() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let trusted = [proxy, "10.0.0.2".parse().unwrap()];
+        let ip = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append("x-forwarded-for", l.parse().unwrap());
+            }
+            client_ip_from(&trusted, proxy, &h).to_string()
+        };
+        // HAProxy appends its own line after the client's forged one.
+        assert_eq!(ip(&["6.6.6.6", "203.0.113.7"]), "203.0.113.7");
+        assert_eq!(ip(&["6.6.6.6, 203.0.113.7, 10.0.0.2"]), "203.0.113.7");
+        // A proxy writing ip:port.
+        assert_eq!(ip(&["6.6.6.6, 203.0.113.7:5123"]), "203.0.113.7");
+        // Garbage ends the walk at the last vouched-for address, never further left.
+        assert_eq!(ip(&["6.6.6.6, garbage, 10.0.0.2"]), "10.0.0.2");
+        assert_eq!(ip(&[]), "10.0.0.1");
+        // An untrusted peer's header is never read.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        let peer: IpAddr = "198.51.100.9".parse().unwrap();
+        assert_eq!(client_ip_from(&trusted, peer, &h), peer);
     }
 }
