@@ -517,3 +517,67 @@ fn a_service_file_never_turns_a_drill_toward_the_live_database() {
         assert!(scratch_databases(&pg).is_empty());
     }
 }
+
+/// Rewrites the plain dump of the backup `name` (gzip) with `edit`, and its manifest's size and
+/// SHA-256 to match: what anyone who can write to the backup storage can do.
+fn rewrite_plain_backup(env: &TestEnv, name: &str, edit: impl FnOnce(String) -> String) {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    let data = env.backup_dir().join(format!("{name}.sql.gz"));
+    let mut sql = String::new();
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(&data).unwrap())
+        .read_to_string(&mut sql)
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(edit(sql).as_bytes()).unwrap();
+    let bytes = gz.finish().unwrap();
+    std::fs::write(&data, &bytes).unwrap();
+    let path = env.backup_dir().join(format!("{name}.manifest.json"));
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
+    m["file_size"] = bytes.len().into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// REVIEW B1 (and CVE-2025-8715's way in): a plain dump rewritten by a writer of the backup
+/// storage to hold psql meta-commands (a shell escape, a pipe, a `\c<TAB>` to the live database)
+/// fails the drill and the restore: nothing runs on the host or on the live database.
+#[test]
+fn meta_commands_planted_in_a_dump_run_nowhere() {
+    let Some((pg, env)) = crate::postgres::setup() else {
+        return;
+    };
+    let marker = env.path().join("pwned");
+    let planted = [
+        format!("\\! touch {}\n", marker.display()),
+        format!("\\o |touch {}\nSELECT 1;\n", marker.display()),
+        "\\c\tpostgres\nDROP TABLE sales.items CASCADE;\n".to_owned(),
+    ];
+    for (i, line) in planted.iter().enumerate() {
+        let name = format!("planted_{i}");
+        env.run(&["backup", "--name", &name]).ok();
+        rewrite_plain_backup(&env, &name, |sql| {
+            // After the dump's \connect, where a statement would run in the target.
+            let at = sql.find("\\connect").unwrap();
+            let eol = at + sql[at..].find('\n').unwrap() + 1;
+            format!("{}{line}{}", &sql[..eol], &sql[eol..])
+        });
+        let before = pg.normalized_dump("appdb");
+        for args in [
+            vec!["verify", "--restore", &name],
+            vec!["restore", &name, "--yes"],
+        ] {
+            let o = env.run(&args);
+            o.code(1);
+            assert!(o.all().contains("meta-command"), "{args:?}: {}", o.all());
+            assert!(!marker.exists(), "{args:?}: a shell command ran");
+            assert_eq!(
+                pg.normalized_dump("appdb"),
+                before,
+                "{args:?}: live database touched"
+            );
+        }
+        assert!(scratch_databases(&pg).is_empty());
+    }
+}

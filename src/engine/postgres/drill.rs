@@ -233,7 +233,8 @@ impl Postgres {
         let app_name = format!("dbkeep drill {name}");
         match source {
             Source::Sql(input) => {
-                let mut retarget = Retarget::new(io::BufReader::with_capacity(CHUNK, input));
+                let mut retarget =
+                    self.restrict(Retarget::new(io::BufReader::with_capacity(CHUNK, input)));
                 // Reading the first bytes runs the preamble through: CREATE DATABASE is known.
                 let mut first = vec![0u8; CHUNK];
                 let n = read_some(&mut retarget, &mut first).map_err(PostgresError::Input)?;

@@ -14,6 +14,7 @@ mod dump;
 mod restore;
 
 use super::process::{self, ProcessError};
+use super::retarget::Retarget;
 use super::watch::{self, Stall, WatchError, feed_child};
 use crate::database_url::PgConnection;
 pub use dump::{COUNT_ROWS_SQL, parse_row_counts};
@@ -294,6 +295,39 @@ impl Postgres {
         };
         cmd.env("PGOPTIONS", options);
         cmd
+    }
+
+    /// Wraps a plain dump's stream in dbkeep's own `\\restrict` with a fresh random key when
+    /// this psql has the command (the August 2025 minor releases and later: 13.22, 14.19, 15.14,
+    /// 16.10, 17.6, 18): psql then runs no meta-command of the dump's whatever it holds, a second
+    /// wall behind [`Retarget`]'s allowlist. An older psql gets the allowlist alone, and a warning.
+    pub(super) fn restrict<R: io::BufRead>(&self, r: Retarget<R>) -> Retarget<R> {
+        let version = self.tool_version("psql").unwrap_or_default();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        let has_restrict = match major {
+            13 => minor >= 22,
+            14 => minor >= 19,
+            15 => minor >= 14,
+            16 => minor >= 10,
+            17 => minor >= 6,
+            m => m >= 18,
+        };
+        let mut key = [0u8; 24];
+        match (has_restrict, getrandom::fill(&mut key)) {
+            (true, Ok(())) => {
+                let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                r.restricted(key)
+            }
+            (true, Err(e)) => {
+                tracing::warn!(error = %e, "no random key for psql's \\restrict: the dump's meta-commands are refused by dbkeep's allowlist only");
+                r
+            }
+            (false, _) => {
+                tracing::warn!(psql = %version, "this psql predates \\restrict (the August 2025 minor releases, CVE-2025-8714): install a newer PostgreSQL client; the dump's meta-commands are refused by dbkeep's allowlist only");
+                r
+            }
+        }
     }
 
     /// `pg_dump --version` → `15.18`.

@@ -161,7 +161,9 @@ impl Postgres {
         let app_name = format!("dbkeep restore {staging_db}");
         match source {
             Source::Sql(input) => {
-                let mut retarget = Retarget::for_restore(BufReader::with_capacity(CHUNK, input));
+                let mut retarget = self.restrict(Retarget::for_restore(BufReader::with_capacity(
+                    CHUNK, input,
+                )));
                 // Reading the first bytes runs the preamble through: CREATE DATABASE is known.
                 let mut first = vec![0u8; CHUNK];
                 let n = read_some(&mut retarget, &mut first).map_err(PostgresError::Input)?;
@@ -452,13 +454,18 @@ fn captured<R: io::BufRead>(r: &Retarget<R>) -> Result<&[Captured], PostgresErro
 }
 
 /// Reads until `buf` has some bytes or the input ends.
+/// Reads until `buf` is full or the input ends (the preamble of a dump fits in the first).
 pub(super) fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match r.read(buf) {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -113,6 +113,25 @@ pub struct Retarget<R> {
     current: Option<Vec<u8>>,
     captured: Vec<Captured>,
     captured_bytes: usize,
+    /// dbkeep's own `\\restrict` key: when set, the stream starts with it (psql then runs no
+    /// meta-command at all) and the dump's own `\\restrict`/`\\unrestrict` are left out.
+    restrict_key: Option<String>,
+    /// The psql meta-command found outside quotes and COPY data that no dump of pg_dump holds:
+    /// the stream fails with it.
+    refused: Option<String>,
+    /// What the dump's first `\\connect` names.
+    connect_target: Option<Vec<u8>>,
+}
+
+/// The argument of a `\\connect` / `\\c` line, whitespace trimmed.
+fn connect_argument(line: &[u8]) -> Vec<u8> {
+    let rest = line
+        .iter()
+        .skip(1)
+        .skip_while(|b| !b.is_ascii_whitespace())
+        .copied()
+        .collect::<Vec<u8>>();
+    rest.trim_ascii().to_vec()
 }
 
 /// Whether a (whole, or its first 64 KiB of) statement sets an owner or privileges: `GRANT`,
@@ -175,7 +194,19 @@ impl<R: BufRead> Retarget<R> {
             current: None,
             captured: Vec::new(),
             captured_bytes: 0,
+            restrict_key: None,
+            refused: None,
+            connect_target: None,
         }
+    }
+
+    /// Starts the stream with dbkeep's own `\\restrict KEY` (psql 13.22, 14.19, 15.14, 16.10,
+    /// 17.6 and later): psql itself then refuses every meta-command but `\\unrestrict KEY`,
+    /// whatever its lexer and ours make of the dump. The dump's own pair is left out.
+    pub fn restricted(mut self, key: String) -> Self {
+        self.out = format!("\\restrict {key}\n").into_bytes();
+        self.restrict_key = Some(key);
+        self
     }
 
     /// For a restore into a staging database: the whole-database statements are kept aside
@@ -218,13 +249,33 @@ impl<R: BufRead> Retarget<R> {
         let starts = |p: &[u8]| head.starts_with(p);
         let contains = |p: &[u8]| head.windows(p.len()).any(|w| w == p);
         let pass = if meta {
-            if starts(b"\\restrict") || starts(b"\\unrestrict") {
-                true
-            } else if starts(b"\\connect") || starts(b"\\c ") || starts(b"\\c\n") {
-                self.connected = true;
-                false
-            } else {
-                self.connected
+            // Only what pg_dump writes: \restrict, \unrestrict and one \connect (left out: the
+            // target is psql's own connection). Anything else, a \connect to another database
+            // too, fails the stream.
+            let name: Vec<u8> = head[1..]
+                .iter()
+                .copied()
+                .take_while(|b| !b.is_ascii_whitespace())
+                .collect();
+            match name.as_slice() {
+                b"restrict" | b"unrestrict" => self.restrict_key.is_none(),
+                // pg_dump's \connect to its database, again after the database's settings:
+                // always the same one. A \connect elsewhere is not pg_dump's.
+                b"connect" | b"c"
+                    if self
+                        .connect_target
+                        .as_ref()
+                        .is_none_or(|t| *t == connect_argument(&head)) =>
+                {
+                    self.connect_target = Some(connect_argument(&head));
+                    self.connected = true;
+                    false
+                }
+                other => {
+                    self.refused
+                        .get_or_insert_with(|| String::from_utf8_lossy(other).into_owned());
+                    false
+                }
             }
         } else {
             let subscription = starts(b"CREATE SUBSCRIPTION")
@@ -285,6 +336,12 @@ impl<R: BufRead> Retarget<R> {
     /// One byte of a statement: lexed, then kept, emitted or dropped by its part. Returns
     /// whether it ended the statement.
     fn statement_byte(&mut self, b: u8, meta: bool) -> bool {
+        // A backslash outside quotes and comments in SQL is a psql meta-command (`SELECT 1 \\!
+        // id`): no valid statement of pg_dump's holds one.
+        if !meta && b == b'\\' && self.lex == Lex::Normal {
+            self.refused
+                .get_or_insert_with(|| "\\ inside a statement".into());
+        }
         let ends = if meta { b == b'\n' } else { self.lex_byte(b) };
         match self.part {
             Part::Head { .. } => {
@@ -441,6 +498,7 @@ impl<R: BufRead> Retarget<R> {
 
     /// Moves at least one decided byte into `out`, or reaches the end.
     fn fill(&mut self) -> io::Result<()> {
+        self.refusal()?;
         while self.out_pos >= self.out.len() && !self.eof {
             self.out.clear();
             self.out_pos = 0;
@@ -463,7 +521,21 @@ impl<R: BufRead> Retarget<R> {
                 used += self.feed(&chunk[used..]);
             }
             self.inner.consume(n);
+            self.refusal()?;
         }
         Ok(())
+    }
+
+    /// The error once a meta-command was refused: every later read fails too.
+    fn refusal(&self) -> io::Result<()> {
+        match &self.refused {
+            None => Ok(()),
+            Some(name) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the dump holds the psql meta-command \\{name} outside quotes and COPY data; pg_dump writes none but \\restrict, \\unrestrict and \\connect, so the backup was altered: nothing of it was run from there on"
+                ),
+            )),
+        }
     }
 }

@@ -89,3 +89,59 @@ fn drills_leave_out_owners_and_privileges_and_keep_the_create_database() {
     );
     assert!(!captured[0].after_connect);
 }
+
+/// REVIEW B1: every psql meta-command but `\restrict`, `\unrestrict` and `\connect` fails the
+/// stream, at the start of a line, after a statement on the same line, or inside one; in
+/// quotes, comments and COPY data a backslash is data.
+#[test]
+fn meta_commands_outside_the_allowlist_fail_the_stream() {
+    let head = "\\connect appdb\nCREATE TABLE t (x text);\n";
+    for hostile in [
+        "\\! touch /tmp/pwned\n",
+        "\\o |touch /tmp/pwned\n",
+        "\\c\tshop\n",
+        "\\connect postgres\n",
+        "SELECT 1; \\! id\n",
+        "SELECT 1 \\gexec\n",
+        "\\copy t to program 'id'\n",
+        "\\set ON_ERROR_STOP 0\n",
+        "\\connectx shop\n",
+    ] {
+        let dump = format!("{head}{hostile}SELECT 2;\n");
+        for buf in [1, 7, 8192] {
+            let mut r = Retarget::new(io::BufReader::with_capacity(buf, dump.as_bytes()));
+            let mut out = String::new();
+            let err = r.read_to_string(&mut out).expect_err(hostile);
+            assert!(
+                err.to_string().contains("meta-command"),
+                "{hostile:?}: {err}"
+            );
+            assert!(
+                !out.contains("pwned") && !out.contains("\\!"),
+                "{hostile:?}: {out:?}"
+            );
+            // And it stays failed.
+            assert!(r.read(&mut [0u8; 16]).is_err());
+        }
+    }
+    // pg_dump connects again after the database's settings: to the same database, left out.
+    let again = format!("{head}ALTER DATABASE appdb SET x TO 'y';\n\\connect appdb\nSELECT 2;\n");
+    assert!(same(&again).contains("SELECT 2;"));
+    // Backslashes that are data.
+    let fine = "\\connect appdb\nSELECT E'a\\\\b', 'c\\d', $$\\! x$$; -- \\! comment\n/* \\o |x */\nCOPY t (x) FROM stdin;\n\\! not a command here\n\\.\n";
+    let out = same(fine);
+    assert!(
+        out.contains("COPY t (x) FROM stdin;\n\\! not a command here\n\\."),
+        "{out}"
+    );
+}
+
+/// With dbkeep's own key, the stream starts restricted and the dump's own pair is left out.
+#[test]
+fn a_restricted_stream_carries_only_dbkeeps_key() {
+    let dump = "\\restrict theirs\nCREATE DATABASE appdb;\n\\unrestrict theirs\n\\connect appdb\n\\restrict theirs\nSELECT 1;\n\\unrestrict theirs\n";
+    let mut r = Retarget::new(io::BufReader::new(dump.as_bytes())).restricted("ours".into());
+    let mut out = String::new();
+    r.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "\\restrict ours\nSELECT 1;\n");
+}
