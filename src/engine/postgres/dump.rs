@@ -139,6 +139,9 @@ impl Postgres {
     /// with pg_dump's own compression off so that dbkeep's codec applies).
     pub fn dump(&self, format: PgFormat, out: &mut dyn Write) -> Result<DumpInfo, PostgresError> {
         let tool_version = self.tool_version("pg_dump")?;
+        if !has_restrict(&tool_version) {
+            tracing::warn!(pg_dump = %tool_version, "this pg_dump predates the August 2025 minor releases (CVE-2025-8714: a plain dump of a hostile server can carry psql meta-commands): install a newer PostgreSQL client");
+        }
         let (server_version, server_major) = self.server_version()?;
         if major(&tool_version) < server_major {
             return Err(PostgresError::ToolTooOld {

@@ -145,6 +145,21 @@ pub fn list_archive(bindir: Option<&Path>, path: &Path) -> Result<(), PostgresEr
     Ok(())
 }
 
+/// Whether a PostgreSQL client of `version` (`15.18`) has `\\restrict`: the August 2025 minor
+/// releases (CVE-2025-8714, CVE-2025-8715) and later.
+pub fn has_restrict(version: &str) -> bool {
+    // `18beta1`, `19devel`: the major's digits; the minor is what follows the first dot.
+    let minor = version.split_once('.').map_or(0, |(_, rest)| major(rest));
+    match major(version) {
+        13 => minor >= 22,
+        14 => minor >= 19,
+        15 => minor >= 14,
+        16 => minor >= 10,
+        17 => minor >= 6,
+        m => m >= 18,
+    }
+}
+
 /// The `ERROR:` line of a failed psql, else the error's first line.
 fn error_line(e: &PostgresError) -> String {
     let text = e.to_string();
@@ -303,16 +318,7 @@ impl Postgres {
     /// wall behind [`Retarget`]'s allowlist. An older psql gets the allowlist alone, and a warning.
     pub(super) fn restrict<R: io::BufRead>(&self, r: Retarget<R>) -> Retarget<R> {
         let version = self.tool_version("psql").unwrap_or_default();
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        let has_restrict = match major {
-            13 => minor >= 22,
-            14 => minor >= 19,
-            15 => minor >= 14,
-            16 => minor >= 10,
-            17 => minor >= 6,
-            m => m >= 18,
-        };
+        let has_restrict = has_restrict(&version);
         let mut key = [0u8; 24];
         match (has_restrict, getrandom::fill(&mut key)) {
             (true, Ok(())) => {
@@ -503,6 +509,18 @@ mod tests {
         );
         assert_eq!(sqlstate_of("LOCATION:  int4div, int.c:869"), None);
         assert_eq!(sqlstate_of("ERROR:  division by zero"), None);
+    }
+
+    #[test]
+    fn restrict_arrived_with_the_august_2025_minor_releases() {
+        for v in [
+            "13.22", "14.19", "15.14", "15.18", "16.10", "17.6", "18.0", "19devel",
+        ] {
+            assert!(has_restrict(v), "{v}");
+        }
+        for v in ["12.22", "13.21", "14.18", "15.13", "16.9", "17.5", ""] {
+            assert!(!has_restrict(v), "{v}");
+        }
     }
 
     #[test]
