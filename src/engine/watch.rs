@@ -40,16 +40,15 @@ pub enum WatchError {
 /// and again each `limit` after) answers false.
 pub struct Stall<'a> {
     pub limit: Duration,
-    pub working: &'a mut (dyn FnMut() -> bool + Send),
+    pub working: Box<dyn FnMut() -> bool + Send + 'a>,
 }
 
 impl<'a> Stall<'a> {
     /// A plain deadline on silence: nothing else can vouch for the child.
     pub fn silence(limit: Duration) -> Self {
-        // The closure holds nothing: leaking it allocates nothing.
         Stall {
             limit,
-            working: Box::leak(Box::new(|| false)),
+            working: Box::new(|| false),
         }
     }
 }
@@ -290,17 +289,17 @@ mod tests {
         // Silent too, but its "server" vouches for it: it runs to the end.
         let mut cmd = Command::new("sleep");
         cmd.arg("2");
-        let mut asked = 0;
-        let mut working = || {
-            asked += 1;
-            true
-        };
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = asked.clone();
         let stall = Stall {
             limit: Duration::from_millis(500),
-            working: &mut working,
+            working: Box::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+                true
+            }),
         };
         output(cmd, "coreutils", vec![], Some(stall)).expect("vouched for");
-        assert!(asked >= 1);
+        assert!(asked.load(Ordering::Relaxed) >= 1);
     }
 
     #[test]

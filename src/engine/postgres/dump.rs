@@ -255,13 +255,12 @@ impl Postgres {
         let mut stalled = false;
         if let (Some(handle), Some(pid)) = (&counting, session_pid) {
             let app_name = session_app_name();
-            let mut busy = || self.server_busy(&app_name);
             let watched = watch::watch(
                 pid,
                 false,
                 &mut || handle.is_finished(),
                 &|| process::kill_pid(pid),
-                Some(self.stall(&mut busy)),
+                Some(self.stall(&app_name)),
                 None,
             );
             stalled = watched == watch::Watched::Stalled;

@@ -366,16 +366,15 @@ impl Postgres {
     ) -> Result<String, PostgresError> {
         let mut cmd = self.psql_command(database, statements);
         cmd.env("PGAPPNAME", app_name);
-        let mut busy = || self.server_busy(app_name);
-        let stall = self.stall(&mut busy);
+        let stall = self.stall(app_name);
         Ok(watch::output(cmd, HINT, self.secrets(), Some(stall))?)
     }
 
-    /// The stall watch of a child whose sessions `busy` asks about.
-    fn stall<'a>(&self, busy: &'a mut (dyn FnMut() -> bool + Send)) -> Stall<'a> {
+    /// The stall watch of a child whose sessions are marked `app_name`.
+    fn stall<'a>(&'a self, app_name: &'a str) -> Stall<'a> {
         Stall {
             limit: self.stall_timeout,
-            working: busy,
+            working: Box::new(move || self.server_busy(app_name)),
         }
     }
 

@@ -389,8 +389,7 @@ impl Postgres {
             inner: input,
             tail: crate::codec::Tail::new(TRAILER_WINDOW),
         };
-        let mut busy = || self.server_busy(app_name);
-        feed_child(child, &mut tracked, Some(self.stall(&mut busy)))?;
+        feed_child(child, &mut tracked, Some(self.stall(app_name)))?;
         if has_trailer(tracked.tail.bytes()) {
             Ok(())
         } else {
@@ -427,8 +426,7 @@ impl Postgres {
         let mut child = process::spawn(cmd, HINT, self.secrets())?;
         // No data flows through dbkeep here: the group's reads and writes are its progress,
         // and the server says whether its sessions still work when they stop.
-        let mut busy = || self.server_busy(app_name);
-        let watched = watch::watch_child(&mut child, true, Some(self.stall(&mut busy)), None);
+        let watched = watch::watch_child(&mut child, true, Some(self.stall(app_name)), None);
         watch::conclude(child, watched, self.stall_timeout.as_secs())?;
         Ok(())
     }
