@@ -12,6 +12,7 @@
 mod drill;
 mod dump;
 mod restore;
+mod toc;
 
 use super::process::{self, ProcessError};
 use super::retarget::Retarget;

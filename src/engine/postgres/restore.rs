@@ -12,11 +12,12 @@
 //! process is provably gone, and unblocks the live database. It never drops anything a client
 //! could have written to: a previous database left aside after the swap is only reported.
 
+use super::toc;
 use super::*;
 use crate::engine::process::{self, Running};
 use crate::engine::retarget::{Captured, Retarget};
 use crate::signals;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -399,14 +400,35 @@ impl Postgres {
 
     /// Loads a staged custom archive with `pg_restore -j N` into the existing database `into`:
     /// a restore's staging database, or a drill's scratch database (`drill`: without owners,
-    /// privileges and subscriptions). pg_restore and its workers run in their own process
-    /// group, so that a signal stops all of them.
+    /// privileges and subscriptions), in the passes [`toc::passes`] plans so that parallel jobs
+    /// cannot deadlock. pg_restore and its workers run in their own process group, so that a
+    /// signal stops all of them.
     pub(super) fn load_archive(
         &self,
         path: &Path,
         database: &str,
         app_name: &str,
         drill: bool,
+    ) -> Result<(), PostgresError> {
+        let mut list = self.command("pg_restore", database);
+        list.args(["--list", "--verbose"])
+            .arg(path)
+            .stdin(Stdio::null());
+        let listing = process::output(list, HINT, self.secrets())?;
+        for pass in toc::passes(&listing) {
+            self.restore_pass(path, database, app_name, drill, &pass)?;
+        }
+        Ok(())
+    }
+
+    /// One `pg_restore` run of [`Self::load_archive`]; its `--use-list` goes in on stdin.
+    fn restore_pass(
+        &self,
+        path: &Path,
+        database: &str,
+        app_name: &str,
+        drill: bool,
+        pass: &toc::Pass,
     ) -> Result<(), PostgresError> {
         use std::os::unix::process::CommandExt;
         let mut cmd = self.command("pg_restore", database);
@@ -416,14 +438,24 @@ impl Postgres {
             // slot is the publisher's): never restored by a drill.
             cmd.args(["--no-owner", "--no-privileges", "--no-subscriptions"]);
         }
+        let jobs = if pass.parallel { self.restore_jobs } else { 1 };
         cmd.args(["--exit-on-error", "--no-password"])
-            .arg(format!("--jobs={}", self.restore_jobs))
-            .arg(format!("--dbname={}", self.conninfo(database)))
-            .arg(path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .process_group(0);
+            .arg(format!("--jobs={jobs}"))
+            .arg(format!("--dbname={}", self.conninfo(database)));
+        if pass.list.is_some() {
+            cmd.arg("--use-list=/dev/stdin").stdin(Stdio::piped());
+        } else {
+            cmd.stdin(Stdio::null());
+        }
+        cmd.arg(path).stdout(Stdio::null()).process_group(0);
         let mut child = process::spawn(cmd, HINT, self.secrets())?;
+        if let (Some(list), Some(mut stdin)) = (pass.list.clone(), child.take_stdin()) {
+            // pg_restore reads the whole list before it connects; a pg_restore that ends
+            // first closes the pipe, and its exit status tells why.
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(list.as_bytes());
+            });
+        }
         // No data flows through dbkeep here: the group's reads and writes are its progress,
         // and the server says whether its sessions still work when they stop.
         let watched = watch::watch_child(&mut child, true, Some(self.stall(app_name)), None);
