@@ -243,11 +243,15 @@ pub fn feed_child(
                 }
             }
         })();
-        drop(stdin.take());
+        // On a failed input the child is killed before its stdin closes: psql runs what it
+        // holds of an unfinished statement when its input ends.
         if fed.is_err() {
             abort.store(true, Ordering::Relaxed);
+        } else {
+            drop(stdin.take());
         }
         let watched = watcher.join().unwrap_or(Watched::Interrupted);
+        drop(stdin.take());
         (fed, watched)
     });
     let concluded = conclude(child, watched, secs);

@@ -303,8 +303,9 @@ impl Postgres {
         // in production) must not end dbkeep's sessions: the snapshot session counts rows and
         // then idles in its transaction while pg_dump runs. pg_dump sets these on its own
         // connection; every other session of dbkeep's gets them here.
-        let ours =
-            "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0";
+        // And standard_conforming_strings starts on, whatever the role or database says, so
+        // that psql splits a plain dump's statements as Retarget's lexer does.
+        let ours = "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c standard_conforming_strings=on";
         let options = match c.env.get("PGOPTIONS") {
             Some(theirs) => format!("{theirs} {ours}"),
             None => ours.to_owned(),

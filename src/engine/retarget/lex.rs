@@ -39,7 +39,7 @@ impl<R: BufRead> Retarget<R> {
         let (prev, prev2) = (self.prev, self.prev2);
         self.prev2 = prev;
         self.prev = b;
-        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        let ident = is_ident;
         loop {
             match self.lex {
                 Lex::Normal => {
@@ -182,4 +182,94 @@ impl<R: BufRead> Retarget<R> {
             }
         }
     }
+}
+
+/// A statement's first bytes as its keywords read, for deciding on it: ASCII letters outside
+/// quotes in upper case, each run of whitespace and comments one space (none at the start), a
+/// space between a word and a quoted name or string; what is quoted stays as it is. So
+/// `drop/**/Database` and `GRANT ALL ON DATABASE"shop"` read `DROP DATABASE` and
+/// `GRANT ALL ON DATABASE "shop"`.
+pub(super) fn normalize(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len());
+    let mut space = false;
+    let mut i = 0;
+    while i < head.len() {
+        let b = head[i];
+        if head[i..].starts_with(b"--") {
+            while i < head.len() && head[i] != b'\n' {
+                i += 1;
+            }
+            space = true;
+            continue;
+        }
+        if head[i..].starts_with(b"/*") {
+            let mut depth = 0u32;
+            while i < head.len() {
+                if head[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if head[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            space = true;
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            space = true;
+            i += 1;
+            continue;
+        }
+        if b == b'\'' || b == b'"' {
+            // `E'…'`: the E stays joined to its string, and a backslash escapes.
+            let n = out.len();
+            let escapes = b == b'\''
+                && !space
+                && n >= 1
+                && out[n - 1] == b'E'
+                && (n == 1 || !is_ident(out[n - 2]));
+            if n > 0 && !escapes {
+                out.push(b' ');
+            }
+            out.push(b);
+            i += 1;
+            while i < head.len() {
+                let c = head[i];
+                out.push(c);
+                i += 1;
+                if escapes && c == b'\\' {
+                    if let Some(&next) = head.get(i) {
+                        out.push(next);
+                        i += 1;
+                    }
+                } else if c == b {
+                    if head.get(i) == Some(&b) {
+                        out.push(b);
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+            }
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(b' ');
+        }
+        space = false;
+        out.push(b.to_ascii_uppercase());
+        i += 1;
+    }
+    out
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }

@@ -16,11 +16,13 @@
 //! fails, rather than touching any database but its own. It streams: memory stays at one buffer
 //! plus a statement's first bytes.
 
+mod classify;
 mod lex;
 #[cfg(test)]
 mod tests;
 
-use lex::Lex;
+use classify::*;
+use lex::{Lex, normalize};
 use std::io::{self, BufRead, Read};
 
 /// Statements on a database or the cluster as a whole: never passed.
@@ -119,48 +121,12 @@ pub struct Retarget<R> {
     /// The psql meta-command found outside quotes and COPY data that no dump of pg_dump holds:
     /// the stream fails with it.
     refused: Option<String>,
+    /// Bytes of [`SCS`] matched at the end of the current statement so far, and whether the
+    /// statement is pg_dump's `SET standard_conforming_strings = on;`.
+    scs_matched: usize,
+    scs_ok: bool,
     /// What the dump's first `\\connect` names.
     connect_target: Option<Vec<u8>>,
-}
-
-/// The argument of a `\\connect` / `\\c` line, whitespace trimmed.
-fn connect_argument(line: &[u8]) -> Vec<u8> {
-    let rest = line
-        .iter()
-        .skip(1)
-        .skip_while(|b| !b.is_ascii_whitespace())
-        .copied()
-        .collect::<Vec<u8>>();
-    rest.trim_ascii().to_vec()
-}
-
-/// Whether a (whole, or its first 64 KiB of) statement sets an owner or privileges: `GRANT`,
-/// `REVOKE`, `ALTER DEFAULT PRIVILEGES`, or an `ALTER` that ends `OWNER TO role;`.
-fn sets_owner_or_privileges(stmt: &[u8]) -> bool {
-    if stmt.starts_with(b"GRANT ")
-        || stmt.starts_with(b"REVOKE ")
-        || stmt.starts_with(b"ALTER DEFAULT PRIVILEGES ")
-    {
-        return true;
-    }
-    if !stmt.starts_with(b"ALTER ") {
-        return false;
-    }
-    const OWNER: &[u8] = b" OWNER TO ";
-    let Some(at) = stmt.windows(OWNER.len()).rposition(|w| w == OWNER) else {
-        return false;
-    };
-    // What follows is one role name (bare or quoted) and the end of the statement.
-    let role = stmt[at + OWNER.len()..].trim_ascii_end();
-    let Some(role) = role.strip_suffix(b";") else {
-        return false;
-    };
-    let quoted = role.len() >= 2 && role.starts_with(b"\"") && role.ends_with(b"\"");
-    let bare = !role.is_empty()
-        && role
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$' || *b >= 0x80);
-    quoted || bare
 }
 
 impl<R: BufRead> Read for Retarget<R> {
@@ -196,6 +162,8 @@ impl<R: BufRead> Retarget<R> {
             captured_bytes: 0,
             restrict_key: None,
             refused: None,
+            scs_matched: 0,
+            scs_ok: false,
             connect_target: None,
         }
     }
@@ -226,7 +194,7 @@ impl<R: BufRead> Retarget<R> {
 
     /// How much of the current statement is read before it is decided.
     fn head_limit(&self, meta: bool) -> usize {
-        let h = &self.head;
+        let h = normalize(&self.head[..self.head.len().min(16)]);
         let privileges =
             h.starts_with(b"ALTER ") || h.starts_with(b"GRANT ") || h.starts_with(b"REVOKE ");
         if self.mode == Mode::Drill && !meta && privileges {
@@ -246,8 +214,6 @@ impl<R: BufRead> Retarget<R> {
             return;
         };
         let head = std::mem::take(&mut self.head);
-        let starts = |p: &[u8]| head.starts_with(p);
-        let contains = |p: &[u8]| head.windows(p.len()).any(|w| w == p);
         let pass = if meta {
             // Only what pg_dump writes: \restrict, \unrestrict and one \connect (left out: the
             // target is psql's own connection). Anything else, a \connect to another database
@@ -272,12 +238,15 @@ impl<R: BufRead> Retarget<R> {
                     false
                 }
                 other => {
-                    self.refused
-                        .get_or_insert_with(|| String::from_utf8_lossy(other).into_owned());
+                    let name = String::from_utf8_lossy(other).into_owned();
+                    self.refuse(meta_refusal(&format!("the psql meta-command \\{name}")));
                     false
                 }
             }
         } else {
+            let norm = normalize(&head);
+            let starts = |p: &[u8]| norm.starts_with(p);
+            let contains = |p: &[u8]| norm.windows(p.len()).any(|w| w == p);
             let subscription = starts(b"CREATE SUBSCRIPTION")
                 || starts(b"ALTER SUBSCRIPTION")
                 || starts(b"COMMENT ON SUBSCRIPTION")
@@ -295,11 +264,16 @@ impl<R: BufRead> Retarget<R> {
             if self.mode == Mode::Drill && !self.connected && starts(b"CREATE DATABASE") {
                 self.current = Some(head.clone());
             }
-            let privileges = self.mode == Mode::Drill && sets_owner_or_privileges(&head);
-            self.connected
+            let privileges = self.mode == Mode::Drill && sets_owner_or_privileges(&norm);
+            let pass = self.connected
                 && !database
                 && !privileges
-                && (!subscription || self.mode == Mode::Restore)
+                && (!subscription || self.mode == Mode::Restore);
+            self.scs_ok = is_scs_on(&norm);
+            if pass && !self.scs_ok && contains_ignore_case(&head, SCS) {
+                self.refuse(scs_refusal());
+            }
+            pass
         };
         if pass {
             self.out.extend_from_slice(&head);
@@ -325,6 +299,8 @@ impl<R: BufRead> Retarget<R> {
         let copy =
             !meta && matches!(self.part, Part::Pass { .. }) && self.tail.ends_with(b"FROM stdin;");
         self.tail.clear();
+        self.scs_matched = 0;
+        self.scs_ok = false;
         self.lex = Lex::Normal;
         self.part = if copy {
             Part::CopyRestOfLine
@@ -339,8 +315,10 @@ impl<R: BufRead> Retarget<R> {
         // A backslash outside quotes and comments in SQL is a psql meta-command (`SELECT 1 \\!
         // id`): no valid statement of pg_dump's holds one.
         if !meta && b == b'\\' && self.lex == Lex::Normal {
-            self.refused
-                .get_or_insert_with(|| "\\ inside a statement".into());
+            self.refuse(meta_refusal("a psql meta-command (\\) inside a statement"));
+        }
+        if !meta {
+            self.scs_byte(b);
         }
         let ends = if meta { b == b'\n' } else { self.lex_byte(b) };
         match self.part {
@@ -526,16 +504,35 @@ impl<R: BufRead> Retarget<R> {
         Ok(())
     }
 
-    /// The error once a meta-command was refused: every later read fails too.
+    /// The error once something was refused: every later read fails too.
     fn refusal(&self) -> io::Result<()> {
         match &self.refused {
             None => Ok(()),
-            Some(name) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "the dump holds the psql meta-command \\{name} outside quotes and COPY data; pg_dump writes none but \\restrict, \\unrestrict and \\connect, so the backup was altered: nothing of it was run from there on"
-                ),
-            )),
+            Some(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())),
+        }
+    }
+
+    /// Fails the stream (the first reason is kept).
+    fn refuse(&mut self, why: String) {
+        self.refused.get_or_insert(why);
+    }
+
+    /// Follows [`SCS`] through every byte of a statement, in quotes too (`set_config(…)`, a
+    /// `DO` block): a statement that passes and names it, but for pg_dump's `SET … = on`,
+    /// fails the stream before its end reaches psql.
+    fn scs_byte(&mut self, b: u8) {
+        let b = b.to_ascii_lowercase();
+        if b == SCS[self.scs_matched] {
+            self.scs_matched += 1;
+        } else {
+            // No proper prefix of the word recurs inside it but `s`.
+            self.scs_matched = usize::from(b == SCS[0]);
+        }
+        if self.scs_matched == SCS.len() {
+            self.scs_matched = 0;
+            if matches!(self.part, Part::Pass { .. }) && !self.scs_ok {
+                self.refuse(scs_refusal());
+            }
         }
     }
 }

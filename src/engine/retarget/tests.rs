@@ -9,6 +9,22 @@ fn run(input: &str, buf: usize) -> String {
     out
 }
 
+/// The stream fails at every buffer size with an error naming `why`, and stays failed; the
+/// outputs up to the failure.
+fn refused(dump: &str, why: &str) -> Vec<String> {
+    [1, 7, 8192]
+        .into_iter()
+        .map(|buf| {
+            let mut r = Retarget::new(io::BufReader::with_capacity(buf, dump.as_bytes()));
+            let mut out = String::new();
+            let err = r.read_to_string(&mut out).expect_err(dump);
+            assert!(err.to_string().contains(why), "{dump:?}: {err}");
+            assert!(r.read(&mut [0u8; 16]).is_err());
+            out
+        })
+        .collect()
+}
+
 /// Every buffer size gives the same output.
 fn same(input: &str) -> String {
     let want = run(input, 8192);
@@ -108,20 +124,11 @@ fn meta_commands_outside_the_allowlist_fail_the_stream() {
         "\\connectx shop\n",
     ] {
         let dump = format!("{head}{hostile}SELECT 2;\n");
-        for buf in [1, 7, 8192] {
-            let mut r = Retarget::new(io::BufReader::with_capacity(buf, dump.as_bytes()));
-            let mut out = String::new();
-            let err = r.read_to_string(&mut out).expect_err(hostile);
-            assert!(
-                err.to_string().contains("meta-command"),
-                "{hostile:?}: {err}"
-            );
+        for out in refused(&dump, "meta-command") {
             assert!(
                 !out.contains("pwned") && !out.contains("\\!"),
                 "{hostile:?}: {out:?}"
             );
-            // And it stays failed.
-            assert!(r.read(&mut [0u8; 16]).is_err());
         }
     }
     // pg_dump connects again after the database's settings: to the same database, left out.
@@ -144,4 +151,77 @@ fn a_restricted_stream_carries_only_dbkeeps_key() {
     let mut out = String::new();
     r.read_to_string(&mut out).unwrap();
     assert_eq!(out, "\\restrict ours\nSELECT 1;\n");
+}
+
+/// Whole-database statements are found whatever their case, spacing and comments, and a
+/// quoted name right after the keyword.
+#[test]
+fn database_statements_are_found_in_any_case_and_spacing() {
+    for hidden in [
+        "drop database shop;\n",
+        "Drop\tDatabase\nshop;\n",
+        "DROP/* a comment */DATABASE shop;\n",
+        "DROP -- a comment\n DATABASE shop;\n",
+        "alter  database shop owner to mallory;\n",
+        "grant all on database\"shop\" to mallory;\n",
+        "GRANT ALL ON\nDATABASE shop TO mallory;\n",
+        "alter role mallory in   database shop set search_path = x;\n",
+        "create Subscription s connection 'host=x' publication p;\n",
+    ] {
+        let dump = format!("\\connect appdb\nSELECT 1;\n{hidden}SELECT 2;\n");
+        let out = same(&dump);
+        assert_eq!(out, "SELECT 1;\n\nSELECT 2;\n", "{hidden:?}");
+    }
+    // Drills leave out owners and grants in any case too.
+    let out = same(
+        "\\connect appdb\nalter table t owner to \"Bob\" ;\ngrant select on t to bob;\nSELECT 3;\n",
+    );
+    assert_eq!(out, "\n\nSELECT 3;\n");
+    // A quoted name that holds the words is no such statement.
+    let fine =
+        "\\connect appdb\nCREATE TABLE \"drop database x\" (a int);\nSELECT 'on database ';\n";
+    assert_eq!(same(fine), fine.strip_prefix("\\connect appdb\n").unwrap());
+}
+
+/// With standard_conforming_strings off, psql would read `'a\' ; '` as one string and run
+/// what follows: only pg_dump's `SET … = on` passes, anything else naming it fails the stream
+/// before its end reaches psql.
+#[test]
+fn standard_conforming_strings_cannot_be_turned_off() {
+    let head = "\\connect appdb\nSET standard_conforming_strings = on;\nSELECT 1;\n";
+    for hostile in [
+        "SET standard_conforming_strings = off;\n",
+        "set Standard_Conforming_Strings to 'off';\n",
+        "SET SESSION standard_conforming_strings = false;\n",
+        "RESET standard_conforming_strings;\n",
+        "SELECT set_config('standard_conforming_strings', 'off', false);\n",
+        "DO $$BEGIN EXECUTE 'SET standard_conforming_strings = off'; END$$;\n",
+    ] {
+        let dump = format!("{head}{hostile}SELECT 'a\\' ; ' ; DROP TABLE t; --';\n");
+        for out in refused(&dump, "standard_conforming_strings") {
+            assert!(!out.contains("DROP"), "{hostile:?}: {out:?}");
+            // The refused statement's end never passed.
+            assert!(!out.contains("off"), "{hostile:?}: {out:?}");
+        }
+    }
+    // pg_dump's own line passes, in any spelling; a skipped statement that names it is just
+    // skipped (it does not run).
+    let fine = format!(
+        "{head}set standard_conforming_strings TO 'on';\nALTER DATABASE appdb SET standard_conforming_strings = off;\nSELECT 2;\n"
+    );
+    let out = same(&fine);
+    assert!(out.contains("SELECT 2;"), "{out}");
+}
+
+#[test]
+fn normalize_reads_keywords() {
+    assert_eq!(
+        normalize(b"drop/**/Database\t\"My Db\";"),
+        b"DROP DATABASE \"My Db\" ;".to_vec()
+    );
+    assert_eq!(
+        normalize(b"select e'it\\'s' -- x\n, 'a''b'"),
+        b"SELECT E'it\\'s' , 'a''b'".to_vec()
+    );
+    assert_eq!(normalize(b"/* /* nested */ */ grant"), b"GRANT".to_vec());
 }
