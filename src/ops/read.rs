@@ -14,25 +14,29 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// A scratch file removed (with SQLite's side files) when dropped.
+/// A scratch file in a private directory of its own ([`storage::scratch::private_dir`]),
+/// removed with that directory (and SQLite's side files in it) when dropped.
 pub struct ScratchFile {
+    dir: PathBuf,
     path: PathBuf,
 }
 
 impl ScratchFile {
-    /// Creates an empty scratch file (mode 0600) in `dir`.
-    pub fn create(dir: &Path, what: &str) -> Result<Self, Error> {
-        let path = storage::temp_path(dir, what);
+    /// Creates an empty scratch file (mode 0600) in a new private directory in `base`.
+    pub fn create(base: &Path, what: &str) -> Result<Self, Error> {
+        let dir = storage::scratch::private_dir(base, what)?;
+        let path = dir.join(what);
+        let file = Self { dir, path };
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
+            .open(&file.path)
             .map_err(|source| Error::Io {
-                io_context: format!("create the scratch file {}", path.display()),
+                io_context: format!("create the scratch file {}", file.path.display()),
                 source,
             })?;
-        Ok(Self { path })
+        Ok(file)
     }
     pub fn path(&self) -> &Path {
         &self.path
@@ -41,11 +45,7 @@ impl ScratchFile {
 
 impl Drop for ScratchFile {
     fn drop(&mut self) {
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(PathBuf::from(p));
-        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

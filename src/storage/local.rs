@@ -300,6 +300,10 @@ impl Storage for LocalStorage {
     fn changed_at(&self) -> Option<SystemTime> {
         fs::metadata(&self.root).and_then(|m| m.modified()).ok()
     }
+
+    fn sweep_scratch(&self) -> Result<usize, StorageError> {
+        super::scratch::sweep(&self.root)
+    }
 }
 
 #[cfg(test)]

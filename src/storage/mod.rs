@@ -11,6 +11,7 @@
 mod lease;
 mod local;
 mod s3;
+pub mod scratch;
 mod uploads;
 
 pub use local::LocalStorage;
@@ -256,7 +257,19 @@ pub trait Storage: Send + Sync {
                 }
             }
         }
+        match self.sweep_scratch() {
+            Ok(k) => n += k,
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
         failed.map_or(Ok(n), Err)
+    }
+
+    /// Removes the private scratch directories ([`scratch::private_dir`]) of processes that
+    /// are gone; returns how many.
+    fn sweep_scratch(&self) -> Result<usize, StorageError> {
+        Ok(0)
     }
 }
 

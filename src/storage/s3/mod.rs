@@ -488,6 +488,10 @@ impl Storage for S3Storage {
             })?;
         Ok(dir)
     }
+
+    fn sweep_scratch(&self) -> Result<usize, StorageError> {
+        crate::storage::scratch::sweep(&self.scratch.join("dbkeep-scratch"))
+    }
 }
 
 #[cfg(test)]
