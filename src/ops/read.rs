@@ -260,7 +260,8 @@ impl Ops {
         Ok(scratch)
     }
 
-    /// Writes `dec` into a new scratch file (read back at once: no fsync).
+    /// Writes `dec` into a new scratch file (read back at once: no fsync). Decompression and
+    /// writing overlap: a second thread writes while this one reads the next megabyte.
     pub(super) fn stage(&self, dec: &mut dyn Read, what: &str) -> Result<ScratchFile, String> {
         let dir = self.storage.scratch_dir().map_err(|e| e.to_string())?;
         let file = ScratchFile::create(&dir, what).map_err(|e| e.to_string())?;
@@ -268,14 +269,40 @@ impl Ops {
             .write(true)
             .truncate(true)
             .open(file.path())
-            .and_then(|f| {
-                let mut w = io::BufWriter::with_capacity(1 << 20, f);
-                io::copy(dec, &mut w)?;
-                w.into_inner()
-                    .map_err(io::IntoInnerError::into_error)
-                    .map(drop)
-            })
+            .and_then(|f| write_overlapped(dec, f))
             .map_err(|e| format!("decompressing into {} failed: {e}", file.path().display()))?;
         Ok(file)
     }
+}
+
+/// Copies `from` into `to` with the writes in a thread of their own (a few megabytes in flight).
+fn write_overlapped(from: &mut dyn Read, mut to: std::fs::File) -> io::Result<()> {
+    use std::io::Write;
+    const CHUNK: u64 = 1 << 20;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let writer = scope.spawn(move || -> io::Result<()> {
+            for chunk in rx {
+                to.write_all(&chunk)?;
+            }
+            Ok(())
+        });
+        let read = (|| -> io::Result<()> {
+            loop {
+                let mut chunk = Vec::with_capacity(CHUNK as usize);
+                if (&mut *from).take(CHUNK).read_to_end(&mut chunk)? == 0 {
+                    return Ok(());
+                }
+                if tx.send(chunk).is_err() {
+                    // The writer failed: its error says why.
+                    return Ok(());
+                }
+            }
+        })();
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the writing thread panicked")));
+        read.and(written)
+    })
 }
