@@ -24,10 +24,15 @@ pub struct ScratchFile {
 impl ScratchFile {
     /// Creates an empty scratch file (mode 0600) in a new private directory in `base`.
     pub fn create(base: &Path, what: &str) -> Result<Self, Error> {
+        Self::create_open(base, what).map(|(file, _)| file)
+    }
+
+    /// As [`Self::create`], with the handle that created the file, for writing it.
+    pub fn create_open(base: &Path, what: &str) -> Result<(Self, std::fs::File), Error> {
         let dir = storage::scratch::private_dir(base, what)?;
         let path = dir.join(what);
         let file = Self { dir, path };
-        std::fs::OpenOptions::new()
+        let handle = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -36,7 +41,7 @@ impl ScratchFile {
                 io_context: format!("create the scratch file {}", file.path.display()),
                 source,
             })?;
-        Ok(file)
+        Ok((file, handle))
     }
     pub fn path(&self) -> &Path {
         &self.path
@@ -264,12 +269,8 @@ impl Ops {
     /// writing overlap: a second thread writes while this one reads the next megabyte.
     pub(super) fn stage(&self, dec: &mut dyn Read, what: &str) -> Result<ScratchFile, String> {
         let dir = self.storage.scratch_dir().map_err(|e| e.to_string())?;
-        let file = ScratchFile::create(&dir, what).map_err(|e| e.to_string())?;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(file.path())
-            .and_then(|f| write_overlapped(dec, f))
+        let (file, handle) = ScratchFile::create_open(&dir, what).map_err(|e| e.to_string())?;
+        write_overlapped(dec, handle)
             .map_err(|e| format!("decompressing into {} failed: {e}", file.path().display()))?;
         Ok(file)
     }
