@@ -347,6 +347,8 @@ fn postgres_drill_checks_leaf_btree_indexes_and_tells_damage_from_what_it_cannot
         ),
     );
     env.set("DATABASE_URL", pg.superuser_url("appdb"));
+    // Operator classes are a superuser's to create: this dump is drilled as one.
+    env.set("BACKUP_DRILL_SANDBOX", "false");
     for format in ["sql", "custom"] {
         env.set("BACKUP_PG_FORMAT", format);
         let name = format!("am_{format}");
@@ -591,6 +593,72 @@ fn meta_commands_planted_in_a_dump_run_nowhere() {
         }
         assert!(scratch_databases(&pg).is_empty());
     }
+}
+
+#[test]
+fn privileged_statements_planted_in_a_dump_run_without_privileges() {
+    let Some((pg, mut env)) = crate::postgres::setup() else {
+        return;
+    };
+    // The server's own user must be able to write it, or nothing could show a shell ran.
+    let marker = std::path::PathBuf::from(format!("/tmp/dbkeep-pwned-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let m = marker.display();
+    let planted = [
+        format!("COPY (SELECT 1) TO PROGRAM 'touch {m}';\n"),
+        format!("SELECT lo_export(lo_from_bytea(0, 'x'), '{m}');\n"),
+        // A function in a CHECK constraint, run by the load's COPY or INSERT, that first tries
+        // to undo a role switch (which is why the drill's role is a login of its own).
+        format!(
+            "CREATE FUNCTION public.trap(int) RETURNS bool LANGUAGE plpgsql AS $t$ BEGIN \
+             PERFORM set_config('session_authorization', 'postgres', false); \
+             EXECUTE 'RESET ROLE'; COPY (SELECT 1) TO PROGRAM 'touch {m}'; RETURN true; END $t$;\n\
+             CREATE TABLE public.trapped (x int CHECK (public.trap(x)));\n\
+             INSERT INTO public.trapped VALUES (1);\n"
+        ),
+        // Dynamic SQL that the statement filter cannot see: as the live database's owner (or
+        // a superuser) it would rename the live database from the scratch one.
+        "DO $d$ BEGIN EXECUTE 'ALTER DATABASE ' || 'appdb RENAME TO appdb_gone'; END $d$;\n"
+            .to_owned(),
+    ];
+    // As a superuser, and as the live database's owner with CREATEROLE: either way the load
+    // runs as a role of the drill's own.
+    pg.sql("postgres", "ALTER ROLE app CREATEROLE");
+    let app_url = pg.url("app", crate::postgres::APP_PASSWORD, "appdb");
+    for (i, line) in planted.iter().enumerate() {
+        let name = format!("privileged_{i}");
+        plant_after_connect(&env, &name, line);
+        let before = pg.normalized_dump("appdb");
+        for url in [pg.superuser_url("appdb"), app_url.clone()] {
+            env.set("DATABASE_URL", url);
+            env.run(&["verify", "--restore", &name]).code(1);
+            assert!(
+                !marker.exists(),
+                "{line}: the server wrote a file or ran a program"
+            );
+            assert_eq!(
+                pg.normalized_dump("appdb"),
+                before,
+                "{line}: live database touched"
+            );
+        }
+        assert!(scratch_databases(&pg).is_empty());
+        let roles = pg.sql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'dbkeep\\_drill\\_%'",
+        );
+        assert_eq!(roles.trim(), "0", "the drill's load role is left");
+    }
+    // The same backups, drilled as the superuser itself (what the sandbox prevents): the
+    // planted statements do run, so the checks above can fail.
+    env.set("DATABASE_URL", pg.superuser_url("appdb"));
+    env.set("BACKUP_DRILL_SANDBOX", "false");
+    env.run(&["verify", "--restore", "privileged_0"]);
+    assert!(
+        marker.exists(),
+        "COPY TO PROGRAM did not run as the superuser"
+    );
+    let _ = std::fs::remove_file(&marker);
 }
 
 /// Backs up as `name` and writes `line` into the plain dump right after its `\connect`, where

@@ -789,3 +789,62 @@ fn role_timeouts_break_no_backup_drill_or_restore() {
     }
     assert_eq!(pg.sql("appdb", "SELECT count(*) FROM public.big"), "400000");
 }
+
+/// REVIEW D2: dbkeep retries on a SQLSTATE, never on an English message. With the server's
+/// messages in German, a stale scratch database that a prepared transaction holds for a
+/// moment (DROP DATABASE: 55006, "wird von anderen Benutzern verwendet") is dropped by the next
+/// drill once the transaction ends; a retry that read the English text would give up at once.
+#[test]
+fn retries_follow_the_sqlstate_whatever_the_servers_language() {
+    use sha2::Digest;
+    let found = std::process::Command::new("locale")
+        .arg("-a")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("de_DE.utf8"))
+        .unwrap_or(false);
+    if !crate::common::require(
+        "the de_DE.UTF-8 locale",
+        found,
+        "locales, then locale-gen de_DE.UTF-8",
+    ) {
+        return;
+    }
+    let Some((pg, mut env)) = setup() else {
+        return;
+    };
+    env.set("DATABASE_URL", pg.superuser_url("appdb"));
+    pg.sql("postgres", "ALTER SYSTEM SET lc_messages = 'de_DE.UTF-8'");
+    pg.sql("postgres", "SELECT pg_reload_conf()");
+    assert_eq!(pg.sql("postgres", "SHOW lc_messages").trim(), "de_DE.UTF-8");
+    env.run(&["backup", "--name", "german"]).ok();
+
+    // A scratch database of a drill of this host whose process is gone.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let host = nix::unistd::gethostname().unwrap();
+    let tag = hex::encode(&sha2::Sha256::digest(host.to_string_lossy().as_bytes())[..4]);
+    let stale = format!("dbkeep_drill_{tag}_{pid}_00000000");
+    pg.sql("postgres", &format!("CREATE DATABASE {stale}"));
+    pg.sql(&stale, "BEGIN; PREPARE TRANSACTION 'held'");
+    let err = pg
+        .try_sql_as("postgres", "postgres", &format!("DROP DATABASE {stale}"))
+        .expect_err("a prepared transaction holds it");
+    assert!(err.contains("55006") || err.contains("verwendet"), "{err}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            pg.sql(&stale, "COMMIT PREPARED 'held'");
+        });
+        env.run(&["verify", "--restore", "german"]).ok();
+    });
+    let left = pg.sql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{stale}'"),
+    );
+    assert_eq!(
+        left.trim(),
+        "0",
+        "the stale scratch database was not dropped"
+    );
+}

@@ -111,6 +111,9 @@ pub struct Settings {
     pub pg_bindir: Option<PathBuf>,
     pub pg_maintenance_db: String,
     pub restore_keep_old: bool,
+    /// A PostgreSQL drill loads as a temporary role that is not a superuser
+    /// (`BACKUP_DRILL_SANDBOX`, default true; see `engine/postgres/sandbox.rs`).
+    pub drill_sandbox: bool,
     /// Count every table's rows in the dump's snapshot (`BACKUP_ROW_COUNTS`, default true).
     pub row_counts: bool,
     /// When `dbkeep backup` runs a restore drill (`BACKUP_DRILL`).
@@ -189,6 +192,7 @@ impl Default for Settings {
             pg_bindir: None,
             pg_maintenance_db: "postgres".into(),
             restore_keep_old: false,
+            drill_sandbox: true,
             row_counts: true,
             drill: DrillPolicy::Off,
             pg_format: PgFormat::Sql,
@@ -296,6 +300,9 @@ impl Settings {
         }
         if let Some(v) = l.backup_restore_keep_old {
             self.restore_keep_old = v;
+        }
+        if let Some(v) = l.backup_drill_sandbox {
+            self.drill_sandbox = v;
         }
         if let Some(v) = l.backup_row_counts {
             self.row_counts = v;

@@ -62,15 +62,18 @@ impl Engine {
     pub fn from_settings(settings: &Settings) -> Result<(Self, DatabaseUrl), Error> {
         let url = settings.database_url()?;
         let engine = match &url {
-            DatabaseUrl::Postgres(conn) => Engine::Postgres(Postgres::new(
-                conn.clone(),
-                settings.pg_bindir.clone(),
-                settings.pg_maintenance_db.clone(),
-                settings.restore_keep_old,
-                settings.stall_timeout,
-                settings.restore_jobs,
-                settings.row_counts,
-            )),
+            DatabaseUrl::Postgres(conn) => Engine::Postgres(
+                Postgres::new(
+                    conn.clone(),
+                    settings.pg_bindir.clone(),
+                    settings.pg_maintenance_db.clone(),
+                    settings.restore_keep_old,
+                    settings.stall_timeout,
+                    settings.restore_jobs,
+                    settings.row_counts,
+                )
+                .with_drill_sandbox(settings.drill_sandbox),
+            ),
             DatabaseUrl::Sqlite { path } => Engine::Sqlite(Sqlite::new(path.clone())),
         };
         Ok((engine, url))

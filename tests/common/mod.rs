@@ -410,7 +410,7 @@ impl PgServer {
             .arg(self.dir.path().join("server.log"))
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40 -c max_prepared_transactions=4",
                 self.port,
                 self.dir.path().display()
             ))

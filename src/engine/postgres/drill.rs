@@ -2,6 +2,7 @@
 //! btree indexes checked with amcheck, the scratch database dropped however it ends.
 
 use super::restore::read_some;
+use super::sandbox::{LoadRole, Sandbox};
 use super::*;
 use crate::engine::compare_counts;
 use crate::engine::process;
@@ -190,6 +191,18 @@ pub(super) fn scratch_options(create: &str) -> String {
     out
 }
 
+/// A load that failed for want of a superuser, said so, with the way out.
+fn superuser_hint(e: PostgresError, sandboxed: bool) -> PostgresError {
+    let line = error_line(&e);
+    if sandboxed && line.contains("must be superuser") {
+        PostgresError::Drill(format!(
+            "{line}: the drill loads as a role of its own that is not a superuser, and the dump holds an object only a superuser may create; BACKUP_DRILL_SANDBOX=false drills as DATABASE_URL's role instead, which trusts whoever can write to the backup storage"
+        ))
+    } else {
+        e
+    }
+}
+
 pub(super) fn drill_name(pid: u32) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -231,10 +244,16 @@ impl Postgres {
         self.drop_stale_drills();
         let name = drill_name(std::process::id());
         let app_name = format!("dbkeep drill {name}");
+        // Declared before the scratch database, dropped after it: the role owns it.
+        let sandbox = self.sandbox(&name)?;
+        let role = sandbox.role.as_ref();
         match source {
             Source::Sql(input) => {
                 let mut retarget =
                     self.restrict(Retarget::new(io::BufReader::with_capacity(CHUNK, input)));
+                if let Some(helper) = &sandbox.helper {
+                    retarget = retarget.with_extension_helper(ident(helper));
+                }
                 // Reading the first bytes runs the preamble through: CREATE DATABASE is known.
                 let mut first = vec![0u8; CHUNK];
                 let n = read_some(&mut retarget, &mut first).map_err(PostgresError::Input)?;
@@ -243,35 +262,44 @@ impl Postgres {
                     .captured()
                     .and_then(|c| c.first())
                     .map(|c| c.sql.clone());
-                let scratch = self.create_scratch(create.as_deref(), &name)?;
+                let scratch = self.create_scratch(create.as_deref(), &name, role)?;
+                self.prepare_sandbox(&sandbox, &scratch.name)?;
                 let mut rest = io::Cursor::new(first).chain(&mut retarget);
-                self.load_sql(&scratch.name, &mut rest, &app_name)?;
-                self.check_scratch(scratch, expected, log)
+                self.load_sql(&scratch.name, &mut rest, &app_name, role)
+                    .map_err(|e| superuser_hint(e, role.is_some()))?;
+                let left_out = retarget.left_out();
+                self.check_scratch(scratch, &sandbox, left_out, expected, log)
             }
             Source::Archive(path) => {
                 let statements = self.archive_statements(path)?;
                 let create = statements
                     .iter()
                     .find(|c| !c.after_connect && c.sql.starts_with("CREATE DATABASE"));
-                let scratch = self.create_scratch(create.map(|c| c.sql.as_str()), &name)?;
-                self.load_archive(path, &scratch.name, &app_name, true)?;
-                self.check_scratch(scratch, expected, log)
+                let scratch = self.create_scratch(create.map(|c| c.sql.as_str()), &name, role)?;
+                self.prepare_sandbox(&sandbox, &scratch.name)?;
+                let left_out = self
+                    .load_archive(path, &scratch.name, &app_name, Some(&sandbox))
+                    .map_err(|e| superuser_hint(e, role.is_some()))?;
+                self.check_scratch(scratch, &sandbox, left_out, expected, log)
             }
         }
     }
 
     /// Creates the scratch database with the encoding and locale of the dump's own `CREATE
     /// DATABASE` (so a drill fails where a restore would, on a locale this server lacks, and
-    /// passes where it would), owned by the drill's role.
+    /// passes where it would), owned by the drill's load role when it has one.
     fn create_scratch(
         &self,
         create: Option<&str>,
         name: &str,
+        role: Option<&LoadRole>,
     ) -> Result<ScratchDatabase<'_>, PostgresError> {
         let sql = format!(
-            "CREATE DATABASE {} TEMPLATE template0{}",
+            "CREATE DATABASE {} TEMPLATE template0{}{}",
             ident(name),
-            create.map(scratch_options).unwrap_or_default()
+            create.map(scratch_options).unwrap_or_default(),
+            role.map(|r| format!(" OWNER {}", ident(&r.name)))
+                .unwrap_or_default()
         );
         self.maintenance(&[sql]).map_err(|e| {
             PostgresError::Drill(format!(
@@ -285,15 +313,29 @@ impl Postgres {
         })
     }
 
-    /// The checks after the load: row counts against `expected`, then amcheck.
+    /// The checks after the load, as the connecting role: row counts against `expected`,
+    /// then amcheck.
     fn check_scratch(
         &self,
         scratch: ScratchDatabase<'_>,
+        sandbox: &Sandbox<'_>,
+        left_out: usize,
         expected: Option<&RowCounts>,
         log: &mut DrillLog,
     ) -> Result<(), PostgresError> {
         let name = scratch.name.as_str();
-        log.pass(format!("restored into the scratch database {name}"));
+        log.pass(match &sandbox.role {
+            Some(role) => format!(
+                "restored into the scratch database {name} as the drill's own role {}, not a superuser",
+                role.name
+            ),
+            None => format!("restored into the scratch database {name}"),
+        });
+        if left_out > 0 {
+            log.pass(format!(
+                "left out {left_out} event trigger statements and comments on extensions: only a superuser may make them, and the drill loads as none"
+            ));
+        }
         log.step("row counts");
         let counted = parse_row_counts(&self.psql_watched(
             name,
@@ -303,20 +345,28 @@ impl Postgres {
         .map_err(|e| PostgresError::Drill(format!("cannot count the rows: {e}")))?;
         log.pass(compare_counts(expected, &counted).map_err(PostgresError::Drill)?);
         log.step("amcheck");
-        self.amcheck(name, log)
+        self.amcheck(name, sandbox.helper.as_deref(), log)
     }
 
     /// amcheck's `bt_index_check` on every leaf btree index of `database` (valid, ready, not
     /// temporary), each on its own: an index that amcheck finds damaged fails the drill; one it
     /// could not check for another reason (a privilege, a lock, an operator class whose
     /// functions fail) is named as not checked, as are the index kinds amcheck does not cover.
-    pub(super) fn amcheck(&self, database: &str, log: &mut DrillLog) -> Result<(), PostgresError> {
+    /// `into`: the schema to create the extension in, when not `dbkeep_amcheck` (a drill's
+    /// helper schema, which its load role could not create objects in).
+    pub(super) fn amcheck(
+        &self,
+        database: &str,
+        into: Option<&str>,
+        log: &mut DrillLog,
+    ) -> Result<(), PostgresError> {
+        let schema = ident(into.unwrap_or("dbkeep_amcheck"));
         let installed = self
             .psql(
                 database,
                 &[
-                    "CREATE SCHEMA IF NOT EXISTS dbkeep_amcheck".into(),
-                    "CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA dbkeep_amcheck".into(),
+                    format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
+                    format!("CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA {schema}"),
                     AMCHECK_SCHEMA_SQL.into(),
                 ],
             )
@@ -353,21 +403,33 @@ impl Postgres {
 
     /// Drops scratch databases of drills of this machine whose process is gone.
     pub(super) fn drop_stale_drills(&self) {
-        let Ok(found) = self.maintenance(&[
-            "SELECT datname FROM pg_database WHERE datname LIKE 'dbkeep\\_drill\\_%'".into(),
-        ]) else {
-            return;
-        };
-        for name in found.lines().map(str::trim) {
-            // Only "no such process" means gone: a drill of another user answers EPERM.
-            let gone = drill_owner(name).is_some_and(process::process_gone);
-            if gone {
-                tracing::warn!(database = %name, "dropping the scratch database of a killed drill");
-                if let Err(e) = self.drop_database(name) {
-                    tracing::warn!(database = %name, error = %e, "could not drop it");
-                }
+        for name in self.stale_drills("SELECT datname FROM pg_database") {
+            tracing::warn!(database = %name, "dropping the scratch database of a killed drill");
+            if let Err(e) = self.drop_database(&name) {
+                tracing::warn!(database = %name, error = %e, "could not drop it");
             }
         }
+        for name in self.stale_drills("SELECT rolname FROM pg_roles") {
+            tracing::warn!(role = %name, "dropping the load role of a killed drill");
+            if let Err(e) = self.maintenance(&[format!("DROP ROLE IF EXISTS {}", ident(&name))]) {
+                tracing::warn!(role = %name, error = %e, "could not drop it");
+            }
+        }
+    }
+
+    /// The names `select` (of databases or roles) gives that are `dbkeep_drill_…` of this
+    /// machine whose drill is gone.
+    fn stale_drills(&self, select: &str) -> Vec<String> {
+        let Ok(found) = self.maintenance(&[select.to_owned()]) else {
+            return Vec::new();
+        };
+        found
+            .lines()
+            .map(str::trim)
+            // Only "no such process" means gone: a drill of another user answers EPERM.
+            .filter(|n| drill_owner(n).is_some_and(process::process_gone))
+            .map(str::to_owned)
+            .collect()
     }
 }
 

@@ -11,7 +11,9 @@
 
 mod drill;
 mod dump;
+mod load;
 mod restore;
+mod sandbox;
 mod toc;
 
 use super::process::{self, ProcessError};
@@ -117,6 +119,7 @@ pub struct Postgres {
     stall_timeout: Duration,
     restore_jobs: u32,
     row_counts: bool,
+    drill_sandbox: bool,
 }
 
 /// What a restore loads: a plain SQL stream (fed to psql), or a custom archive staged in a
@@ -236,7 +239,15 @@ impl Postgres {
             stall_timeout,
             restore_jobs: restore_jobs.max(1),
             row_counts,
+            drill_sandbox: true,
         }
+    }
+
+    /// Whether a drill loads as a role of its own that is not a superuser (the default; off:
+    /// as DATABASE_URL's role, for dumps with objects only a superuser may create).
+    pub fn with_drill_sandbox(mut self, on: bool) -> Self {
+        self.drill_sandbox = on;
+        self
     }
 
     /// The database DATABASE_URL names.
@@ -257,6 +268,11 @@ impl Postgres {
     /// values (`service=`), which win over the environment, so no service file can turn a
     /// drill or a staging load toward another database. Never a password.
     pub(super) fn conninfo(&self, database: &str) -> String {
+        self.conninfo_for(database, self.conn.user.as_deref())
+    }
+
+    /// [`Postgres::conninfo`] with `user` for DATABASE_URL's role.
+    pub(super) fn conninfo_for(&self, database: &str, user: Option<&str>) -> String {
         fn value(v: &str) -> String {
             format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
         }
@@ -268,7 +284,7 @@ impl Postgres {
         if let Some(p) = c.port {
             out.push_str(&format!(" port={p}"));
         }
-        if let Some(u) = &c.user {
+        if let Some(u) = user {
             out.push_str(&format!(" user={}", value(u)));
         }
         out
@@ -304,8 +320,11 @@ impl Postgres {
         // then idles in its transaction while pg_dump runs. pg_dump sets these on its own
         // connection; every other session of dbkeep's gets them here.
         // And standard_conforming_strings starts on, whatever the role or database says, so
-        // that psql splits a plain dump's statements as Retarget's lexer does.
-        let ours = "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c standard_conforming_strings=on";
+        // that psql splits a plain dump's statements as Retarget's lexer does; and search_path
+        // is pg_catalog's, so that no `ALTER DATABASE … SET search_path` of a database's owner
+        // (a drill's load role, say) puts its functions under dbkeep's unqualified calls
+        // (pg_dump and pg_restore set their own, as plain dumps do).
+        let ours = "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c standard_conforming_strings=on -c search_path=pg_catalog,pg_temp";
         let options = match c.env.get("PGOPTIONS") {
             Some(theirs) => format!("{theirs} {ours}"),
             None => ours.to_owned(),

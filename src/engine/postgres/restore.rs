@@ -12,12 +12,11 @@
 //! process is provably gone, and unblocks the live database. It never drops anything a client
 //! could have written to: a previous database left aside after the swap is only reported.
 
-use super::toc;
 use super::*;
-use crate::engine::process::{self, Running};
+use crate::engine::process;
 use crate::engine::retarget::{Captured, Retarget};
 use crate::signals;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -172,14 +171,14 @@ impl Postgres {
                 let preamble = captured(&retarget)?.to_vec();
                 let staging = self.create_staging(&preamble, &target, &staging_db)?;
                 let mut rest = io::Cursor::new(first).chain(&mut retarget);
-                self.load_sql(&staging.name, &mut rest, &app_name)?;
+                self.load_sql(&staging.name, &mut rest, &app_name, None)?;
                 let statements = captured(&retarget)?.to_vec();
                 self.finish(staging, &statements, &target, live_allowed)
             }
             Source::Archive(path) => {
                 let statements = self.archive_statements(path)?;
                 let staging = self.create_staging(&statements, &target, &staging_db)?;
-                self.load_archive(path, &staging.name, &app_name, false)?;
+                self.load_archive(path, &staging.name, &app_name, None)?;
                 self.finish(staging, &statements, &target, live_allowed)
             }
         }
@@ -367,114 +366,6 @@ impl Postgres {
             }
         }
         Ok(done)
-    }
-
-    /// Feeds a plain dump to psql on `database`. The dump must end with pg_dump's trailer: a
-    /// stream that stops early (psql may well have run it all without an error) is a failed
-    /// restore, which the caller rolls back.
-    pub(super) fn load_sql(
-        &self,
-        database: &str,
-        input: &mut dyn Read,
-        app_name: &str,
-    ) -> Result<(), PostgresError> {
-        let mut cmd = self.command("psql", database);
-        cmd.arg("-d").arg(self.conninfo(database));
-        // Marks the restore's sessions, so that a later recovery can end them.
-        cmd.env("PGAPPNAME", app_name);
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null());
-        let child: Running = process::spawn(cmd, HINT, self.secrets())?;
-        let mut tracked = TailReader {
-            inner: input,
-            tail: crate::codec::Tail::new(TRAILER_WINDOW),
-        };
-        feed_child(child, &mut tracked, Some(self.stall(app_name)))?;
-        if has_trailer(tracked.tail.bytes()) {
-            Ok(())
-        } else {
-            Err(PostgresError::TruncatedInput)
-        }
-    }
-
-    /// Loads a staged custom archive with `pg_restore -j N` into the existing database `into`:
-    /// a restore's staging database, or a drill's scratch database (`drill`: without owners,
-    /// privileges and subscriptions), in the passes [`toc::passes`] plans so that parallel jobs
-    /// cannot deadlock. pg_restore and its workers run in their own process group, so that a
-    /// signal stops all of them.
-    pub(super) fn load_archive(
-        &self,
-        path: &Path,
-        database: &str,
-        app_name: &str,
-        drill: bool,
-    ) -> Result<(), PostgresError> {
-        let mut list = self.command("pg_restore", database);
-        list.args(["--list", "--verbose"])
-            .arg(path)
-            .stdin(Stdio::null());
-        let listing = process::output(list, HINT, self.secrets())?;
-        for pass in toc::passes(&listing) {
-            self.restore_pass(path, database, app_name, drill, &pass)?;
-        }
-        Ok(())
-    }
-
-    /// One `pg_restore` run of [`Self::load_archive`]; its `--use-list` goes in on stdin.
-    fn restore_pass(
-        &self,
-        path: &Path,
-        database: &str,
-        app_name: &str,
-        drill: bool,
-        pass: &toc::Pass,
-    ) -> Result<(), PostgresError> {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = self.command("pg_restore", database);
-        cmd.env("PGAPPNAME", app_name);
-        if drill {
-            // A subscription would make the scratch database impossible to drop (and its
-            // slot is the publisher's): never restored by a drill.
-            cmd.args(["--no-owner", "--no-privileges", "--no-subscriptions"]);
-        }
-        let jobs = if pass.parallel { self.restore_jobs } else { 1 };
-        cmd.args(["--exit-on-error", "--no-password"])
-            .arg(format!("--jobs={jobs}"))
-            .arg(format!("--dbname={}", self.conninfo(database)));
-        if pass.list.is_some() {
-            cmd.arg("--use-list=/dev/stdin").stdin(Stdio::piped());
-        } else {
-            cmd.stdin(Stdio::null());
-        }
-        cmd.arg(path).stdout(Stdio::null()).process_group(0);
-        let mut child = process::spawn(cmd, HINT, self.secrets())?;
-        if let (Some(list), Some(mut stdin)) = (pass.list.clone(), child.take_stdin()) {
-            // pg_restore reads the whole list before it connects; a pg_restore that ends
-            // first closes the pipe, and its exit status tells why.
-            std::thread::spawn(move || {
-                let _ = stdin.write_all(list.as_bytes());
-            });
-        }
-        // No data flows through dbkeep here: the group's reads and writes are its progress,
-        // and the server says whether its sessions still work when they stop.
-        let watched = watch::watch_child(&mut child, true, Some(self.stall(app_name)), None);
-        watch::conclude(child, watched, self.stall_timeout.as_secs())?;
-        Ok(())
-    }
-}
-
-/// A reader that keeps the last bytes it passed on.
-pub(super) struct TailReader<'a> {
-    inner: &'a mut dyn Read,
-    tail: crate::codec::Tail,
-}
-
-impl Read for TailReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.tail.push(&buf[..n]);
-        Ok(n)
     }
 }
 

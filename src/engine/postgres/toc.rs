@@ -28,18 +28,64 @@ pub(super) struct Pass {
 }
 
 /// An entry line of the listing: `3708; 0 0 INDEX ATTACH shop orders_2024_odd_idx postgres`.
+#[derive(Clone)]
 struct Entry<'a> {
     id: u32,
     line: &'a str,
+    /// `INDEX ATTACH shop orders_2024_odd_idx postgres`.
+    desc: &'a str,
     attach: bool,
     deps: Vec<u32>,
 }
 
 /// The passes that restore the archive whose `pg_restore --list --verbose` output is `toc`.
 pub(super) fn passes(toc: &str) -> Vec<Pass> {
-    let entries = parse(toc);
+    passes_of(parse(toc), false)
+}
+
+/// How a drill loads an archive as a role that is not a superuser: the event triggers and the
+/// comments on extensions are left out (`left_out` of them); with `extensions_apart`, the
+/// schemas are restored first, on their own, then dbkeep creates the extensions (`extensions`:
+/// their entries, for `pg_restore --file=-`), then `passes` restore the rest.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct DrillPlan {
+    pub schemas: Option<String>,
+    pub extensions: Option<String>,
+    pub passes: Vec<Pass>,
+    pub left_out: usize,
+}
+
+pub(super) fn drill_plan(toc: &str, extensions_apart: bool) -> DrillPlan {
+    let all = parse(toc);
+    let left_out = |e: &Entry| {
+        e.desc.starts_with("EVENT TRIGGER ")
+            || e.desc.starts_with("COMMENT - EVENT TRIGGER ")
+            || e.desc.starts_with("COMMENT - EXTENSION ")
+    };
+    let schema = |e: &Entry| extensions_apart && e.desc.starts_with("SCHEMA ");
+    let extension = |e: &Entry| extensions_apart && e.desc.starts_with("EXTENSION ");
+    let lines = |keep: &dyn Fn(&Entry) -> bool| {
+        let l: Vec<&str> = all.iter().filter(|e| keep(e)).map(|e| e.line).collect();
+        (!l.is_empty()).then(|| l.join("\n") + "\n")
+    };
+    let rest: Vec<Entry> = all
+        .iter()
+        .filter(|e| !left_out(e) && !schema(e) && !extension(e))
+        .cloned()
+        .collect();
+    DrillPlan {
+        schemas: lines(&schema),
+        extensions: lines(&extension),
+        left_out: all.iter().filter(|e| left_out(e)).count(),
+        passes: passes_of(rest, true),
+    }
+}
+
+/// The passes over `entries`; `listed`: each pass names its entries even when one pass
+/// restores them all (the archive holds others).
+fn passes_of(entries: Vec<Entry<'_>>, listed: bool) -> Vec<Pass> {
     let attach: HashSet<u32> = entries.iter().filter(|e| e.attach).map(|e| e.id).collect();
-    if attach.is_empty() {
+    if attach.is_empty() && !listed {
         return vec![Pass {
             list: None,
             parallel: true,
@@ -108,6 +154,7 @@ fn parse(toc: &str) -> Vec<Entry<'_>> {
         entries.push(Entry {
             id,
             line,
+            desc,
             attach: desc.starts_with("INDEX ATTACH "),
             deps: Vec::new(),
         });
@@ -193,6 +240,43 @@ mod tests {
             Some(
                 "20; 0 0 COMMENT public CONSTRAINT fk postgres\n10; 2606 1 FK CONSTRAINT public t fk postgres\n"
             )
+        );
+    }
+
+    #[test]
+    fn drills_restore_schemas_then_extensions_apart_and_leave_out_event_triggers() {
+        let toc = "5; 2615 1 SCHEMA - shop corpus_owner\n\
+6; 3079 2 EXTENSION - hstore \n;\tdepends on: 5\n\
+7; 0 0 COMMENT - EXTENSION hstore \n;\tdepends on: 6\n\
+8; 1259 3 TABLE shop t postgres\n;\tdepends on: 5 6\n\
+9; 3466 4 EVENT TRIGGER - ddl postgres\n\
+10; 0 0 COMMENT - EVENT TRIGGER ddl postgres\n;\tdepends on: 9\n";
+        let plan = drill_plan(toc, true);
+        assert_eq!(
+            plan.schemas.as_deref(),
+            Some("5; 2615 1 SCHEMA - shop corpus_owner\n")
+        );
+        assert_eq!(
+            plan.extensions.as_deref(),
+            Some("6; 3079 2 EXTENSION - hstore \n")
+        );
+        assert_eq!(plan.left_out, 3);
+        assert_eq!(
+            plan.passes,
+            [Pass {
+                list: Some("8; 1259 3 TABLE shop t postgres\n".into()),
+                parallel: true
+            }]
+        );
+        // Without the helper, schemas and extensions load in the passes as the role may.
+        let plan = drill_plan(toc, false);
+        assert_eq!(
+            (plan.schemas, plan.extensions, plan.left_out),
+            (None, None, 3)
+        );
+        assert_eq!(
+            plan.passes[0].list.as_deref().map(|l| l.lines().count()),
+            Some(3)
         );
     }
 }

@@ -72,3 +72,63 @@ pub(super) fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
+
+/// Statements a drill leaves out because only a superuser may run them and the drill's load
+/// role is none: event triggers (which would also fire on dbkeep's own later statements), and
+/// comments on extensions (owned by whoever created them).
+pub(super) const DRILL_LEFT_OUT: &[&[u8]] = &[
+    b"CREATE EVENT TRIGGER ",
+    b"ALTER EVENT TRIGGER ",
+    b"COMMENT ON EVENT TRIGGER ",
+    b"SECURITY LABEL ON EVENT TRIGGER ",
+    b"COMMENT ON EXTENSION ",
+];
+
+/// The extension and schema of a statement exactly as pg_dump writes one,
+/// `CREATE EXTENSION IF NOT EXISTS name WITH SCHEMA schema;` (names bare in lower case, or
+/// double-quoted with doubled quotes inside), unquoted; `None` for any other statement.
+pub fn pg_dump_extension(stmt: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(stmt).ok()?.trim();
+    let rest = text.strip_suffix(';')?;
+    let rest = strip_words(rest, &["CREATE", "EXTENSION", "IF", "NOT", "EXISTS"])?;
+    let (name, rest) = identifier(rest)?;
+    let rest = strip_words(rest, &["WITH", "SCHEMA"])?;
+    let (schema, rest) = identifier(rest)?;
+    rest.trim().is_empty().then_some((name, schema))
+}
+
+fn strip_words<'a>(mut s: &'a str, words: &[&str]) -> Option<&'a str> {
+    for w in words {
+        s = s.trim_start().strip_prefix(w)?;
+        if !s.starts_with(char::is_whitespace) {
+            return None;
+        }
+    }
+    Some(s)
+}
+
+/// A bare (lower-case) or quoted identifier at the start of `s`, and what follows it.
+fn identifier(s: &str) -> Option<(String, &str)> {
+    let s = s.trim_start();
+    if let Some(quoted) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if matches!(chars.peek(), Some((_, '"'))) {
+                    chars.next();
+                } else {
+                    return (!name.is_empty()).then(|| (name, &quoted[i + 1..]));
+                }
+            }
+            name.push(c);
+        }
+        return None;
+    }
+    let end = s
+        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$'))
+        .unwrap_or(s.len());
+    let name = &s[..end];
+    (name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_'))
+        .then(|| (name.to_owned(), &s[end..]))
+}

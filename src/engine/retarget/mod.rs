@@ -21,6 +21,7 @@ mod lex;
 #[cfg(test)]
 mod tests;
 
+pub use classify::pg_dump_extension;
 use classify::*;
 use lex::{Lex, normalize};
 use std::io::{self, BufRead, Read};
@@ -127,6 +128,11 @@ pub struct Retarget<R> {
     scs_ok: bool,
     /// What the dump's first `\\connect` names.
     connect_target: Option<Vec<u8>>,
+    /// The (quoted) schema of the drill's `create_extension` helper: pg_dump's `CREATE
+    /// EXTENSION` statements become calls of it ([`Retarget::with_extension_helper`]).
+    extension_helper: Option<String>,
+    /// How many statements a drill left out as [`DRILL_LEFT_OUT`] lists them.
+    left_out: usize,
 }
 
 impl<R: BufRead> Read for Retarget<R> {
@@ -165,7 +171,23 @@ impl<R: BufRead> Retarget<R> {
             scs_matched: 0,
             scs_ok: false,
             connect_target: None,
+            extension_helper: None,
+            left_out: 0,
         }
+    }
+
+    /// For a drill whose load role is not a superuser: each `CREATE EXTENSION IF NOT EXISTS
+    /// name WITH SCHEMA schema;` exactly as pg_dump writes it becomes `SELECT
+    /// helper.create_extension('name', 'schema');`, the drill's own function that creates an
+    /// extension the live database has (see `engine/postgres/sandbox.rs`).
+    pub fn with_extension_helper(mut self, quoted_schema: String) -> Self {
+        self.extension_helper = Some(quoted_schema);
+        self
+    }
+
+    /// How many event-trigger statements and comments on extensions a drill left out.
+    pub fn left_out(&self) -> usize {
+        self.left_out
     }
 
     /// Starts the stream with dbkeep's own `\\restrict KEY` (psql 13.22, 14.19, 15.14, 16.10,
@@ -265,10 +287,36 @@ impl<R: BufRead> Retarget<R> {
                 self.current = Some(head.clone());
             }
             let privileges = self.mode == Mode::Drill && sets_owner_or_privileges(&norm);
+            let left_out = self.mode == Mode::Drill
+                && self.connected
+                && DRILL_LEFT_OUT.iter().any(|p| starts(p));
+            self.left_out += usize::from(left_out);
             let pass = self.connected
                 && !database
                 && !privileges
+                && !left_out
                 && (!subscription || self.mode == Mode::Restore);
+            // Only a statement read whole (it ended before the head's limit) is rewritten.
+            let whole = head.len() < HEAD;
+            let call = match &self.extension_helper {
+                Some(helper) if pass && whole && self.mode == Mode::Drill => {
+                    pg_dump_extension(&head).map(|(name, schema)| {
+                        format!(
+                            "SELECT {helper}.create_extension('{}', '{}');",
+                            name.replace('\'', "''"),
+                            schema.replace('\'', "''")
+                        )
+                    })
+                }
+                _ => None,
+            };
+            if let Some(call) = call {
+                self.out.extend_from_slice(call.as_bytes());
+                self.part = Part::Skip { meta };
+                self.head = head;
+                self.head.clear();
+                return;
+            }
             self.scs_ok = is_scs_on(&norm);
             if pass && !self.scs_ok && contains_ignore_case(&head, SCS) {
                 self.refuse(scs_refusal());
