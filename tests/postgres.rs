@@ -792,7 +792,8 @@ fn role_timeouts_break_no_backup_drill_or_restore() {
 
 /// REVIEW D2: dbkeep retries on a SQLSTATE, never on an English message. With the server's
 /// messages in German, a stale scratch database that a prepared transaction holds for a
-/// moment (DROP DATABASE: 55006, "wird von anderen Benutzern verwendet") is dropped by the next
+/// moment (DROP DATABASE: 55006, "wird von anderen Benutzern verwendet"; another role's, which
+/// DATABASE_URL's role cannot roll back) is dropped by the next
 /// drill once the transaction ends; a retry that read the English text would give up at once.
 #[test]
 fn retries_follow_the_sqlstate_whatever_the_servers_language() {
@@ -812,7 +813,8 @@ fn retries_follow_the_sqlstate_whatever_the_servers_language() {
     let Some((pg, mut env)) = setup() else {
         return;
     };
-    env.set("DATABASE_URL", pg.superuser_url("appdb"));
+    // DATABASE_URL's role (app) is no superuser: it cannot roll back the postgres role's
+    // prepared transaction, so it must wait for it to end.
     pg.sql("postgres", "ALTER SYSTEM SET lc_messages = 'de_DE.UTF-8'");
     pg.sql("postgres", "SELECT pg_reload_conf()");
     assert_eq!(pg.sql("postgres", "SHOW lc_messages").trim(), "de_DE.UTF-8");
@@ -825,7 +827,7 @@ fn retries_follow_the_sqlstate_whatever_the_servers_language() {
     let host = nix::unistd::gethostname().unwrap();
     let tag = hex::encode(&sha2::Sha256::digest(host.to_string_lossy().as_bytes())[..4]);
     let stale = format!("dbkeep_drill_{tag}_{pid}_00000000");
-    pg.sql("postgres", &format!("CREATE DATABASE {stale}"));
+    pg.sql("postgres", &format!("CREATE DATABASE {stale} OWNER app"));
     pg.sql(&stale, "BEGIN; PREPARE TRANSACTION 'held'");
     let err = pg
         .try_sql_as("postgres", "postgres", &format!("DROP DATABASE {stale}"))

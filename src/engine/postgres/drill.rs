@@ -37,7 +37,8 @@ BEGIN
     ORDER BY n.nspname, c.relname
   LOOP
     BEGIN
-      EXECUTE format('SELECT %I.bt_index_check($1)', @SCHEMA@) USING r.oid;
+      -- regclass: the extension's own function, which no overload in its schema can shadow.
+      EXECUTE format('SELECT %I.bt_index_check($1::regclass)', @SCHEMA@) USING r.oid;
       checked := checked + 1;
     EXCEPTION
       WHEN index_corrupted OR data_corrupted THEN
@@ -117,11 +118,13 @@ impl AmcheckReport {
 pub(super) struct ScratchDatabase<'a> {
     pg: &'a Postgres,
     name: String,
+    /// The load role that owns it, which may have prepared transactions in it.
+    role: Option<&'a LoadRole>,
 }
 
 impl Drop for ScratchDatabase<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.pg.drop_database(&self.name) {
+        if let Err(e) = self.pg.drop_scratch(&self.name, self.role) {
             tracing::error!(database = %self.name, error = %e, "could not drop the drill's scratch database: drop it by hand");
         }
     }
@@ -288,12 +291,12 @@ impl Postgres {
     /// Creates the scratch database with the encoding and locale of the dump's own `CREATE
     /// DATABASE` (so a drill fails where a restore would, on a locale this server lacks, and
     /// passes where it would), owned by the drill's load role when it has one.
-    fn create_scratch(
-        &self,
+    fn create_scratch<'a>(
+        &'a self,
         create: Option<&str>,
         name: &str,
-        role: Option<&LoadRole>,
-    ) -> Result<ScratchDatabase<'_>, PostgresError> {
+        role: Option<&'a LoadRole>,
+    ) -> Result<ScratchDatabase<'a>, PostgresError> {
         let sql = format!(
             "CREATE DATABASE {} TEMPLATE template0{}{}",
             ident(name),
@@ -310,6 +313,7 @@ impl Postgres {
         Ok(ScratchDatabase {
             pg: self,
             name: name.to_owned(),
+            role,
         })
     }
 
@@ -324,6 +328,11 @@ impl Postgres {
         log: &mut DrillLog,
     ) -> Result<(), PostgresError> {
         let name = scratch.name.as_str();
+        if sandbox.role.is_some() {
+            // The load role owns the database: whatever it set on it (`ALTER DATABASE … SET`,
+            // dynamic SQL included) goes before the connecting role's sessions open there.
+            self.maintenance(&[format!("ALTER DATABASE {} RESET ALL", ident(name))])?;
+        }
         log.pass(match &sandbox.role {
             Some(role) => format!(
                 "restored into the scratch database {name} as the drill's own role {}, not a superuser",
@@ -405,16 +414,44 @@ impl Postgres {
     pub(super) fn drop_stale_drills(&self) {
         for name in self.stale_drills("SELECT datname FROM pg_database") {
             tracing::warn!(database = %name, "dropping the scratch database of a killed drill");
-            if let Err(e) = self.drop_database(&name) {
+            if let Err(e) = self.drop_scratch(&name, None) {
                 tracing::warn!(database = %name, error = %e, "could not drop it");
             }
         }
         for name in self.stale_drills("SELECT rolname FROM pg_roles") {
             tracing::warn!(role = %name, "dropping the load role of a killed drill");
-            if let Err(e) = self.maintenance(&[format!("DROP ROLE IF EXISTS {}", ident(&name))]) {
+            let drop = [
+                "SET lock_timeout = '10s'".into(),
+                format!("DROP ROLE IF EXISTS {}", ident(&name)),
+            ];
+            if let Err(e) = self.maintenance(&drop) {
                 tracing::warn!(role = %name, error = %e, "could not drop it");
             }
         }
+    }
+
+    /// Drops a scratch database whatever its load role did to keep it: made it a template,
+    /// closed it to connections, left prepared transactions in it (rolled back as that role,
+    /// which a connecting role that is no superuser may not do for it).
+    pub(super) fn drop_scratch(
+        &self,
+        name: &str,
+        role: Option<&LoadRole>,
+    ) -> Result<(), PostgresError> {
+        let db = ident(name);
+        let _ = self.maintenance(&[format!(
+            "ALTER DATABASE {db} IS_TEMPLATE false ALLOW_CONNECTIONS true"
+        )]);
+        let prepared = format!(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = {}",
+            literal(name)
+        );
+        if let Ok(gids) = self.maintenance(&[prepared]) {
+            for gid in gids.lines().filter(|g| !g.is_empty()) {
+                let _ = self.psql_as(name, role, &format!("ROLLBACK PREPARED {}", literal(gid)));
+            }
+        }
+        self.drop_database(name)
     }
 
     /// The names `select` (of databases or roles) gives that are `dbkeep_drill_…` of this

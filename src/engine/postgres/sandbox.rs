@@ -48,13 +48,21 @@ pub(super) struct Sandbox<'a> {
 impl Drop for Sandbox<'_> {
     fn drop(&mut self) {
         if let Some(role) = &self.role {
-            let drop = format!("DROP ROLE IF EXISTS {}", ident(&role.name));
-            if let Err(e) = self.pg.maintenance(&[drop]) {
+            // Never wait forever on a lock a prepared transaction of the role holds.
+            let drop = [
+                "SET lock_timeout = '10s'".into(),
+                format!("DROP ROLE IF EXISTS {}", ident(&role.name)),
+            ];
+            if let Err(e) = self.pg.maintenance(&drop) {
                 tracing::error!(role = %role.name, error = %e, "could not drop the drill's load role: drop it by hand");
             }
         }
     }
 }
+
+/// Extensions that open connections to other databases (the live one): never made for a
+/// load role, which may set its own password and log in anywhere PUBLIC may connect.
+const CONNECTING: &[&str] = &["dblink", "postgres_fdw"];
 
 /// The `create_extension` helper; `@H@` is its quoted schema, `@ALLOWED@` the array of the
 /// live database's extensions, `@ROLE@` the load role.
@@ -63,6 +71,7 @@ CREATE FUNCTION @H@.create_extension(name text, schema text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $dbkeep_helper$
 DECLARE
   ns oid;
+  cfg record;
 BEGIN
   IF NOT name = ANY (@ALLOWED@::text[]) THEN
     RAISE EXCEPTION 'the dump creates the extension %, which the live database does not have: a drill creates only the extensions the live database has', name
@@ -89,6 +98,16 @@ BEGIN
       USING ERRCODE = 'insufficient_privilege';
   END IF;
   EXECUTE format('CREATE EXTENSION IF NOT EXISTS %I WITH SCHEMA %I', name, schema);
+  -- pg_dump writes the rows of an extension's configuration tables (PostGIS's
+  -- spatial_ref_sys) and its sequences' values: the load role may.
+  FOR cfg IN SELECT c.oid::regclass AS rel, r.relkind FROM pg_extension e,
+      unnest(e.extconfig) c(oid) JOIN pg_class r ON r.oid = c.oid WHERE e.extname = name LOOP
+    IF cfg.relkind = 'S' THEN
+      EXECUTE format('GRANT SELECT, UPDATE, USAGE ON SEQUENCE %s TO @ROLE@', cfg.rel);
+    ELSE
+      EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON %s TO @ROLE@', cfg.rel);
+    END IF;
+  END LOOP;
 END
 $dbkeep_helper$;
 REVOKE ALL ON FUNCTION @H@.create_extension(text, text) FROM PUBLIC;
@@ -132,14 +151,20 @@ impl Postgres {
         })?;
         let password = hex::encode(key);
         let until = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
-        // The password goes in on psql's stdin: never on a command line.
+        // The password goes in on psql's stdin, never on a command line, and as its SCRAM
+        // verifier only, which no server log or pg_stat_statements can turn back into it.
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| {
+            PostgresError::Drill(format!("no random salt for the drill's load role: {e}"))
+        })?;
+        let verifier = scram_verifier(&password, &salt);
         let sql = format!(
             "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
              NOBYPASSRLS CONNECTION LIMIT {} VALID UNTIL {} PASSWORD {};\n",
             ident(name),
             self.restore_jobs + 2,
             literal(&until),
-            literal(&password)
+            literal(&verifier)
         );
         // A role with CREATEROLE only must be a member of the role to make it the owner of
         // the scratch database (which gives the connecting role the load role's rights, not
@@ -149,7 +174,8 @@ impl Postgres {
         } else {
             format!("GRANT {} TO CURRENT_USER;\n", ident(name))
         };
-        self.psql_input(&self.maintenance_db, &(sql + &grant), &password)
+        let script = format!("BEGIN;\n{sql}{grant}COMMIT;\n");
+        self.psql_input(&self.maintenance_db, &script, &password)
             .map_err(|e| {
                 PostgresError::Drill(format!(
                     "cannot create the drill's load role {name}: {}",
@@ -183,7 +209,7 @@ impl Postgres {
         let allowed: Vec<String> = live
             .lines()
             .map(str::trim)
-            .filter(|n| !n.is_empty() && !n.contains('$'))
+            .filter(|n| !n.is_empty() && !n.contains('$') && !CONNECTING.contains(n))
             .map(literal)
             .collect();
         let sql = HELPER_SQL
@@ -191,16 +217,11 @@ impl Postgres {
             .replace("@ROLE@", &ident(&role.name))
             .replace("@ALLOWED@", &format!("ARRAY[{}]", allowed.join(", ")));
         self.psql_input(scratch, &sql, "")?;
-        let mut probe = self.command_as("psql", scratch, Some(role));
-        probe
-            .arg("-d")
-            .arg(self.conninfo_for(scratch, Some(&role.name)))
-            .args(["-X", "-q", "-A", "-t", "-c", "SELECT 1"]);
-        process::output(probe, HINT, self.secrets_with(Some(role))).map_err(|e| {
+        self.psql_as(scratch, Some(role), "SELECT 1").map_err(|e| {
             PostgresError::Drill(format!(
                 "the drill loads as a role of its own, {}, which cannot log in ({}): let it log in with a password where DATABASE_URL connects (pg_hba.conf: a scram-sha-256 or md5 line for it before any peer or ident line; a DATABASE_URL over TCP with a password meets Debian's defaults)",
                 role.name,
-                error_line(&PostgresError::Process(e))
+                error_line(&e)
             ))
         })?;
         Ok(())
@@ -225,6 +246,20 @@ impl Postgres {
             )],
         )?;
         Ok(())
+    }
+
+    /// One statement on `database` as `role` (or DATABASE_URL's role); returns stdout.
+    pub(super) fn psql_as(
+        &self,
+        database: &str,
+        role: Option<&LoadRole>,
+        sql: &str,
+    ) -> Result<String, PostgresError> {
+        let mut cmd = self.command_as("psql", database, role);
+        cmd.arg("-d")
+            .arg(self.conninfo_for(database, self.user_of(role)))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        Ok(process::output(cmd, HINT, self.secrets_with(role))?)
     }
 
     /// [`Postgres::command`] connecting as `role` instead of DATABASE_URL's role.
@@ -283,5 +318,52 @@ impl Postgres {
     /// The user a tool connecting as `role` names: the role's, else DATABASE_URL's.
     pub(super) fn user_of<'a>(&'a self, role: Option<&'a LoadRole>) -> Option<&'a str> {
         role.map(|r| r.name.as_str()).or(self.conn.user.as_deref())
+    }
+}
+
+/// PostgreSQL's SCRAM-SHA-256 verifier of `password` (RFC 5802, 4096 iterations as the server's
+/// own default): `SCRAM-SHA-256$4096:salt$StoredKey:ServerKey`. The password itself is ASCII,
+/// which SASLprep leaves as it is.
+pub(super) fn scram_verifier(password: &str, salt: &[u8]) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::{Digest, Sha256};
+    const ITERATIONS: u32 = 4096;
+    let mac = |key: &[u8], data: &[&[u8]]| -> Vec<u8> {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
+        for d in data {
+            m.update(d);
+        }
+        m.finalize().into_bytes().to_vec()
+    };
+    // PBKDF2-HMAC-SHA-256, one block.
+    let mut u = mac(password.as_bytes(), &[salt, &1u32.to_be_bytes()]);
+    let mut salted = u.clone();
+    for _ in 1..ITERATIONS {
+        u = mac(password.as_bytes(), &[&u]);
+        salted.iter_mut().zip(&u).for_each(|(s, x)| *s ^= x);
+    }
+    let client_key = mac(&salted, &[b"Client Key"]);
+    let stored_key = Sha256::digest(&client_key);
+    let server_key = mac(&salted, &[b"Server Key"]);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        b64(salt),
+        b64(&stored_key),
+        b64(&server_key)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scram_verifiers_are_postgresqls() {
+        // From Python's hashlib.pbkdf2_hmac and hmac, an implementation of its own.
+        let salt: Vec<u8> = (0u8..16).collect();
+        assert_eq!(
+            super::scram_verifier("pencil", &salt),
+            "SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$zHCdol2044/ZyWzPLi7oxApCkamKw9Z+E4U/QApd/5Y=:dd5peBOitVnLNFu7VmwP+HiDaaw4OUCv396eVCWhYiE="
+        );
     }
 }
