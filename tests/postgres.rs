@@ -810,7 +810,7 @@ fn retries_follow_the_sqlstate_whatever_the_servers_language() {
     ) {
         return;
     }
-    let Some((pg, mut env)) = setup() else {
+    let Some((pg, env)) = setup() else {
         return;
     };
     // DATABASE_URL's role (app) is no superuser: it cannot roll back the postgres role's
