@@ -428,8 +428,19 @@ impl Postgres {
     }
 
     fn psql_command(&self, database: &str, statements: &[String]) -> Command {
-        let mut cmd = self.command("psql", database);
-        cmd.arg("-d").arg(self.conninfo(database));
+        self.psql_command_as(database, None, statements)
+    }
+
+    /// [`Postgres::psql_command`] connecting as `role` (a drill's load role) when given.
+    fn psql_command_as(
+        &self,
+        database: &str,
+        role: Option<&sandbox::LoadRole>,
+        statements: &[String],
+    ) -> Command {
+        let mut cmd = self.command_as("psql", database, role);
+        cmd.arg("-d")
+            .arg(self.conninfo_for(database, self.user_of(role)));
         // VERBOSITY=verbose puts the SQLSTATE in every error line, which does not depend on
         // the server's lc_messages (see [`sqlstate_is`]).
         cmd.args([

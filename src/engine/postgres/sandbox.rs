@@ -255,10 +255,7 @@ impl Postgres {
         role: Option<&LoadRole>,
         sql: &str,
     ) -> Result<String, PostgresError> {
-        let mut cmd = self.command_as("psql", database, role);
-        cmd.arg("-d")
-            .arg(self.conninfo_for(database, self.user_of(role)))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        let cmd = self.psql_command_as(database, role, &[sql.to_owned()]);
         Ok(process::output(cmd, HINT, self.secrets_with(role))?)
     }
 
