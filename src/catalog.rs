@@ -18,7 +18,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub const MANIFEST_VERSION: u32 = 1;
+/// The newest manifest version this dbkeep reads.
+pub const MANIFEST_VERSION: u32 = 2;
+/// What a manifest is written as unless it needs more: version 2 only when the data is a
+/// custom archive that pg_dump compressed itself ([`Manifest::archive_compressed`]), which a
+/// dbkeep that reads version 1 would try to decompress again.
+pub const MANIFEST_VERSION_BASE: u32 = 1;
 const OK_SUFFIX: &str = ".manifest.json";
 const FAILED_SUFFIX: &str = ".manifest.failed.json";
 
@@ -72,6 +77,11 @@ pub struct Manifest {
     /// SHA-256 of the stored bytes.
     pub sha256: Option<String>,
     pub compression: Compression,
+    /// A custom archive whose data pg_dump compressed (`compression`: gzip), as `pg_dump -Fc`
+    /// does: the stored bytes (before `.age`) are the archive itself, which pg_restore reads in
+    /// place; dbkeep's codec did not run. Such a manifest is `manifest_version` 2.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archive_compressed: bool,
     /// `age` when the stored bytes are an age file (compress, then encrypt).
     #[serde(default)]
     pub encryption: crate::encryption::Encryption,
@@ -145,6 +155,16 @@ pub struct CopyRecord {
 }
 
 impl Manifest {
+    /// The codec dbkeep decodes the stored stream with (after decryption): none when pg_dump
+    /// compressed the archive itself.
+    pub fn stream_compression(&self) -> Compression {
+        if self.archive_compressed {
+            Compression::None
+        } else {
+            self.compression
+        }
+    }
+
     /// Records the outcome of a copy to `repository`, replacing an earlier record of it.
     pub fn record_copy(&mut self, record: CopyRecord) {
         self.copies.retain(|c| c.repository != record.repository);

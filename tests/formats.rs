@@ -83,20 +83,41 @@ fn postgres_round_trips_every_codec_encryption_and_format() {
                 );
                 env.run(&["backup", "--name", &name]).ok();
                 let m = env.manifest(&name);
+                // A custom archive with gzip is compressed by pg_dump, as pg_dump -Fc does: no
+                // .gz around it, and a manifest that a dbkeep reading version 1 refuses rather
+                // than decompress twice.
+                let by_pg_dump = format == "custom" && codec == "gzip";
+                let (suffix, outer) = if by_pg_dump {
+                    ("", "none")
+                } else {
+                    (suffix, codec)
+                };
                 let file = stored_name(&name, ext, suffix, encrypted);
                 assert_eq!(m["data_file"], file.as_str(), "{name}");
                 assert_eq!(m["pg_format"], format, "{name}");
                 assert_eq!(m["compression"], codec, "{name}");
                 assert_eq!(m["encryption"], if encrypted { "age" } else { "none" });
+                assert_eq!(
+                    m["archive_compressed"].as_bool(),
+                    by_pg_dump.then_some(true)
+                );
+                assert_eq!(m["manifest_version"], if by_pg_dump { 2 } else { 1 });
 
                 let plain =
-                    open_with_standard_tools(&env, &env.backup_dir().join(&file), codec, encrypted);
+                    open_with_standard_tools(&env, &env.backup_dir().join(&file), outer, encrypted);
                 if format == "custom" {
                     // pg_restore reads what the standard tools give back, without dbkeep.
                     let mut list = pg.client("pg_restore", "postgres", "postgres");
                     let out = list.arg("--list").arg(&plain).output().unwrap();
                     let toc = String::from_utf8_lossy(&out.stdout);
                     assert!(out.status.success() && toc.contains("TABLE DATA sales items"));
+                    // pg_dump's own gzip (the header's compression), or none under dbkeep's.
+                    let gzip_inside = toc.lines().any(|l| {
+                        l.starts_with(";     Compression:")
+                            && !l.ends_with(" 0")
+                            && !l.ends_with("none")
+                    });
+                    assert_eq!(gzip_inside, by_pg_dump, "{name}: {toc}");
                 } else {
                     let text = std::fs::read_to_string(&plain).unwrap();
                     assert!(text.contains("-- PostgreSQL database dump complete"));

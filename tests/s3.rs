@@ -302,7 +302,7 @@ fn postgres_backups_restore_from_s3_and_prune_removes_stale_uploads() {
     o.ok();
     assert!(!stale.exists(), "{}", o.stdout);
     assert!(server.dir("pg").join("pg_sql.sql.gz").exists());
-    assert!(server.dir("pg").join("pg_custom.dump.gz").exists());
+    assert!(server.dir("pg").join("pg_custom.dump").exists());
 }
 
 /// On a second, independent S3 implementation (moto, behind a proxy that can cut it off): a
@@ -470,7 +470,7 @@ fn prune_on_s3_never_deletes_data_an_unreadable_manifest_may_own() {
         m["compression"] = "lz4".into()
     });
     edit_manifest(&dir.join("future_20240103.manifest.json"), |m| {
-        m["manifest_version"] = 2.into()
+        m["manifest_version"] = 3.into()
     });
     std::fs::rename(
         dir.join("renamed_20240104.manifest.json"),
@@ -503,7 +503,7 @@ fn prune_on_s3_never_deletes_data_an_unreadable_manifest_may_own() {
     for failed in [
         "FAILED  newer_20240102",
         "FAILED  future_20240103",
-        "newer dbkeep (manifest_version 2",
+        "newer dbkeep (manifest_version 3",
         "FAILED  moved_20240104",
     ] {
         assert!(o.stdout.contains(failed), "{failed}: {}", o.stdout);

@@ -15,8 +15,8 @@ mod restore;
 mod verify;
 
 pub use prune::{PruneOptions, PruneOutcome};
-pub use read::ScratchFile;
 use read::{Depth, pg_source};
+pub use read::{ScratchFile, Staged};
 pub use restore::RESTORE_JOURNAL;
 
 use crate::catalog::{self, Catalog, Manifest, Statistics};

@@ -54,6 +54,26 @@ impl Drop for ScratchFile {
     }
 }
 
+/// What a restore or drill loads from a file: a checked copy in a scratch file, or the stored
+/// file itself.
+pub enum Staged {
+    Scratch(ScratchFile),
+    /// The repository's own file: a custom archive that pg_dump compressed, stored without
+    /// dbkeep's codec or encryption in a local directory, is read by pg_restore where it is
+    /// (nothing copied). dbkeep never rewrites a data file in place: what is read is what the
+    /// check hashed, unless the file is deleted meanwhile, and then the load fails.
+    InPlace(PathBuf),
+}
+
+impl Staged {
+    pub fn path(&self) -> &Path {
+        match self {
+            Staged::Scratch(f) => f.path(),
+            Staged::InPlace(p) => p,
+        }
+    }
+}
+
 /// How much of a backup [`Ops::check`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Depth {
@@ -92,7 +112,7 @@ pub(super) fn check_sql(dec: &mut dyn Read) -> Result<String, String> {
 pub(super) fn pg_source<'a>(
     name: &str,
     sql: &'a mut Option<Box<dyn Read>>,
-    staged: Option<&'a ScratchFile>,
+    staged: Option<&'a Staged>,
 ) -> Result<postgres::Source<'a>, Error> {
     match (sql, staged) {
         (Some(r), _) => Ok(postgres::Source::Sql(r.as_mut())),
@@ -121,7 +141,7 @@ impl Ops {
             Encryption::None => stored,
             Encryption::Age => encryption::open(keys, stored)?,
         };
-        codec::decoder(m.compression, plain)
+        codec::decoder(m.stream_compression(), plain)
             .map(Some)
             .map_err(io_err("start the decompressor"))
     }
@@ -136,7 +156,7 @@ impl Ops {
         keys: Option<&Keys>,
         depth: Depth,
         checks: &mut Vec<String>,
-    ) -> Result<Option<ScratchFile>, Error> {
+    ) -> Result<Option<Staged>, Error> {
         let damaged = |problem: String| Error::Damaged {
             name: m.backup_name.clone(),
             problem,
@@ -186,7 +206,7 @@ impl Ops {
                 }
             };
             let dec = plain.and_then(|p| {
-                codec::decoder(m.compression, p)
+                codec::decoder(m.stream_compression(), p)
                     .map_err(|e| format!("cannot start the decompressor: {e}"))
             });
             match dec {
@@ -200,14 +220,26 @@ impl Ops {
                     (DatabaseType::Postgresql, PgFormat::Sql, Depth::Full) => check_sql(&mut dec),
                     // pg_restore -j needs a seekable file.
                     (DatabaseType::Postgresql, PgFormat::Custom, Depth::Restore | Depth::Drill) => {
-                        self.stage(&mut dec, "restore.dump").and_then(|file| {
+                        let in_place = (m.stream_compression() == Compression::None
+                            && m.encryption == Encryption::None)
+                            .then(|| self.storage.local_path(key))
+                            .flatten();
+                        let staged = match in_place {
+                            // Read to its end: the SHA-256 below is of the very file.
+                            Some(path) => io::copy(&mut dec, &mut io::sink())
+                                .map(|_| Staged::InPlace(path))
+                                .map_err(|e| format!("reading it failed: {e}")),
+                            None => self.stage(&mut dec, "restore.dump").map(Staged::Scratch),
+                        };
+                        staged.and_then(|file| {
                             postgres::list_archive(self.settings.pg_bindir.as_deref(), file.path())
                                 .map_err(|e| format!("pg_restore cannot read the archive: {e}"))?;
+                            let how = match file {
+                                Staged::InPlace(_) => "custom archive read in place",
+                                Staged::Scratch(_) => "custom archive staged",
+                            };
                             scratch = Some(file);
-                            Ok(
-                                "custom archive staged; pg_restore reads its table of contents"
-                                    .into(),
-                            )
+                            Ok(format!("{how}; pg_restore reads its table of contents"))
                         })
                     }
                     (DatabaseType::Postgresql, PgFormat::Custom, Depth::Full) => {
@@ -219,7 +251,7 @@ impl Ops {
                     }
                     (DatabaseType::Sqlite, _, Depth::Restore) => {
                         self.stage(&mut dec, "restore.db").map(|file| {
-                            scratch = Some(file);
+                            scratch = Some(Staged::Scratch(file));
                             "SQLite copy staged (the copy that passed integrity_check at backup time)"
                                 .into()
                         })
@@ -227,7 +259,7 @@ impl Ops {
                     (DatabaseType::Sqlite, _, Depth::Full | Depth::Drill) => {
                         self.stage(&mut dec, "verify.db").and_then(|file| {
                             sqlite::integrity_check(file.path()).map_err(|e| e.to_string())?;
-                            scratch = Some(file);
+                            scratch = Some(Staged::Scratch(file));
                             Ok("SQLite integrity_check ok".into())
                         })
                     }
@@ -258,7 +290,7 @@ impl Ops {
         if m.encryption == Encryption::Age {
             checks.push("age decryption complete".into());
         }
-        if m.compression != Compression::None {
+        if m.stream_compression() != Compression::None {
             checks.push(format!("{} stream complete", m.compression.name()));
         }
         checks.push(content.map_err(damaged)?);

@@ -202,6 +202,10 @@ impl Storage for LocalStorage {
         }
     }
 
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
+    }
+
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError> {
         let path = self.path(key);
         match File::open(&path) {

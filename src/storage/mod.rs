@@ -166,6 +166,11 @@ pub trait Storage: Send + Sync {
     /// Takes the repository's exclusive lock, waiting up to `timeout`. `purpose` says who holds
     /// it, for the message another process shows while it waits.
     fn lock(&self, purpose: &str, timeout: Duration) -> Result<RepoLock, StorageError>;
+    /// Where the object `key` is on this machine's file system, when the backend keeps it
+    /// there (a directory): a program may then read it in place.
+    fn local_path(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
     /// A local directory for scratch files (a SQLite copy being checked, a restore being
     /// staged); the caller removes what it puts there.
     fn scratch_dir(&self) -> Result<PathBuf, StorageError>;

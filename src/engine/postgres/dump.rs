@@ -135,9 +135,15 @@ impl SnapshotSession {
 
 impl Postgres {
     /// Streams a dump into `out`. Fails unless pg_dump exits 0 and the stream ends with the
-    /// completion trailer (plain SQL) or starts with the archive header (custom format, written
-    /// with pg_dump's own compression off so that dbkeep's codec applies).
-    pub fn dump(&self, format: PgFormat, out: &mut dyn Write) -> Result<DumpInfo, PostgresError> {
+    /// completion trailer (plain SQL) or starts with the archive header (custom format: its
+    /// data compressed by pg_dump with gzip at `archive_level`, or not at all so that dbkeep's
+    /// codec applies).
+    pub fn dump(
+        &self,
+        format: PgFormat,
+        archive_level: Option<u32>,
+        out: &mut dyn Write,
+    ) -> Result<DumpInfo, PostgresError> {
         let tool_version = self.tool_version("pg_dump")?;
         if !has_restrict(&tool_version) {
             tracing::warn!(pg_dump = %tool_version, "this pg_dump predates the August 2025 minor releases (CVE-2025-8714: a plain dump of a hostile server can carry psql meta-commands): install a newer PostgreSQL client");
@@ -163,7 +169,9 @@ impl Postgres {
         }
         match format {
             PgFormat::Sql => cmd.args(["--format=plain", "--clean", "--if-exists", "--create"]),
-            PgFormat::Custom => cmd.args(["--format=custom", "--compress=0"]),
+            PgFormat::Custom => cmd
+                .arg("--format=custom")
+                .arg(format!("--compress={}", archive_level.unwrap_or(0))),
         };
         cmd.arg("--no-password")
             .stdin(Stdio::null())
