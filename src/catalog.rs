@@ -20,9 +20,7 @@ use thiserror::Error;
 
 /// The newest manifest version this dbkeep reads.
 pub const MANIFEST_VERSION: u32 = 2;
-/// What a manifest is written as unless it needs more: version 2 only when the data is a
-/// custom archive that pg_dump compressed itself ([`Manifest::archive_compressed`]), which a
-/// dbkeep that reads version 1 would try to decompress again.
+/// What a manifest is written as unless it needs more ([`Manifest::required_version`]).
 pub const MANIFEST_VERSION_BASE: u32 = 1;
 const OK_SUFFIX: &str = ".manifest.json";
 const FAILED_SUFFIX: &str = ".manifest.failed.json";
@@ -82,6 +80,10 @@ pub struct Manifest {
     /// place; dbkeep's codec did not run. Such a manifest is `manifest_version` 2.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub archive_compressed: bool,
+    /// `dbkeep pin`: retention never deletes it. A pinned manifest is `manifest_version` 2, so
+    /// that a dbkeep that does not know pins keeps it (as unreadable) rather than age it out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
     /// `age` when the stored bytes are an age file (compress, then encrypt).
     #[serde(default)]
     pub encryption: crate::encryption::Encryption,
@@ -155,6 +157,16 @@ pub struct CopyRecord {
 }
 
 impl Manifest {
+    /// The `manifest_version` this manifest needs: 2 when a dbkeep reading version 1 would
+    /// misread it (an archive pg_dump compressed, a pin), else 1.
+    pub fn required_version(&self) -> u32 {
+        if self.archive_compressed || self.pinned {
+            MANIFEST_VERSION
+        } else {
+            MANIFEST_VERSION_BASE
+        }
+    }
+
     /// The codec dbkeep decodes the stored stream with (after decryption): none when pg_dump
     /// compressed the archive itself.
     pub fn stream_compression(&self) -> Compression {

@@ -300,6 +300,89 @@ fn a_run_with_a_shorter_retention_never_cuts_a_series_history() {
 }
 
 #[test]
+fn a_series_policy_keeps_its_calendar_and_a_pin_outlasts_it() {
+    let mut env = sqlite_env(3);
+    let dir = env.backup_dir();
+    // Eight nightly backups ten days apart (ages 70 … 0 days), taken before the policy with a
+    // retention that keeps them all.
+    env.set("BACKUP_RETENTION_DAYS", "365");
+    let name = |i: i64| format!("nightly_2026010{i}");
+    for i in 0..8 {
+        env.run(&["backup", "--name", &name(i), "--series", "nightly"])
+            .ok();
+        age(&dir, &name(i), 10 * (7 - i));
+    }
+    let o = env.run(&["pin", &name(0)]);
+    o.ok();
+    assert!(o.stdout.contains("pinned nightly_20260100"), "{}", o.stdout);
+    assert_eq!(env.manifest(&name(0))["pinned"], true);
+    assert_eq!(env.manifest(&name(0))["manifest_version"], 2);
+    let o = env.run(&["list"]);
+    assert!(o.stdout.contains("ok, pinned"), "{}", o.stdout);
+    std::fs::write(
+        env.path().join("dbkeep.toml"),
+        "[series.nightly]\nkeep_daily = 2\nkeep_monthly = 2\n",
+    )
+    .unwrap();
+    let o = env.run(&["prune", "--dry-run"]);
+    o.ok();
+    assert!(
+        o.stdout
+            .contains("policy [series.nightly]: keep_daily 2, keep_monthly 2 (UTC)"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("kept by the policy of series nightly: daily "),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("would delete nightly_20260101: kept by no rule"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("keep   nightly_20260100: pinned"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(env.backups().len(), 8, "a dry run deletes nothing");
+    env.run(&["prune", "--force"]).ok();
+    let names =
+        |env: &TestEnv| -> Vec<String> { env.backups().into_iter().map(|(n, _)| n).collect() };
+    let left = names(&env);
+    for kept in [name(0), name(6), name(7)] {
+        assert!(left.contains(&kept), "{kept} kept: {left:?}");
+    }
+    assert!(!left.contains(&name(1)), "{left:?}");
+    // At most one of ages 20 to 60 is a month's newest.
+    assert!(left.len() <= 4, "{left:?}");
+    // Unpinned, the old backup is retention's again; its manifest reads as version 1 again.
+    env.run(&["unpin", &name(0)]).ok();
+    assert!(env.manifest(&name(0)).get("pinned").is_none());
+    assert_eq!(env.manifest(&name(0))["manifest_version"], 1);
+    env.run(&["prune"]).ok();
+    assert!(!names(&env).contains(&name(0)));
+    // A policy that keeps nothing is refused before anything runs.
+    std::fs::write(
+        env.path().join("dbkeep.toml"),
+        "[series.nightly]\nkeep_daily = 0\n",
+    )
+    .unwrap();
+    let o = env.run(&["prune"]);
+    o.code(2);
+    assert!(
+        o.stderr
+            .contains("[series.nightly]: the policy keeps nothing"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
 fn configuration_errors_exit_2_and_name_the_key() {
     let mut env = sqlite_env(1);
     std::fs::write(

@@ -79,6 +79,10 @@ enum Command {
         #[arg(long, short)]
         yes: bool,
     },
+    /// Exempt a backup from retention (prune and the retention after a backup keep it).
+    Pin { name: String },
+    /// Let retention have a pinned backup again.
+    Unpin { name: String },
     /// Apply retention to every series and remove leftovers; prints each decision with its reason.
     /// Each backup is kept for the retention it recorded when it was taken.
     Prune {
@@ -210,7 +214,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let subject = match &cli.command {
                 Command::Backup(b) => b.name.as_deref(),
-                Command::Restore { name, .. } | Command::Delete { name, .. } => Some(name.as_str()),
+                Command::Restore { name, .. }
+                | Command::Delete { name, .. }
+                | Command::Pin { name }
+                | Command::Unpin { name } => Some(name.as_str()),
                 Command::Verify { name, .. } => name.as_deref(),
                 _ => None,
             };
@@ -259,6 +266,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::Stats { .. } => "stats",
         Command::Restore { .. } => "restore",
         Command::Delete { .. } => "delete",
+        Command::Pin { .. } => "pin",
+        Command::Unpin { .. } => "unpin",
         Command::Prune { .. } => "prune",
         Command::Verify { .. } => "verify",
         Command::Serve { .. } => "serve",

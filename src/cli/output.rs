@@ -28,6 +28,11 @@ pub(super) fn list_table(out: &mut String, backups: &[Manifest]) {
             Some(v) => format!(", DRILL FAILED {}", v.verified_at.format("%Y-%m-%d %H:%M")),
             None => String::new(),
         };
+        let drill = if m.pinned {
+            format!("{drill}, pinned")
+        } else {
+            drill
+        };
         let status = if m.success && !failed_copies.is_empty() {
             format!("ok{drill}, COPY FAILED to {}", failed_copies.join(", "))
         } else if m.success {

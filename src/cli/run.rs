@@ -186,6 +186,19 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             let _ = writeln!(out, "deleted {name} ({})", removed.join(", "));
             Ok(0)
         }
+        Command::Pin { name } | Command::Unpin { name } => {
+            let pin = matches!(cli.command, Command::Pin { .. });
+            let m = ops.pin(name, pin)?;
+            let _ = if m.pinned {
+                writeln!(
+                    out,
+                    "pinned {name}: retention keeps it until `dbkeep unpin {name}`"
+                )
+            } else {
+                writeln!(out, "unpinned {name}: retention applies to it again")
+            };
+            Ok(0)
+        }
         Command::Prune {
             dry_run,
             series,
@@ -204,8 +217,11 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 let _ = writeln!(out, "dry run: nothing is deleted");
             }
             for ((database, series), pol) in &p.policies {
+                let policy = ops.settings().series.get(series.as_str());
                 let days = if p.overridden.as_ref() == Some(series) {
                     format!("keep {} days (--retention-days)", pol.retention_days)
+                } else if let Some(policy) = policy {
+                    format!("policy [series.{series}]: {}", policy.describe())
                 } else {
                     format!(
                         "each backup kept for the days it recorded (the newest: {})",

@@ -46,6 +46,8 @@ pub struct Layer {
     pub backup_copy_to: Option<String>,
     /// `[[copy_to]]` tables: a repository each backup is also copied to, with its own settings.
     pub copy_to: Option<Vec<CopyToLayer>>,
+    /// `[series.NAME]` tables: a series' retention policy (`retention::policy`).
+    pub series: Option<std::collections::BTreeMap<String, crate::retention::SeriesTable>>,
     pub dbkeep_api_token: Option<String>,
     pub dbkeep_api_tokens_file: Option<PathBuf>,
     pub dbkeep_audit_log: Option<PathBuf>,

@@ -58,6 +58,8 @@ pub enum ConfigError {
     RecipientsAndPassphrase,
     #[error("{0}")]
     DatabaseUrl(#[from] DatabaseUrlError),
+    #[error("{0}")]
+    Policy(#[from] crate::retention::PolicyError),
     #[error(
         "DATABASE_URL is not set: set it in the environment or as database_url in dbkeep.toml, e.g. postgresql://user:password@host/db or sqlite:///app.db"
     )]
@@ -138,6 +140,8 @@ pub struct Settings {
     pub scratch_dir: Option<PathBuf>,
     /// Repositories each backup is also copied to (`[[copy_to]]`, `BACKUP_COPY_TO`).
     pub copy_to: Vec<CopyTarget>,
+    /// Retention policies by series name (`[series.NAME]` in the config file).
+    pub series: std::collections::BTreeMap<String, crate::retention::SeriesPolicy>,
     /// Settings of `dbkeep serve`.
     pub api: ApiSettings,
 }
@@ -205,6 +209,7 @@ impl Default for Settings {
             s3: S3Settings::default(),
             scratch_dir: None,
             copy_to: Vec::new(),
+            series: std::collections::BTreeMap::new(),
             api: ApiSettings::default(),
         }
     }
@@ -375,6 +380,12 @@ impl Settings {
         }
         if let Some(v) = l.backup_scratch_dir {
             self.scratch_dir = Some(v);
+        }
+        if let Some(tables) = l.series {
+            for (name, table) in tables {
+                let policy = crate::retention::SeriesPolicy::from_table(&name, &table)?;
+                self.series.insert(name, policy);
+            }
         }
         if let Some(tables) = l.copy_to {
             self.copy_to = tables.into_iter().map(CopyTarget::from).collect();

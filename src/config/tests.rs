@@ -233,3 +233,39 @@ fn debug_never_shows_the_password() {
     assert!(!format!("{url:?}").contains("hunter2"));
     assert!(!url.to_string().contains("hunter2"));
 }
+
+#[test]
+fn series_tables_give_series_their_policies_and_typos_name_the_key() {
+    let file = "[series.nightly]\ntimezone = \"Europe/Berlin\"\nkeep_daily = 7\nkeep_weekly = 4\nkeep_monthly = 12\n\n[series.hourly]\nkeep_hourly = 48\nkeep_within = \"3d\"\n";
+    let s = load(Some(file), &[], Overrides::default()).unwrap();
+    assert_eq!(s.series.len(), 2);
+    let n = &s.series["nightly"];
+    assert_eq!((n.daily, n.weekly, n.monthly, n.yearly), (7, 4, 12, 0));
+    assert_eq!(
+        n.describe(),
+        "keep_daily 7, keep_weekly 4, keep_monthly 12 (Europe/Berlin)"
+    );
+    assert_eq!(
+        s.series["hourly"].describe(),
+        "keep_hourly 48, keep_within 3d (UTC)"
+    );
+    let err = load(
+        Some("[series.nightly]\nkeep_dayly = 7\n"),
+        &[],
+        Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 2, key keep_dayly"), "{err}");
+    let err = load(
+        Some("[series.nightly]\nkeep_daily = 7\ntimezone = \"Berlin\"\n"),
+        &[],
+        Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("[series.nightly]: timezone \"Berlin\""),
+        "{err}"
+    );
+}

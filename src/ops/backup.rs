@@ -162,10 +162,8 @@ impl Ops {
         let mut manifest =
             self.attempt_manifest(&name, series, db_type, &url, compression, encryption);
         manifest.timestamp = started;
-        if archive_compressed {
-            manifest.archive_compressed = true;
-            manifest.manifest_version = catalog::MANIFEST_VERSION;
-        }
+        manifest.archive_compressed = archive_compressed;
+        manifest.manifest_version = manifest.required_version();
 
         let dumped = self.recover_interrupted_restore(&engine).and_then(|()| {
             self.dump_into(
@@ -264,6 +262,7 @@ impl Ops {
                 keep_min_at_least: self.settings.keep_min,
                 overrides: &|_, _| retention::Override::default(),
                 force: false,
+                policies: &self.settings.series,
             },
             Utc::now(),
         );
@@ -353,6 +352,7 @@ impl Ops {
             sha256: None,
             compression,
             archive_compressed: false,
+            pinned: false,
             encryption,
             pg_format: self.pg_format(database_type),
             data_file: None,

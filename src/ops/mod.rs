@@ -9,6 +9,7 @@
 mod backup;
 mod copy;
 mod drill;
+mod pin;
 mod prune;
 mod read;
 mod restore;
@@ -165,6 +166,7 @@ fn candidate(m: &Manifest) -> Candidate {
         series: m.series.clone(),
         timestamp: m.timestamp,
         success: m.success,
+        pinned: m.pinned,
         policy: Policy {
             retention_days: m.retention_days,
             keep_min: m.keep_min,

@@ -119,6 +119,7 @@ impl Ops {
                 keep_min_at_least: self.settings.keep_min,
                 overrides: &|_, _| over,
                 force: opts.force,
+                policies: &self.settings.series,
             },
             Utc::now(),
         );
