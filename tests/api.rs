@@ -896,3 +896,122 @@ fn list_sees_backups_made_by_the_cli_at_once() {
     let (_, list) = s.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
     assert_eq!(list["backups"].as_array().unwrap().len(), 4);
 }
+
+/// The value of the sample `metric` whose labels include `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+fn scrape(s: &Server, token: Option<&str>) -> (String, prometheus_parse::Scrape) {
+    let r = s.raw(Method::GET, "/metrics", token, None);
+    assert_eq!(r.status(), StatusCode::OK);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = r.text().unwrap();
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("a Prometheus text parser reads it");
+    (text, parsed)
+}
+
+#[test]
+fn metrics_show_the_repository_and_the_servers_counters_behind_auth() {
+    let mut env = sqlite_env(3);
+    env.run(&["backup", "--name", "nightly_20261130"]).ok();
+    env.run(&["backup", "--name", "nightly_20261201"]).ok();
+    env.run(&["verify", "--restore", "nightly_20261201"]).ok();
+    // A failed attempt of another series (its database is missing).
+    let missing = format!("sqlite:///{}", env.path().join("gone/x.db").display());
+    env.run_with(
+        &[("DATABASE_URL", &missing)],
+        &["backup", "--name", "weekly_20261201"],
+    );
+    let s = Server::start(&env);
+    let (status, _) = s.call(Method::GET, "/metrics", None, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = s.call(
+        Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(json!({"backup_name": "api_20261201"})),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s.call(
+        Method::DELETE,
+        "/api/backup/delete/nope_20200101",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (text, m) = scrape(&s, Some(TOKEN));
+    assert!(!text.contains(TOKEN), "no secret in the metrics");
+    let newest = env.manifest("nightly_20261201");
+    let nightly = [("series", "nightly"), ("database", "app.db")];
+    let at = chrono::DateTime::parse_from_rfc3339(newest["timestamp"].as_str().unwrap())
+        .unwrap()
+        .timestamp() as f64;
+    assert_eq!(
+        sample(&m, "dbkeep_backup_last_success_timestamp_seconds", &nightly),
+        Some(at),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&m, "dbkeep_backup_last_size_bytes", &nightly),
+        newest["file_size"].as_f64()
+    );
+    assert_eq!(
+        sample(&m, "dbkeep_backup_last_success", &nightly),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "dbkeep_drill_last_success", &nightly), Some(1.0));
+    assert!(sample(&m, "dbkeep_drill_last_timestamp_seconds", &nightly).is_some_and(|t| t >= at));
+    let weekly = [("series", "weekly")];
+    assert_eq!(
+        sample(&m, "dbkeep_backup_last_success", &weekly),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(sample(&m, "dbkeep_backup_last_failure_timestamp_seconds", &weekly).is_some());
+    assert_eq!(
+        sample(&m, "dbkeep_backup_last_success_timestamp_seconds", &weekly),
+        None
+    );
+    assert_eq!(sample(&m, "dbkeep_repository_backups", &[]), Some(3.0));
+    assert_eq!(
+        sample(&m, "dbkeep_repository_failed_attempts", &[]),
+        Some(1.0)
+    );
+    assert!(sample(&m, "dbkeep_repository_size_bytes", &[]).is_some_and(|b| b > 0.0));
+    assert_eq!(sample(&m, "dbkeep_operations_in_flight", &[]), Some(0.0));
+    let ops = |operation: &str, outcome: &str| {
+        sample(
+            &m,
+            "dbkeep_operations_total",
+            &[("operation", operation), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(ops("create", "success"), Some(1.0), "{text}");
+    assert_eq!(ops("delete", "refused"), Some(1.0), "{text}");
+    drop(s);
+
+    // Public metrics: /metrics without a token, every other route still behind it.
+    env.set("DBKEEP_METRICS_PUBLIC", "true");
+    let s = Server::start(&env);
+    let (_, m) = scrape(&s, None);
+    assert_eq!(sample(&m, "dbkeep_repository_backups", &[]), Some(3.0));
+    let (status, _) = s.call(Method::GET, "/api/backup/list", None, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -110,6 +110,13 @@ pub(super) async fn create(
         .await?;
         let (out, drill) = out.map_err(|e| ApiError::from_ops(e, body.backup_name.as_deref()))?;
         st.invalidate();
+        let deleted = out
+            .retention
+            .iter()
+            .filter(|d| d.action == crate::retention::Action::Delete)
+            .count()
+            .saturating_sub(out.retention_errors.len());
+        st.metrics.retention_deleted(deleted as u64);
         let drill = match drill {
             Ok(None) => serde_json::Value::Null,
             Ok(Some(r)) => match r.result {
@@ -429,6 +436,31 @@ pub(super) fn receiver_stream(
 
 pub(super) async fn openapi_doc(Extension(_caller): Extension<Caller>) -> Response {
     Json(openapi::document()).into_response()
+}
+
+/// `GET /metrics`: see [`super::metrics`].
+pub(super) async fn metrics_text(State(state): State<Shared>) -> Response {
+    let st = state.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        st.catalog().map(|cat| (cat, st.ops.storage().free_space()))
+    })
+    .await;
+    match read {
+        Ok(Ok((cat, free_bytes))) => {
+            let now = super::metrics::Now {
+                running: state.running.load(Ordering::SeqCst),
+                free_bytes,
+                at: chrono::Utc::now(),
+            };
+            (
+                [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
+                state.metrics.render(&cat, &now),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => ApiError::from_ops(e, None).into_response(),
+        Err(e) => ApiError::internal("reading the catalog panicked", e).into_response(),
+    }
 }
 
 pub(super) async fn healthz(State(state): State<Shared>) -> Response {

@@ -40,6 +40,7 @@ pub mod error;
 pub mod limits;
 
 mod handlers;
+pub mod metrics;
 pub mod openapi;
 mod state;
 
@@ -112,6 +113,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/openapi.json", "This OpenAPI document"),
     (
         "get",
+        "/metrics",
+        "Prometheus metrics (OpenMetrics text; no auth with DBKEEP_METRICS_PUBLIC)",
+    ),
+    (
+        "get",
         "/healthz",
         "Liveness and the age of the last successful backup (no auth)",
     ),
@@ -127,10 +133,17 @@ pub fn router(state: Shared) -> Router {
         .route("/api/backup/statistics", get(statistics))
         .route("/api/backup/download/{name}", get(download))
         .route("/api/backup/verify/{name}", post(verify))
-        .route("/api/openapi.json", get(openapi_doc))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route("/api/openapi.json", get(openapi_doc));
+    let metrics = Router::new().route("/metrics", get(metrics_text));
+    let (api, open) = if state.metrics_public {
+        (api, metrics)
+    } else {
+        (api.merge(metrics), Router::new())
+    };
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)
+        .merge(open)
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -245,6 +258,7 @@ async fn authenticate(
 /// Takes one request from the caller's limit on `endpoint`.
 fn limit(state: &AppState, endpoint: Endpoint, caller: &Caller) -> Result<(), ApiError> {
     state.limits.check(endpoint, caller.ip).map_err(|wait| {
+        state.metrics.rate_limited(endpoint.name());
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -339,6 +353,7 @@ where
         Err(e) => e.into_response(),
     };
     let status = resp.status();
+    state.metrics.operation(action, status.as_u16());
     state.audit.record(&AuditEntry {
         time: now_text(),
         client: caller.ip.to_string(),

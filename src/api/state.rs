@@ -25,6 +25,8 @@ pub struct AppState {
     pub(super) health_max_age: Duration,
     pub(super) body_timeout: Duration,
     pub(super) running: Arc<AtomicUsize>,
+    pub(super) metrics: metrics::Metrics,
+    pub(super) metrics_public: bool,
     pub(super) cache: Mutex<Option<CatalogCache>>,
     /// Held while the catalog is re-read, so concurrent misses wait for one read.
     pub(super) rebuild: Mutex<()>,
@@ -76,6 +78,8 @@ impl AppState {
             health_max_age: settings.api.health_max_age,
             body_timeout: settings.api.body_timeout,
             running: Arc::new(AtomicUsize::new(0)),
+            metrics: metrics::Metrics::default(),
+            metrics_public: settings.api.metrics_public,
             cache: Mutex::new(None),
             rebuild: Mutex::new(()),
         })

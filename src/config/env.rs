@@ -143,6 +143,7 @@ pub(super) fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, C
         dbkeep_audit_log: get("DBKEEP_AUDIT_LOG").map(PathBuf::from),
         dbkeep_trusted_proxies: get("DBKEEP_TRUSTED_PROXIES"),
         dbkeep_rate_limits: get("DBKEEP_RATE_LIMITS"),
+        dbkeep_metrics_public: boolean("DBKEEP_METRICS_PUBLIC")?,
         dbkeep_health_max_age: num(
             "DBKEEP_HEALTH_MAX_AGE",
             "expected seconds (the age of the last successful backup that /healthz accepts)",

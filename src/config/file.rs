@@ -54,6 +54,7 @@ pub struct Layer {
     pub dbkeep_trusted_proxies: Option<String>,
     pub dbkeep_rate_limits: Option<String>,
     pub dbkeep_health_max_age: Option<u64>,
+    pub dbkeep_metrics_public: Option<bool>,
     pub dbkeep_shutdown_grace: Option<u64>,
     pub dbkeep_body_timeout: Option<u64>,
 }

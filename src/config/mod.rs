@@ -163,6 +163,8 @@ pub struct ApiSettings {
     pub health_max_age: Duration,
     /// `DBKEEP_SHUTDOWN_GRACE`: seconds a running operation may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `DBKEEP_METRICS_PUBLIC`: `/metrics` answers without a token (default false).
+    pub metrics_public: bool,
     /// `DBKEEP_BODY_TIMEOUT`: seconds a client may take to send a request body.
     pub body_timeout: Duration,
 }
@@ -177,6 +179,7 @@ impl Default for ApiSettings {
             rate_limits: None,
             health_max_age: Duration::from_secs(26 * 3600),
             shutdown_grace: Duration::from_secs(60),
+            metrics_public: false,
             body_timeout: Duration::from_secs(30),
         }
     }
@@ -422,6 +425,9 @@ impl Settings {
         }
         if let Some(v) = l.dbkeep_rate_limits {
             self.api.rate_limits = Some(v);
+        }
+        if let Some(v) = l.dbkeep_metrics_public {
+            self.api.metrics_public = v;
         }
         if let Some(v) = l.dbkeep_health_max_age {
             self.api.health_max_age = Duration::from_secs(v);
