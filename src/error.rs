@@ -60,6 +60,10 @@ pub enum Error {
     #[error("{0}")]
     NotConfirmed(String),
     #[error(
+        "no schedule is configured: add [[schedule]] tables (name, cron, …) to the config file (see the README's Scheduling section)"
+    )]
+    NoSchedules,
+    #[error(
         "the backup {name:?} is a {backup} backup but DATABASE_URL names a {configured} database"
     )]
     WrongDatabaseType {
@@ -116,6 +120,7 @@ impl Error {
             Error::Config(_)
             | Error::Name(_)
             | Error::NotConfirmed(_)
+            | Error::NoSchedules
             | Error::WrongDatabaseType { .. }
             | Error::Storage(StorageError::Setup { .. } | StorageError::Unsupported { .. }) => {
                 ErrorKind::Usage

@@ -17,5 +17,6 @@ pub mod logging;
 pub mod naming;
 pub mod ops;
 pub mod retention;
+pub mod schedule;
 pub mod signals;
 pub mod storage;

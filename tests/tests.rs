@@ -15,6 +15,7 @@ mod interrupted;
 mod postgres;
 mod s3;
 mod s3_limits;
+mod schedule;
 mod soak;
 mod sqlite;
 mod storage;

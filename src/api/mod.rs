@@ -435,6 +435,22 @@ pub async fn serve(
             limits_state.limits.shrink();
         }
     });
+    // The scheduler, when schedules are configured: on a thread of its own, with the
+    // repository lock waited for like any backup; it stops starting runs at SIGTERM, and its
+    // running backup counts for the grace period.
+    let scheduler_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if !settings.schedules.is_empty() {
+        let ops = Ops::new(settings.clone())?.without_signal_handlers();
+        let clock = crate::schedule::runner::SystemClock {
+            stop: Some(scheduler_stop.clone()),
+        };
+        let running = state.running();
+        std::thread::spawn(move || {
+            if let Err(e) = ops.run_schedules(&clock, Some(&running)) {
+                tracing::error!(error = %e, "the scheduler stopped");
+            }
+        });
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
     let server = tokio::spawn(async move {
@@ -450,6 +466,7 @@ pub async fn serve(
     shutdown_signal().await;
     tracing::info!("shutting down: no new requests");
     let _ = stop_tx.send(true);
+    scheduler_stop.store(true, Ordering::SeqCst);
     let running = state.running();
     let grace_end = Instant::now() + settings.api.shutdown_grace;
     while running.load(Ordering::SeqCst) > 0 && Instant::now() < grace_end {

@@ -42,6 +42,18 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum ScheduleAction {
+    /// Run the configured schedules until SIGTERM or SIGINT (between runs; a running backup
+    /// is stopped and recorded as failed).
+    Run,
+    /// Each schedule's next run and the newest backup of its series.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Take a backup, record its manifest, then apply retention to its series.
     Backup(BackupArgs),
@@ -78,6 +90,12 @@ enum Command {
         /// Do not ask for confirmation (required when stdin is not a terminal).
         #[arg(long, short)]
         yes: bool,
+    },
+    /// The scheduler: `run` it in the foreground (no HTTP; `dbkeep serve` runs it too), or
+    /// `list` each schedule's next run and last outcome.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
     },
     /// Exempt a backup from retention (prune and the retention after a backup keep it).
     Pin { name: String },
@@ -266,6 +284,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Stats { .. } => "stats",
         Command::Restore { .. } => "restore",
         Command::Delete { .. } => "delete",
+        Command::Schedule { .. } => "schedule",
         Command::Pin { .. } => "pin",
         Command::Unpin { .. } => "unpin",
         Command::Prune { .. } => "prune",

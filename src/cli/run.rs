@@ -186,6 +186,37 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             let _ = writeln!(out, "deleted {name} ({})", removed.join(", "));
             Ok(0)
         }
+        Command::Schedule { action } => match action {
+            ScheduleAction::Run => {
+                crate::signals::install().map_err(Error::Signals)?;
+                ops.run_schedules(&crate::schedule::runner::SystemClock::default(), None)?;
+                Ok(0)
+            }
+            ScheduleAction::List { json } => {
+                let list = ops.schedule_status(chrono::Utc::now())?;
+                if *json {
+                    let _ = writeln!(out, "{}", to_json(&list));
+                } else {
+                    for s in &list {
+                        let last = match (&s.last_backup, s.last_success, &s.last_at) {
+                            (Some(n), Some(true), Some(at)) => format!("last {n} ok at {at}"),
+                            (Some(n), Some(false), Some(at)) => format!("last {n} FAILED at {at}"),
+                            _ => "no backup yet".to_owned(),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "{}  {} ({})  series {}  next {}  {last}",
+                            s.name,
+                            s.cron,
+                            s.timezone,
+                            s.series,
+                            s.next_run.as_deref().unwrap_or("never")
+                        );
+                    }
+                }
+                Ok(0)
+            }
+        },
         Command::Pin { name } | Command::Unpin { name } => {
             let pin = matches!(cli.command, Command::Pin { .. });
             let m = ops.pin(name, pin)?;

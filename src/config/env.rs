@@ -138,6 +138,7 @@ pub(super) fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, C
         backup_copy_to: get("BACKUP_COPY_TO"),
         copy_to: None,
         series: None,
+        schedule: None,
         dbkeep_api_token: get("DBKEEP_API_TOKEN"),
         dbkeep_api_tokens_file: get("DBKEEP_API_TOKENS_FILE").map(PathBuf::from),
         dbkeep_audit_log: get("DBKEEP_AUDIT_LOG").map(PathBuf::from),

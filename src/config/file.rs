@@ -48,6 +48,8 @@ pub struct Layer {
     pub copy_to: Option<Vec<CopyToLayer>>,
     /// `[series.NAME]` tables: a series' retention policy (`retention::policy`).
     pub series: Option<std::collections::BTreeMap<String, crate::retention::SeriesTable>>,
+    /// `[[schedule]]` tables: the scheduler's (`schedule`).
+    pub schedule: Option<Vec<crate::schedule::ScheduleTable>>,
     pub dbkeep_api_token: Option<String>,
     pub dbkeep_api_tokens_file: Option<PathBuf>,
     pub dbkeep_audit_log: Option<PathBuf>,

@@ -60,6 +60,8 @@ pub enum ConfigError {
     DatabaseUrl(#[from] DatabaseUrlError),
     #[error("{0}")]
     Policy(#[from] crate::retention::PolicyError),
+    #[error("{0}")]
+    Schedule(#[from] crate::schedule::ScheduleError),
     #[error(
         "DATABASE_URL is not set: set it in the environment or as database_url in dbkeep.toml, e.g. postgresql://user:password@host/db or sqlite:///app.db"
     )]
@@ -142,6 +144,8 @@ pub struct Settings {
     pub copy_to: Vec<CopyTarget>,
     /// Retention policies by series name (`[series.NAME]` in the config file).
     pub series: std::collections::BTreeMap<String, crate::retention::SeriesPolicy>,
+    /// The scheduler's schedules (`[[schedule]]` in the config file).
+    pub schedules: Vec<crate::schedule::Schedule>,
     /// Settings of `dbkeep serve`.
     pub api: ApiSettings,
 }
@@ -213,6 +217,7 @@ impl Default for Settings {
             scratch_dir: None,
             copy_to: Vec::new(),
             series: std::collections::BTreeMap::new(),
+            schedules: Vec::new(),
             api: ApiSettings::default(),
         }
     }
@@ -389,6 +394,9 @@ impl Settings {
                 let policy = crate::retention::SeriesPolicy::from_table(&name, &table)?;
                 self.series.insert(name, policy);
             }
+        }
+        if let Some(tables) = l.schedule {
+            self.schedules = crate::schedule::Schedule::all(&tables)?;
         }
         if let Some(tables) = l.copy_to {
             self.copy_to = tables.into_iter().map(CopyTarget::from).collect();

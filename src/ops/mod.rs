@@ -13,12 +13,14 @@ mod pin;
 mod prune;
 mod read;
 mod restore;
+mod schedule;
 mod verify;
 
 pub use prune::{PruneOptions, PruneOutcome};
 use read::{Depth, pg_source};
 pub use read::{ScratchFile, Staged};
 pub use restore::RESTORE_JOURNAL;
+pub use schedule::ScheduleStatus;
 
 use crate::catalog::{self, Catalog, Manifest, Statistics};
 use crate::config::Settings;
