@@ -395,6 +395,12 @@ pub struct Statistics {
     pub free_space_mb: Option<f64>,
     /// The most recent restore drill of any backup, if one ran.
     pub last_drill: Option<DrillSummary>,
+    /// The configured database these are of (`default` for `DATABASE_URL`'s).
+    pub database: String,
+    /// Its schedules: each one's next run and last outcome.
+    pub schedules: Vec<crate::schedule::ScheduleStatus>,
+    /// Each notification channel's deliveries from this repository: failures, last error.
+    pub notifications: std::collections::BTreeMap<String, crate::notify::ChannelStatus>,
 }
 
 /// Which backup the most recent restore drill restored, when, and how it went.
@@ -407,6 +413,8 @@ pub struct DrillSummary {
     pub error: Option<String>,
 }
 
+/// The statistics of `cat`, read from `storage` (`Ops::statistics` adds the database's
+/// name, schedules and notification channels).
 pub fn statistics(cat: &Catalog, storage: &dyn Storage) -> Statistics {
     let ok = cat.backups.iter().filter(|m| m.success);
     let total_bytes: u64 = cat.backups.iter().map(|m| m.file_size).sum();
@@ -432,6 +440,9 @@ pub fn statistics(cat: &Catalog, storage: &dyn Storage) -> Statistics {
             outcome: v.outcome,
             error: v.error.clone(),
         }),
+        database: String::new(),
+        schedules: Vec::new(),
+        notifications: Default::default(),
     }
 }
 

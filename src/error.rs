@@ -106,6 +106,8 @@ pub enum Error {
     },
     #[error("retention could not delete {failed} backup(s): {first}")]
     Retention { failed: usize, first: String },
+    #[error("the notification channel {channel} failed: {problem}")]
+    Notification { channel: String, problem: String },
     #[error("cannot catch termination signals: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]

@@ -15,6 +15,7 @@ pub mod error;
 pub mod faults;
 pub mod logging;
 pub mod naming;
+pub mod notify;
 pub mod ops;
 pub mod retention;
 pub mod schedule;

@@ -932,6 +932,14 @@ fn metrics_show_the_repository_and_the_servers_counters_behind_auth() {
     env.run(&["backup", "--name", "nightly_20261130"]).ok();
     env.run(&["backup", "--name", "nightly_20261201"]).ok();
     env.run(&["verify", "--restore", "nightly_20261201"]).ok();
+    // The API's backup of series api makes retention delete the older one.
+    std::fs::write(
+        env.path().join("dbkeep.toml"),
+        "[series.api]\nkeep_last = 1\n",
+    )
+    .unwrap();
+    env.run(&["backup", "--name", "api_20261130"]).ok();
+    env.set("DBKEEP_RATE_LIMITS", "statistics=1/minute");
     // A failed attempt of another series (its database is missing).
     let missing = format!("sqlite:///{}", env.path().join("gone/x.db").display());
     env.run_with(
@@ -955,11 +963,15 @@ fn metrics_show_the_repository_and_the_servers_counters_behind_auth() {
         None,
     );
     assert_eq!(status, StatusCode::NOT_FOUND);
+    for expected in [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
+        let (status, _) = s.call(Method::GET, "/api/backup/statistics", Some(TOKEN), None);
+        assert_eq!(status, expected);
+    }
 
     let (text, m) = scrape(&s, Some(TOKEN));
     assert!(!text.contains(TOKEN), "no secret in the metrics");
     let newest = env.manifest("nightly_20261201");
-    let nightly = [("series", "nightly"), ("database", "app.db")];
+    let nightly = [("series", "nightly"), ("database", "default")];
     let at = chrono::DateTime::parse_from_rfc3339(newest["timestamp"].as_str().unwrap())
         .unwrap()
         .timestamp() as f64;
@@ -989,9 +1001,10 @@ fn metrics_show_the_repository_and_the_servers_counters_behind_auth() {
         sample(&m, "dbkeep_backup_last_success_timestamp_seconds", &weekly),
         None
     );
-    assert_eq!(sample(&m, "dbkeep_repository_backups", &[]), Some(3.0));
+    let default = [("database", "default")];
+    assert_eq!(sample(&m, "dbkeep_repository_backups", &default), Some(3.0));
     assert_eq!(
-        sample(&m, "dbkeep_repository_failed_attempts", &[]),
+        sample(&m, "dbkeep_repository_failed_attempts", &default),
         Some(1.0)
     );
     assert!(sample(&m, "dbkeep_repository_size_bytes", &[]).is_some_and(|b| b > 0.0));
@@ -1005,10 +1018,29 @@ fn metrics_show_the_repository_and_the_servers_counters_behind_auth() {
     };
     assert_eq!(ops("create", "success"), Some(1.0), "{text}");
     assert_eq!(ops("delete", "refused"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(
+            &m,
+            "dbkeep_rate_limited_requests_total",
+            &[("endpoint", "statistics")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&m, "dbkeep_retention_deleted_backups_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        !env.backups().iter().any(|(n, _)| n == "api_20261130"),
+        "retention deleted the older backup of the series"
+    );
     drop(s);
 
     // Public metrics: /metrics without a token, every other route still behind it.
     env.set("DBKEEP_METRICS_PUBLIC", "true");
+    env.unset("DBKEEP_RATE_LIMITS");
     let s = Server::start(&env);
     let (_, m) = scrape(&s, None);
     assert_eq!(sample(&m, "dbkeep_repository_backups", &[]), Some(3.0));

@@ -58,7 +58,7 @@ compression = "zstd"
     o.ok();
     assert!(
         o.stdout
-            .contains("fast  * * * * * * (UTC)  series fast  next "),
+            .contains("fast  * * * * * * (UTC)  database default  series fast  next "),
         "{}",
         o.stdout
     );
@@ -125,7 +125,7 @@ fn serve_runs_the_scheduler_and_metrics_see_its_backups() {
     let r = s.raw(Method::GET, "/metrics", Some(TOKEN), None);
     let text = r.text().unwrap();
     assert!(
-        text.contains("dbkeep_backup_last_success{database=\"app.db\",series=\"api\"} 1"),
+        text.contains("dbkeep_backup_last_success{database=\"default\",series=\"api\"} 1"),
         "{text}"
     );
     assert_eq!(s.stop(), 0);
@@ -141,4 +141,218 @@ fn schedule_run_without_schedules_or_with_a_bad_one_is_refused() {
     let o = env.run(&["schedule", "list"]);
     o.code(2);
     assert!(o.stderr.contains("is not a cron pattern"), "{}", o.stderr);
+}
+
+/// Issue 13's whole picture, for real for a minute: two databases, each on its own schedule
+/// every ten seconds, one of them failing (its file is gone), inside `dbkeep serve`.
+#[test]
+fn two_databases_on_two_schedules_for_a_minute_with_one_failing() {
+    use crate::common::receiver::HttpReceiver;
+    let rx = HttpReceiver::start();
+    let env = TestEnv::new();
+    crate::sqlite::make_db(&env.path().join("good.db"), 20);
+    config(
+        &env,
+        &format!(
+            r#"
+[databases.good]
+database_url = "sqlite:///good.db"
+
+[databases.bad]
+database_url = "sqlite:///gone/bad.db"
+
+[[schedule]]
+name = "good-fast"
+database = "good"
+cron = "*/10 * * * * *"
+series = "fast"
+
+[[schedule]]
+name = "bad-fast"
+database = "bad"
+cron = "*/10 * * * * *"
+series = "broken"
+retries = 1
+retry_delay_secs = 1
+
+[channels.all]
+type = "webhook"
+url = "{}/events"
+on = ["all"]
+"#,
+            rx.url
+        ),
+    );
+    let s = Server::start(&env);
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(60));
+    let events: Vec<serde_json::Value> = rx.to("/events").iter().map(|r| r.json()).collect();
+    let of = |db: &str, kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["database"] == db && e["event"] == kind)
+            .collect::<Vec<_>>()
+    };
+    // Six slots a minute (the first may come late, the last may be under way).
+    let good = of("good", "backup_succeeded");
+    assert!(good.len() >= 5, "{events:#?}");
+    assert!(
+        good.iter()
+            .all(|e| e["schedule"] == "good-fast" && e["series"] == "fast")
+    );
+    assert!(of("good", "backup_failed").is_empty(), "{events:#?}");
+    let bad = of("bad", "backup_failed");
+    assert!(bad.len() >= 8, "each slot and its retry: {events:#?}");
+    assert!(bad.iter().all(|e| e["schedule"] == "bad-fast"));
+    assert!(of("bad", "backup_succeeded").is_empty());
+    let failed_slots: std::collections::BTreeSet<&str> = bad
+        .iter()
+        .map(|e| e["backup_name"].as_str().unwrap())
+        .collect();
+    assert!(
+        bad.len() >= 2 * failed_slots.len() - 1,
+        "every failed slot was retried once: {bad:#?}"
+    );
+
+    // The repositories: one each, with what the schedules made.
+    let list = |db: &str| {
+        let o = env.run(&["--database", db, "list", "--json"]);
+        o.ok();
+        serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["backups"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let good_list = list("good");
+    assert!(good_list.len() >= 5);
+    assert!(
+        good_list
+            .iter()
+            .all(|b| b["success"] == true && b["series"] == "fast")
+    );
+    let bad_list = list("bad");
+    assert!(bad_list.len() >= 4, "{bad_list:#?}");
+    assert!(
+        bad_list
+            .iter()
+            .all(|b| b["success"] == false && b["series"] == "broken")
+    );
+    assert!(env.backup_dir().join("good").is_dir() && env.backup_dir().join("bad").is_dir());
+
+    // Metrics and health see both.
+    let text = s
+        .raw(Method::GET, "/metrics", Some(TOKEN), None)
+        .text()
+        .unwrap();
+    for line in [
+        "dbkeep_backup_last_success{database=\"good\",series=\"fast\"} 1",
+        "dbkeep_backup_last_success{database=\"bad\",series=\"broken\"} 0",
+        "dbkeep_schedule_next_run_timestamp_seconds{database=\"good\",schedule=\"good-fast\",series=\"fast\"}",
+        "dbkeep_schedule_next_run_timestamp_seconds{database=\"bad\",schedule=\"bad-fast\",series=\"broken\"}",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h["databases"]["good"]["status"], "ok", "{h}");
+    assert_eq!(
+        h["databases"]["bad"]["reason"], "the last backup failed",
+        "{h}"
+    );
+    let (_, stats) = s.call(
+        Method::GET,
+        "/api/backup/statistics?database=good",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(stats["schedules"][0]["name"], "good-fast", "{stats}");
+    assert_eq!(stats["schedules"][0]["last_success"], true, "{stats}");
+    let o = env.run(&["schedule", "list"]);
+    o.ok();
+    assert!(
+        o.stdout.contains("bad-fast") && o.stdout.contains("FAILED"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(s.stop(), 0);
+    assert!(started.elapsed() >= Duration::from_secs(60));
+}
+
+#[test]
+fn schedule_print_writes_crontab_lines_and_systemd_units_that_systemd_accepts() {
+    let env = sqlite_env(1);
+    config(
+        &env,
+        "[[schedule]]\nname = \"nightly\"\ncron = \"30 2 * * 1-5\"\ntimezone = \"Europe/Berlin\"\n\n[[schedule]]\nname = \"hourly\"\ncron = \"@hourly\"\ncatch_up = false\n",
+    );
+    let o = env.run(&["schedule", "print", "--cron"]);
+    o.ok();
+    assert!(
+        o.stdout.contains("CRON_TZ=Europe/Berlin\n30 2 * * 1-5 "),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains(" --database default --quiet backup --series nightly\n"),
+        "{}",
+        o.stdout
+    );
+    let o = env.run(&["schedule", "print", "--systemd"]);
+    o.ok();
+    assert!(
+        o.stdout
+            .contains("OnCalendar=Mon..Fri *-*-* 02:30:00 Europe/Berlin"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("OnCalendar=*-*-* *:00:00 UTC\nPersistent=false"),
+        "{}",
+        o.stdout
+    );
+    // Split into files and let systemd check them.
+    let dir = env.path().join("units");
+    std::fs::create_dir(&dir).unwrap();
+    let mut files = Vec::new();
+    for chunk in o.stdout.split("# file: ").skip(1) {
+        let (name, body) = chunk.split_once('\n').unwrap();
+        std::fs::write(dir.join(name), body).unwrap();
+        files.push(dir.join(name));
+    }
+    assert_eq!(files.len(), 4);
+    if crate::common::require(
+        "systemd-analyze",
+        crate::common::have("systemd-analyze"),
+        "systemd",
+    ) {
+        for f in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "timer"))
+        {
+            let text = std::fs::read_to_string(f).unwrap();
+            let cal = text
+                .lines()
+                .find_map(|l| l.strip_prefix("OnCalendar="))
+                .unwrap();
+            let out = std::process::Command::new("systemd-analyze")
+                .args(["calendar", cal])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{cal}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // Seconds cannot go into a crontab line: refused, with the reason.
+    config(
+        &env,
+        "[[schedule]]\nname = \"s\"\ncron = \"*/10 * * * * *\"\n",
+    );
+    let o = env.run(&["schedule", "print", "--cron"]);
+    o.code(2);
+    assert!(o.stderr.contains("no seconds field"), "{}", o.stderr);
 }

@@ -15,8 +15,22 @@ use error::{ApiError, now_text};
 use limits::Endpoint;
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// `?database=NAME`: the configured database a route works on (default: the unnamed one).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DbQuery {
+    pub(super) database: Option<String>,
+}
+
+pub(super) type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// The query, or 400 naming what was wrong with it.
+pub(super) fn query<T>(q: QueryResult<T>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +94,7 @@ pub(super) async fn json_body<T: Default + for<'de> Deserialize<'de>>(
 pub(super) async fn create(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
+    q: QueryResult<DbQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -87,6 +102,7 @@ pub(super) async fn create(
     let parsed: Result<CreateBody, ApiError> = json_body(&headers, body, state.body_timeout).await;
     let name = parsed.as_ref().ok().and_then(|b| b.backup_name.clone());
     audited(&state, &caller, "create", name.as_deref(), async {
+        let db = st.db(query(q)?.database.as_deref())?;
         let body = parsed?;
         if let Some(n) = &body.backup_name {
             BackupName::parse(n)
@@ -101,7 +117,7 @@ pub(super) async fn create(
         };
         // BACKUP_DRILL: the drill runs once the backup (and its lock) is done; its outcome is
         // part of the answer, the backup stands either way.
-        let out = background(&st, move |ops| {
+        let out = background(&st, &db, move |ops| {
             ops.backup(&req).map(|out| {
                 let drill = ops.drill_after_backup(&out.manifest);
                 (out, drill)
@@ -109,7 +125,7 @@ pub(super) async fn create(
         })
         .await?;
         let (out, drill) = out.map_err(|e| ApiError::from_ops(e, body.backup_name.as_deref()))?;
-        st.invalidate();
+        db.invalidate();
         let deleted = out
             .retention
             .iter()
@@ -149,23 +165,25 @@ pub(super) struct ListQuery {
     /// Include every backup's per-table row counts (left out by default: a database of many
     /// tables would make every list response and the cache that large).
     row_counts: Option<bool>,
+    database: Option<String>,
 }
 
 pub(super) async fn list(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: QueryResult<ListQuery>,
 ) -> Response {
     let st = state.clone();
     audited(&state, &caller, "list", None, async {
         limit(&st, Endpoint::List, &caller)?;
-        let Query(q) = q.map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let q = query(q)?;
+        let db = st.db(q.database.as_deref())?;
         if q.row_counts == Some(true) {
             // The catalog leaves the counts out: each manifest is read again for them.
-            let (cat, full) = blocking(&st, {
-                let st2 = st.clone();
+            let (cat, full) = blocking(&st, &db, {
+                let db2 = db.clone();
                 move |ops| {
-                    let cat = st2.catalog()?;
+                    let cat = db2.catalog()?;
                     let full: Vec<crate::catalog::Manifest> = cat
                         .backups
                         .iter()
@@ -181,22 +199,22 @@ pub(super) async fn list(
             })
             .await?
             .map_err(|e| ApiError::from_ops(e, None))?;
-            let stats = st.ops.statistics(&cat);
+            let stats = db.ops.statistics(&cat);
             return Ok(Json(json!(ListResponse {
                 backups: &full,
                 statistics: stats,
             }))
             .into_response());
         }
-        let body = match st.cached_list() {
+        let body = match db.cached_list() {
             Some(body) => body,
             None => {
-                let st2 = st.clone();
-                blocking(&st, move |ops| {
-                    let cat = st2.catalog()?;
+                let db2 = db.clone();
+                blocking(&st, &db, move |ops| {
+                    let cat = db2.catalog()?;
                     // One request serialises; the others wait and take its bytes.
-                    let _one_writer = st2.rebuild.lock();
-                    if let Some(body) = st2.cached_list() {
+                    let _one_writer = db2.rebuild.lock();
+                    if let Some(body) = db2.cached_list() {
                         return Ok(body);
                     }
                     let stats = ops.statistics(&cat);
@@ -211,7 +229,7 @@ pub(super) async fn list(
                             source: e.into(),
                         })?,
                     );
-                    st2.store_list(&cat, &body);
+                    db2.store_list(&cat, &body);
                     Ok::<_, crate::error::Error>(body)
                 })
                 .await?
@@ -226,14 +244,18 @@ pub(super) async fn list(
 pub(super) async fn statistics(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
+    q: QueryResult<DbQuery>,
 ) -> Response {
     let st = state.clone();
     audited(&state, &caller, "statistics", None, async {
         limit(&st, Endpoint::Statistics, &caller)?;
-        let st2 = st.clone();
-        let stats = blocking(&st, move |ops| st2.catalog().map(|c| ops.statistics(&c)))
-            .await?
-            .map_err(|e| ApiError::from_ops(e, None))?;
+        let db = st.db(query(q)?.database.as_deref())?;
+        let db2 = db.clone();
+        let stats = blocking(&st, &db, move |ops| {
+            db2.catalog().map(|c| ops.statistics(&c))
+        })
+        .await?
+        .map_err(|e| ApiError::from_ops(e, None))?;
         Ok(Json(stats).into_response())
     })
     .await
@@ -243,6 +265,7 @@ pub(super) async fn restore(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     p: Result<Path<String>, PathRejection>,
+    q: QueryResult<DbQuery>,
 ) -> Response {
     let st = state.clone();
     with_name(
@@ -252,13 +275,15 @@ pub(super) async fn restore(
         Endpoint::Restore,
         p,
         |name| async move {
+            let db = st.db(query(q)?.database.as_deref())?;
             let n = name.clone();
-            let out = background(&st, move |ops| ops.restore(&n))
+            let out = background(&st, &db, move |ops| ops.restore(&n))
                 .await?
                 .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
             Ok(Json(json!({
                 "success": true,
                 "backup_name": name,
+                "database": db.name,
                 "message": "the database was restored from the backup",
                 "duration": out.duration,
                 "backup_timestamp": out.manifest.timestamp_text(),
@@ -274,6 +299,7 @@ pub(super) async fn delete_backup(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     p: Result<Path<String>, PathRejection>,
+    q: QueryResult<DbQuery>,
 ) -> Response {
     let st = state.clone();
     with_name(
@@ -283,11 +309,12 @@ pub(super) async fn delete_backup(
         Endpoint::Delete,
         p,
         |name| async move {
+            let db = st.db(query(q)?.database.as_deref())?;
             let n = name.clone();
-            blocking(&st, move |ops| ops.delete(&n))
+            blocking(&st, &db, move |ops| ops.delete(&n))
                 .await?
                 .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
-            st.invalidate();
+            db.invalidate();
             Ok(Json(json!({
                 "success": true,
                 "backup_name": name,
@@ -304,13 +331,14 @@ pub(super) async fn delete_backup(
 #[serde(deny_unknown_fields)]
 pub(super) struct VerifyQuery {
     restore: Option<bool>,
+    database: Option<String>,
 }
 
 pub(super) async fn verify(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     p: Result<Path<String>, PathRejection>,
-    q: Result<Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
+    q: QueryResult<VerifyQuery>,
 ) -> Response {
     let st = state.clone();
     with_name(
@@ -320,10 +348,11 @@ pub(super) async fn verify(
         Endpoint::Verify,
         p,
         |name| async move {
-            let Query(q) = q.map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let q = query(q)?;
+            let db = st.db(q.database.as_deref())?;
             let drill = q.restore == Some(true);
             let n = name.clone();
-            let reports = background(&st, move |ops| {
+            let reports = background(&st, &db, move |ops| {
                 let target = VerifyTarget::Named(n);
                 if drill {
                     ops.drill(&target)
@@ -361,6 +390,7 @@ pub(super) async fn download(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     p: Result<Path<String>, PathRejection>,
+    q: QueryResult<DbQuery>,
 ) -> Response {
     let st = state.clone();
     with_name(
@@ -370,10 +400,11 @@ pub(super) async fn download(
         Endpoint::Download,
         p,
         |name| async move {
-            let st2 = st.clone();
+            let db = st.db(query(q)?.database.as_deref())?;
+            let db2 = db.clone();
             let n = name.clone();
-            let (key, size, reader) = blocking(&st, move |ops| {
-                let cat = st2.catalog()?;
+            let (key, size, reader) = blocking(&st, &db, move |ops| {
+                let cat = db2.catalog()?;
                 let m = cat
                     .successful(&n)
                     .ok_or_else(|| crate::error::Error::NotFound {
@@ -436,82 +467,4 @@ pub(super) fn receiver_stream(
 
 pub(super) async fn openapi_doc(Extension(_caller): Extension<Caller>) -> Response {
     Json(openapi::document()).into_response()
-}
-
-/// `GET /metrics`: see [`super::metrics`].
-pub(super) async fn metrics_text(State(state): State<Shared>) -> Response {
-    let st = state.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        st.catalog().map(|cat| (cat, st.ops.storage().free_space()))
-    })
-    .await;
-    match read {
-        Ok(Ok((cat, free_bytes))) => {
-            let now = super::metrics::Now {
-                running: state.running.load(Ordering::SeqCst),
-                free_bytes,
-                at: chrono::Utc::now(),
-            };
-            (
-                [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
-                state.metrics.render(&cat, &now),
-            )
-                .into_response()
-        }
-        Ok(Err(e)) => ApiError::from_ops(e, None).into_response(),
-        Err(e) => ApiError::internal("reading the catalog panicked", e).into_response(),
-    }
-}
-
-pub(super) async fn healthz(State(state): State<Shared>) -> Response {
-    let st = state.clone();
-    let cat = tokio::task::spawn_blocking(move || st.catalog()).await;
-    let Ok(Ok(cat)) = cat else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "failing", "reason": "the backup directory cannot be read"})),
-        )
-            .into_response();
-    };
-    // A backup dated in the future (a skewed clock) never stands in for the newest.
-    let now = chrono::Utc::now();
-    let dated = |m: &&crate::catalog::Manifest| m.timestamp <= now + crate::retention::FUTURE_SLACK;
-    let last = cat.backups.iter().find(dated);
-    let last_ok = cat.backups.iter().filter(dated).find(|m| m.success);
-    let copy_failed = last_ok.is_some_and(|m| m.copies.iter().any(|c| !c.ok));
-    let age = last_ok.map(|m| (chrono::Utc::now() - m.timestamp).num_seconds().max(0));
-    let max = state.health_max_age.as_secs() as i64;
-    // The most recent restore drill: a failed one fails the check until a later one passes.
-    let drill = cat.last_drill().map(|(_, v)| v);
-    let drill_failed = drill.is_some_and(|v| v.outcome == crate::catalog::DrillOutcome::Failed);
-    let (healthy, reason) = match (last, age) {
-        (None, _) => (false, "no backup yet"),
-        (Some(l), _) if !l.success => (false, "the last backup failed"),
-        (_, Some(a)) if a > max => (false, "the last successful backup is too old"),
-        _ if drill_failed => (false, "the last restore drill failed"),
-        _ if copy_failed => (false, "a copy of the last successful backup failed"),
-        _ if !cat.unreadable.is_empty() => (false, "a manifest cannot be read"),
-        _ => (true, "ok"),
-    };
-    let body = json!({
-        "status": if healthy { "ok" } else { "failing" },
-        "reason": reason,
-        "last_backup_success": last.map(|m| m.success),
-        "last_success": last_ok.map(|m| m.timestamp_text()),
-        "last_success_age_seconds": age,
-        "max_age_seconds": max,
-        "running_operations": state.running.load(Ordering::SeqCst),
-        "unreadable_manifests": cat.unreadable.len(),
-        "failed_copies": last_ok.map_or(0, |m| m.copies.iter().filter(|c| !c.ok).count()),
-        "last_drill": drill.map(|v| json!({
-            "verified_at": v.verified_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "outcome": v.outcome,
-        })),
-    });
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
 }

@@ -1,7 +1,8 @@
 //! `GET /metrics`: the repository's state and this server's counters in the OpenMetrics text
 //! format (prometheus-client), which Prometheus scrapes. The state is read from the catalog at
 //! each scrape, so backups made by the CLI or another host count too; the counters are this
-//! process's since it started. Behind authentication unless `DBKEEP_METRICS_PUBLIC`.
+//! process's since it started. The `database` label is the configured database's name
+//! (`default` for `DATABASE_URL`'s), every database of the configuration in one scrape. Behind authentication unless `DBKEEP_METRICS_PUBLIC`.
 
 use crate::catalog::{Catalog, DrillOutcome, Manifest};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,6 +20,24 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct SeriesLabels {
     database: String,
     series: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseLabels {
+    database: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleLabels {
+    database: String,
+    schedule: String,
+    series: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    database: String,
+    channel: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,10 +61,21 @@ pub struct Metrics {
     retention_deleted: Counter,
 }
 
-/// What a scrape shows besides the catalog.
+/// One configured database as a scrape shows it.
+pub struct Scrape<'a> {
+    /// Its configured name (`default` for `DATABASE_URL`'s): the `database` label.
+    pub database: &'a str,
+    pub catalog: &'a Catalog,
+    pub free_bytes: Option<u64>,
+    /// Its schedules: (schedule, series, next run in Unix seconds).
+    pub next_runs: Vec<(String, String, f64)>,
+    /// Its notification channels' record (`notifications.status.json`).
+    pub notifications: std::collections::BTreeMap<String, crate::notify::ChannelStatus>,
+}
+
+/// What a scrape shows besides the catalogs.
 pub struct Now {
     pub running: usize,
-    pub free_bytes: Option<u64>,
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -82,9 +112,12 @@ impl Metrics {
     }
 
     /// The scrape's text.
-    pub fn render(&self, cat: &Catalog, now: &Now) -> String {
+    pub fn render(&self, dbs: &[Scrape<'_>], now: &Now) -> String {
         let mut r = Registry::default();
-        let series = per_series(cat, now.at);
+        let mut series = BTreeMap::new();
+        for db in dbs {
+            series.extend(per_series(db.database, db.catalog, now.at));
+        }
         let gauge = |f: &dyn Fn(&Latest) -> Option<f64>| {
             let family = Family::<SeriesLabels, FloatGauge>::default();
             for (labels, latest) in &series {
@@ -135,47 +168,93 @@ impl Metrics {
             "1 when the newest restore drill of the series passed, 0 when it failed",
             gauge(&|l| l.drill.map(|(_, ok)| f64::from(u8::from(ok)))),
         );
-        let count = Gauge::<i64>::default();
-        count.set(cat.backups.iter().filter(|m| m.success).count() as i64);
+        let per_db = |f: &dyn Fn(&Scrape<'_>) -> Option<i64>| {
+            let family = Family::<DatabaseLabels, Gauge>::default();
+            for db in dbs {
+                if let Some(v) = f(db) {
+                    family
+                        .get_or_create(&DatabaseLabels {
+                            database: db.database.to_owned(),
+                        })
+                        .set(v);
+                }
+            }
+            family
+        };
+        let count = |ok: bool| {
+            move |db: &Scrape<'_>| {
+                Some(
+                    db.catalog
+                        .backups
+                        .iter()
+                        .filter(|m| m.success == ok)
+                        .count() as i64,
+                )
+            }
+        };
         r.register(
             "dbkeep_repository_backups",
-            "Successful backups in the repository",
-            count,
+            "Successful backups in the database's repository",
+            per_db(&count(true)),
         );
-        let failed = Gauge::<i64>::default();
-        failed.set(cat.backups.iter().filter(|m| !m.success).count() as i64);
         r.register(
             "dbkeep_repository_failed_attempts",
-            "Failed backup attempts recorded in the repository",
-            failed,
-        );
-        let bytes = Gauge::<i64>::default();
-        bytes.set(
-            i64::try_from(cat.backups.iter().map(|m| m.file_size).sum::<u64>()).unwrap_or(i64::MAX),
+            "Failed backup attempts recorded in the database's repository",
+            per_db(&count(false)),
         );
         r.register_with_unit(
             "dbkeep_repository_size",
-            "Bytes stored by the repository's backups",
+            "Bytes stored by the backups of the database's repository",
             Unit::Bytes,
-            bytes,
+            per_db(&|db| {
+                let sum: u64 = db.catalog.backups.iter().map(|m| m.file_size).sum();
+                Some(i64::try_from(sum).unwrap_or(i64::MAX))
+            }),
         );
-        let unreadable = Gauge::<i64>::default();
-        unreadable.set(cat.unreadable.len() as i64);
         r.register(
             "dbkeep_repository_unreadable_manifests",
             "Manifests this dbkeep cannot read (their backups are kept, and nothing is pruned)",
-            unreadable,
+            per_db(&|db| Some(db.catalog.unreadable.len() as i64)),
         );
-        if let Some(free) = now.free_bytes {
-            let g = Gauge::<i64>::default();
-            g.set(i64::try_from(free).unwrap_or(i64::MAX));
-            r.register_with_unit(
-                "dbkeep_repository_free",
-                "Free bytes where new backups go",
-                Unit::Bytes,
-                g,
-            );
+        r.register_with_unit(
+            "dbkeep_repository_free",
+            "Free bytes where the database's new backups go",
+            Unit::Bytes,
+            per_db(&|db| db.free_bytes.map(|f| i64::try_from(f).unwrap_or(i64::MAX))),
+        );
+        let next = Family::<ScheduleLabels, FloatGauge>::default();
+        for db in dbs {
+            for (schedule, series, at) in &db.next_runs {
+                next.get_or_create(&ScheduleLabels {
+                    database: db.database.to_owned(),
+                    schedule: schedule.clone(),
+                    series: series.clone(),
+                })
+                .set(*at);
+            }
         }
+        let failures = Family::<ChannelLabels, Counter>::default();
+        for db in dbs {
+            for (channel, st) in &db.notifications {
+                failures
+                    .get_or_create(&ChannelLabels {
+                        database: db.database.to_owned(),
+                        channel: channel.clone(),
+                    })
+                    .inc_by(st.failures);
+            }
+        }
+        r.register(
+            "dbkeep_notification_failures",
+            "Notifications that could not be delivered after their retries, by channel (recorded in the repository)",
+            failures,
+        );
+        r.register_with_unit(
+            "dbkeep_schedule_next_run_timestamp",
+            "When the schedule runs next (Unix time)",
+            Unit::Seconds,
+            next,
+        );
         let running = Gauge::<i64>::default();
         running.set(now.running as i64);
         r.register(
@@ -216,10 +295,11 @@ struct Latest<'a> {
 
 /// By (database, series): the catalog is newest first, so the first of each kind wins. A
 /// backup dated in the future (a skewed clock) never stands in for the newest.
-fn per_series(
-    cat: &Catalog,
+fn per_series<'a>(
+    database: &str,
+    cat: &'a Catalog,
     now: chrono::DateTime<chrono::Utc>,
-) -> BTreeMap<SeriesLabels, Latest<'_>> {
+) -> BTreeMap<SeriesLabels, Latest<'a>> {
     let mut out: BTreeMap<SeriesLabels, Latest<'_>> = BTreeMap::new();
     for m in cat
         .backups
@@ -228,7 +308,7 @@ fn per_series(
     {
         let l = out
             .entry(SeriesLabels {
-                database: m.database_name.clone(),
+                database: database.to_owned(),
                 series: m.series.clone(),
             })
             .or_default();

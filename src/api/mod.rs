@@ -43,9 +43,11 @@ mod handlers;
 pub mod metrics;
 pub mod openapi;
 mod state;
+mod status;
 
 use handlers::*;
 pub use state::AppState;
+use status::{databases, healthz, metrics_text};
 
 /// Request bodies larger than this get 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -66,6 +68,8 @@ pub enum ServeError {
     Audit(std::io::Error),
     #[error(transparent)]
     Repository(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -110,6 +114,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/api/backup/verify/{name}",
         "Verify a stored backup (?restore=true: a restore drill into a throwaway target)",
     ),
+    (
+        "get",
+        "/api/databases",
+        "Every configured database with its engine, statistics and schedules",
+    ),
     ("get", "/api/openapi.json", "This OpenAPI document"),
     (
         "get",
@@ -133,6 +142,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/backup/statistics", get(statistics))
         .route("/api/backup/download/{name}", get(download))
         .route("/api/backup/verify/{name}", post(verify))
+        .route("/api/databases", get(databases))
         .route("/api/openapi.json", get(openapi_doc));
     let metrics = Router::new().route("/metrics", get(metrics_text));
     let (api, open) = if state.metrics_public {
@@ -291,9 +301,10 @@ impl Drop for Running {
 /// gone away).
 async fn blocking<T: Send + 'static>(
     state: &AppState,
+    db: &state::Db,
     work: impl FnOnce(&Ops) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let (ops, running) = (state.ops.clone(), Running::start(state));
+    let (ops, running) = (db.ops.clone(), Running::start(state));
     tokio::task::spawn_blocking(move || {
         let _running = running;
         work(&ops)
@@ -310,9 +321,10 @@ const BACKGROUND_NICE: i32 = 10;
 /// Like [`blocking`], for long operations: on a dedicated thread with lower CPU priority.
 async fn background<T: Send + 'static>(
     state: &AppState,
+    db: &state::Db,
     work: impl FnOnce(&Ops) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let (ops, running) = (state.ops.clone(), Running::start(state));
+    let (ops, running) = (db.ops.clone(), Running::start(state));
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("dbkeep-op".into())
@@ -441,6 +453,7 @@ pub async fn serve(
     let scheduler_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if !settings.schedules.is_empty() {
         let ops = Ops::new(settings.clone())?.without_signal_handlers();
+        // Each schedule runs on its own database (`Ops::run_schedules`).
         let clock = crate::schedule::runner::SystemClock {
             stop: Some(scheduler_stop.clone()),
         };

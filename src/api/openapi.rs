@@ -40,11 +40,23 @@ pub fn document() -> Value {
         if let Some(obj) = op["responses"].as_object_mut() {
             obj.retain(|_, v| !v.is_null());
         }
+        let mut params = Vec::new();
         if path.contains("{name}") {
-            op["parameters"] = json!([{
+            params.push(json!({
                 "name": "name", "in": "path", "required": true,
                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
-            }]);
+            }));
+        }
+        // Every route on one database takes ?database=NAME (default: the unnamed one).
+        if path.starts_with("/api/backup/") || *path == "/healthz" {
+            params.push(json!({
+                "name": "database", "in": "query", "required": false,
+                "description": "a configured database ([databases.NAME]); default: the unnamed one (DATABASE_URL)",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}
+            }));
+        }
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
         }
         if *path == "/api/backup/create" {
             op["requestBody"] = json!({

@@ -14,9 +14,22 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// One configured database: its operations and its catalog cache.
+pub struct Db {
+    pub(super) name: String,
+    pub(super) ops: Arc<Ops>,
+    pub(super) cache: Mutex<Option<CatalogCache>>,
+    /// Held while the catalog is re-read, so concurrent misses wait for one read.
+    pub(super) rebuild: Mutex<()>,
+}
+
 /// What every handler shares.
 pub struct AppState {
-    pub(super) ops: Arc<Ops>,
+    /// Every configured database by name.
+    pub(super) dbs: std::collections::BTreeMap<String, Arc<Db>>,
+    /// The database of a request without `?database=` (the one `dbkeep serve` was started
+    /// for), if it is configured.
+    pub(super) default_db: Option<String>,
     pub(super) tokens: Tokens,
     pub(super) no_auth: bool,
     pub(super) limits: Limits,
@@ -27,9 +40,6 @@ pub struct AppState {
     pub(super) running: Arc<AtomicUsize>,
     pub(super) metrics: metrics::Metrics,
     pub(super) metrics_public: bool,
-    pub(super) cache: Mutex<Option<CatalogCache>>,
-    /// Held while the catalog is re-read, so concurrent misses wait for one read.
-    pub(super) rebuild: Mutex<()>,
 }
 
 /// The catalog and the list response made from it, valid while the backup directory's mtime is
@@ -66,10 +76,34 @@ pub(super) const LIST_TTL: Duration = Duration::from_secs(5);
 impl AppState {
     /// Builds the state; the API never waits for the repository lock (409 instead).
     pub fn new(settings: &Settings, no_auth: bool) -> Result<Self, ServeError> {
-        let mut ops_settings = settings.clone();
-        ops_settings.lock_timeout = Duration::ZERO;
+        let mut dbs = std::collections::BTreeMap::new();
+        let names: Vec<String> = settings
+            .all_databases()
+            .iter()
+            .map(|s| s.database.clone())
+            .collect();
+        // Without `?database=`: the database `serve` was started for (`--database`), unless
+        // that is the unnamed one and only named ones are configured.
+        let default_db = names
+            .contains(&settings.database)
+            .then(|| settings.database.clone());
+        for name in names {
+            let mut s = settings.for_database(&name)?;
+            s.lock_timeout = Duration::ZERO;
+            let ops = Ops::new(s)?.without_signal_handlers();
+            dbs.insert(
+                name.clone(),
+                Arc::new(Db {
+                    name,
+                    ops: Arc::new(ops),
+                    cache: Mutex::new(None),
+                    rebuild: Mutex::new(()),
+                }),
+            );
+        }
         Ok(Self {
-            ops: Arc::new(Ops::new(ops_settings)?.without_signal_handlers()),
+            dbs,
+            default_db,
             tokens: Tokens::load(&settings.api)?,
             no_auth,
             limits: Limits::new(settings.api.rate_limits.as_deref())?,
@@ -80,8 +114,6 @@ impl AppState {
             running: Arc::new(AtomicUsize::new(0)),
             metrics: metrics::Metrics::default(),
             metrics_public: settings.api.metrics_public,
-            cache: Mutex::new(None),
-            rebuild: Mutex::new(()),
         })
     }
 
@@ -92,6 +124,41 @@ impl AppState {
 }
 
 impl AppState {
+    /// The database a request names with `?database=` (else the default one); 404 with the
+    /// configured names for another.
+    pub(super) fn db(&self, name: Option<&str>) -> Result<Arc<Db>, ApiError> {
+        let known = || {
+            self.dbs
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(wanted) = name.or(self.default_db.as_deref()) else {
+            return Err(ApiError::bad_request(format!(
+                "only named databases are configured: choose one with ?database= ({})",
+                known()
+            )));
+        };
+        self.dbs.get(wanted).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no database named {wanted:?} is configured: use ?database= with one of {}",
+                    known()
+                ),
+            )
+        })
+    }
+
+    /// The databases `/healthz`, `/metrics` and `GET /api/databases` cover: every configured
+    /// one.
+    pub(super) fn all_dbs(&self) -> impl Iterator<Item = &Arc<Db>> {
+        self.dbs.values()
+    }
+}
+
+impl Db {
     /// When the repository last changed (the backup directory's mtime).
     pub(super) fn stamp(&self) -> Option<SystemTime> {
         self.ops.storage().changed_at()

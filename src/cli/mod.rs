@@ -28,6 +28,10 @@ pub struct Cli {
     /// A TOML settings file (default: dbkeep.toml in the working directory, if present).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// The configured database to work on: a [databases.NAME] table of the config file
+    /// (default: the unnamed one, DATABASE_URL's).
+    #[arg(long, global = true, value_name = "NAME")]
+    database: Option<String>,
     /// The backup directory (overrides BACKUP_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     backup_dir: Option<PathBuf>,
@@ -51,6 +55,19 @@ enum ScheduleAction {
         #[arg(long)]
         json: bool,
     },
+    /// Print the schedules as crontab lines or as systemd service and timer files.
+    Print {
+        #[arg(long, conflicts_with = "systemd", required_unless_present = "systemd")]
+        cron: bool,
+        #[arg(long)]
+        systemd: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NotifyAction {
+    /// Send a test event to one channel ([channels.NAME]) and say how it went.
+    Test { channel: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,8 +80,11 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// List another repository (a path or s3:// URL) instead of BACKUP_DIR.
-        #[arg(long, value_name = "REPO")]
+        #[arg(long, value_name = "REPO", conflicts_with = "all_databases")]
         repo: Option<String>,
+        /// List the backups of every configured database.
+        #[arg(long)]
+        all_databases: bool,
     },
     /// Copy a backup to another repository (a path or s3:// URL), e.g. to complete a failed copy.
     Copy {
@@ -76,6 +96,9 @@ enum Command {
     Stats {
         #[arg(long)]
         json: bool,
+        /// The statistics of every configured database.
+        #[arg(long)]
+        all_databases: bool,
     },
     /// Restore a backup into the configured database (replaces its contents).
     Restore {
@@ -96,6 +119,11 @@ enum Command {
     Schedule {
         #[command(subcommand)]
         action: ScheduleAction,
+    },
+    /// Notification channels: `test` one.
+    Notify {
+        #[command(subcommand)]
+        action: NotifyAction,
     },
     /// Exempt a backup from retention (prune and the retention after a backup keep it).
     Pin { name: String },
@@ -183,6 +211,7 @@ pub fn main() -> ExitCode {
         }
     };
     let overrides = Overrides {
+        database: cli.database.clone(),
         backup_dir: cli.backup_dir.clone(),
         compress: match &cli.command {
             Command::Backup(b) if b.no_compress => Some(false),
@@ -285,6 +314,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Restore { .. } => "restore",
         Command::Delete { .. } => "delete",
         Command::Schedule { .. } => "schedule",
+        Command::Notify { .. } => "notify",
         Command::Pin { .. } => "pin",
         Command::Unpin { .. } => "unpin",
         Command::Prune { .. } => "prune",

@@ -78,7 +78,11 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             let _ = writeln!(out, "backup {} copied to {to}", m.backup_name);
             Ok(0)
         }
-        Command::List { json, repo } => {
+        Command::List {
+            json,
+            repo,
+            all_databases,
+        } => {
             let other;
             let ops = match repo {
                 Some(r) => {
@@ -87,66 +91,14 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 }
                 None => ops,
             };
-            let cat = ops.catalog()?;
-            let stats = ops.statistics(&cat);
-            if *json {
-                let body = ListResponse {
-                    backups: &cat.backups,
-                    statistics: stats,
-                };
-                let _ = writeln!(out, "{}", to_json(&body));
-            } else {
-                list_table(out, &cat.backups);
-                let _ = writeln!(
-                    out,
-                    "{} backups ({} ok, {} failed), {} in {}",
-                    stats.total_backups,
-                    stats.successful_backups,
-                    stats.failed_backups,
-                    human_bytes(cat.backups.iter().map(|m| m.file_size).sum()),
-                    stats.backup_directory
-                );
-                for e in &cat.unreadable {
-                    let _ = writeln!(out, "unreadable: {e}");
-                }
-            }
+            show(ops, *all_databases, *json, "list", list, out)?;
             Ok(0)
         }
-        Command::Stats { json } => {
-            let cat = ops.catalog()?;
-            let s = ops.statistics(&cat);
-            if *json {
-                let _ = writeln!(out, "{}", to_json(&s));
-            } else {
-                let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".into());
-                let _ = writeln!(out, "backup directory   {}", s.backup_directory);
-                let _ = writeln!(out, "total backups      {}", s.total_backups);
-                let _ = writeln!(out, "  successful       {}", s.successful_backups);
-                let _ = writeln!(out, "  failed           {}", s.failed_backups);
-                let total: u64 = cat.backups.iter().map(|m| m.file_size).sum();
-                let _ = writeln!(out, "total size         {}", human_bytes(total));
-                let _ = writeln!(out, "last success       {}", opt(&s.last_success));
-                let _ = writeln!(out, "last failure       {}", opt(&s.last_failure));
-                if let Some(d) = &s.last_drill {
-                    let outcome = match d.outcome {
-                        crate::catalog::DrillOutcome::Passed => "passed",
-                        crate::catalog::DrillOutcome::Failed => "FAILED",
-                    };
-                    let _ = writeln!(
-                        out,
-                        "last restore drill {} of {}: {outcome}",
-                        d.verified_at, d.backup_name
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "free space         {}",
-                    s.free_space_bytes.map_or("unknown".into(), human_bytes)
-                );
-                if s.unreadable_manifests > 0 {
-                    let _ = writeln!(out, "unreadable manifests {}", s.unreadable_manifests);
-                }
-            }
+        Command::Stats {
+            json,
+            all_databases,
+        } => {
+            show(ops, *all_databases, *json, "statistics", stats, out)?;
             Ok(0)
         }
         Command::Restore { name, yes } => {
@@ -187,6 +139,10 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Schedule { action } => match action {
+            ScheduleAction::Print { cron, .. } => {
+                out.push_str(&print_schedules(ops, cli, *cron)?);
+                Ok(0)
+            }
             ScheduleAction::Run => {
                 crate::signals::install().map_err(Error::Signals)?;
                 ops.run_schedules(&crate::schedule::runner::SystemClock::default(), None)?;
@@ -205,10 +161,11 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                         };
                         let _ = writeln!(
                             out,
-                            "{}  {} ({})  series {}  next {}  {last}",
+                            "{}  {} ({})  database {}  series {}  next {}  {last}",
                             s.name,
                             s.cron,
                             s.timezone,
+                            s.database,
                             s.series,
                             s.next_run.as_deref().unwrap_or("never")
                         );
@@ -217,6 +174,25 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 Ok(0)
             }
         },
+        Command::Notify {
+            action: NotifyAction::Test { channel },
+        } => {
+            let d = ops.notify_test(channel)?;
+            match d.result {
+                Ok(()) => {
+                    let _ = writeln!(
+                        out,
+                        "test notification sent to {channel} ({} attempt(s))",
+                        d.attempts
+                    );
+                    Ok(0)
+                }
+                Err(problem) => Err(Error::Notification {
+                    channel: channel.clone(),
+                    problem: format!("{problem} (after {} attempt(s))", d.attempts),
+                }),
+            }
+        }
         Command::Pin { name } | Command::Unpin { name } => {
             let pin = matches!(cli.command, Command::Pin { .. });
             let m = ops.pin(name, pin)?;
@@ -386,4 +362,155 @@ pub(super) fn confirm(question: &str) -> Result<(), Error> {
             "not confirmed: nothing was changed".into(),
         ))
     }
+}
+
+/// A repository's list: its JSON (the spec's response) or, as a string, its table.
+fn list(ops: &Ops, json: bool) -> Result<serde_json::Value, Error> {
+    use std::fmt::Write as _;
+    let cat = ops.catalog()?;
+    let stats = ops.statistics(&cat);
+    if json {
+        let body = ListResponse {
+            backups: &cat.backups,
+            statistics: stats,
+        };
+        return Ok(serde_json::to_value(&body).unwrap_or_default());
+    }
+    let mut text = String::new();
+    {
+        let out = &mut text;
+        list_table(out, &cat.backups);
+        let _ = writeln!(
+            out,
+            "{} backups ({} ok, {} failed), {} in {}",
+            stats.total_backups,
+            stats.successful_backups,
+            stats.failed_backups,
+            human_bytes(cat.backups.iter().map(|m| m.file_size).sum()),
+            stats.backup_directory
+        );
+        for e in &cat.unreadable {
+            let _ = writeln!(out, "unreadable: {e}");
+        }
+    }
+    Ok(serde_json::Value::String(text))
+}
+
+/// A repository's statistics: their JSON or, as a string, their text.
+fn stats(ops: &Ops, json: bool) -> Result<serde_json::Value, Error> {
+    use std::fmt::Write as _;
+    let cat = ops.catalog()?;
+    let s = ops.statistics(&cat);
+    if json {
+        return Ok(serde_json::to_value(&s).unwrap_or_default());
+    }
+    let mut text = String::new();
+    {
+        let out = &mut text;
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".into());
+        let _ = writeln!(out, "backup directory   {}", s.backup_directory);
+        let _ = writeln!(out, "total backups      {}", s.total_backups);
+        let _ = writeln!(out, "  successful       {}", s.successful_backups);
+        let _ = writeln!(out, "  failed           {}", s.failed_backups);
+        let total: u64 = cat.backups.iter().map(|m| m.file_size).sum();
+        let _ = writeln!(out, "total size         {}", human_bytes(total));
+        let _ = writeln!(out, "last success       {}", opt(&s.last_success));
+        let _ = writeln!(out, "last failure       {}", opt(&s.last_failure));
+        if let Some(d) = &s.last_drill {
+            let outcome = match d.outcome {
+                crate::catalog::DrillOutcome::Passed => "passed",
+                crate::catalog::DrillOutcome::Failed => "FAILED",
+            };
+            let _ = writeln!(
+                out,
+                "last restore drill {} of {}: {outcome}",
+                d.verified_at, d.backup_name
+            );
+        }
+        let _ = writeln!(
+            out,
+            "free space         {}",
+            s.free_space_bytes.map_or("unknown".into(), human_bytes)
+        );
+        if s.unreadable_manifests > 0 {
+            let _ = writeln!(out, "unreadable manifests {}", s.unreadable_manifests);
+        }
+    }
+    Ok(serde_json::Value::String(text))
+}
+
+/// `dbkeep schedule print`: the schedules as crontab lines (`cron`) or systemd units.
+fn print_schedules(ops: &Ops, cli: &Cli, cron: bool) -> Result<String, Error> {
+    use crate::schedule::export;
+    let schedules = &ops.settings().schedules;
+    if schedules.is_empty() {
+        return Err(Error::NoSchedules);
+    }
+    let cwd = std::env::current_dir().map_err(|source| Error::Io {
+        io_context: "read the working directory".into(),
+        source,
+    })?;
+    let config = cli
+        .config
+        .clone()
+        .or_else(|| {
+            let d = std::path::Path::new(crate::config::DEFAULT_CONFIG_FILE);
+            d.is_file().then(|| d.to_owned())
+        })
+        .map(|p| cwd.join(p).to_string_lossy().into_owned());
+    let inv = export::Invocation {
+        program: std::env::current_exe()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "dbkeep".into()),
+        config,
+        working_dir: cwd.to_string_lossy().into_owned(),
+    };
+    let text = if cron {
+        export::crontab(schedules, &inv)
+    } else {
+        export::systemd(schedules, &inv)
+    }
+    .map_err(|e| Error::Config(crate::config::ConfigError::Export(e)))?;
+    Ok(text)
+}
+
+/// Prints `view` of this database, or of every configured one (`all`): in JSON, each under
+/// `{"database": NAME, key: …}` in `{"databases": [...]}`; as text, each after a heading.
+fn show(
+    ops: &Ops,
+    all: bool,
+    json: bool,
+    key: &str,
+    view: fn(&Ops, bool) -> Result<serde_json::Value, Error>,
+    out: &mut String,
+) -> Result<(), Error> {
+    use std::fmt::Write as _;
+    if !all {
+        match view(ops, json)? {
+            serde_json::Value::String(text) => out.push_str(&text),
+            v => {
+                let _ = writeln!(out, "{}", to_json(&v));
+            }
+        }
+        return Ok(());
+    }
+    let mut each = Vec::new();
+    for db in ops.all_databases()? {
+        let name = db.settings().database.clone();
+        if json {
+            each.push(serde_json::json!({"database": name, key: view(&db, true)?}));
+        } else {
+            let _ = writeln!(out, "== database {name} ==");
+            out.push_str(view(&db, false)?.as_str().unwrap_or_default());
+            out.push('\n');
+        }
+    }
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            to_json(&serde_json::json!({ "databases": each }))
+        );
+    }
+    Ok(())
 }

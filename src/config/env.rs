@@ -46,6 +46,9 @@ pub(super) fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, C
             .transpose()
     };
     Ok(Layer {
+        databases: None,
+        channels: None,
+        notify: None,
         database_url: get("DATABASE_URL"),
         backup_dir: get("BACKUP_DIR").map(PathBuf::from),
         backup_retention_days: num32(

@@ -50,6 +50,13 @@ pub struct Layer {
     pub series: Option<std::collections::BTreeMap<String, crate::retention::SeriesTable>>,
     /// `[[schedule]]` tables: the scheduler's (`schedule`).
     pub schedule: Option<Vec<crate::schedule::ScheduleTable>>,
+    /// `[channels.NAME]` tables: where notifications go (`notify::channel`).
+    pub channels: Option<std::collections::BTreeMap<String, crate::notify::ChannelTable>>,
+    /// The channels this database's events go to (default: every channel).
+    pub notify: Option<Vec<String>>,
+    /// `[databases.NAME]` tables: a named database, with the same keys as the top level but
+    /// the service-wide ones (`databases::global_key`).
+    pub databases: Option<std::collections::BTreeMap<String, Layer>>,
     pub dbkeep_api_token: Option<String>,
     pub dbkeep_api_tokens_file: Option<PathBuf>,
     pub dbkeep_audit_log: Option<PathBuf>,

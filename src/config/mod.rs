@@ -5,7 +5,9 @@
 //! the key in the TOML file (`backup_dir`). The spec's variables keep their meaning and defaults.
 //! An unknown file key or a malformed value is an error that names the key and the problem.
 
+mod apply;
 mod copy;
+mod databases;
 mod env;
 mod file;
 #[cfg(test)]
@@ -16,6 +18,7 @@ use crate::database_url::{DatabaseUrl, DatabaseUrlError, Secret};
 use crate::engine::PgFormat;
 use crate::storage::S3Settings;
 pub use copy::CopyTarget;
+pub use databases::DEFAULT_DATABASE;
 use env::env_layer;
 use file::read_file;
 pub use file::{CopyToLayer, Layer};
@@ -62,10 +65,46 @@ pub enum ConfigError {
     Policy(#[from] crate::retention::PolicyError),
     #[error("{0}")]
     Schedule(#[from] crate::schedule::ScheduleError),
+    #[error("{0}")]
+    Channel(#[from] crate::notify::ChannelError),
+    #[error("{0}")]
+    Export(#[from] crate::schedule::export::ExportError),
     #[error(
         "DATABASE_URL is not set: set it in the environment or as database_url in dbkeep.toml, e.g. postgresql://user:password@host/db or sqlite:///app.db"
     )]
     NoDatabaseUrl,
+    #[error(
+        "[databases.{0}] has no database_url: give each named database its own, e.g. database_url = \"postgresql://user@host/db\""
+    )]
+    DatabaseNoUrl(String),
+    #[error(
+        "[databases.{database}] sets {key}, which applies to the whole service: set it at the top level of the config file"
+    )]
+    DatabaseKey { database: String, key: &'static str },
+    #[error(
+        "[databases.{0:?}]: a database name is 1 to 64 letters, digits, '_' and '-', starting with a letter or digit, and not \"default\" (the name of DATABASE_URL's database)"
+    )]
+    DatabaseName(String),
+    #[error(
+        "no database named {name:?} is configured (configured: {known}): name one of them, or add a [databases.{name}] table to the config file"
+    )]
+    UnknownDatabase { name: String, known: String },
+    #[error(
+        "the databases {a:?} and {b:?} share the repository {location}: give each its own backup_dir and copies (retention and the lock work per repository)"
+    )]
+    SharedRepository {
+        a: String,
+        b: String,
+        location: String,
+    },
+    #[error(
+        "[[schedule]] {schedule:?} backs up the database {database:?}, which is not configured (configured: {known}): set its database to one of them"
+    )]
+    ScheduleDatabase {
+        schedule: String,
+        database: String,
+        known: String,
+    },
 }
 
 const MAX_PARTS_PROBLEM: &str =
@@ -98,6 +137,12 @@ pub const DEFAULT_CONFIG_FILE: &str = "dbkeep.toml";
 /// The settings in force.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// This database's name: [`DEFAULT_DATABASE`] for `DATABASE_URL`'s, else its
+    /// `[databases.NAME]` table's.
+    pub database: String,
+    /// Every database of the configuration by name, the unnamed one included, as configured
+    /// (without command-line overrides; their own `databases` is empty).
+    pub databases: std::sync::Arc<std::collections::BTreeMap<String, Settings>>,
     /// Kept as text until a command needs it, so `list` works without a database. A [`Secret`],
     /// so `Debug` of the settings never shows the password.
     database_url: Option<Secret>,
@@ -146,6 +191,10 @@ pub struct Settings {
     pub series: std::collections::BTreeMap<String, crate::retention::SeriesPolicy>,
     /// The scheduler's schedules (`[[schedule]]` in the config file).
     pub schedules: Vec<crate::schedule::Schedule>,
+    /// Notification channels by name (`[channels.NAME]`).
+    pub channels: std::sync::Arc<std::collections::BTreeMap<String, crate::notify::Channel>>,
+    /// The channels this database's events go to (`notify`); `None`: every channel.
+    pub notify: Option<Vec<String>>,
     /// Settings of `dbkeep serve`.
     pub api: ApiSettings,
 }
@@ -192,6 +241,8 @@ impl Default for ApiSettings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
+            database: DEFAULT_DATABASE.to_owned(),
+            databases: Default::default(),
             database_url: None,
             backup_dir: PathBuf::from("./backups"),
             retention_days: 30,
@@ -218,6 +269,8 @@ impl Default for Settings {
             copy_to: Vec::new(),
             series: std::collections::BTreeMap::new(),
             schedules: Vec::new(),
+            channels: Default::default(),
+            notify: None,
             api: ApiSettings::default(),
         }
     }
@@ -226,6 +279,8 @@ impl Default for Settings {
 /// Command-line flags that override settings.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
+    /// `--database NAME`: the database the command works on.
+    pub database: Option<String>,
     pub backup_dir: Option<PathBuf>,
     pub compress: Option<bool>,
 }
@@ -249,202 +304,48 @@ impl Settings {
                 }
             }
         };
-        let mut s = Settings::default();
-        if let Some(file) = file {
-            s.apply(file)?;
+        let mut base = Settings::default();
+        let mut named = std::collections::BTreeMap::new();
+        if let Some(mut file) = file {
+            named = file.databases.take().unwrap_or_default();
+            base.apply(file)?;
         }
-        s.apply(env_layer(env)?)?;
+        base.apply(env_layer(env)?)?;
+        let mut all = std::collections::BTreeMap::new();
+        for (name, layer) in named {
+            let s = databases::named(&base, &name, layer)?;
+            s.check()?;
+            all.insert(name, s);
+        }
+        base.check()?;
+        all.insert(DEFAULT_DATABASE.to_owned(), base);
+        databases::check(&all)?;
+        let name = overrides.database.as_deref().unwrap_or(DEFAULT_DATABASE);
+        let mut s = all
+            .get(name)
+            .cloned()
+            .ok_or_else(|| databases::unknown(name, &all))?;
         if let Some(dir) = &overrides.backup_dir {
             s.backup_dir = dir.clone();
         }
         if let Some(c) = overrides.compress {
             s.compress = c;
         }
-        s.level(s.compression)?;
-        if s.encrypt_recipients
-            .as_deref()
-            .is_some_and(|r| !r.trim().is_empty())
-            && s.encrypt_passphrase_file.is_some()
-        {
-            return Err(ConfigError::RecipientsAndPassphrase);
-        }
+        s.check()?;
+        s.databases = std::sync::Arc::new(all);
         Ok(s)
     }
 
-    fn apply(&mut self, l: Layer) -> Result<(), ConfigError> {
-        if let Some(v) = l.database_url {
-            self.database_url = Some(Secret::new(v));
-        }
-        if let Some(v) = l.backup_dir {
-            self.backup_dir = v;
-        }
-        if let Some(v) = l.backup_retention_days {
-            self.retention_days = v;
-        }
-        if let Some(v) = l.backup_keep_min {
-            self.keep_min = within(
-                v,
-                1..=u32::MAX,
-                "BACKUP_KEEP_MIN",
-                "expected 1 or more: the newest good backup of a series is always kept",
-            )?;
-        }
-        if let Some(v) = l.backup_compress {
-            self.compress = v;
-        }
-        if let Some(v) = l.backup_compression {
-            self.compression = v;
-        }
-        if let Some(v) = l.backup_compress_level {
-            self.compress_level = Some(v);
-        }
-        if let Some(v) = l.backup_log_file {
-            self.log_file = if v.as_os_str() == "off" {
-                None
-            } else {
-                Some(v)
-            };
-        }
-        if let Some(v) = l.backup_pg_bindir {
-            self.pg_bindir = Some(v);
-        }
-        if let Some(v) = l.backup_pg_maintenance_db {
-            self.pg_maintenance_db = v;
-        }
-        if let Some(v) = l.backup_restore_keep_old {
-            self.restore_keep_old = v;
-        }
-        if let Some(v) = l.backup_drill_sandbox {
-            self.drill_sandbox = v;
-        }
-        if let Some(v) = l.backup_row_counts {
-            self.row_counts = v;
-        }
-        if let Some(v) = l.backup_drill {
-            self.drill = v;
-        }
-        if let Some(v) = l.backup_pg_format {
-            self.pg_format = v;
-        }
-        if let Some(v) = l.backup_restore_jobs {
-            if v == 0 {
-                return Err(ConfigError::InvalidValue {
-                    key: "BACKUP_RESTORE_JOBS",
-                    value: "0".into(),
-                    problem: "expected how many parallel pg_restore jobs to run (1 or more)",
-                });
-            }
-            self.restore_jobs = v;
-        }
-        if let Some(v) = l.backup_lock_timeout {
-            self.lock_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = l.backup_stall_timeout {
-            self.stall_timeout = Duration::from_secs(v.max(1));
-        }
-        if let Some(v) = l.backup_encrypt_recipients {
-            self.encrypt_recipients = Some(v);
-        }
-        if let Some(v) = l.backup_encrypt_passphrase_file {
-            self.encrypt_passphrase_file = Some(v);
-        }
-        if let Some(v) = l.backup_decrypt_identity_file {
-            self.decrypt_identity_file = Some(v);
-        }
-        let s3 = &mut self.s3;
-        if let Some(v) = l.backup_s3_endpoint {
-            s3.endpoint = Some(v);
-        }
-        if let Some(v) = l.backup_s3_region {
-            s3.region = Some(v);
-        }
-        if let Some(v) = l.backup_s3_path_style {
-            s3.path_style = Some(v);
-        }
-        if let Some(v) = l.backup_s3_access_key_id {
-            s3.access_key_id = Some(v);
-        }
-        if let Some(v) = l.backup_s3_secret_access_key {
-            s3.secret_access_key = Some(Secret::new(v));
-        }
-        if let Some(v) = l.backup_s3_session_token {
-            s3.session_token = Some(Secret::new(v));
-        }
-        if let Some(v) = l.backup_s3_max_parts {
-            s3.max_parts = within(v, 100..=10_000, "BACKUP_S3_MAX_PARTS", MAX_PARTS_PROBLEM)?;
-        }
-        if let Some(v) = l.backup_s3_part_size_mib {
-            let v = within(v, 5..=5120, "BACKUP_S3_PART_SIZE_MIB", PART_SIZE_PROBLEM)?;
-            s3.part_size = u64::from(v) << 20;
-        }
-        if let Some(v) = l.backup_s3_memory_part_mib {
-            let v = within(
-                v,
-                5..=5120,
-                "BACKUP_S3_MEMORY_PART_MIB",
-                MEMORY_PART_PROBLEM,
-            )?;
-            s3.memory_part = u64::from(v) << 20;
-        }
-        if let Some(v) = l.backup_scratch_dir {
-            self.scratch_dir = Some(v);
-        }
-        if let Some(tables) = l.series {
-            for (name, table) in tables {
-                let policy = crate::retention::SeriesPolicy::from_table(&name, &table)?;
-                self.series.insert(name, policy);
-            }
-        }
-        if let Some(tables) = l.schedule {
-            self.schedules = crate::schedule::Schedule::all(&tables)?;
-        }
-        if let Some(tables) = l.copy_to {
-            self.copy_to = tables.into_iter().map(CopyTarget::from).collect();
-        }
-        if let Some(v) = l.backup_copy_to {
-            self.copy_to = v
-                .split(',')
-                .filter(|u| !u.trim().is_empty())
-                .map(CopyTarget::new)
-                .collect();
-        }
-        if let Some(v) = l.dbkeep_api_token {
-            self.api.token = Some(Secret::new(v));
-        }
-        if let Some(v) = l.dbkeep_api_tokens_file {
-            self.api.tokens_file = Some(v);
-        }
-        if let Some(v) = l.dbkeep_audit_log {
-            self.api.audit_log = Some(v);
-        }
-        if let Some(v) = l.dbkeep_trusted_proxies {
-            self.api.trusted_proxies = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse().map_err(|_| ConfigError::InvalidValue {
-                        key: "DBKEEP_TRUSTED_PROXIES",
-                        value: s.to_owned(),
-                        problem: "expected comma-separated IP addresses",
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(v) = l.dbkeep_rate_limits {
-            self.api.rate_limits = Some(v);
-        }
-        if let Some(v) = l.dbkeep_metrics_public {
-            self.api.metrics_public = v;
-        }
-        if let Some(v) = l.dbkeep_health_max_age {
-            self.api.health_max_age = Duration::from_secs(v);
-        }
-        if let Some(v) = l.dbkeep_shutdown_grace {
-            self.api.shutdown_grace = Duration::from_secs(v);
-        }
-        if let Some(v) = l.dbkeep_body_timeout {
-            self.api.body_timeout = Duration::from_secs(v.max(1));
+    /// What no setting may be alone: a level outside its codec's range, two kinds of encryption.
+    fn check(&self) -> Result<(), ConfigError> {
+        self.level(self.compression)?;
+        if self
+            .encrypt_recipients
+            .as_deref()
+            .is_some_and(|r| !r.trim().is_empty())
+            && self.encrypt_passphrase_file.is_some()
+        {
+            return Err(ConfigError::RecipientsAndPassphrase);
         }
         Ok(())
     }

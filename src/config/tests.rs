@@ -99,6 +99,7 @@ fn flags_override_env_override_file() {
         Some(file),
         &[("BACKUP_DIR", "/from/env")],
         Overrides {
+            database: None,
             backup_dir: Some("/from/flag".into()),
             compress: Some(false),
         },
@@ -268,4 +269,63 @@ fn series_tables_give_series_their_policies_and_typos_name_the_key() {
         err.contains("[series.nightly]: timezone \"Berlin\""),
         "{err}"
     );
+}
+
+#[test]
+fn named_databases_inherit_the_top_level_but_not_its_repository_and_flags_apply_to_one() {
+    let file = "backup_compression = \"zstd\"\nbackup_retention_days = 9\n\n[[copy_to]]\nurl = \"s3://offsite/dbkeep/\"\n\n[databases.shop]\ndatabase_url = \"postgresql://u@h/shop\"\nbackup_retention_days = 3\n\n[databases.crm]\ndatabase_url = \"sqlite:///crm.db\"\nbackup_dir = \"s3://crm-bucket/b\"\n[[databases.crm.copy_to]]\nurl = \"/mnt/usb/crm\"\n";
+    let env = [
+        ("DATABASE_URL", "sqlite:///app.db"),
+        ("BACKUP_DIR", "/srv/b"),
+    ];
+    let s = load(Some(file), &env, Overrides::default()).unwrap();
+    assert_eq!(s.database, DEFAULT_DATABASE);
+    assert_eq!(s.backup_dir, PathBuf::from("/srv/b"));
+    let names: Vec<&str> = s
+        .all_databases()
+        .iter()
+        .map(|d| d.database.as_str())
+        .collect();
+    assert_eq!(names, ["crm", "default", "shop"]);
+    let shop = s.for_database("shop").unwrap();
+    assert_eq!(shop.backup_dir, PathBuf::from("/srv/b/shop"));
+    assert_eq!(shop.retention_days, 3, "its own");
+    assert_eq!(shop.compression, Compression::Zstd, "inherited");
+    assert_eq!(shop.copy_to[0].location, "s3://offsite/dbkeep/shop");
+    assert!(matches!(shop.database_url(), Ok(DatabaseUrl::Postgres(_))));
+    let crm = s.for_database("crm").unwrap();
+    assert_eq!(crm.backup_dir, PathBuf::from("s3://crm-bucket/b"));
+    assert_eq!(crm.copy_to.len(), 1);
+    assert_eq!(crm.copy_to[0].location, "/mnt/usb/crm");
+    // --database with --backup-dir: the flag applies to the chosen database only.
+    let o = Overrides {
+        database: Some("shop".into()),
+        backup_dir: Some("/elsewhere".into()),
+        compress: None,
+    };
+    let s = load(Some(file), &env, o).unwrap();
+    assert_eq!(s.database, "shop");
+    assert_eq!(s.backup_dir, PathBuf::from("/elsewhere"));
+    assert_eq!(
+        s.for_database("default").unwrap().backup_dir,
+        PathBuf::from("/srv/b")
+    );
+    let o = Overrides {
+        database: Some("nope".into()),
+        ..Overrides::default()
+    };
+    let e = load(Some(file), &env, o).unwrap_err().to_string();
+    assert!(e.contains("crm, default, shop"), "{e}");
+    // Without DATABASE_URL the unnamed database is not one of all.
+    let s = load(Some(file), &[], Overrides::default()).unwrap();
+    let names: Vec<&str> = s
+        .all_databases()
+        .iter()
+        .map(|d| d.database.as_str())
+        .collect();
+    assert_eq!(names, ["crm", "shop"]);
+    // An inherited copy shared on purpose is refused like a shared repository.
+    let shared = "[databases.a]\ndatabase_url = \"sqlite:///a.db\"\n[[databases.a.copy_to]]\nurl = \"/mnt/x\"\n[databases.b]\ndatabase_url = \"sqlite:///b.db\"\n[[databases.b.copy_to]]\nurl = \"/mnt/x/\"\n";
+    let e = load(Some(shared), &[], Overrides::default()).unwrap_err();
+    assert!(matches!(e, ConfigError::SharedRepository { .. }), "{e}");
 }

@@ -28,7 +28,7 @@ pub(super) struct Dump {
 }
 
 impl Ops {
-    pub fn backup(&self, req: &BackupRequest) -> Result<BackupOutcome, Error> {
+    pub(super) fn take_backup(&self, req: &BackupRequest) -> Result<BackupOutcome, Error> {
         let given = req.name.as_deref().map(BackupName::parse).transpose()?;
         let series = req
             .series

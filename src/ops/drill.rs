@@ -67,6 +67,9 @@ impl Ops {
                     duration,
                 },
             };
+            if !signals::interrupted() {
+                self.notify_drill(m, &result);
+            }
             match &result {
                 Ok(_) => info!(backup = %m.backup_name, duration, "restore drill passed"),
                 Err(e) => {

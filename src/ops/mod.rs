@@ -9,6 +9,7 @@
 mod backup;
 mod copy;
 mod drill;
+mod notify;
 mod pin;
 mod prune;
 mod read;
@@ -140,6 +141,8 @@ pub struct Ops {
     settings: Settings,
     storage: Box<dyn Storage>,
     catch_signals: bool,
+    /// The schedule whose run this is (in its events).
+    schedule: Option<String>,
 }
 
 /// The first line of an error, at most 300 characters.
@@ -203,7 +206,27 @@ impl Ops {
             settings: self.settings.clone(),
             storage: self.open_target(&target)?,
             catch_signals: self.catch_signals,
+            schedule: self.schedule.clone(),
         })
+    }
+
+    /// The same operations on the configured database `name` (its own repository and
+    /// settings).
+    pub fn for_database(&self, name: &str) -> Result<Self, Error> {
+        let ops = Ops::new(self.settings.for_database(name)?)?;
+        Ok(Self {
+            catch_signals: self.catch_signals,
+            ..ops
+        })
+    }
+
+    /// Operations on every configured database, by name.
+    pub fn all_databases(&self) -> Result<Vec<Self>, Error> {
+        self.settings
+            .all_databases()
+            .iter()
+            .map(|s| self.for_database(&s.database))
+            .collect()
     }
 
     pub fn with_storage(settings: Settings, storage: Box<dyn Storage>) -> Self {
@@ -211,6 +234,7 @@ impl Ops {
             settings,
             storage,
             catch_signals: true,
+            schedule: None,
         }
     }
 
@@ -261,7 +285,11 @@ impl Ops {
     }
 
     pub fn statistics(&self, cat: &Catalog) -> Statistics {
-        catalog::statistics(cat, self.storage.as_ref())
+        let mut stats = catalog::statistics(cat, self.storage.as_ref());
+        stats.database = self.settings.database.clone();
+        stats.schedules = self.schedules_of(cat, chrono::Utc::now());
+        stats.notifications = self.notification_status();
+        stats
     }
 
     /// The configured keys for encrypted backups, if any.

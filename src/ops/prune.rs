@@ -78,7 +78,7 @@ impl Ops {
 
     /// Applies retention to every series, and removes leftovers: temporary files and data files
     /// that no manifest names, older than [`ORPHAN_GRACE`].
-    pub fn prune(&self, opts: PruneOptions) -> Result<PruneOutcome, Error> {
+    pub(super) fn prune_unreported(&self, opts: PruneOptions) -> Result<PruneOutcome, Error> {
         let lock = if opts.dry_run {
             None
         } else {

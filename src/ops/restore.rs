@@ -17,7 +17,7 @@ pub const RESTORE_JOURNAL: &str = ".dbkeep-restore.json";
 impl Ops {
     /// Restores `name` into the configured database, after checking its size, SHA-256 and key
     /// (see [`Depth::Restore`]).
-    pub fn restore(&self, name: &str) -> Result<RestoreOutcome, Error> {
+    pub(super) fn restore_unreported(&self, name: &str) -> Result<RestoreOutcome, Error> {
         BackupName::parse(name)?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
         self.install_signals()?;

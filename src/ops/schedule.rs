@@ -5,38 +5,25 @@
 
 use super::*;
 use crate::error::Error;
+pub use crate::schedule::ScheduleStatus;
 use crate::schedule::runner::{self, Clock, Event};
 use crate::schedule::{Schedule, plan};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tracing::{error, info, warn};
 
-/// A schedule as `dbkeep schedule list` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScheduleStatus {
-    pub name: String,
-    pub cron: String,
-    pub timezone: String,
-    pub series: String,
-    pub next_run: Option<String>,
-    /// The newest backup attempt of the series: its name, whether it succeeded, when.
-    pub last_backup: Option<String>,
-    pub last_success: Option<bool>,
-    pub last_at: Option<String>,
-}
-
 impl Ops {
-    /// Each schedule's next run after `now` and the newest attempt of its series.
-    pub fn schedule_status(&self, now: DateTime<Utc>) -> Result<Vec<ScheduleStatus>, Error> {
-        let cat = self.catalog()?;
-        Ok(self
-            .settings
+    /// This database's schedules: each one's next run after `now` and the newest attempt of
+    /// its series in `cat` (this repository's catalog).
+    pub fn schedules_of(&self, cat: &Catalog, now: DateTime<Utc>) -> Vec<ScheduleStatus> {
+        self.settings
             .schedules
             .iter()
+            .filter(|s| s.database == self.settings.database)
             .map(|s| {
                 let last = cat.backups.iter().find(|m| m.series == s.series);
                 ScheduleStatus {
                     name: s.name.clone(),
+                    database: s.database.clone(),
                     cron: s.cron_text.clone(),
                     timezone: s.tz.name().to_owned(),
                     series: s.series.clone(),
@@ -46,11 +33,24 @@ impl Ops {
                     last_at: last.map(|m| m.timestamp_text()),
                 }
             })
-            .collect())
+            .collect()
     }
 
-    /// Runs the schedules until `clock` says stop (a termination signal for the system clock);
-    /// `running` counts a backup under way (the server's grace period waits for it).
+    /// Every schedule of the configuration, in the order of the config file, each read from
+    /// its own database's repository.
+    pub fn schedule_status(&self, now: DateTime<Utc>) -> Result<Vec<ScheduleStatus>, Error> {
+        let mut all = Vec::new();
+        for db in self.all_databases()? {
+            all.extend(db.schedules_of(&db.catalog()?, now));
+        }
+        let order = |n: &str| self.settings.schedules.iter().position(|s| s.name == n);
+        all.sort_by_key(|s| order(&s.name));
+        Ok(all)
+    }
+
+    /// Runs the schedules of every database until `clock` says stop (a termination signal for
+    /// the system clock); `running` counts a backup under way (the server's grace period waits
+    /// for it).
     pub fn run_schedules(
         &self,
         clock: &dyn Clock,
@@ -60,10 +60,11 @@ impl Ops {
         if schedules.is_empty() {
             return Err(Error::NoSchedules);
         }
-        // Each schedule's own settings: its compression and drill.
+        // Each schedule's own operations: its database, its compression and drill.
         let mut runners: Vec<Ops> = Vec::with_capacity(schedules.len());
+        let mut last_success = Vec::with_capacity(schedules.len());
         for s in schedules {
-            let mut settings = self.settings.clone();
+            let mut settings = self.settings.for_database(&s.database)?;
             if let Some(c) = s.compression {
                 settings.compression = c;
                 settings.compress = c != crate::codec::Compression::None;
@@ -71,24 +72,30 @@ impl Ops {
             if let Some(d) = s.drill {
                 settings.drill = d;
             }
-            let ops = Ops::new(settings)?;
-            runners.push(if self.catch_signals {
-                ops
-            } else {
-                ops.without_signal_handlers()
-            });
+            if let Some(n) = &s.notify {
+                settings.notify = Some(n.clone());
+            }
+            let ops = Ops {
+                catch_signals: self.catch_signals,
+                schedule: Some(s.name.clone()),
+                ..Ops::new(settings)?
+            };
+            let cat = ops.catalog()?;
+            last_success.push(
+                cat.backups
+                    .iter()
+                    .find(|m| m.success && m.series == s.series)
+                    .map(|m| m.timestamp),
+            );
+            runners.push(ops);
         }
-        let cat = self.catalog()?;
-        let last_success = |s: &Schedule| {
-            cat.backups
-                .iter()
-                .find(|m| m.success && m.series == s.series)
-                .map(|m| m.timestamp)
-        };
+        let index = |s: &Schedule| schedules.iter().position(|o| o.name == s.name);
+        let last_success = |s: &Schedule| index(s).and_then(|i| last_success[i]);
         let mut backup = |s: &Schedule, name: &str| {
             use std::sync::atomic::Ordering;
-            let i = schedules.iter().position(|o| o.name == s.name).unwrap_or(0);
-            let ops = &runners[i];
+            let Some(ops) = index(s).map(|i| &runners[i]) else {
+                return Err(format!("no schedule named {:?}", s.name));
+            };
             let req = BackupRequest {
                 name: Some(name.to_owned()),
                 series: Some(s.series.clone()),
@@ -112,8 +119,24 @@ impl Ops {
             }
             result
         };
+        // A missed slot is an event of its own; the others come from the backups.
+        let mut on_event = |e: &Event| {
+            log_event(e);
+            if let Event::Missed { schedule, slot } = e
+                && let Some(i) = schedules.iter().position(|o| o.name == *schedule)
+            {
+                let ops = &runners[i];
+                let mut n = ops.event(crate::notify::EventKind::ScheduleMissed);
+                n.series = Some(schedules[i].series.clone());
+                n.error = Some(format!(
+                    "the slot of {} was missed while dbkeep was not running (catch_up is off)",
+                    slot.to_rfc3339()
+                ));
+                ops.notify(n);
+            }
+        };
         info!(schedules = schedules.len(), "scheduler started");
-        runner::run(schedules, clock, &mut backup, &last_success, &mut log_event);
+        runner::run(schedules, clock, &mut backup, &last_success, &mut on_event);
         info!("scheduler stopped");
         Ok(())
     }

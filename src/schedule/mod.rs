@@ -10,6 +10,7 @@
 //!   with an injected clock;
 //! - [`runner`]: the loop of `dbkeep schedule run` and `dbkeep serve`.
 
+pub mod export;
 pub mod plan;
 pub mod runner;
 #[cfg(test)]
@@ -29,6 +30,8 @@ use thiserror::Error;
 #[serde(deny_unknown_fields)]
 pub struct ScheduleTable {
     pub name: String,
+    /// The `[databases.NAME]` it backs up (default: the unnamed one, `DATABASE_URL`'s).
+    pub database: Option<String>,
     pub cron: String,
     pub timezone: Option<String>,
     pub series: Option<String>,
@@ -38,6 +41,8 @@ pub struct ScheduleTable {
     pub catch_up: Option<bool>,
     pub retries: Option<u32>,
     pub retry_delay_secs: Option<u64>,
+    /// The channels this schedule's events go to (default: its database's).
+    pub notify: Option<Vec<String>>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -72,6 +77,7 @@ pub enum ScheduleError {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub name: String,
+    pub database: String,
     pub cron: Cron,
     pub cron_text: String,
     pub tz: Tz,
@@ -85,6 +91,22 @@ pub struct Schedule {
     pub retries: u32,
     /// The first retry's delay; each next one doubles it (default 60 s).
     pub retry_delay: Duration,
+    pub notify: Option<Vec<String>>,
+}
+
+/// A schedule as `dbkeep schedule list` and the statistics show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScheduleStatus {
+    pub name: String,
+    pub database: String,
+    pub cron: String,
+    pub timezone: String,
+    pub series: String,
+    pub next_run: Option<String>,
+    /// The newest backup attempt of the series: its name, whether it succeeded, when.
+    pub last_backup: Option<String>,
+    pub last_success: Option<bool>,
+    pub last_at: Option<String>,
 }
 
 /// The default name of a schedule's backups.
@@ -109,6 +131,10 @@ impl Schedule {
         };
         let s = Schedule {
             name: t.name.clone(),
+            database: t
+                .database
+                .clone()
+                .unwrap_or_else(|| crate::config::DEFAULT_DATABASE.to_owned()),
             cron,
             cron_text: t.cron.trim().to_owned(),
             tz,
@@ -122,6 +148,7 @@ impl Schedule {
             catch_up: t.catch_up.unwrap_or(true),
             retries: t.retries.unwrap_or(3),
             retry_delay: Duration::from_secs(t.retry_delay_secs.unwrap_or(60).max(1)),
+            notify: t.notify.clone(),
         };
         // The template must make a valid name (checked on a sample slot).
         let sample = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;

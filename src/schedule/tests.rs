@@ -272,3 +272,45 @@ fn a_retry_gives_way_to_the_next_slot_and_a_missed_slot_is_an_event() {
         }
     );
 }
+
+#[test]
+fn cron_patterns_become_on_calendar_expressions_or_are_refused() {
+    use super::export::on_calendar;
+    let cal = |cron: &str, tz: &str| on_calendar(&schedule(cron, tz));
+    assert_eq!(
+        cal("30 2 * * *", "Europe/Berlin").unwrap(),
+        "*-*-* 02:30:00 Europe/Berlin"
+    );
+    assert_eq!(
+        cal("0 3 * * 1-5", "UTC").unwrap(),
+        "Mon..Fri *-*-* 03:00:00 UTC"
+    );
+    assert_eq!(
+        cal("*/15 * 1 */2 *", "UTC").unwrap(),
+        "*-01/2-01 *:00/15:00 UTC"
+    );
+    assert_eq!(cal("*/10 * * * * *", "UTC").unwrap(), "*-*-* *:*:00/10 UTC");
+    assert_eq!(cal("@weekly", "UTC").unwrap(), "Sun *-*-* 00:00:00 UTC");
+    assert_eq!(
+        cal("0 0 * * SUN,sat", "UTC").unwrap(),
+        "Sun,Sat *-*-* 00:00:00 UTC"
+    );
+    // cron ORs the day of the month and the weekday; OnCalendar cannot.
+    let e = cal("0 0 1 * 1", "UTC").unwrap_err().to_string();
+    assert!(e.contains("OR the weekday"), "{e}");
+    assert!(cal("0 0 L * *", "UTC").is_err());
+}
+
+#[test]
+fn crontab_lines_refuse_seconds_and_name_the_time_zone() {
+    use super::export::{Invocation, crontab};
+    let inv = Invocation {
+        program: "/usr/bin/dbkeep".into(),
+        config: Some("/etc/dbkeep/my config.toml".into()),
+        working_dir: "/var/lib/dbkeep".into(),
+    };
+    let text = crontab(&[schedule("30 2 * * *", "Europe/Berlin")], &inv).unwrap();
+    assert!(text.contains("CRON_TZ=Europe/Berlin\n30 2 * * * /usr/bin/dbkeep --config '/etc/dbkeep/my config.toml' --database default --quiet backup --series nightly\n"), "{text}");
+    let e = crontab(&[schedule("*/10 * * * * *", "UTC")], &inv).unwrap_err();
+    assert!(e.to_string().contains("no seconds field"), "{e}");
+}

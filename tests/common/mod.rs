@@ -5,6 +5,7 @@
 
 pub mod moto;
 pub mod proxy;
+pub mod receiver;
 pub mod s3;
 pub mod s3_server;
 
