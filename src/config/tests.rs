@@ -329,3 +329,30 @@ fn named_databases_inherit_the_top_level_but_not_its_repository_and_flags_apply_
     let e = load(Some(shared), &[], Overrides::default()).unwrap_err();
     assert!(matches!(e, ConfigError::SharedRepository { .. }), "{e}");
 }
+
+/// The README's complete configuration loads as documented.
+#[test]
+fn the_readmes_complete_configuration_loads() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme
+        .find("### A complete configuration")
+        .expect("the README has the section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let text = &section[start..start + section[start..].find("```").expect("its end")];
+    let s = load(Some(text), &[], Overrides::default()).unwrap();
+    let names: Vec<&str> = s
+        .all_databases()
+        .iter()
+        .map(|d| d.database.as_str())
+        .collect();
+    assert_eq!(names, ["crm", "shop"]);
+    assert_eq!(s.schedules.len(), 2);
+    assert_eq!(s.schedules[0].database, "shop");
+    assert_eq!(s.channels.len(), 2);
+    let crm = s.for_database("crm").unwrap();
+    assert_eq!(crm.notify.as_deref(), Some(&["ops".to_owned()][..]));
+    let shop = s.for_database("shop").unwrap();
+    assert_eq!(shop.backup_dir, PathBuf::from("/var/backups/dbkeep/shop"));
+    assert_eq!(shop.compression, Compression::Zstd);
+    assert!(s.series.contains_key("nightly"));
+}
