@@ -17,6 +17,7 @@ pub mod logging;
 pub mod naming;
 pub mod notify;
 pub mod ops;
+pub mod progress;
 pub mod retention;
 pub mod schedule;
 pub mod signals;

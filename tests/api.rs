@@ -183,7 +183,9 @@ fn every_api_route_requires_a_token() {
     let s = Server::start(&env);
     for (m, path, _) in dbkeep::api::ROUTES {
         let path = path.replace("{name}", "some_backup");
-        if path == "/healthz" {
+        // Public: the health check, and the dashboard's static page (which holds no data:
+        // hostile_http checks it).
+        if path == "/healthz" || path == "/" || path.starts_with("/assets/") {
             continue;
         }
         for token in [None, Some("wrong-token-wrong-token")] {
@@ -227,6 +229,12 @@ fn openapi_document_matches_the_router() {
     // Each documented route exists in the router: never the fallback's 404 or a 405.
     for (m, path, _) in dbkeep::api::ROUTES {
         let concrete = path.replace("{name}", "no_such_backup");
+        if concrete.ends_with("/events") {
+            // A stream that does not end: its status only.
+            let r = s.raw(method(m), &concrete, Some(TOKEN), None);
+            assert_eq!(r.status(), StatusCode::OK, "{m} {path}");
+            continue;
+        }
         let (status, body) = s.call(method(m), &concrete, Some(TOKEN), None);
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
         if status == StatusCode::NOT_FOUND {
@@ -1046,4 +1054,121 @@ fn metrics_show_the_repository_and_the_servers_counters_behind_auth() {
     assert_eq!(sample(&m, "dbkeep_repository_backups", &[]), Some(3.0));
     let (status, _) = s.call(Method::GET, "/api/backup/list", None, None);
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// A SQLite database of about `mb` MiB of incompressible data, so a backup of it takes a while.
+fn big_sqlite(env: &TestEnv, mb: usize) {
+    let c = rusqlite::Connection::open(env.path().join("big.db")).unwrap();
+    c.execute_batch(&format!(
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {})
+         INSERT INTO blobs (b) SELECT randomblob(1048576) FROM n;",
+        mb
+    ))
+    .unwrap();
+}
+
+#[test]
+fn running_operations_are_listed_and_streamed_with_their_progress() {
+    let mut env = TestEnv::new();
+    big_sqlite(&env, 96);
+    env.set("DATABASE_URL", "sqlite:///big.db");
+    let s = Server::start(&env);
+    let (status, body) = s.call(Method::GET, "/api/operations", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["operations"], json!([]));
+    // The stream answers at once with the (empty) list.
+    let mut stream = s.raw(Method::GET, "/api/operations/events", Some(TOKEN), None);
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut first = [0u8; 256];
+    let n = std::io::Read::read(&mut stream, &mut first).unwrap();
+    let text = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(
+        text.starts_with("event: operations\ndata: {\"operations\":[]}"),
+        "{text}"
+    );
+    let base = s.base.clone();
+    let create = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(format!("{base}/api/backup/create"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"backup_name": "big_20261201"}))
+            .timeout(Duration::from_secs(300))
+            .send()
+            .unwrap()
+            .status()
+    });
+    let mut seen = Value::Null;
+    wait_for("the backup in /api/operations with bytes moved", || {
+        let (_, body) = s.call(Method::GET, "/api/operations", Some(TOKEN), None);
+        let op = &body["operations"][0];
+        if op["kind"] == "backup" && op["bytes_written"].as_u64().unwrap_or(0) > 0 {
+            seen = op.clone();
+        }
+        !seen.is_null() || create.is_finished()
+    });
+    assert_eq!(seen["backup_name"], "big_20261201", "{seen}");
+    assert_eq!(seen["database"], "default");
+    assert!(seen["bytes_read"].as_u64().unwrap() > 0, "{seen}");
+    assert!(seen["phase"].is_string());
+    // The stream saw it too.
+    let mut buf = vec![0u8; 4096];
+    let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.contains("\"kind\":\"backup\""), "{text}");
+    assert_eq!(create.join().unwrap(), StatusCode::OK);
+    let (status, _) = s.call(
+        Method::GET,
+        "/api/operations?database=nope",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.call(Method::GET, "/api/operations", None, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    drop(stream);
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn the_cli_draws_progress_on_a_terminal_and_stays_silent_without_one() {
+    if !crate::common::require("script", crate::common::have("script"), "bsdutils") {
+        return;
+    }
+    let mut env = TestEnv::new();
+    big_sqlite(&env, 96);
+    env.set("DATABASE_URL", "sqlite:///big.db");
+    // Without a terminal: nothing but the outcome.
+    let o = env.run(&["backup", "--name", "quiet_20261201"]);
+    o.ok();
+    assert!(!o.stderr.contains("dumping"), "{}", o.stderr);
+    // On a terminal (script gives it one): the progress line.
+    let bin = env!("CARGO_BIN_EXE_dbkeep");
+    let on_a_terminal = |args: &str| {
+        std::process::Command::new("script")
+            .args(["-qec", &format!("{bin} {args}"), "/dev/null"])
+            .current_dir(env.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", "sqlite:///big.db")
+            .env("TERM", "xterm")
+            .output()
+            .unwrap()
+    };
+    let o = on_a_terminal("backup --name tty_20261201");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("backup tty_20261201"), "{text}");
+    assert!(text.contains(" read") && text.contains("/s"), "{text}");
+    // --quiet on a terminal: silent.
+    let o = on_a_terminal("--quiet backup --name q_20261201");
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+        "{:?}",
+        o.stdout
+    );
 }

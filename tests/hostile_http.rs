@@ -418,3 +418,82 @@ fn hostile_requests_get_4xx_never_5xx_and_write_nothing_outside_the_backup_direc
     let stderr = s.stop_and_stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The dashboard's routes under the same treatment: a strict policy on every response, nothing
+/// but static text without a token, no inline script, no traversal out of the assets.
+#[test]
+fn the_dashboards_routes_are_static_strict_and_reveal_nothing() {
+    let env = sqlite_env(5);
+    env.run(&["backup", "--name", "secret_named_20261201"]).ok();
+    let s = Server::start(&env);
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    for path in [
+        "/",
+        "/assets/app.js",
+        "/assets/app.css",
+        "/api/backup/list",
+        "/healthz",
+        "/nope",
+    ] {
+        let r = s.raw(reqwest::Method::GET, path, None, None);
+        let h = r.headers();
+        let csp = h
+            .get("content-security-policy")
+            .unwrap_or_else(|| panic!("{path}: no CSP"))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{path}: {csp}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        let body = r.text().unwrap();
+        assert!(
+            !body.contains("secret_named"),
+            "{path} shows a backup without a token"
+        );
+        assert!(!body.contains(TOKEN), "{path}");
+    }
+    let page = s.raw(reqwest::Method::GET, "/", None, None).text().unwrap();
+    // Every script comes from a file of this origin: no inline script, no handler attribute.
+    for (i, _) in page.match_indices("<script") {
+        let tag = &page[i..i + page[i..].find('>').unwrap()];
+        assert!(
+            tag.contains("src=\"/assets/"),
+            "inline or foreign script: {tag}"
+        );
+    }
+    assert!(
+        !page.contains(" onclick=") && !page.contains(" onload="),
+        "{page}"
+    );
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no CDN: {page}"
+    );
+    for (what, req) in [
+        ("POST /", request("POST", "/", &[], b"x")),
+        (
+            "traversal out of the assets",
+            request("GET", "/assets/../Cargo.toml", &[], b""),
+        ),
+        (
+            "encoded traversal",
+            request("GET", "/assets/%2e%2e/%2e%2e/etc/passwd", &[], b""),
+        ),
+        (
+            "another asset",
+            request("GET", "/assets/app.js.map", &[], b""),
+        ),
+    ] {
+        let status = send(&addr, &req).unwrap_or(0);
+        assert!((400..500).contains(&status), "{what}: {status}");
+    }
+    assert_eq!(s.stop(), 0);
+}

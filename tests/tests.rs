@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod common;
 mod corpus;
+mod dashboard;
 mod databases;
 mod drills;
 mod encryption;

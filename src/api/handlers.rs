@@ -327,6 +327,59 @@ pub(super) async fn delete_backup(
     .await
 }
 
+/// `POST /api/backup/pin/{name}` and `/unpin/{name}`: retention keeps a pinned backup.
+pub(super) async fn pin(
+    state: State<Shared>,
+    caller: Extension<Caller>,
+    p: Result<Path<String>, PathRejection>,
+    q: QueryResult<DbQuery>,
+) -> Response {
+    set_pin(state, caller, p, q, true).await
+}
+
+pub(super) async fn unpin(
+    state: State<Shared>,
+    caller: Extension<Caller>,
+    p: Result<Path<String>, PathRejection>,
+    q: QueryResult<DbQuery>,
+) -> Response {
+    set_pin(state, caller, p, q, false).await
+}
+
+async fn set_pin(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    p: Result<Path<String>, PathRejection>,
+    q: QueryResult<DbQuery>,
+    pinned: bool,
+) -> Response {
+    let st = state.clone();
+    let action = if pinned { "pin" } else { "unpin" };
+    with_name(
+        &state,
+        &caller,
+        action,
+        Endpoint::Pin,
+        p,
+        |name| async move {
+            let db = st.db(query(q)?.database.as_deref())?;
+            let n = name.clone();
+            let m = blocking(&st, &db, move |ops| ops.pin(&n, pinned))
+                .await?
+                .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
+            db.invalidate();
+            Ok(Json(json!({
+                "success": true,
+                "backup_name": name,
+                "pinned": m.pinned,
+                "timestamp": now_text(),
+            }))
+            .into_response())
+        },
+    )
+    .await
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct VerifyQuery {

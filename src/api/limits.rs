@@ -19,12 +19,16 @@ pub enum Endpoint {
     Statistics,
     Download,
     Verify,
+    /// Pin and unpin.
+    Pin,
+    /// The running operations and their event stream.
+    Operations,
     /// Failed authentication attempts.
     AuthFailure,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::Create,
         Endpoint::List,
         Endpoint::Restore,
@@ -32,6 +36,8 @@ impl Endpoint {
         Endpoint::Statistics,
         Endpoint::Download,
         Endpoint::Verify,
+        Endpoint::Pin,
+        Endpoint::Operations,
         Endpoint::AuthFailure,
     ];
 
@@ -44,6 +50,8 @@ impl Endpoint {
             Endpoint::Statistics => "statistics",
             Endpoint::Download => "download",
             Endpoint::Verify => "verify",
+            Endpoint::Pin => "pin",
+            Endpoint::Operations => "operations",
             Endpoint::AuthFailure => "auth_failure",
         }
     }
@@ -58,6 +66,8 @@ impl Endpoint {
             Endpoint::Statistics => (30, 60),
             Endpoint::Download => (10, 3600),
             Endpoint::Verify => (10, 3600),
+            Endpoint::Pin => (30, 3600),
+            Endpoint::Operations => (60, 60),
             Endpoint::AuthFailure => (10, 60),
         }
     }

@@ -33,6 +33,8 @@ use thiserror::Error;
 
 pub mod audit;
 
+mod dashboard;
+
 pub mod auth;
 
 pub mod error;
@@ -42,10 +44,13 @@ pub mod limits;
 mod handlers;
 pub mod metrics;
 pub mod openapi;
+mod operations;
+mod routes;
 mod state;
 mod status;
 
 use handlers::*;
+pub use routes::{ROUTES, router};
 pub use state::AppState;
 use status::{databases, healthz, metrics_text};
 
@@ -86,78 +91,6 @@ type Shared = Arc<AppState>;
 pub struct Caller {
     pub ip: IpAddr,
     pub token: Option<String>,
-}
-
-/// Every route: (method, path, summary). The router and the OpenAPI document are both built from
-/// this table, and a test calls each route without a token.
-pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("post", "/api/backup/create", "Create a backup"),
-    (
-        "get",
-        "/api/backup/list",
-        "List backups, newest first, with statistics",
-    ),
-    (
-        "post",
-        "/api/backup/restore/{name}",
-        "Restore a backup into the database",
-    ),
-    ("delete", "/api/backup/delete/{name}", "Delete a backup"),
-    ("get", "/api/backup/statistics", "Repository statistics"),
-    (
-        "get",
-        "/api/backup/download/{name}",
-        "Download the stored file of a backup",
-    ),
-    (
-        "post",
-        "/api/backup/verify/{name}",
-        "Verify a stored backup (?restore=true: a restore drill into a throwaway target)",
-    ),
-    (
-        "get",
-        "/api/databases",
-        "Every configured database with its engine, statistics and schedules",
-    ),
-    ("get", "/api/openapi.json", "This OpenAPI document"),
-    (
-        "get",
-        "/metrics",
-        "Prometheus metrics (OpenMetrics text; no auth with DBKEEP_METRICS_PUBLIC)",
-    ),
-    (
-        "get",
-        "/healthz",
-        "Liveness and the age of the last successful backup (no auth)",
-    ),
-];
-
-/// The application: every `/api` route behind authentication.
-pub fn router(state: Shared) -> Router {
-    let api = Router::new()
-        .route("/api/backup/create", post(create))
-        .route("/api/backup/list", get(list))
-        .route("/api/backup/restore/{name}", post(restore))
-        .route("/api/backup/delete/{name}", delete(delete_backup))
-        .route("/api/backup/statistics", get(statistics))
-        .route("/api/backup/download/{name}", get(download))
-        .route("/api/backup/verify/{name}", post(verify))
-        .route("/api/databases", get(databases))
-        .route("/api/openapi.json", get(openapi_doc));
-    let metrics = Router::new().route("/metrics", get(metrics_text));
-    let (api, open) = if state.metrics_public {
-        (api, metrics)
-    } else {
-        (api.merge(metrics), Router::new())
-    };
-    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .merge(api)
-        .merge(open)
-        .route("/healthz", get(healthz))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
 }
 
 async fn not_found() -> ApiError {
@@ -479,6 +412,7 @@ pub async fn serve(
     shutdown_signal().await;
     tracing::info!("shutting down: no new requests");
     let _ = stop_tx.send(true);
+    state.stopping.store(true, Ordering::SeqCst);
     scheduler_stop.store(true, Ordering::SeqCst);
     let running = state.running();
     let grace_end = Instant::now() + settings.api.shutdown_grace;

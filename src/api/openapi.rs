@@ -15,7 +15,7 @@ fn error_response(description: &str) -> Value {
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
     for (method, path, summary) in ROUTES {
-        let public = *path == "/healthz";
+        let public = *path == "/healthz" || *path == "/" || path.starts_with("/assets/");
         let mut op = json!({
             "summary": summary,
             "responses": {
@@ -48,7 +48,10 @@ pub fn document() -> Value {
             }));
         }
         // Every route on one database takes ?database=NAME (default: the unnamed one).
-        if path.starts_with("/api/backup/") || *path == "/healthz" {
+        if path.starts_with("/api/backup/")
+            || path.starts_with("/api/operations")
+            || *path == "/healthz"
+        {
             params.push(json!({
                 "name": "database", "in": "query", "required": false,
                 "description": "a configured database ([databases.NAME]); default: the unnamed one (DATABASE_URL)",

@@ -40,6 +40,8 @@ pub struct AppState {
     pub(super) running: Arc<AtomicUsize>,
     pub(super) metrics: metrics::Metrics,
     pub(super) metrics_public: bool,
+    /// Set when the server shuts down: event streams end.
+    pub(super) stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The catalog and the list response made from it, valid while the backup directory's mtime is
@@ -114,6 +116,7 @@ impl AppState {
             running: Arc::new(AtomicUsize::new(0)),
             metrics: metrics::Metrics::default(),
             metrics_public: settings.api.metrics_public,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

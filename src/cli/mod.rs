@@ -2,6 +2,7 @@
 //! documented exit codes: 0 success, 1 operation failed, 2 bad usage or configuration.
 
 mod output;
+mod progress;
 mod run;
 
 use crate::config::{Overrides, Settings};
@@ -250,9 +251,15 @@ pub fn main() -> ExitCode {
         };
     }
     let mut out = String::new();
+    // The scheduler logs its runs instead: a spinner would hide the log lines.
+    let spinner = match &cli.command {
+        Command::Schedule { .. } => None,
+        _ => progress::start(cli.quiet),
+    };
     let result = Ops::new(settings)
         .map_err(Error::from)
         .and_then(|ops| run(&ops, &cli, &mut out));
+    drop(spinner);
     if !cli.quiet && write_stdout(&out).is_err() {
         return ExitCode::from(1);
     }

@@ -83,6 +83,11 @@ pub struct DumpInfo {
 
 /// Compares a drill's row counts with the manifest's; says what matched or what differs.
 pub fn compare_counts(expected: Option<&RowCounts>, found: &RowCounts) -> Result<String, String> {
+    // The drill's progress shows the rows it counted.
+    if let Some(p) = crate::progress::current() {
+        p.set_phase("comparing row counts");
+        p.set_rows(found.values().sum());
+    }
     let Some(expected) = expected else {
         return Ok(format!(
             "{} tables, {} rows (the manifest has no row counts to compare: a backup made before dbkeep counted rows, or BACKUP_ROW_COUNTS=false)",

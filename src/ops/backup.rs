@@ -11,6 +11,7 @@ use crate::engine::sqlite;
 use crate::engine::{DatabaseType, DumpInfo, PgFormat};
 use crate::error::Error;
 use crate::naming::{self, BackupName};
+use crate::progress::{self, Count, CountingWriter};
 use crate::retention::{self, Candidate};
 
 use chrono::Utc;
@@ -29,6 +30,7 @@ pub(super) struct Dump {
 
 impl Ops {
     pub(super) fn take_backup(&self, req: &BackupRequest) -> Result<BackupOutcome, Error> {
+        let op = progress::begin("backup", &self.settings.database, req.name.as_deref());
         let given = req.name.as_deref().map(BackupName::parse).transpose()?;
         let series = req
             .series
@@ -47,6 +49,7 @@ impl Ops {
             Encryption::None
         };
         self.install_signals()?;
+        op.progress().set_phase("waiting for the repository lock");
         let lock = match self.lock(&format!(
             "backup {}",
             given.as_ref().map_or("(default name)", |n| n.as_str())
@@ -108,6 +111,8 @@ impl Ops {
             },
         };
         let series = series.unwrap_or_else(|| naming::derive_series(&name));
+        op.progress().set_backup_name(name.as_str());
+        op.progress().set_phase("dumping");
         // The request's `compress` switch (the API's field, `--no-compress`) picks between none
         // and the configured codec (gzip when the configuration says none).
         let compression = match req.compress {
@@ -231,7 +236,11 @@ impl Ops {
         );
 
         // Then the copies (3-2-1): a failed one is reported, the primary copy stays.
+        if !self.settings.copy_to.is_empty() {
+            op.progress().set_phase("copying to the other repositories");
+        }
         let copy_errors = self.copy_to_targets(&mut manifest, &self.settings.copy_to, &lock);
+        op.progress().set_phase("applying retention");
 
         let cat = match self.catalog() {
             Ok(c) => c,
@@ -398,13 +407,17 @@ impl Ops {
         sealer: Option<&encryption::Sealer>,
     ) -> Result<(DumpInfo, Digest256), Error> {
         // The data key is always new (a replaced backup's file gets a stamped name).
-        let writer = self.storage.create_new(key)?;
+        let writer = CountingWriter::new(self.storage.create_new(key)?, Count::Written);
         // Compress, then encrypt, then hash what is stored.
         let sealed = Sealed::new(sealer, HashingWriter::new(writer))?;
         let mut enc =
             Encoder::new(compression, level, sealed).map_err(io_err("start the compressor"))?;
         let info = match engine {
-            Engine::Postgres(pg) => pg.dump(dump.format, dump.archive_level, &mut enc)?,
+            Engine::Postgres(pg) => pg.dump(
+                dump.format,
+                dump.archive_level,
+                &mut CountingWriter::new(&mut enc, Count::Read),
+            )?,
             Engine::Sqlite(sq) => {
                 let scratch = ScratchFile::create(&self.storage.scratch_dir()?, "snapshot.db")?;
                 let info = sq.snapshot(scratch.path())?;
@@ -418,7 +431,8 @@ impl Ops {
                 });
                 let f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
                 let mut f = crate::faults::AfterBytes::new(f, 1 << 20, "during-compression");
-                let stored = io::copy(&mut f, &mut enc).map_err(io_err("store the SQLite copy"));
+                let stored = io::copy(&mut f, &mut CountingWriter::new(&mut enc, Count::Read))
+                    .map_err(io_err("store the SQLite copy"));
                 let checked = check.join().map_err(|_| Error::Io {
                     io_context: "check the SQLite copy".into(),
                     source: io::Error::other("the integrity check panicked"),
@@ -437,7 +451,7 @@ impl Ops {
             .finish()
             .map_err(io_err("finish the encrypted stream"))?
             .finish();
-        writer.commit()?;
+        writer.into_inner().commit()?;
         crate::faults::point("after-data-commit");
         Ok((info, digest))
     }

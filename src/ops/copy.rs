@@ -15,6 +15,8 @@ impl Ops {
     /// Copies the backup `name` to the repository `to` (a configured `copy_to` with its
     /// settings, or any path or URL with the primary's S3 settings).
     pub fn copy(&self, name: &str, to: &str) -> Result<Manifest, Error> {
+        let op = crate::progress::begin("copy", &self.settings.database, Some(name));
+        op.progress().set_phase("copying");
         BackupName::parse(name)?;
         let lock = self.lock(&format!("copy {name}"))?;
         let mut m = self.committed(name)?;

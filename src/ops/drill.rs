@@ -41,6 +41,8 @@ impl Ops {
                 break;
             }
             info!(backup = %m.backup_name, "restore drill started");
+            let op = crate::progress::begin("drill", &self.settings.database, Some(&m.backup_name));
+            op.progress().set_phase("restoring into a scratch target");
             let clock = Instant::now();
             let mut log = DrillLog::default();
             let result = self

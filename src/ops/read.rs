@@ -136,7 +136,8 @@ impl Ops {
             return Ok(None);
         }
         let key = m.data_file.as_deref().unwrap_or_default();
-        let stored = self.storage.open(key)?;
+        let stored =
+            crate::progress::counting_reader(self.storage.open(key)?, crate::progress::Count::Read);
         let plain: Box<dyn Read> = match m.encryption {
             Encryption::None => stored,
             Encryption::Age => encryption::open(keys, stored)?,
@@ -184,7 +185,10 @@ impl Ops {
             )));
         }
         checks.push(format!("size {} bytes", stat.size));
-        let mut hashing = HashingReader::new(self.storage.open(key)?);
+        let mut hashing = HashingReader::new(crate::progress::counting_reader(
+            self.storage.open(key)?,
+            crate::progress::Count::Read,
+        ));
         let mut scratch = None;
         let mut not_decrypted = false;
         let mut key_error = None;

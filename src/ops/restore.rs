@@ -18,6 +18,7 @@ impl Ops {
     /// Restores `name` into the configured database, after checking its size, SHA-256 and key
     /// (see [`Depth::Restore`]).
     pub(super) fn restore_unreported(&self, name: &str) -> Result<RestoreOutcome, Error> {
+        let op = crate::progress::begin("restore", &self.settings.database, Some(name));
         BackupName::parse(name)?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
         self.install_signals()?;
@@ -41,6 +42,7 @@ impl Ops {
             });
         }
         info!(backup = %name, database = %url, "restore started: checking the backup");
+        op.progress().set_phase("checking the backup");
         let clock = Instant::now();
         let keys = self.keys()?;
         if m.encryption == Encryption::Age && keys.is_none() {
@@ -48,6 +50,7 @@ impl Ops {
         }
         let scratch = self.check(&m, keys.as_ref(), Depth::Restore, &mut Vec::new())?;
         info!(backup = %name, "backup checked; restoring");
+        op.progress().set_phase("restoring into the database");
         let mut kept_old = None;
         let mut unavailable = None;
         match &engine {

@@ -8,6 +8,8 @@ use crate::naming::BackupName;
 impl Ops {
     /// Verifies one or more backups; each report says what was checked or what is wrong.
     pub fn verify(&self, target: &VerifyTarget) -> Result<Vec<VerifyReport>, Error> {
+        let op = crate::progress::begin("verify", &self.settings.database, None);
+        op.progress().set_phase("reading the stored files");
         let keys = self.keys()?;
         let cat = self.catalog()?;
         let chosen = self.choose(&cat, target)?;

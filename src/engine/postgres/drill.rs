@@ -346,6 +346,7 @@ impl Postgres {
             ));
         }
         log.step("row counts");
+        crate::progress::phase("counting rows");
         let counted = parse_row_counts(&self.psql_watched(
             name,
             &["SET row_security = off".into(), COUNT_ROWS_SQL.into()],
@@ -354,6 +355,7 @@ impl Postgres {
         .map_err(|e| PostgresError::Drill(format!("cannot count the rows: {e}")))?;
         log.pass(compare_counts(expected, &counted).map_err(PostgresError::Drill)?);
         log.step("amcheck");
+        crate::progress::phase("checking indexes (amcheck)");
         self.amcheck(name, sandbox.helper.as_deref(), log)
     }
 
