@@ -106,6 +106,8 @@ pub enum Error {
     },
     #[error("retention could not delete {failed} backup(s): {first}")]
     Retention { failed: usize, first: String },
+    #[error("{0}")]
+    Engine(String),
     #[error("the notification channel {channel} failed: {problem}")]
     Notification { channel: String, problem: String },
     #[error("cannot catch termination signals: {0}")]
@@ -114,6 +116,21 @@ pub enum Error {
     Serve(#[from] crate::api::ServeError),
     #[error(transparent)]
     Encryption(#[from] crate::encryption::EncryptionError),
+}
+
+impl From<crate::engine::seam::EngineError> for Error {
+    fn from(e: crate::engine::seam::EngineError) -> Self {
+        use crate::engine::seam::EngineError as E;
+        match e {
+            E::Postgres(e) => Error::Postgres(e),
+            E::Sqlite(e) => Error::Sqlite(e),
+            E::Io { what, source } => Error::Io {
+                io_context: what.to_owned(),
+                source,
+            },
+            E::Drill(problem) | E::Source(problem) => Error::Engine(problem),
+        }
+    }
 }
 
 impl Error {

@@ -189,26 +189,35 @@ fn add(p: &Progress, count: Count, n: usize) {
 
 /// `inner`, counting what is read from it into this thread's operation (unchanged without one).
 pub fn counting_reader(inner: Box<dyn Read + Send>, count: Count) -> Box<dyn Read + Send> {
-    match current() {
-        Some(progress) => Box::new(CountingReader {
-            inner,
-            progress,
-            count,
-        }),
-        None => inner,
+    if current().is_none() {
+        return inner;
     }
+    Box::new(CountingReader::new(inner, count))
 }
 
-struct CountingReader {
-    inner: Box<dyn Read + Send>,
-    progress: Arc<Progress>,
+/// A reader counting what passes into this thread's operation (when there is one).
+pub struct CountingReader<R> {
+    inner: R,
+    progress: Option<Arc<Progress>>,
     count: Count,
 }
 
-impl Read for CountingReader {
+impl<R: Read> CountingReader<R> {
+    pub fn new(inner: R, count: Count) -> Self {
+        Self {
+            inner,
+            progress: current(),
+            count,
+        }
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        add(&self.progress, self.count, n);
+        if let Some(p) = &self.progress {
+            add(p, self.count, n);
+        }
         Ok(n)
     }
 }

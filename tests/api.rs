@@ -1114,11 +1114,23 @@ fn running_operations_are_listed_and_streamed_with_their_progress() {
     assert_eq!(seen["database"], "default");
     assert!(seen["bytes_read"].as_u64().unwrap() > 0, "{seen}");
     assert!(seen["phase"].is_string());
-    // The stream saw it too.
-    let mut buf = vec![0u8; 4096];
-    let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(text.contains("\"kind\":\"backup\""), "{text}");
+    // The stream saw it too (read on a thread: it never ends by itself).
+    let streamed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = streamed.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    wait_for("the backup in the event stream", || {
+        streamed.lock().unwrap().contains("\"kind\":\"backup\"")
+    });
     assert_eq!(create.join().unwrap(), StatusCode::OK);
     let (status, _) = s.call(
         Method::GET,
@@ -1129,7 +1141,7 @@ fn running_operations_are_listed_and_streamed_with_their_progress() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = s.call(Method::GET, "/api/operations", None, None);
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    drop(stream);
+    // SIGTERM with the stream still open: the server ends it and exits.
     assert_eq!(s.stop(), 0);
 }
 

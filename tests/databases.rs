@@ -89,6 +89,14 @@ fn a_shared_repository_or_a_bad_table_is_refused() {
             "[databases.a]\ndatabase_url = \"sqlite:///a.db\"\nbackup_dir = \"x\"\n[databases.b]\ndatabase_url = \"sqlite:///b.db\"\nbackup_dir = \"x/\"\n",
             "share the repository",
         ),
+        (
+            "[databases.a]\ndatabase_url = \"sqlite:///a.db\"\nbackup_dir = \"./backups/../backups//\"\n",
+            "share the repository",
+        ),
+        (
+            "[channels.hc]\ntype = \"healthchecks\"\nurl = \"http://127.0.0.1:9/x\"\n[databases.a]\ndatabase_url = \"sqlite:///a.db\"\n",
+            "healthchecks check of both databases",
+        ),
         ("[databases.a]\nbackup_dir = \"x\"\n", "has no database_url"),
         (
             "[databases.a]\ndatabase_url = \"sqlite:///a.db\"\ndbkeep_api_token = \"s3cret-token\"\n",
@@ -114,6 +122,16 @@ fn a_shared_repository_or_a_bad_table_is_refused() {
         assert!(o.stderr.contains(expected), "{text}: {}", o.stderr);
         assert!(!o.stderr.contains("s3cret-token"), "{}", o.stderr);
     }
+    // --backup-dir cannot point a database at another's repository either.
+    std::fs::write(
+        env.path().join("dbkeep.toml"),
+        "[databases.a]\ndatabase_url = \"sqlite:///a.db\"\n",
+    )
+    .unwrap();
+    env.run(&["--database", "a", "list"]).ok();
+    let o = env.run(&["--database", "a", "--backup-dir", "backups", "list"]);
+    o.code(2);
+    assert!(o.stderr.contains("share the repository"), "{}", o.stderr);
 }
 
 #[test]
@@ -141,7 +159,7 @@ fn the_api_takes_the_database_as_a_query_parameter_and_healthz_covers_all() {
         "the default database has no backup yet"
     );
     // healthz: shop is healthy, the default has no backup: failing, naming which.
-    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    let (status, h) = s.call(Method::GET, "/healthz", Some(TOKEN), None);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{h}");
     assert_eq!(h["databases"]["shop"]["status"], "ok", "{h}");
     assert_eq!(h["databases"]["default"]["status"], "failing", "{h}");
@@ -149,6 +167,14 @@ fn the_api_takes_the_database_as_a_query_parameter_and_healthz_covers_all() {
         h["reason"].as_str().unwrap().contains("database default"),
         "{h}"
     );
+    // Without a token: the same verdict, no database named.
+    let (status, anon) = s.call(Method::GET, "/healthz?nocache=1", None, None);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{anon}");
+    assert!(!anon.to_string().contains("shop"), "{anon}");
+    assert_eq!(anon["databases_failing"], 1, "{anon}");
+    let (status, body) = s.call(Method::GET, "/healthz?database=nope", None, None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!body.to_string().contains("shop"), "{body}");
     let (status, _) = s.call(Method::GET, "/healthz?database=shop", None, None);
     assert_eq!(status, StatusCode::OK);
     let (status, body) = s.call(

@@ -130,8 +130,11 @@ url = "{u}/hc/"
     assert_eq!(failed["success"], false);
     assert!(failed["error"].as_str().unwrap().len() > 5, "{failed}");
 
-    // The next success is a recovery.
+    // The next success is a recovery: of the same name, as the scheduler retries a slot (its
+    // failed record is replaced).
     assert!(rx.to("/teams").is_empty());
+    env.run(&["backup", "--name", "nightly_20261202"]).ok();
+    assert_eq!(rx.to("/teams").len(), 1, "{:?}", rx.requests());
     env.run(&["backup", "--name", "nightly_20261203"]).ok();
     let teams = rx.to("/teams");
     assert_eq!(teams.len(), 1, "{:?}", rx.requests());

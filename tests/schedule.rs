@@ -252,7 +252,7 @@ on = ["all"]
     ] {
         assert!(text.contains(line), "{line} in {text}");
     }
-    let (status, h) = s.call(Method::GET, "/healthz", None, None);
+    let (status, h) = s.call(Method::GET, "/healthz", Some(TOKEN), None);
     assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h["databases"]["good"]["status"], "ok", "{h}");
     assert_eq!(

@@ -65,6 +65,8 @@ pub struct Metrics {
 pub struct Scrape<'a> {
     /// Its configured name (`default` for `DATABASE_URL`'s): the `database` label.
     pub database: &'a str,
+    /// Whether its repository could be read (else `catalog` is empty and not shown).
+    pub readable: bool,
     pub catalog: &'a Catalog,
     pub free_bytes: Option<u64>,
     /// Its schedules: (schedule, series, next run in Unix seconds).
@@ -115,7 +117,7 @@ impl Metrics {
     pub fn render(&self, dbs: &[Scrape<'_>], now: &Now) -> String {
         let mut r = Registry::default();
         let mut series = BTreeMap::new();
-        for db in dbs {
+        for db in dbs.iter().filter(|d| d.readable) {
             series.extend(per_series(db.database, db.catalog, now.at));
         }
         let gauge = |f: &dyn Fn(&Latest) -> Option<f64>| {
@@ -170,7 +172,7 @@ impl Metrics {
         );
         let per_db = |f: &dyn Fn(&Scrape<'_>) -> Option<i64>| {
             let family = Family::<DatabaseLabels, Gauge>::default();
-            for db in dbs {
+            for db in dbs.iter().filter(|d| d.readable) {
                 if let Some(v) = f(db) {
                     family
                         .get_or_create(&DatabaseLabels {
@@ -192,6 +194,19 @@ impl Metrics {
                 )
             }
         };
+        let readable = Family::<DatabaseLabels, Gauge>::default();
+        for db in dbs {
+            readable
+                .get_or_create(&DatabaseLabels {
+                    database: db.database.to_owned(),
+                })
+                .set(i64::from(db.readable));
+        }
+        r.register(
+            "dbkeep_repository_readable",
+            "1 when the database's repository could be read for this scrape, else 0",
+            readable,
+        );
         r.register(
             "dbkeep_repository_backups",
             "Successful backups in the database's repository",

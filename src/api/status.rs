@@ -5,7 +5,6 @@
 use super::*;
 use crate::catalog::{Catalog, Manifest};
 use axum::Json;
-use handlers::{DbQuery, QueryResult, query};
 use serde_json::{Value, json};
 use state::Db;
 
@@ -28,28 +27,34 @@ async fn catalogs(
 /// `GET /metrics`: see [`super::metrics`].
 pub(super) async fn metrics_text(State(state): State<Shared>) -> Response {
     let dbs: Vec<Arc<Db>> = state.all_dbs().cloned().collect();
+    // A repository that cannot be read is one database's problem: the others are scraped,
+    // and `dbkeep_repository_readable` says which.
     let read = tokio::task::spawn_blocking(move || {
         dbs.into_iter()
             .map(|db| {
-                let cat = db.catalog()?;
+                let cat = db.catalog();
+                if let Err(e) = &cat {
+                    tracing::warn!(database = %db.name, error = %e, "metrics: the repository cannot be read");
+                }
                 let free = db.ops.storage().free_space();
                 let notes = db.ops.notification_status();
-                Ok::<_, crate::error::Error>((db, cat, free, notes))
+                (db, cat.ok(), free, notes)
             })
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Vec<_>>()
     })
     .await;
     let read = match read {
-        Ok(Ok(read)) => read,
-        Ok(Err(e)) => return ApiError::from_ops(e, None).into_response(),
+        Ok(read) => read,
         Err(e) => return ApiError::internal("reading the catalog panicked", e).into_response(),
     };
     let at = chrono::Utc::now();
+    let empty = Catalog::default();
     let scrapes: Vec<metrics::Scrape<'_>> = read
         .iter()
         .map(|(db, cat, free, notes)| metrics::Scrape {
             database: &db.name,
-            catalog: cat,
+            readable: cat.is_some(),
+            catalog: cat.as_deref().unwrap_or(&empty),
             free_bytes: *free,
             next_runs: next_runs(db, at),
             notifications: notes.clone(),
@@ -122,17 +127,40 @@ fn health(cat: &Catalog, max_age: i64) -> (bool, Value) {
     (healthy, body)
 }
 
+/// `GET /healthz`'s query: unknown parameters (a monitor's cache-buster) are ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct HealthQuery {
+    database: Option<String>,
+}
+
 /// `GET /healthz`: healthy when every configured database is (or the one `?database=` names).
-/// The top-level fields are the default database's (the spec's shape); `databases` has each
-/// one's.
-pub(super) async fn healthz(State(state): State<Shared>, q: QueryResult<DbQuery>) -> Response {
-    let chosen = match query(q) {
-        Ok(DbQuery { database: Some(n) }) => match state.db(Some(&n)) {
+/// The top-level fields are the default database's (the spec's shape). Without a valid token it
+/// names no database: `databases` (each one's details) and the failing one's name come with a
+/// token only.
+pub(super) async fn healthz(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    q: Result<axum::extract::Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let authorized = state.no_auth
+        || headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|t| state.tokens.check(t.trim()))
+            .is_some();
+    let wanted = q
+        .map(|axum::extract::Query(q)| q.database)
+        .unwrap_or_default();
+    let chosen = match wanted {
+        Some(n) => match state.db(Some(&n)) {
             Ok(db) => vec![db],
-            Err(e) => return e.into_response(),
+            Err(e) if authorized => return e.into_response(),
+            Err(_) => {
+                return ApiError::new(StatusCode::NOT_FOUND, "no such database").into_response();
+            }
         },
-        Ok(DbQuery { database: None }) => state.all_dbs().cloned().collect(),
-        Err(e) => return e.into_response(),
+        None => state.all_dbs().cloned().collect(),
     };
     let read = match catalogs(chosen).await {
         Ok(r) => r,
@@ -167,23 +195,27 @@ pub(super) async fn healthz(State(state): State<Shared>, q: QueryResult<DbQuery>
             json!(if all_healthy { "ok" } else { "failing" }),
         );
         if !all_healthy && let Some((name, bad)) = each.iter().find(|(_, b)| b["status"] != "ok") {
+            let why = bad["reason"].as_str().unwrap_or("failing");
             obj.insert(
                 "reason".into(),
-                if each.len() > 1 {
-                    json!(format!(
-                        "database {name}: {}",
-                        bad["reason"].as_str().unwrap_or("failing")
-                    ))
-                } else {
-                    bad["reason"].clone()
-                },
+                json!(match (each.len() > 1, authorized) {
+                    (false, _) => why.to_owned(),
+                    (true, true) => format!("database {name}: {why}"),
+                    (true, false) => format!("a database: {why}"),
+                }),
             );
         }
         obj.insert(
             "running_operations".into(),
             json!(state.running.load(Ordering::SeqCst)),
         );
-        obj.insert("databases".into(), Value::Object(each));
+        obj.insert(
+            "databases_failing".into(),
+            json!(each.values().filter(|b| b["status"] != "ok").count()),
+        );
+        if authorized {
+            obj.insert("databases".into(), Value::Object(each));
+        }
     }
     let status = if all_healthy {
         StatusCode::OK
@@ -204,7 +236,19 @@ pub(super) async fn databases(
         let read = catalogs(st.all_dbs().cloned().collect()).await?;
         let mut out = Vec::new();
         for (db, cat) in read {
-            let cat = cat.map_err(|e| ApiError::from_ops(e, None))?;
+            // One unreadable repository does not hide the others.
+            let cat = match cat {
+                Ok(cat) => cat,
+                Err(e) => {
+                    out.push(json!({
+                        "name": db.name,
+                        "default": st.default_db.as_deref() == Some(db.name.as_str()),
+                        "statistics": null,
+                        "error": ApiError::from_ops(e, None).message,
+                    }));
+                    continue;
+                }
+            };
             let engine = db
                 .ops
                 .settings()

@@ -11,6 +11,7 @@
 
 use super::*;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// The name of the unnamed database (`DATABASE_URL`, `BACKUP_DIR`, the top level of the file).
 pub const DEFAULT_DATABASE: &str = "default";
@@ -84,11 +85,27 @@ pub(super) fn named(base: &Settings, name: &str, layer: Layer) -> Result<Setting
     Ok(s)
 }
 
-/// A repository location as compared: no trailing `/`, no leading `./`.
+/// A repository location as compared: a URL without repeated or trailing `/`; a path made
+/// absolute with `.` and `..` resolved lexically (symbolic links are not followed: the
+/// directory may not exist yet).
 fn normalized(location: &str) -> String {
-    let t = location.trim().trim_end_matches('/');
-    let t = t.strip_prefix("./").unwrap_or(t);
-    if t.is_empty() { ".".into() } else { t.into() }
+    let t = location.trim();
+    if let Some((scheme, rest)) = t.split_once("://") {
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        return format!("{}://{}", scheme.to_ascii_lowercase(), parts.join("/"));
+    }
+    let path = std::path::absolute(t).unwrap_or_else(|_| PathBuf::from(t));
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out.to_string_lossy().into_owned()
 }
 
 /// The databases commands covering all of them work on: the named ones, and the unnamed one
@@ -148,6 +165,33 @@ pub(super) fn check(all: &BTreeMap<String, Settings>) -> Result<(), ConfigError>
             };
             for n in s.notify.iter().flatten() {
                 channel(place.clone(), n)?;
+            }
+        }
+        // A healthchecks check watches one database: shared, one's success would hide the
+        // other's missed run.
+        for (name, c) in base.channels.iter() {
+            if c.kind != crate::notify::channel::ChannelKind::Healthchecks {
+                continue;
+            }
+            let mut watchers: Vec<&str> = dbs
+                .iter()
+                .filter(|d| d.notify.as_ref().is_none_or(|n| n.contains(name)))
+                .map(|d| d.database.as_str())
+                .collect();
+            for sch in &base.schedules {
+                if sch.notify.as_ref().is_some_and(|n| n.contains(name)) {
+                    watchers.push(&sch.database);
+                }
+            }
+            watchers.sort_unstable();
+            watchers.dedup();
+            if let [a, b, ..] = watchers[..] {
+                return Err(crate::notify::ChannelError::SharedCheck {
+                    name: name.clone(),
+                    a: a.to_owned(),
+                    b: b.to_owned(),
+                }
+                .into());
             }
         }
         for sch in &base.schedules {

@@ -327,6 +327,10 @@ impl Settings {
             .ok_or_else(|| databases::unknown(name, &all))?;
         if let Some(dir) = &overrides.backup_dir {
             s.backup_dir = dir.clone();
+            // --backup-dir must not point one database at another's repository either.
+            let mut with_flag = all.clone();
+            with_flag.insert(s.database.clone(), s.clone());
+            databases::check(&with_flag)?;
         }
         if let Some(c) = overrides.compress {
             s.compress = c;

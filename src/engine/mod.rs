@@ -7,6 +7,7 @@
 pub mod postgres;
 pub mod process;
 pub mod retarget;
+pub mod seam;
 pub mod sqlite;
 pub mod watch;
 

@@ -9,10 +9,12 @@
 //!   then writes it into the live database through the backup API, so a program holding the database open sees the restored data. The copy is one
 //!   transaction on the live database: if it fails, the live database is as it was.
 
-use super::{DumpInfo, RowCounts};
+use super::seam::{DatabaseEngine, DumpRequest, EngineError, RestoreReport, Source};
+use super::{DatabaseType, DrillLog, DumpInfo, RowCounts};
 use crate::signals;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -55,6 +57,8 @@ fn sqlite_hint(e: &rusqlite::Error) -> &'static str {
 
 pub struct Sqlite {
     path: PathBuf,
+    /// Count every table's rows in the snapshot (`BACKUP_ROW_COUNTS`).
+    row_counts: bool,
 }
 
 fn err(what: &'static str, path: &Path) -> impl FnOnce(rusqlite::Error) -> SqliteError {
@@ -64,7 +68,15 @@ fn err(what: &'static str, path: &Path) -> impl FnOnce(rusqlite::Error) -> Sqlit
 
 impl Sqlite {
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self {
+            path,
+            row_counts: true,
+        }
+    }
+
+    pub fn with_row_counts(mut self, on: bool) -> Self {
+        self.row_counts = on;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -221,4 +233,89 @@ pub fn foreign_key_check(path: &Path) -> Result<(usize, Option<String>), SqliteE
         .and_then(Iterator::collect)
         .map_err(err("check the foreign keys of", path))?;
     Ok((violations.len(), violations.into_iter().next()))
+}
+
+impl DatabaseEngine for Sqlite {
+    fn database_type(&self) -> DatabaseType {
+        DatabaseType::Sqlite
+    }
+
+    fn snapshots_to_a_file(&self) -> bool {
+        true
+    }
+
+    /// The snapshot into the scratch file, then streamed into `out`; the copy is checked
+    /// (`integrity_check`, and counted) on another core while it is compressed and stored, and
+    /// a copy that fails the check is never committed.
+    fn dump(&self, req: DumpRequest<'_>, out: &mut dyn Write) -> Result<DumpInfo, EngineError> {
+        let path = req
+            .scratch_file
+            .ok_or_else(|| EngineError::Source("no scratch file for the SQLite snapshot".into()))?
+            .to_owned();
+        let info = self.snapshot(&path)?;
+        let count = self.row_counts;
+        let checked_path = path.clone();
+        let check = std::thread::spawn(move || {
+            integrity_check(&checked_path)?;
+            count.then(|| count_rows(&checked_path)).transpose()
+        });
+        let stored = std::fs::File::open(&path)
+            .map_err(|source| EngineError::Io {
+                what: "read the SQLite copy",
+                source,
+            })
+            .and_then(|f| {
+                let mut f = crate::faults::AfterBytes::new(f, 1 << 20, "during-compression");
+                std::io::copy(&mut f, out).map_err(|source| EngineError::Io {
+                    what: "store the SQLite copy",
+                    source,
+                })
+            });
+        let counts = check.join().map_err(|_| EngineError::Io {
+            what: "check the SQLite copy",
+            source: std::io::Error::other("the integrity check panicked"),
+        })??;
+        stored?;
+        Ok(DumpInfo {
+            row_counts: counts,
+            ..info
+        })
+    }
+
+    fn restore(&self, source: Source<'_>, _backup_db: &str) -> Result<RestoreReport, EngineError> {
+        let Source::File(file) = source else {
+            return Err(EngineError::Source(
+                "no checked copy to restore from".into(),
+            ));
+        };
+        self.restore_from(file)?;
+        Ok(RestoreReport::default())
+    }
+
+    /// The checked copy is the scratch target: its foreign keys and row counts.
+    fn drill(
+        &self,
+        source: Source<'_>,
+        expected: Option<&RowCounts>,
+        log: &mut DrillLog,
+    ) -> Result<(), EngineError> {
+        log.step("restore");
+        let Source::File(file) = source else {
+            return Err(EngineError::Drill("no restored copy to check".into()));
+        };
+        log.pass("restored into a temporary file");
+        log.step("foreign_key_check");
+        let (violations, first) = foreign_key_check(file)?;
+        if violations > 0 {
+            return Err(EngineError::Drill(format!(
+                "PRAGMA foreign_key_check finds {violations} violation(s), the first: {}",
+                first.unwrap_or_default()
+            )));
+        }
+        log.pass("foreign_key_check: no violations");
+        log.step("row counts");
+        let counts = count_rows(file)?;
+        log.pass(super::compare_counts(expected, &counts).map_err(EngineError::Drill)?);
+        Ok(())
+    }
 }

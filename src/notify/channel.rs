@@ -95,6 +95,10 @@ pub enum ChannelError {
         "[channels.{0}]: smtp_tls = \"none\" sends mail (and the password) unencrypted: it is allowed only to a relay on a loopback address; use starttls or tls"
     )]
     PlainSmtp(String),
+    #[error(
+        "[channels.{name}] is a healthchecks check of both databases {a:?} and {b:?}: one's success would hide the other's missed run. Give each database its own check (notify = [...] in its [databases.NAME] table)"
+    )]
+    SharedCheck { name: String, a: String, b: String },
     #[error("{place} names the channel {name:?}, which is not configured (configured: {known})")]
     Unknown {
         place: String,
@@ -116,6 +120,9 @@ pub struct Channel {
     pub(super) timeout: Duration,
     pub(super) smtp: Option<super::email::Smtp>,
 }
+
+/// The longest one event's delivery to one channel may take, retries included.
+pub const MAX_DELIVERY: Duration = Duration::from_secs(30);
 
 /// The filter a channel has without `on`.
 fn default_on(kind: ChannelKind) -> Vec<EventKind> {
@@ -221,7 +228,7 @@ impl Channel {
             },
             retries: t.retries.unwrap_or(3),
             retry_delay: Duration::from_millis(t.retry_delay_ms.unwrap_or(1000)),
-            timeout: Duration::from_secs(t.timeout_secs.unwrap_or(10).max(1)),
+            timeout: Duration::from_secs(t.timeout_secs.unwrap_or(10).clamp(1, 30)),
             smtp,
         })
     }
@@ -235,11 +242,18 @@ impl Channel {
     pub fn deliver(&self, event: &Event) -> Delivery {
         let mut attempts = 0;
         let mut delay = self.retry_delay;
+        // Whatever the retries say, one event never holds its sender past this (a dead
+        // receiver must not hold a backup, the API's answer or the scheduler's next slot).
+        let deadline = std::time::Instant::now() + MAX_DELIVERY;
         let result = loop {
             attempts += 1;
             match self.send_once(event) {
                 Ok(()) => break Ok(()),
-                Err((error, retry)) if retry && attempts <= self.retries => {
+                Err((error, retry))
+                    if retry
+                        && attempts <= self.retries
+                        && std::time::Instant::now() + delay + self.timeout < deadline =>
+                {
                     tracing::warn!(channel = %self.name, event = event.event.name(), attempt = attempts, %error, "a notification failed; it is tried again");
                     std::thread::sleep(delay);
                     delay = delay.saturating_mul(2);

@@ -7,7 +7,7 @@ use crate::catalog::{self, Manifest};
 use crate::codec::{Compression, Digest256, Encoder, HashingWriter};
 use crate::database_url::DatabaseUrl;
 use crate::encryption::{self, Encryption, Sealed};
-use crate::engine::sqlite;
+use crate::engine::seam::DumpRequest;
 use crate::engine::{DatabaseType, DumpInfo, PgFormat};
 use crate::error::Error;
 use crate::naming::{self, BackupName};
@@ -15,8 +15,6 @@ use crate::progress::{self, Count, CountingWriter};
 use crate::retention::{self, Candidate};
 
 use chrono::Utc;
-use std::fs::File;
-use std::io;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -412,39 +410,22 @@ impl Ops {
         let sealed = Sealed::new(sealer, HashingWriter::new(writer))?;
         let mut enc =
             Encoder::new(compression, level, sealed).map_err(io_err("start the compressor"))?;
-        let info = match engine {
-            Engine::Postgres(pg) => pg.dump(
-                dump.format,
-                dump.archive_level,
-                &mut CountingWriter::new(&mut enc, Count::Read),
-            )?,
-            Engine::Sqlite(sq) => {
-                let scratch = ScratchFile::create(&self.storage.scratch_dir()?, "snapshot.db")?;
-                let info = sq.snapshot(scratch.path())?;
-                // The copy is checked while it is compressed and stored (another core); a copy
-                // that fails the check is never committed.
-                let path = scratch.path().to_owned();
-                let count = self.settings.row_counts;
-                let check = std::thread::spawn(move || {
-                    sqlite::integrity_check(&path)?;
-                    count.then(|| sqlite::count_rows(&path)).transpose()
-                });
-                let f = File::open(scratch.path()).map_err(io_err("read the SQLite copy"))?;
-                let mut f = crate::faults::AfterBytes::new(f, 1 << 20, "during-compression");
-                let stored = io::copy(&mut f, &mut CountingWriter::new(&mut enc, Count::Read))
-                    .map_err(io_err("store the SQLite copy"));
-                let checked = check.join().map_err(|_| Error::Io {
-                    io_context: "check the SQLite copy".into(),
-                    source: io::Error::other("the integrity check panicked"),
-                })?;
-                let counts = checked?;
-                stored?;
-                DumpInfo {
-                    row_counts: counts,
-                    ..info
-                }
-            }
+        // An engine that snapshots to a file first (SQLite) gets a private scratch file.
+        let scratch = if engine.snapshots_to_a_file() {
+            Some(ScratchFile::create(
+                &self.storage.scratch_dir()?,
+                "snapshot.db",
+            )?)
+        } else {
+            None
         };
+        let req = DumpRequest {
+            format: dump.format,
+            archive_level: dump.archive_level,
+            scratch_file: scratch.as_ref().map(ScratchFile::path),
+        };
+        let info = engine.dump(req, &mut CountingWriter::new(&mut enc, Count::Read))?;
+        drop(scratch);
         let (writer, digest) = enc
             .finish()
             .map_err(io_err("finish the compressed stream"))?

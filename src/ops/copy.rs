@@ -177,7 +177,10 @@ impl Ops {
             }
         };
         if !reuse {
-            let mut src = HashingReader::new(self.storage.open(key)?);
+            let mut src = HashingReader::new(crate::progress::counting_reader(
+                self.storage.open(key)?,
+                crate::progress::Count::Read,
+            ));
             let mut w = dest.create_new(&data_key)?;
             io::copy(&mut src, &mut w).map_err(io_err("copy the data file"))?;
             let digest = src.finish().map_err(io_err("read the data file"))?;

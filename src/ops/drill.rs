@@ -5,8 +5,6 @@ use super::*;
 use crate::catalog::{DrillOutcome, Manifest, Verification};
 use crate::encryption::{self, Encryption, Keys};
 use crate::engine::DrillLog;
-use crate::engine::postgres;
-use crate::engine::sqlite;
 use crate::error::Error;
 use crate::signals;
 
@@ -161,36 +159,14 @@ impl Ops {
             }
             Err(e) => return Err(e.into()),
         };
-        match engine {
-            Engine::Postgres(pg) => {
-                let mut sql_reader = self.sql_stream(m, keys)?;
-                let source = pg_source(name, &mut sql_reader, scratch.as_ref())?;
-                pg.drill(source, expected.as_ref(), log)
-                    .map_err(|e| match e {
-                        postgres::PostgresError::Drill(problem) => failed(problem),
-                        e => e.into(),
-                    })?;
-            }
-            Engine::Sqlite(_) => {
-                log.step("restore");
-                let file = scratch.ok_or_else(|| failed("no restored copy to check".into()))?;
-                log.pass("restored into a temporary file");
-                log.step("foreign_key_check");
-                let (violations, first) = sqlite::foreign_key_check(file.path())?;
-                if violations > 0 {
-                    return Err(failed(format!(
-                        "PRAGMA foreign_key_check finds {violations} violation(s), the first: {}",
-                        first.unwrap_or_default()
-                    )));
-                }
-                log.pass("foreign_key_check: no violations");
-                log.step("row counts");
-                let counts = sqlite::count_rows(file.path())?;
-                log.pass(
-                    crate::engine::compare_counts(expected.as_ref(), &counts).map_err(failed)?,
-                );
-            }
-        }
+        let mut sql_reader = self.sql_stream(m, keys)?;
+        let source = engine_source(name, &mut sql_reader, scratch.as_ref())?;
+        engine
+            .drill(source, expected.as_ref(), log)
+            .map_err(|e| match e {
+                crate::engine::seam::EngineError::Drill(problem) => failed(problem),
+                e => e.into(),
+            })?;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ mod schedule;
 mod verify;
 
 pub use prune::{PruneOptions, PruneOutcome};
-use read::{Depth, pg_source};
+use read::{Depth, engine_source};
 pub use read::{ScratchFile, Staged};
 pub use restore::RESTORE_JOURNAL;
 pub use schedule::ScheduleStatus;
@@ -27,8 +27,8 @@ use crate::catalog::{self, Catalog, Manifest, Statistics};
 use crate::config::Settings;
 use crate::database_url::DatabaseUrl;
 use crate::encryption::{self, Keys};
-use crate::engine::DatabaseType;
 use crate::engine::postgres::Postgres;
+use crate::engine::seam::DatabaseEngine;
 use crate::engine::sqlite::Sqlite;
 use crate::error::Error;
 use crate::retention::{Candidate, Decision, Policy};
@@ -56,17 +56,22 @@ const DATA_SUFFIXES: [&str; 9] = [
 /// between writing its data and its manifest.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-/// A configured database engine.
-pub enum Engine {
-    Postgres(Postgres),
-    Sqlite(Sqlite),
+/// The configured database engine, behind the seam (`engine::seam`): `ops` never matches on
+/// the database type.
+pub struct Engine(Box<dyn DatabaseEngine>);
+
+impl std::ops::Deref for Engine {
+    type Target = dyn DatabaseEngine;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
 }
 
 impl Engine {
     pub fn from_settings(settings: &Settings) -> Result<(Self, DatabaseUrl), Error> {
         let url = settings.database_url()?;
-        let engine = match &url {
-            DatabaseUrl::Postgres(conn) => Engine::Postgres(
+        let engine: Box<dyn DatabaseEngine> = match &url {
+            DatabaseUrl::Postgres(conn) => Box::new(
                 Postgres::new(
                     conn.clone(),
                     settings.pg_bindir.clone(),
@@ -78,16 +83,11 @@ impl Engine {
                 )
                 .with_drill_sandbox(settings.drill_sandbox),
             ),
-            DatabaseUrl::Sqlite { path } => Engine::Sqlite(Sqlite::new(path.clone())),
+            DatabaseUrl::Sqlite { path } => {
+                Box::new(Sqlite::new(path.clone()).with_row_counts(settings.row_counts))
+            }
         };
-        Ok((engine, url))
-    }
-
-    pub fn database_type(&self) -> DatabaseType {
-        match self {
-            Engine::Postgres(_) => DatabaseType::Postgresql,
-            Engine::Sqlite(_) => DatabaseType::Sqlite,
-        }
+        Ok((Engine(engine), url))
     }
 }
 

@@ -109,6 +109,12 @@ impl Ops {
             e.series = given_series.clone();
             self.notify(e);
         }
+        // The series' newest attempt before this one: a failed try of the same name is
+        // replaced by its successful retry, so it is read now.
+        let before_failed = given_series
+            .as_ref()
+            .filter(|_| self.wants(EventKind::Recovered))
+            .and_then(|series| self.newest_attempt_failed(series));
         let result = self.take_backup(req);
         match &result {
             Ok(out) => {
@@ -119,7 +125,8 @@ impl Ops {
                 e.file_size = Some(m.file_size);
                 e.duration = Some(m.duration);
                 self.notify(e.clone());
-                if self.wants(EventKind::Recovered) && self.previous_attempt_failed(m) {
+                let recovered = before_failed.unwrap_or_else(|| self.previous_attempt_failed(m));
+                if self.wants(EventKind::Recovered) && recovered {
                     e.event = EventKind::Recovered;
                     self.notify(e.clone());
                 }
@@ -149,8 +156,18 @@ impl Ops {
         result
     }
 
-    /// Whether the attempt of `m`'s series before `m` failed (a failed try of the same name,
-    /// retried by the scheduler, counts).
+    /// Whether the newest attempt of `series` failed (`None`: it has none, or the catalog
+    /// cannot be read).
+    fn newest_attempt_failed(&self, series: &str) -> Option<bool> {
+        let cat = self.catalog().ok()?;
+        cat.backups
+            .iter()
+            .find(|b| b.series == series)
+            .map(|b| !b.success)
+    }
+
+    /// Whether the attempt of `m`'s series before `m` failed (for a backup whose series was
+    /// known only once it was named).
     fn previous_attempt_failed(&self, m: &Manifest) -> bool {
         let Ok(cat) = self.catalog() else {
             return false;

@@ -6,6 +6,7 @@ use crate::catalog::Manifest;
 use crate::codec::{self, Compression, HashingReader, Tail};
 use crate::encryption::{self, Encryption, Keys};
 use crate::engine::postgres;
+use crate::engine::seam::Source;
 use crate::engine::sqlite;
 use crate::engine::{DatabaseType, PgFormat};
 use crate::error::Error;
@@ -109,14 +110,14 @@ pub(super) fn check_sql(dec: &mut dyn Read) -> Result<String, String> {
 }
 
 /// What a PostgreSQL restore or drill loads: the plain dump's stream, or the staged archive.
-pub(super) fn pg_source<'a>(
+pub(super) fn engine_source<'a>(
     name: &str,
     sql: &'a mut Option<Box<dyn Read>>,
     staged: Option<&'a Staged>,
-) -> Result<postgres::Source<'a>, Error> {
+) -> Result<Source<'a>, Error> {
     match (sql, staged) {
-        (Some(r), _) => Ok(postgres::Source::Sql(r.as_mut())),
-        (None, Some(f)) => Ok(postgres::Source::Archive(f.path())),
+        (Some(r), _) => Ok(Source::Stream(r.as_mut())),
+        (None, Some(f)) => Ok(Source::File(f.path())),
         (None, None) => Err(Error::Damaged {
             name: name.to_owned(),
             problem: "no staged archive to restore from".into(),
@@ -126,24 +127,32 @@ pub(super) fn pg_source<'a>(
 
 impl Ops {
     /// A plain SQL backup's dump, decrypted and decompressed, streamed from the repository
-    /// (`None` for a custom archive, which [`Ops::check`] stages instead).
+    /// (`None` for a custom archive or a SQLite copy, which [`Ops::check`] stages instead).
     pub(super) fn sql_stream(
         &self,
         m: &Manifest,
         keys: Option<&Keys>,
     ) -> Result<Option<Box<dyn Read>>, Error> {
-        if m.pg_format.unwrap_or_default() != PgFormat::Sql {
+        if m.database_type != DatabaseType::Postgresql
+            || m.pg_format.unwrap_or_default() != PgFormat::Sql
+        {
             return Ok(None);
         }
         let key = m.data_file.as_deref().unwrap_or_default();
-        let stored =
-            crate::progress::counting_reader(self.storage.open(key)?, crate::progress::Count::Read);
+        let stored = self.storage.open(key)?;
         let plain: Box<dyn Read> = match m.encryption {
             Encryption::None => stored,
             Encryption::Age => encryption::open(keys, stored)?,
         };
+        // What the database is fed: the operation's bytes written (the check before it read
+        // the stored file).
         codec::decoder(m.stream_compression(), plain)
-            .map(Some)
+            .map(|d| {
+                Some(Box::new(crate::progress::CountingReader::new(
+                    d,
+                    crate::progress::Count::Written,
+                )) as Box<dyn Read>)
+            })
             .map_err(io_err("start the decompressor"))
     }
 

@@ -51,27 +51,22 @@ impl Ops {
         let scratch = self.check(&m, keys.as_ref(), Depth::Restore, &mut Vec::new())?;
         info!(backup = %name, "backup checked; restoring");
         op.progress().set_phase("restoring into the database");
-        let mut kept_old = None;
-        let mut unavailable = None;
-        match &engine {
-            Engine::Postgres(pg) => {
-                // Plain SQL streams from the repository a second time (its size, SHA-256 and
-                // key were checked above; the load checks the rest); a custom archive was staged
-                // by the check.
-                let mut sql_reader = self.sql_stream(&m, keys.as_ref())?;
-                let source = pg_source(name, &mut sql_reader, scratch.as_ref())?;
-                let report = pg.restore(source, &m.database_name)?;
-                kept_old = report.kept_old;
-                unavailable = Some(round3(report.unavailable.as_secs_f64()));
-            }
-            Engine::Sqlite(sq) => {
-                let file = scratch.ok_or_else(|| Error::Damaged {
+        // Plain SQL streams from the repository a second time (its size, SHA-256 and key
+        // were checked above; the load checks the rest); a custom archive or a SQLite copy was
+        // staged by the check.
+        let mut sql_reader = self.sql_stream(&m, keys.as_ref())?;
+        let source = engine_source(name, &mut sql_reader, scratch.as_ref())?;
+        let report = engine
+            .restore(source, &m.database_name)
+            .map_err(|e| match e {
+                crate::engine::seam::EngineError::Source(problem) => Error::Damaged {
                     name: name.to_owned(),
-                    problem: "no checked copy to restore from".into(),
-                })?;
-                sq.restore_from(file.path())?;
-            }
-        }
+                    problem,
+                },
+                e => e.into(),
+            })?;
+        let kept_old = report.kept_old;
+        let unavailable = report.unavailable.map(|d| round3(d.as_secs_f64()));
         let duration = round3(clock.elapsed().as_secs_f64());
         info!(backup = %name, duration, "restore completed");
         Ok(RestoreOutcome {
@@ -86,10 +81,7 @@ impl Ops {
     /// [`postgres::Postgres::recover_interrupted`]): nothing a client could have written to is
     /// ever dropped. A journal left by an older dbkeep is reported, never acted on.
     pub(super) fn recover_interrupted_restore(&self, engine: &Engine) -> Result<(), Error> {
-        let Engine::Postgres(pg) = engine else {
-            return Ok(());
-        };
-        for done in pg.recover_interrupted()? {
+        for done in engine.recover_interrupted()? {
             warn!("{done}");
         }
         if matches!(self.storage.stat(RESTORE_JOURNAL), Ok(Some(_))) {

@@ -80,13 +80,20 @@ impl Ops {
                 schedule: Some(s.name.clone()),
                 ..Ops::new(settings)?
             };
-            let cat = ops.catalog()?;
-            last_success.push(
-                cat.backups
+            // A repository that cannot be read now (an S3 outage at start) stops no schedule:
+            // its slot runs (and fails, and is retried) like any other.
+            let last = match ops.catalog() {
+                Ok(cat) => cat
+                    .backups
                     .iter()
                     .find(|m| m.success && m.series == s.series)
                     .map(|m| m.timestamp),
-            );
+                Err(e) => {
+                    warn!(schedule = %s.name, error = %e, "the repository cannot be read at start: the schedule runs as if it had no backup yet");
+                    None
+                }
+            };
+            last_success.push(last);
             runners.push(ops);
         }
         let index = |s: &Schedule| schedules.iter().position(|o| o.name == s.name);

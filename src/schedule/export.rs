@@ -27,6 +27,38 @@ pub struct Invocation {
     pub working_dir: String,
 }
 
+/// The schedule's own settings as the variables `dbkeep backup` reads.
+fn environment(s: &Schedule) -> Vec<String> {
+    let mut env = Vec::new();
+    if let Some(c) = s.compression {
+        env.push(format!("BACKUP_COMPRESSION={}", c.name()));
+    }
+    if let Some(d) = s.drill {
+        let d = match d {
+            crate::config::DrillPolicy::Off => "off",
+            crate::config::DrillPolicy::AfterBackup => "after-backup",
+            crate::config::DrillPolicy::Daily => "daily",
+        };
+        env.push(format!("BACKUP_DRILL={d}"));
+    }
+    env
+}
+
+/// What the printed line cannot carry, for a comment.
+fn not_carried(s: &Schedule) -> Option<String> {
+    let mut left = Vec::new();
+    if s.name_template != super::DEFAULT_TEMPLATE {
+        left.push("name_template (backups get the default name)");
+    }
+    if s.retries > 0 {
+        left.push("retries");
+    }
+    if s.notify.is_some() {
+        left.push("notify (the database's channels apply)");
+    }
+    (!left.is_empty()).then(|| format!("# not carried over: {}\n", left.join(", ")))
+}
+
 impl Invocation {
     fn command(&self, s: &Schedule) -> String {
         let mut argv = vec![self.program.clone()];
@@ -84,14 +116,18 @@ pub fn crontab(schedules: &[Schedule], inv: &Invocation) -> Result<String, Expor
                 "cron has no seconds field",
             ));
         }
+        let mut command = environment(s);
+        command.push(inv.command(s));
+        // cron reads an unescaped % as a newline.
+        let command = command.join(" ").replace('%', "\\%");
         out.push_str(&format!(
-            "# schedule {} (database {}, series {}); dbkeep names each backup itself\nCRON_TZ={}\n{} {}\n",
+            "# schedule {} (database {}, series {})\n{}CRON_TZ={}\n{} {command}\n",
             s.name,
             s.database,
             s.series,
+            not_carried(s).unwrap_or_default(),
             s.tz.name(),
             s.cron_text,
-            inv.command(s)
         ));
     }
     Ok(out)
@@ -213,12 +249,17 @@ pub fn systemd(schedules: &[Schedule], inv: &Invocation) -> Result<String, Expor
                 "-"
             )
         );
+        let env: String = environment(s)
+            .iter()
+            .map(|e| format!("Environment={e}\n"))
+            .collect();
         out.push_str(&format!(
-            "# file: {unit}.service\n[Unit]\nDescription=dbkeep backup of database {} (schedule {})\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\nWorkingDirectory={}\nEnvironmentFile=-/etc/dbkeep/dbkeep.env\nExecStart={}\nNoNewPrivileges=yes\nPrivateTmp=yes\n\n",
+            "# file: {unit}.service\n{}[Unit]\nDescription=dbkeep backup of database {} (schedule {})\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\nWorkingDirectory={}\nEnvironmentFile=-/etc/dbkeep/dbkeep.env\n{env}ExecStart={}\nNoNewPrivileges=yes\nPrivateTmp=yes\n\n",
+            not_carried(s).unwrap_or_default(),
             s.database,
             s.name,
             inv.working_dir,
-            inv.command(s),
+            inv.command(s).replace('%', "%%"),
         ));
         out.push_str(&format!(
             "# file: {unit}.timer\n[Unit]\nDescription=dbkeep schedule {} ({})\n\n[Timer]\nOnCalendar={}\nPersistent={}\nUnit={unit}.service\n\n[Install]\nWantedBy=timers.target\n\n",

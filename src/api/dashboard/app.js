@@ -3,7 +3,8 @@
 "use strict";
 
 const TOKEN_KEY = "dbkeep-token";
-const state = { databases: [], backups: [], maxAge: 93600, running: [] };
+// `backupsDb`: the database the table shows; every action on a row goes to it.
+const state = { databases: [], backups: [], backupsDb: null, maxAge: 93600, running: [], stream: null };
 
 const $ = (id) => document.getElementById(id);
 const token = () => sessionStorage.getItem(TOKEN_KEY);
@@ -96,6 +97,7 @@ async function signIn(ev) {
 
 function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
+  if (state.stream) { state.stream.abort(); state.stream = null; }
   $("app").hidden = true;
   $("signout").hidden = true;
   $("signin").hidden = false;
@@ -148,8 +150,15 @@ function fillDatabaseSelects() {
 async function loadBackups() {
   const db = selectedDb();
   if (!db) return;
+  if (state.backupsDb !== db) {
+    // Never leave another database's rows (and their buttons) on screen meanwhile.
+    state.backups = [];
+    state.backupsDb = null;
+    $("backups").tBodies[0].replaceChildren(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "Loading " + db + " …")));
+  }
   const list = await api("GET", "/api/backup/list?" + q(db));
   state.backups = list.backups;
+  state.backupsDb = db;
   const series = [...new Set(list.backups.map((b) => b.series))].sort();
   const s = $("filter-series");
   const keep = s.value;
@@ -174,7 +183,9 @@ function renderOverview() {
     const st = d.statistics;
     const bad = failing(st);
     const next = (st.schedules || []).map((s) => s.next_run).filter(Boolean).sort()[0];
-    const notes = Object.entries(st.notifications || {}).filter(([, n]) => n.failures > 0);
+    // A channel is failing while its last failure is newer than its last delivery.
+    const notes = Object.entries(st.notifications || {}).filter(([, n]) =>
+      n.last_failure && (!n.last_success || Date.parse(n.last_failure) >= Date.parse(n.last_success)));
     const drill = st.last_drill;
     return el("article", { class: bad ? "card failing" : "card", "aria-label": "database " + d.name },
       el("h3", {}, d.name + (d.type ? " (" + d.type + ")" : "")),
@@ -190,7 +201,7 @@ function renderOverview() {
         el("dt", {}, "Free space"), el("dd", {}, bytes(st.free_space_bytes)),
         el("dt", {}, "Notifications"),
         el("dd", { class: notes.length ? "bad" : "" }, notes.length
-          ? notes.map(([n, s]) => n + ": " + s.failures + " failed (" + (s.last_error || "") + ")").join("; ")
+          ? notes.map(([n, s]) => n + " failing since " + local(s.last_failure) + " (" + (s.last_error || "") + ")").join("; ")
           : "no failures")));
   });
   $("overview").replaceChildren(...cards);
@@ -200,23 +211,24 @@ function renderOverview() {
 
 function renderBackups() {
   const series = $("filter-series").value;
+  const db = state.backupsDb;
   const rows = [];
   for (const b of state.backups.filter((b) => !series || b.series === series)) {
     const v = b.verification;
     const status = b.success ? "ok" : "FAILED";
     const n = b.backup_name;
     const actions = b.success ? [
-      button("Verify", "Verify " + n, () => act("verify", n)),
-      button("Drill", "Restore drill of " + n, () => act("drill", n)),
-      button("Download", "Download " + n, () => download(n)),
-      button(b.pinned ? "Unpin" : "Pin", (b.pinned ? "Unpin " : "Pin ") + n, () => act(b.pinned ? "unpin" : "pin", n)),
-      button("Restore", "Restore " + n, () => askRestore(n)),
-      button("Delete", "Delete " + n, () => act("delete", n)),
+      button("Verify", "Verify " + n, () => act("verify", n, db)),
+      button("Drill", "Restore drill of " + n, () => act("drill", n, db)),
+      button("Download", "Download " + n, () => download(n, db)),
+      button(b.pinned ? "Unpin" : "Pin", (b.pinned ? "Unpin " : "Pin ") + n, () => act(b.pinned ? "unpin" : "pin", n, db)),
+      button("Restore", "Restore " + n, () => askRestore(n, db)),
+      button("Delete", "Delete " + n, () => act("delete", n, db)),
     ] : [
       button("Error", "Show the error of " + n, (ev) => toggleError(ev.target, b)),
-      button("Delete", "Delete the failed attempt " + n, () => act("delete", n)),
+      button("Delete", "Delete the failed attempt " + n, () => act("delete", n, db)),
     ];
-    rows.push(el("tr", { "data-name": n },
+    rows.push(el("tr", { "data-name": n, "data-database": db },
       el("td", {}, n, b.pinned ? el("span", { class: "pin", title: "pinned: retention keeps it" }, " (pinned)") : null),
       el("td", {}, b.series),
       el("td", { title: b.timestamp }, local(b.timestamp)),
@@ -246,8 +258,7 @@ function toggleError(btn, b) {
 
 // ---- actions ----
 
-async function act(what, name) {
-  const db = selectedDb();
+async function act(what, name, db) {
   const path = {
     verify: ["POST", "/api/backup/verify/" + encodeURIComponent(name) + "?" + q(db)],
     drill: ["POST", "/api/backup/verify/" + encodeURIComponent(name) + "?restore=true&" + q(db)],
@@ -256,7 +267,7 @@ async function act(what, name) {
     delete: ["DELETE", "/api/backup/delete/" + encodeURIComponent(name) + "?" + q(db)],
     restore: ["POST", "/api/backup/restore/" + encodeURIComponent(name) + "?" + q(db)],
   }[what];
-  if (what === "delete" && !window.confirm("Delete the backup " + name + "? This cannot be undone.")) return;
+  if (what === "delete" && !window.confirm("Delete the backup " + name + " of database " + db + "? This cannot be undone.")) return;
   say(what + " " + name + " …");
   try {
     const r = await api(path[0], path[1]);
@@ -276,8 +287,7 @@ async function act(what, name) {
   await refresh();
 }
 
-async function download(name) {
-  const db = selectedDb();
+async function download(name, db) {
   try {
     const r = await fetch("/api/backup/download/" + encodeURIComponent(name) + "?" + q(db),
       { headers: { Authorization: "Bearer " + token() } });
@@ -299,10 +309,10 @@ async function download(name) {
   }
 }
 
-function askRestore(name) {
+function askRestore(name, db) {
   const d = $("restore-dialog");
-  const db = selectedDb();
   d.dataset.name = name;
+  d.dataset.database = db;
   $("restore-warning").textContent = "This replaces the live database " + db +
     " with the backup " + name + ". Everything written since that backup is lost (dbkeep keeps the live one until the restored one is complete).";
   $("restore-confirm").value = "";
@@ -350,9 +360,12 @@ function renderRunning(ops) {
 }
 
 async function watch() {
-  while (token()) {
+  if (state.stream) state.stream.abort();
+  const mine = new AbortController();
+  state.stream = mine;
+  while (token() && state.stream === mine) {
     try {
-      const r = await fetch("/api/operations/events", { headers: { Authorization: "Bearer " + token() } });
+      const r = await fetch("/api/operations/events", { headers: { Authorization: "Bearer " + token() }, signal: mine.signal });
       if (r.status === 401) return signOut("Your token is no longer accepted: sign in again.");
       if (!r.ok || !r.body) throw new Error("no stream");
       const reader = r.body.getReader();
@@ -430,7 +443,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const name = $("restore-dialog").dataset.name;
     if ($("restore-confirm").value !== name) return;
     $("restore-dialog").close();
-    act("restore", name);
+    act("restore", name, $("restore-dialog").dataset.database);
   });
   if (token()) start();
 });

@@ -251,7 +251,7 @@ impl Postgres {
         let sandbox = self.sandbox(&name)?;
         let role = sandbox.role.as_ref();
         match source {
-            Source::Sql(input) => {
+            Source::Stream(input) => {
                 let mut retarget =
                     self.restrict(Retarget::new(io::BufReader::with_capacity(CHUNK, input)));
                 if let Some(helper) = &sandbox.helper {
@@ -273,7 +273,7 @@ impl Postgres {
                 let left_out = retarget.left_out();
                 self.check_scratch(scratch, &sandbox, left_out, expected, log)
             }
-            Source::Archive(path) => {
+            Source::File(path) => {
                 let statements = self.archive_statements(path)?;
                 let create = statements
                     .iter()

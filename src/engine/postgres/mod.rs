@@ -11,6 +11,7 @@
 
 mod drill;
 mod dump;
+mod engine;
 mod load;
 mod restore;
 mod sandbox;
@@ -20,6 +21,7 @@ use super::process::{self, ProcessError};
 use super::retarget::Retarget;
 use super::watch::{self, Stall, WatchError, feed_child};
 use crate::database_url::PgConnection;
+pub use crate::engine::seam::Source;
 pub use dump::{COUNT_ROWS_SQL, parse_row_counts};
 pub use restore::RestoreReport;
 use std::io::{self, Read};
@@ -120,13 +122,6 @@ pub struct Postgres {
     restore_jobs: u32,
     row_counts: bool,
     drill_sandbox: bool,
-}
-
-/// What a restore loads: a plain SQL stream (fed to psql), or a custom archive staged in a
-/// seekable file (loaded by `pg_restore -j N`).
-pub enum Source<'a> {
-    Sql(&'a mut dyn Read),
-    Archive(&'a Path),
 }
 
 /// Checks a custom archive completely without a database: streams it through

@@ -160,7 +160,7 @@ impl Postgres {
         let staging_db = staging_name(&target, std::process::id(), live_allowed == Some(true));
         let app_name = format!("dbkeep restore {staging_db}");
         match source {
-            Source::Sql(input) => {
+            Source::Stream(input) => {
                 let mut retarget = self.restrict(Retarget::for_restore(BufReader::with_capacity(
                     CHUNK, input,
                 )));
@@ -175,7 +175,7 @@ impl Postgres {
                 let statements = captured(&retarget)?.to_vec();
                 self.finish(staging, &statements, &target, live_allowed)
             }
-            Source::Archive(path) => {
+            Source::File(path) => {
                 let statements = self.archive_statements(path)?;
                 let staging = self.create_staging(&statements, &target, &staging_db)?;
                 self.load_archive(path, &staging.name, &app_name, None)?;

@@ -1,0 +1,42 @@
+//! PostgreSQL behind the engine seam ([`crate::engine::seam`]): the inherent methods of
+//! [`Postgres`] (dump, restore through a staging database, drill in a scratch database,
+//! recovery), each error kept as the `PostgresError` it is.
+
+use super::*;
+use crate::engine::seam::{DatabaseEngine, DumpRequest, EngineError, RestoreReport};
+use crate::engine::{DatabaseType, DrillLog, DumpInfo, RowCounts};
+use std::io::Write;
+
+impl DatabaseEngine for Postgres {
+    fn database_type(&self) -> DatabaseType {
+        DatabaseType::Postgresql
+    }
+
+    fn dump(&self, req: DumpRequest<'_>, out: &mut dyn Write) -> Result<DumpInfo, EngineError> {
+        Ok(Postgres::dump(self, req.format, req.archive_level, out)?)
+    }
+
+    fn restore(&self, source: Source<'_>, backup_db: &str) -> Result<RestoreReport, EngineError> {
+        let r = Postgres::restore(self, source, backup_db)?;
+        Ok(RestoreReport {
+            kept_old: r.kept_old,
+            unavailable: Some(r.unavailable),
+        })
+    }
+
+    fn drill(
+        &self,
+        source: Source<'_>,
+        expected: Option<&RowCounts>,
+        log: &mut DrillLog,
+    ) -> Result<(), EngineError> {
+        Postgres::drill(self, source, expected, log).map_err(|e| match e {
+            PostgresError::Drill(problem) => EngineError::Drill(problem),
+            e => e.into(),
+        })
+    }
+
+    fn recover_interrupted(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Postgres::recover_interrupted(self)?)
+    }
+}

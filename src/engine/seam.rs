@@ -1,0 +1,95 @@
+//! The engine seam: what `ops` asks of every database engine, so that the use cases never
+//! `match` on the database type. An engine takes a consistent dump into a sink (with its row
+//! counts and tool versions), restores from a checked source without ever leaving the live
+//! database half-done, drills into a scratch target of its own, and cleans up after a restore
+//! it was killed in. A new engine is a folder beside `postgres/` with one `impl` of
+//! [`DatabaseEngine`].
+
+use super::postgres::PostgresError;
+use super::sqlite::SqliteError;
+use super::{DatabaseType, DrillLog, DumpInfo, PgFormat, RowCounts};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+
+/// What a restore or drill loads: the dump as a stream, or a file (a staged custom archive, a
+/// checked SQLite copy).
+pub enum Source<'a> {
+    Stream(&'a mut dyn Read),
+    File(&'a Path),
+}
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
+    /// A drill found the restored copy wrong: what, for the drill's report.
+    #[error("{0}")]
+    Drill(String),
+    /// The source is not what this engine loads (a stream where it needs a file).
+    #[error("{0}")]
+    Source(String),
+    /// Reading the snapshot or writing the sink failed (the sink is the repository's writer: a
+    /// full disk shows here).
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What a dump is asked for (engines ignore what does not apply to them).
+#[derive(Debug, Clone, Copy)]
+pub struct DumpRequest<'a> {
+    pub format: PgFormat,
+    /// A custom archive that pg_dump compresses itself with gzip at this level.
+    pub archive_level: Option<u32>,
+    /// A private scratch file, for an engine that snapshots to a file first
+    /// ([`DatabaseEngine::snapshots_to_a_file`]).
+    pub scratch_file: Option<&'a Path>,
+}
+
+/// How a restore went.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// The previous database, kept under this name.
+    pub kept_old: Option<String>,
+    /// How long the live name refused connections (blocked until the swap), if it did.
+    pub unavailable: Option<Duration>,
+}
+
+/// A database engine, as `ops` uses it.
+pub trait DatabaseEngine: Send + Sync {
+    fn database_type(&self) -> DatabaseType;
+
+    /// Whether [`DatabaseEngine::dump`] needs a scratch file (SQLite's snapshot).
+    fn snapshots_to_a_file(&self) -> bool {
+        false
+    }
+
+    /// A consistent dump into `out` (the codec's input), with the row counts it holds and the
+    /// versions of the server and tool; an error if it is not complete.
+    fn dump(&self, req: DumpRequest<'_>, out: &mut dyn Write) -> Result<DumpInfo, EngineError>;
+
+    /// Replaces the live database with `source` (of a backup of the database `backup_db`),
+    /// never leaving it half-done: on any failure it is as it was.
+    fn restore(&self, source: Source<'_>, backup_db: &str) -> Result<RestoreReport, EngineError>;
+
+    /// Restores `source` into a scratch target and checks it there (row counts against
+    /// `expected`, the engine's own checks), recording each check in `log`; the target is
+    /// removed afterwards, and the live database never touched.
+    fn drill(
+        &self,
+        source: Source<'_>,
+        expected: Option<&RowCounts>,
+        log: &mut DrillLog,
+    ) -> Result<(), EngineError>;
+
+    /// Cleans up after a restore killed on this host; says what it did.
+    fn recover_interrupted(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+}
