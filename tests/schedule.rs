@@ -184,7 +184,6 @@ on = ["all"]
         ),
     );
     let s = Server::start(&env);
-    let started = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(60));
     let events: Vec<serde_json::Value> = rx.to("/events").iter().map(|r| r.json()).collect();
     let of = |db: &str, kind: &str| {
@@ -275,7 +274,6 @@ on = ["all"]
         o.stdout
     );
     assert_eq!(s.stop(), 0);
-    assert!(started.elapsed() >= Duration::from_secs(60));
 }
 
 #[test]

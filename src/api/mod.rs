@@ -112,6 +112,15 @@ async fn method_not_allowed() -> ApiError {
 /// own after the client's), read right to left, up to the first address that is not a trusted
 /// proxy. An entry that does not parse ends the walk at the last address vouched for, so what
 /// a client writes to the left of it is never believed.
+/// The token a request presents (`Authorization: Bearer …`), if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 fn client_ip(state: &AppState, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     client_ip_from(&state.trusted_proxies, peer, headers)
 }
@@ -153,12 +162,7 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let ip = client_ip(&state, peer.ip(), req.headers());
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = bearer(req.headers());
     let too_many = |wait: u64| {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

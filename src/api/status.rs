@@ -143,11 +143,8 @@ pub(super) async fn healthz(
     q: Result<axum::extract::Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let authorized = state.no_auth
-        || headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|t| state.tokens.check(t.trim()))
+        || bearer(&headers)
+            .and_then(|t| state.tokens.check(t))
             .is_some();
     let wanted = q
         .map(|axum::extract::Query(q)| q.database)

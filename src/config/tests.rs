@@ -3,6 +3,14 @@
 use super::*;
 use std::collections::HashMap;
 
+/// The names of every configured database.
+fn database_names(s: &Settings) -> Vec<&str> {
+    s.all_databases()
+        .iter()
+        .map(|d| d.database.as_str())
+        .collect()
+}
+
 fn load(file: Option<&str>, env: &[(&str, &str)], o: Overrides) -> Result<Settings, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
@@ -281,11 +289,7 @@ fn named_databases_inherit_the_top_level_but_not_its_repository_and_flags_apply_
     let s = load(Some(file), &env, Overrides::default()).unwrap();
     assert_eq!(s.database, DEFAULT_DATABASE);
     assert_eq!(s.backup_dir, PathBuf::from("/srv/b"));
-    let names: Vec<&str> = s
-        .all_databases()
-        .iter()
-        .map(|d| d.database.as_str())
-        .collect();
+    let names = database_names(&s);
     assert_eq!(names, ["crm", "default", "shop"]);
     let shop = s.for_database("shop").unwrap();
     assert_eq!(shop.backup_dir, PathBuf::from("/srv/b/shop"));
@@ -318,11 +322,7 @@ fn named_databases_inherit_the_top_level_but_not_its_repository_and_flags_apply_
     assert!(e.contains("crm, default, shop"), "{e}");
     // Without DATABASE_URL the unnamed database is not one of all.
     let s = load(Some(file), &[], Overrides::default()).unwrap();
-    let names: Vec<&str> = s
-        .all_databases()
-        .iter()
-        .map(|d| d.database.as_str())
-        .collect();
+    let names = database_names(&s);
     assert_eq!(names, ["crm", "shop"]);
     // An inherited copy shared on purpose is refused like a shared repository.
     let shared = "[databases.a]\ndatabase_url = \"sqlite:///a.db\"\n[[databases.a.copy_to]]\nurl = \"/mnt/x\"\n[databases.b]\ndatabase_url = \"sqlite:///b.db\"\n[[databases.b.copy_to]]\nurl = \"/mnt/x/\"\n";
@@ -340,11 +340,7 @@ fn the_readmes_complete_configuration_loads() {
     let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let text = &section[start..start + section[start..].find("```").expect("its end")];
     let s = load(Some(text), &[], Overrides::default()).unwrap();
-    let names: Vec<&str> = s
-        .all_databases()
-        .iter()
-        .map(|d| d.database.as_str())
-        .collect();
+    let names = database_names(&s);
     assert_eq!(names, ["crm", "shop"]);
     assert_eq!(s.schedules.len(), 2);
     assert_eq!(s.schedules[0].database, "shop");
