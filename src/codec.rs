@@ -348,6 +348,20 @@ impl Tail {
 }
 
 /// Writes through to `inner` and keeps a [`Tail`] of what passed.
+/// A reader that keeps the last bytes it read in `tail`.
+pub struct TeeTail<'a, R: ?Sized> {
+    pub inner: &'a mut R,
+    pub tail: &'a mut Tail,
+}
+
+impl<R: Read + ?Sized> Read for TeeTail<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tail.push(&buf[..n]);
+        Ok(n)
+    }
+}
+
 pub struct TailWriter<W> {
     pub inner: W,
     pub tail: Tail,

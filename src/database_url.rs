@@ -3,6 +3,9 @@
 //! - `postgresql://user:pass@host:5432/db?sslmode=require`, also `postgres://` and
 //!   `postgresql+DRIVER://`; the password is percent-decoded; a unix socket directory comes as
 //!   `?host=/path`; query parameters map to libpq's environment variables.
+//! - `mysql://user:pass@host:3306/db`, also `mysql+DRIVER://` (`mysql+pymysql://`) and
+//!   `mariadb://`/`mariadb+DRIVER://`; the password percent-decoded the same way; a unix socket
+//!   as `?unix_socket=/path/mysqld.sock` (SQLAlchemy's) or `?host=/path/mysqld.sock`.
 //! - `sqlite:///relative/path.db` and `sqlite:////absolute/path.db`.
 //!
 //! The password is a [`Secret`]: `Debug` and `Display` show `***`, and no error message contains
@@ -19,7 +22,7 @@ pub enum DatabaseUrlError {
     #[error("DATABASE_URL is empty")]
     Empty,
     #[error(
-        "DATABASE_URL has the scheme {scheme:?}, which dbkeep does not support: use postgresql://, postgres://, postgresql+DRIVER:// or sqlite:///"
+        "DATABASE_URL has the scheme {scheme:?}, which dbkeep does not support: use postgresql://, postgres://, postgresql+DRIVER://, mysql://, mysql+DRIVER://, mariadb:// or sqlite:///"
     )]
     UnsupportedScheme { scheme: String },
     #[error(
@@ -92,11 +95,50 @@ impl PgConnection {
     }
 }
 
+/// Connection settings for MySQL or MariaDB, as their clients' option files want them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyConnection {
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// A host name or IP address; `None` with a socket, or for the client's default.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// A unix socket file.
+    pub socket: Option<String>,
+    pub database: String,
+    /// Further client options as (option-file name, value), e.g. `("ssl-ca", "/etc/ca.pem")`.
+    pub options: BTreeMap<&'static str, String>,
+}
+
+impl MyConnection {
+    /// The host for display and the manifest: never credentials.
+    pub fn host_display(&self) -> String {
+        match (&self.socket, &self.host, self.port) {
+            (Some(s), _, _) => s.clone(),
+            (None, h, Some(p)) => format!("{}:{p}", h.as_deref().unwrap_or("localhost")),
+            (None, h, None) => h.as_deref().unwrap_or("localhost").to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Postgres(PgConnection),
+    Mysql(MyConnection),
     Sqlite { path: PathBuf },
 }
+
+/// MySQL query parameters we accept (SQLAlchemy's and PyMySQL's names), and the client option
+/// each one becomes; `charset` is accepted and ignored (dumps are always utf8mb4).
+const MY_PARAMS: &[(&str, &str)] = &[
+    ("connect_timeout", "connect-timeout"),
+    ("ssl_ca", "ssl-ca"),
+    ("ssl_capath", "ssl-capath"),
+    ("ssl_cert", "ssl-cert"),
+    ("ssl_cipher", "ssl-cipher"),
+    ("ssl_key", "ssl-key"),
+    ("ssl_verify_cert", "ssl-verify-server-cert"),
+];
 
 /// Query parameters we accept, and the libpq environment variable each one becomes.
 const PG_PARAMS: &[(&str, &str)] = &[
@@ -129,6 +171,7 @@ impl DatabaseUrl {
         let base = scheme.split('+').next().unwrap_or(scheme);
         match base.to_ascii_lowercase().as_str() {
             "postgresql" | "postgres" => parse_postgres(input),
+            "mysql" | "mariadb" => parse_mysql(input),
             "sqlite" => parse_sqlite(input),
             _ => Err(DatabaseUrlError::UnsupportedScheme {
                 scheme: scheme.chars().take(40).collect(),
@@ -140,6 +183,7 @@ impl DatabaseUrl {
     pub fn database_name(&self) -> String {
         match self {
             DatabaseUrl::Postgres(pg) => pg.database.clone(),
+            DatabaseUrl::Mysql(my) => my.database.clone(),
             DatabaseUrl::Sqlite { path } => path
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
@@ -151,6 +195,7 @@ impl DatabaseUrl {
     pub fn password(&self) -> Option<&Secret> {
         match self {
             DatabaseUrl::Postgres(pg) => pg.password.as_ref(),
+            DatabaseUrl::Mysql(my) => my.password.as_ref(),
             DatabaseUrl::Sqlite { .. } => None,
         }
     }
@@ -161,6 +206,27 @@ impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DatabaseUrl::Sqlite { path } => write!(f, "sqlite:///{}", path.display()),
+            DatabaseUrl::Mysql(my) => {
+                f.write_str("mysql://")?;
+                if let Some(u) = &my.user {
+                    f.write_str(u)?;
+                    if my.password.is_some() {
+                        f.write_str(":***")?;
+                    }
+                    f.write_str("@")?;
+                }
+                if let Some(h) = &my.host {
+                    f.write_str(h)?;
+                }
+                if let Some(p) = my.port {
+                    write!(f, ":{p}")?;
+                }
+                write!(f, "/{}", my.database)?;
+                if let Some(s) = &my.socket {
+                    write!(f, "?unix_socket={s}")?;
+                }
+                Ok(())
+            }
             DatabaseUrl::Postgres(pg) => {
                 f.write_str("postgresql://")?;
                 if let Some(u) = &pg.user {
@@ -196,7 +262,17 @@ fn decode(s: &str, what: &'static str) -> Result<String, DatabaseUrlError> {
 
 const NO_HOST: &str = "dbkeep-no-host.invalid";
 
-fn parse_postgres(input: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
+/// The parts every server URL has, decoded.
+struct ServerUrl {
+    url: url::Url,
+    user: Option<String>,
+    password: Option<Secret>,
+    host: Option<String>,
+    port: Option<u16>,
+    database: Option<String>,
+}
+
+fn parse_server(input: &str) -> Result<ServerUrl, DatabaseUrlError> {
     // Normalise the scheme so the url crate parses every variant the same way.
     let rest = input.split_once("://").map(|(_, r)| r).unwrap_or("");
     // libpq allows an empty host (`postgresql://user@/db?host=/socket`); the url crate does not,
@@ -219,36 +295,62 @@ fn parse_postgres(input: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
         "" => None,
         u => Some(decode(u, "the user name")?),
     };
-    let mut password = url
+    let password = url
         .password()
         .map(|p| decode(p, "the password"))
         .transpose()?
         .map(Secret::new);
-    let mut host = match url.host() {
+    let host = match url.host() {
         None => None,
         Some(url::Host::Domain(d)) if d.is_empty() || d == NO_HOST => None,
         Some(url::Host::Domain(d)) => Some(decode(d, "the host")?),
         Some(url::Host::Ipv4(a)) => Some(a.to_string()),
         Some(url::Host::Ipv6(a)) => Some(a.to_string()),
     };
-    let mut port = url.port();
-    let mut user = user;
+    let port = url.port();
     let path = url.path().trim_start_matches('/');
-    let mut database = if path.is_empty() {
+    let database = if path.is_empty() {
         None
     } else {
         Some(decode(path, "the database name")?)
     };
+    Ok(ServerUrl {
+        url,
+        user,
+        password,
+        host,
+        port,
+        database,
+    })
+}
+
+fn parse_port(value: &str) -> Result<u16, DatabaseUrlError> {
+    match value.parse() {
+        Ok(0) => Err(DatabaseUrlError::BadPort {
+            problem: "0 is not a usable port".into(),
+        }),
+        Ok(p) => Ok(p),
+        Err(_) => Err(DatabaseUrlError::BadPort {
+            problem: format!("{value:?} is not a number from 1 to 65535"),
+        }),
+    }
+}
+
+fn parse_postgres(input: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
+    let ServerUrl {
+        url,
+        mut user,
+        mut password,
+        mut host,
+        mut port,
+        mut database,
+    } = parse_server(input)?;
     let mut env = BTreeMap::new();
     for (key, value) in url.query_pairs() {
         let value = value.into_owned();
         match key.as_ref() {
             "host" => host = Some(value),
-            "port" => {
-                port = Some(value.parse().map_err(|_| DatabaseUrlError::BadPort {
-                    problem: format!("{value:?} is not a number from 1 to 65535"),
-                })?)
-            }
+            "port" => port = Some(parse_port(&value)?),
             "user" => user = Some(value),
             "password" => password = Some(Secret::new(value)),
             "dbname" => database = Some(value),
@@ -259,7 +361,7 @@ fn parse_postgres(input: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
                 None => {
                     return Err(DatabaseUrlError::UnknownParameter {
                         name: other.chars().take(40).collect(),
-                        supported: supported_params(),
+                        supported: supported_params(PG_PARAMS),
                     });
                 }
             },
@@ -281,10 +383,80 @@ fn parse_postgres(input: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
     }))
 }
 
-fn supported_params() -> String {
-    let mut names: Vec<&str> = vec!["host", "port", "user", "password", "dbname"];
-    names.extend(PG_PARAMS.iter().map(|(k, _)| *k));
+fn supported_params(params: &[(&str, &str)]) -> String {
+    let mut names: Vec<&str> = vec!["host", "port", "user", "password"];
+    if std::ptr::eq(params, PG_PARAMS) {
+        names.push("dbname");
+    } else {
+        names.extend(["unix_socket", "charset"]);
+    }
+    names.extend(params.iter().map(|(k, _)| *k));
     names.join(", ")
+}
+
+fn parse_mysql(input: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
+    let ServerUrl {
+        url,
+        mut user,
+        mut password,
+        mut host,
+        mut port,
+        database,
+    } = parse_server(input)?;
+    let mut socket = None;
+    let mut options = BTreeMap::new();
+    for (key, value) in url.query_pairs() {
+        let value = value.into_owned();
+        match key.as_ref() {
+            "unix_socket" => socket = Some(value),
+            "host" if value.starts_with('/') => socket = Some(value),
+            "host" => host = Some(value),
+            "port" => port = Some(parse_port(&value)?),
+            "user" => user = Some(value),
+            "password" => password = Some(Secret::new(value)),
+            "charset" => {}
+            other => match MY_PARAMS.iter().find(|(k, _)| *k == other) {
+                Some((_, option)) => {
+                    options.insert(*option, value);
+                }
+                None => {
+                    return Err(DatabaseUrlError::UnknownParameter {
+                        name: other.chars().take(40).collect(),
+                        supported: supported_params(MY_PARAMS),
+                    });
+                }
+            },
+        }
+    }
+    if socket.is_some() {
+        host = None;
+    }
+    if port == Some(0) {
+        return Err(DatabaseUrlError::BadPort {
+            problem: "0 is not a usable port".into(),
+        });
+    }
+    let database = database.ok_or(DatabaseUrlError::NoDatabase)?;
+    if database.starts_with('-') {
+        return Err(DatabaseUrlError::Malformed {
+            problem: "a database name starting with '-' would read as an option to the MySQL tools"
+                .into(),
+        });
+    }
+    if database.contains('/') || database.len() > 64 {
+        return Err(DatabaseUrlError::Malformed {
+            problem: "a MySQL database name has at most 64 characters and no '/'".into(),
+        });
+    }
+    Ok(DatabaseUrl::Mysql(MyConnection {
+        user,
+        password,
+        host,
+        port,
+        socket,
+        database,
+        options,
+    }))
 }
 
 fn parse_sqlite(input: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
@@ -378,7 +550,10 @@ mod tests {
     fn errors_name_the_problem_and_never_the_password() {
         let cases = [
             ("", "empty"),
-            ("mysql://u:hunter2@h/d", "\"mysql\""),
+            ("mongodb://u:hunter2@h/d", "\"mongodb\""),
+            ("mysql://u:hunter2@h", "names no database"),
+            ("mysql://u:hunter2@h/d?sslmode=1", "\"sslmode\""),
+            ("mariadb://u:hunter2@h:0/d", "0 is not a usable port"),
             ("postgresql://u:hunter2@h", "names no database"),
             ("postgresql://u:hunter2@h/d?bogus=1", "\"bogus\""),
             ("postgresql://u:hunter2@h:99999/d", "not a valid URL"),
@@ -392,6 +567,42 @@ mod tests {
             assert!(err.contains(expected), "{input:?}: {err}");
             assert!(!err.contains("hunter2"), "{input:?} leaked: {err}");
         }
+    }
+
+    fn my(url: &str) -> MyConnection {
+        match DatabaseUrl::parse(url).unwrap() {
+            DatabaseUrl::Mysql(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn mysql_variants_sockets_and_params() {
+        for scheme in [
+            "mysql",
+            "mysql+pymysql",
+            "mysql+mysqldb",
+            "mariadb",
+            "mariadb+mariadbconnector",
+        ] {
+            let m = my(&format!(
+                "{scheme}://app:p%40ss%3Aw%27rd@db.example:3307/shop?charset=utf8mb4"
+            ));
+            assert_eq!(m.user.as_deref(), Some("app"));
+            assert_eq!(m.password.as_ref().unwrap().expose(), "p@ss:w'rd");
+            assert_eq!(m.host.as_deref(), Some("db.example"));
+            assert_eq!(m.port, Some(3307));
+            assert_eq!(m.database, "shop");
+        }
+        let m = my("mysql://app@/shop?unix_socket=/run/mysqld/mysqld.sock&ssl_ca=/ca.pem");
+        assert_eq!(m.socket.as_deref(), Some("/run/mysqld/mysqld.sock"));
+        assert_eq!(m.host, None);
+        assert_eq!(m.options.get("ssl-ca").map(String::as_str), Some("/ca.pem"));
+        let m = my("mariadb://app@localhost/shop?host=/tmp/m.sock");
+        assert_eq!(m.socket.as_deref(), Some("/tmp/m.sock"));
+        assert_eq!(m.host_display(), "/tmp/m.sock");
+        let u = DatabaseUrl::parse("mysql+pymysql://app:hunter2@db:3306/shop").unwrap();
+        assert_eq!(u.to_string(), "mysql://app:***@db:3306/shop");
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub enum Error {
     Postgres(#[from] PostgresError),
     #[error(transparent)]
     Sqlite(#[from] SqliteError),
+    #[error(transparent)]
+    Mysql(#[from] crate::engine::mysql::MysqlError),
     #[error(
         "the backup {name:?} was deleted while it was being checked (retention or a delete ran meanwhile)"
     )]
@@ -124,6 +126,7 @@ impl From<crate::engine::seam::EngineError> for Error {
         match e {
             E::Postgres(e) => Error::Postgres(e),
             E::Sqlite(e) => Error::Sqlite(e),
+            E::Mysql(e) => Error::Mysql(e),
             E::Io { what, source } => Error::Io {
                 io_context: what.to_owned(),
                 source,
@@ -180,6 +183,7 @@ impl Error {
         match self {
             Error::Storage(StorageError::Io { source, .. }) => io_unavailable(source),
             Error::Postgres(PostgresError::Output(e)) => io_unavailable(e),
+            Error::Mysql(crate::engine::mysql::MysqlError::Output(e)) => io_unavailable(e),
             Error::Io { source, .. } => source.kind() == K::StorageFull,
             Error::Sqlite(SqliteError::Sqlite {
                 source: rusqlite::Error::SqliteFailure(e, _),

@@ -59,7 +59,7 @@ pub fn setup() -> Option<(PgServer, TestEnv)> {
 }
 
 /// The password (plain or percent-encoded) appears nowhere dbkeep wrote or printed.
-fn assert_no_secret(env: &TestEnv, outputs: &[&str], secret: &str) {
+pub fn assert_no_secret(env: &TestEnv, outputs: &[&str], secret: &str) {
     let encoded = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
         .to_string();
     let mut texts: Vec<(String, String)> = outputs

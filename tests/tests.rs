@@ -14,6 +14,7 @@ mod faults;
 mod formats;
 mod hostile_http;
 mod interrupted;
+mod mysql;
 mod notify;
 mod postgres;
 mod s3;

@@ -253,6 +253,7 @@ pub(super) async fn databases(
                 .map(|u| match u {
                     crate::database_url::DatabaseUrl::Postgres(_) => "postgresql",
                     crate::database_url::DatabaseUrl::Sqlite { .. } => "sqlite",
+                    crate::database_url::DatabaseUrl::Mysql(_) => "mysql",
                 })
                 .ok();
             out.push(json!({

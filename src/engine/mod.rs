@@ -4,6 +4,7 @@
 //! a dump to a `Write` (PostgreSQL) or a local file (SQLite) and restores from a `Read` or a file;
 //! `ops` wires it to `codec` and `storage`.
 
+pub mod mysql;
 pub mod postgres;
 pub mod process;
 pub mod retarget;
@@ -19,13 +20,15 @@ use std::fmt;
 pub enum DatabaseType {
     Postgresql,
     Sqlite,
+    /// MySQL or MariaDB (the server's version in the manifest says which).
+    Mysql,
 }
 
 impl DatabaseType {
     /// The data file's extension before any compression suffix.
     pub fn extension(self) -> &'static str {
         match self {
-            DatabaseType::Postgresql => ".sql",
+            DatabaseType::Postgresql | DatabaseType::Mysql => ".sql",
             DatabaseType::Sqlite => ".db",
         }
     }
@@ -36,6 +39,7 @@ impl fmt::Display for DatabaseType {
         f.write_str(match self {
             DatabaseType::Postgresql => "postgresql",
             DatabaseType::Sqlite => "sqlite",
+            DatabaseType::Mysql => "mysql",
         })
     }
 }

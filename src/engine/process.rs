@@ -284,6 +284,16 @@ pub fn has_exited_unreaped(pid: u32) -> bool {
     }
 }
 
+/// This machine in the names of the databases a restore or drill makes: 8 hex digits of its
+/// host name's SHA-256, so that recovery on another host leaves them alone.
+pub fn host_tag() -> String {
+    use sha2::Digest;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(host.as_bytes())[..4])
+}
+
 /// Whether the process `pid` of this machine is provably gone: only "no such process" (ESRCH)
 /// says so; a process of another user (EPERM) is alive. The one pid check of dbkeep.
 pub fn process_gone(pid: u32) -> bool {

@@ -5,6 +5,7 @@
 //! it was killed in. A new engine is a folder beside `postgres/` with one `impl` of
 //! [`DatabaseEngine`].
 
+use super::mysql::MysqlError;
 use super::postgres::PostgresError;
 use super::sqlite::SqliteError;
 use super::{DatabaseType, DrillLog, DumpInfo, PgFormat, RowCounts};
@@ -26,6 +27,8 @@ pub enum EngineError {
     Postgres(#[from] PostgresError),
     #[error(transparent)]
     Sqlite(#[from] SqliteError),
+    #[error(transparent)]
+    Mysql(#[from] MysqlError),
     /// A drill found the restored copy wrong: what, for the drill's report.
     #[error("{0}")]
     Drill(String),

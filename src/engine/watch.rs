@@ -207,6 +207,91 @@ pub fn output(
     Ok(stdout)
 }
 
+/// What watches the bytes [`pump`] streams, on its reader thread.
+pub trait Look: Send + 'static {
+    fn see(&mut self, chunk: &[u8]);
+}
+
+/// Streams `child`'s stdout into `out`: a reader thread reads it (and shows each chunk to
+/// `look`, a scanner say) while this thread writes (compresses), through a bounded queue so
+/// memory stays flat. Stops, killing the child, on a signal, on a failed write, and when no
+/// chunk came for `stall.limit` and `stall.working` does not vouch for the child. Returns the
+/// outcome and `look` once the reader is done (`None` when it was left behind: a grandchild
+/// holding the pipe may delay its end). The child is not waited for.
+pub fn pump<L: Look>(
+    child: &mut Running,
+    mut look: L,
+    out: &mut dyn Write,
+    mut stall: Stall<'_>,
+) -> (Result<(), WatchError>, Option<L>) {
+    const CHUNK: usize = 256 * 1024;
+    let program = child.program().to_owned();
+    let stdout = child.take_stdout();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+    let reader = std::thread::spawn(move || {
+        let Some(mut stdout) = stdout else {
+            return look;
+        };
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match stdout.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    look.see(&buf);
+                    if tx.send(Ok(buf)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        }
+        look
+    });
+    let result = (|| {
+        let mut last = Instant::now();
+        loop {
+            if signals::interrupted() {
+                return Err(WatchError::Interrupted);
+            }
+            if last.elapsed() > stall.limit {
+                if (stall.working)() {
+                    last = Instant::now();
+                } else {
+                    return Err(WatchError::Stalled {
+                        program: program.clone(),
+                        secs: stall.limit.as_secs(),
+                    });
+                }
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Ok(chunk)) => {
+                    last = Instant::now();
+                    out.write_all(&chunk).map_err(WatchError::Output)?;
+                }
+                Ok(Err(source)) => {
+                    return Err(WatchError::Process(ProcessError::Output {
+                        program: program.clone(),
+                        source,
+                    }));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    })();
+    drop(rx);
+    if result.is_err() {
+        child.kill();
+        return (result, None);
+    }
+    (result, reader.join().ok())
+}
+
 /// Writes `input` to the child's stdin and waits for it to succeed, under watch: the child's
 /// reading of its input is its progress, and once the input is fed its last statements (an
 /// index build) are covered by `stall`'s probe.

@@ -331,7 +331,7 @@ impl Ops {
     pub(super) fn pg_format(&self, db_type: DatabaseType) -> Option<PgFormat> {
         match db_type {
             DatabaseType::Postgresql => Some(self.settings.pg_format),
-            DatabaseType::Sqlite => None,
+            DatabaseType::Sqlite | DatabaseType::Mysql => None,
         }
     }
 
@@ -367,6 +367,7 @@ impl Ops {
             database_name: url.database_name(),
             database_host: match url {
                 DatabaseUrl::Postgres(c) => Some(c.host_display()),
+                DatabaseUrl::Mysql(c) => Some(c.host_display()),
                 DatabaseUrl::Sqlite { .. } => None,
             },
             server_version: None,

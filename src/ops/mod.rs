@@ -27,6 +27,7 @@ use crate::catalog::{self, Catalog, Manifest, Statistics};
 use crate::config::Settings;
 use crate::database_url::DatabaseUrl;
 use crate::encryption::{self, Keys};
+use crate::engine::mysql::Mysql;
 use crate::engine::postgres::Postgres;
 use crate::engine::seam::DatabaseEngine;
 use crate::engine::sqlite::Sqlite;
@@ -86,6 +87,12 @@ impl Engine {
             DatabaseUrl::Sqlite { path } => {
                 Box::new(Sqlite::new(path.clone()).with_row_counts(settings.row_counts))
             }
+            DatabaseUrl::Mysql(conn) => Box::new(Mysql::new(
+                conn.clone(),
+                settings.restore_keep_old,
+                settings.stall_timeout,
+                settings.row_counts,
+            )),
         };
         Ok((Engine(engine), url))
     }

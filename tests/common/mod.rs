@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod mariadb;
 pub mod moto;
 pub mod proxy;
 pub mod receiver;
@@ -289,6 +290,27 @@ impl TestEnv {
     }
 }
 
+/// Runs `cmd` with `input` on its stdin: its stdout trimmed, or its stderr when it fails.
+pub fn feed(cmd: &mut Command, input: &[u8]) -> Result<String, String> {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 fn run_checked(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -464,25 +486,9 @@ impl PgServer {
     }
 
     pub fn try_sql_as(&self, user: &str, db: &str, sql: &str) -> Result<String, String> {
-        use std::io::Write;
         let mut c = self.client("psql", user, db);
-        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().map_err(|e| e.to_string())?;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(sql.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"]);
+        feed(&mut c, sql.as_bytes())
     }
 
     /// pg_dump of `db` without the lines that differ from one dump to the next.

@@ -214,11 +214,7 @@ pub(super) fn drill_name(pid: u32) -> String {
 }
 
 pub(super) fn host_tag() -> String {
-    use sha2::Digest;
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    hex::encode(&sha2::Sha256::digest(host.as_bytes())[..4])
+    process::host_tag()
 }
 
 /// The pid of the drill of this machine that made the scratch database `name`.

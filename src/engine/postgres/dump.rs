@@ -1,13 +1,10 @@
 //! `pg_dump` streamed into a writer, with the row counts taken in the dump's own snapshot.
 
 use super::*;
-use crate::engine::process::{self, ProcessError, Running};
+use crate::engine::process::{self, Running};
 use crate::engine::{DumpInfo, PgFormat, RowCounts};
-use crate::signals;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::process::Stdio;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 /// Counts the rows of every table the dump holds (ordinary tables and leaf partitions outside
 /// the system schemas and not members of an extension), as one line of JSON:
@@ -133,6 +130,20 @@ impl SnapshotSession {
     }
 }
 
+/// The first and last bytes of a dump, seen as it streams.
+struct Ends {
+    tail: crate::codec::Tail,
+    head: Vec<u8>,
+}
+
+impl watch::Look for Ends {
+    fn see(&mut self, chunk: &[u8]) {
+        self.tail.push(chunk);
+        let want = ARCHIVE_MAGIC.len().saturating_sub(self.head.len());
+        self.head.extend_from_slice(&chunk[..want.min(chunk.len())]);
+    }
+}
+
 impl Postgres {
     /// Streams a dump into `out`. Fails unless pg_dump exits 0 and the stream ends with the
     /// completion trailer (plain SQL) or starts with the archive header (custom format: its
@@ -186,71 +197,13 @@ impl Postgres {
                 (session, counts)
             })
         });
-        let stdout = child.take_stdout();
-        let mut tail = crate::codec::Tail::new(TRAILER_WINDOW);
-        let mut head = Vec::with_capacity(ARCHIVE_MAGIC.len());
-        // A reader thread keeps pg_dump running while this thread compresses: a bounded queue
-        // of chunks, so memory stays flat.
-        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
-        let reader = std::thread::spawn(move || {
-            let Some(mut stdout) = stdout else { return };
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                match stdout.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        if tx.send(Ok(buf)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        break;
-                    }
-                }
-            }
-        });
-        let result = (|| {
-            let mut last_progress = Instant::now();
-            loop {
-                if signals::interrupted() {
-                    return Err(PostgresError::Interrupted);
-                }
-                if last_progress.elapsed() > self.stall_timeout {
-                    return Err(PostgresError::Stalled {
-                        tool: "pg_dump".into(),
-                        secs: self.stall_timeout.as_secs(),
-                    });
-                }
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Ok(chunk)) => {
-                        last_progress = Instant::now();
-                        tail.push(&chunk);
-                        let want = ARCHIVE_MAGIC.len().saturating_sub(head.len());
-                        head.extend_from_slice(&chunk[..want.min(chunk.len())]);
-                        out.write_all(&chunk).map_err(PostgresError::Output)?;
-                    }
-                    Ok(Err(e)) => {
-                        return Err(PostgresError::Process(ProcessError::Output {
-                            program: "pg_dump".into(),
-                            source: e,
-                        }));
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
-                }
-            }
-        })();
-        drop(rx);
-        if result.is_err() {
-            child.kill();
-            // The reader ends at EOF, which a grandchild holding the pipe may delay: not joined.
-            drop(reader);
-        } else {
-            let _ = reader.join();
-        }
+        let look = Ends {
+            tail: crate::codec::Tail::new(TRAILER_WINDOW),
+            head: Vec::with_capacity(ARCHIVE_MAGIC.len()),
+        };
+        let (result, looked) =
+            watch::pump(&mut child, look, out, Stall::silence(self.stall_timeout));
+        let result = result.map_err(PostgresError::from);
         let waited = child.wait_success();
         if result.is_err() || waited.is_err() {
             // The dump failed: the counts are of no use.
@@ -293,8 +246,12 @@ impl Postgres {
             });
         }
         let counts = counted.transpose()?;
+        // The reader saw the whole stream: the pump succeeded.
+        let (tail, head) = looked
+            .map(|l| (l.tail.bytes().to_vec(), l.head))
+            .unwrap_or_default();
         match format {
-            PgFormat::Sql if !has_trailer(tail.bytes()) => return Err(PostgresError::Incomplete),
+            PgFormat::Sql if !has_trailer(&tail) => return Err(PostgresError::Incomplete),
             PgFormat::Custom if head != ARCHIVE_MAGIC => return Err(PostgresError::NotArchive),
             _ => {}
         }

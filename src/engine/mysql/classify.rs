@@ -1,0 +1,394 @@
+//! What a statement of a dump is, from its head ([`super::scan`]): the allowlist of what
+//! mysqldump and mariadb-dump write for one database. Tables and their rows go to one stream,
+//! views, triggers, routines and events to another (loaded after every row, so that no
+//! trigger fires during a load); anything else — `USE`, `DROP DATABASE`, `GRANT`, a name
+//! qualified with a database, `SET GLOBAL` — is refused with the statement's start.
+
+use super::scan::shown;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A session setting: goes to both streams.
+    Set,
+    /// A table's (or sequence's) structure or rows.
+    Table { name: String, what: TableStmt },
+    /// A view, trigger, routine or event (or its `DROP … IF EXISTS`).
+    Object { name: String, what: ObjectKind },
+    /// Left out of every load: `ALTER DATABASE … CHARACTER SET` around routines names the
+    /// dumped database itself.
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableStmt {
+    Create,
+    Drop,
+    Insert,
+    Lock,
+    Unlock,
+    Keys,
+    SetVal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    View,
+    Trigger,
+    Routine,
+    Event,
+    Drop,
+}
+
+impl ObjectKind {
+    /// Whether the statement is compound (its body may hold `;`).
+    pub fn compound(self) -> bool {
+        matches!(
+            self,
+            ObjectKind::Trigger | ObjectKind::Routine | ObjectKind::Event
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum T {
+    Word(String),
+    Ident(String),
+    Str,
+    Punct(u8),
+}
+
+fn tokens(head: &[u8]) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < head.len() && out.len() < 40 {
+        let c = head[i];
+        match c {
+            b' ' => i += 1,
+            b'`' => {
+                let mut name = Vec::new();
+                i += 1;
+                while i < head.len() {
+                    if head[i] == b'`' {
+                        if head.get(i + 1) == Some(&b'`') {
+                            name.push(b'`');
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    name.push(head[i]);
+                    i += 1;
+                }
+                i += 1;
+                out.push(T::Ident(String::from_utf8_lossy(&name).into_owned()));
+            }
+            b'\'' | b'"' => {
+                i += 1;
+                while i < head.len() && head[i] != c {
+                    i += if head[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                out.push(T::Str);
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => {
+                let start = i;
+                while i < head.len()
+                    && (head[i].is_ascii_alphanumeric() || head[i] == b'_' || head[i] == b'$')
+                {
+                    i += 1;
+                }
+                out.push(T::Word(
+                    String::from_utf8_lossy(&head[start..i]).into_owned(),
+                ));
+            }
+            c => {
+                out.push(T::Punct(c));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+struct Cursor<'a> {
+    t: &'a [T],
+    i: usize,
+}
+
+impl Cursor<'_> {
+    fn word(&mut self, w: &str) -> bool {
+        if matches!(self.t.get(self.i), Some(T::Word(x)) if x.eq_ignore_ascii_case(w)) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn words(&mut self, ws: &[&str]) -> bool {
+        let at = self.i;
+        if ws.iter().all(|w| self.word(w)) {
+            true
+        } else {
+            self.i = at;
+            false
+        }
+    }
+    fn punct(&mut self, p: u8) -> bool {
+        if self.t.get(self.i) == Some(&T::Punct(p)) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    /// An unqualified name: a quoted or bare identifier not followed by `.`.
+    fn name(&mut self) -> Option<Result<String, ()>> {
+        let name = match self.t.get(self.i)? {
+            T::Ident(n) | T::Word(n) => n.clone(),
+            _ => return None,
+        };
+        self.i += 1;
+        if self.t.get(self.i) == Some(&T::Punct(b'.')) {
+            return Some(Err(()));
+        }
+        Some(Ok(name))
+    }
+    /// `DEFINER = user@host` or `DEFINER = CURRENT_USER[()]`.
+    fn definer(&mut self) {
+        if !self.word("DEFINER") {
+            return;
+        }
+        self.punct(b'=');
+        if self.word("CURRENT_USER") {
+            if self.punct(b'(') {
+                self.punct(b')');
+            }
+            return;
+        }
+        self.definer_part();
+        if self.punct(b'@') {
+            self.definer_part();
+        }
+    }
+    fn definer_part(&mut self) {
+        if matches!(self.t.get(self.i), Some(T::Ident(_) | T::Str | T::Word(_))) {
+            self.i += 1;
+        }
+    }
+}
+
+/// Classifies a statement by its head.
+pub fn classify(head: &[u8]) -> Result<Kind, String> {
+    let toks = tokens(head);
+    let refuse = |why: &str| {
+        Err(format!(
+            "the dump holds a statement dbkeep does not load: {} ({why}); a dump of one database by mysqldump or mariadb-dump has none",
+            shown(head)
+        ))
+    };
+    let mut c = Cursor { t: &toks, i: 0 };
+    let named = |c: &mut Cursor<'_>, make: &dyn Fn(String) -> Kind| match c.name() {
+        Some(Ok(name)) => Ok(make(name)),
+        Some(Err(())) => refuse("it names an object in another database"),
+        None => refuse("no name where one belongs"),
+    };
+    let table = |what: TableStmt| move |name| Kind::Table { name, what };
+    let object = |what: ObjectKind| move |name| Kind::Object { name, what };
+    if c.word("SET") {
+        let global = toks
+            .iter()
+            .any(|t| matches!(t, T::Word(w) if w.eq_ignore_ascii_case("GLOBAL") || w.to_ascii_uppercase().starts_with("PERSIST")));
+        let second = matches!(toks.get(1), Some(T::Word(w)) if ["PASSWORD", "ROLE", "DEFAULT", "STATEMENT"].iter().any(|k| w.eq_ignore_ascii_case(k)));
+        return if global || second {
+            refuse("it changes more than this session")
+        } else {
+            Ok(Kind::Set)
+        };
+    }
+    if c.words(&["DROP", "TABLE", "IF", "EXISTS"]) || c.words(&["DROP", "SEQUENCE", "IF", "EXISTS"])
+    {
+        return named(&mut c, &table(TableStmt::Drop));
+    }
+    if c.words(&["CREATE", "TABLE"]) || c.words(&["CREATE", "SEQUENCE"]) {
+        return named(&mut c, &table(TableStmt::Create));
+    }
+    if c.word("INSERT") || c.word("REPLACE") {
+        c.word("IGNORE");
+        if c.word("INTO") {
+            return named(&mut c, &table(TableStmt::Insert));
+        }
+        return refuse("an INSERT without INTO");
+    }
+    if c.words(&["LOCK", "TABLES"]) {
+        let r = named(&mut c, &table(TableStmt::Lock));
+        return if c.i == toks.len() - 1 && c.word("WRITE") || r.is_err() {
+            r
+        } else {
+            refuse("LOCK TABLES of more than one table")
+        };
+    }
+    if c.words(&["UNLOCK", "TABLES"]) && c.i == toks.len() {
+        return Ok(Kind::Table {
+            name: String::new(),
+            what: TableStmt::Unlock,
+        });
+    }
+    if c.words(&["ALTER", "TABLE"]) {
+        let r = named(&mut c, &table(TableStmt::Keys));
+        let keys = (c.word("DISABLE") || c.word("ENABLE")) && c.word("KEYS");
+        return if keys && c.i == toks.len() {
+            r
+        } else {
+            refuse("ALTER TABLE other than DISABLE/ENABLE KEYS")
+        };
+    }
+    if c.words(&["DO", "SETVAL"]) && c.punct(b'(') {
+        return named(&mut c, &table(TableStmt::SetVal));
+    }
+    if c.words(&["ALTER", "DATABASE"]) {
+        c.name();
+        c.word("DEFAULT");
+        return if c.words(&["CHARACTER", "SET"]) || c.word("COLLATE") {
+            Ok(Kind::Skip)
+        } else {
+            refuse("ALTER DATABASE other than its character set")
+        };
+    }
+    if c.word("DROP") {
+        let kind = ["VIEW", "TRIGGER", "PROCEDURE", "FUNCTION", "EVENT"]
+            .iter()
+            .any(|w| c.word(w));
+        if kind && c.words(&["IF", "EXISTS"]) {
+            return named(&mut c, &object(ObjectKind::Drop));
+        }
+        return refuse(
+            "a DROP of something other than a table, view, routine or event, or without IF EXISTS",
+        );
+    }
+    if c.word("CREATE") {
+        c.words(&["OR", "REPLACE"]);
+        if c.word("ALGORITHM") {
+            c.punct(b'=');
+            c.i += 1;
+        }
+        c.definer();
+        if c.words(&["SQL", "SECURITY"]) {
+            c.i += 1;
+        }
+        if c.word("VIEW") {
+            return named(&mut c, &object(ObjectKind::View));
+        }
+        if c.word("TRIGGER") {
+            let r = named(&mut c, &object(ObjectKind::Trigger));
+            let timing = c.word("BEFORE") || c.word("AFTER");
+            let event = c.word("INSERT") || c.word("UPDATE") || c.word("DELETE");
+            if !(timing && event && c.word("ON")) {
+                return refuse("a trigger dbkeep cannot read");
+            }
+            return match (r, c.name()) {
+                (Ok(kind), Some(Ok(_))) => Ok(kind),
+                (Err(e), _) => Err(e),
+                _ => refuse("a trigger on a table in another database"),
+            };
+        }
+        c.word("AGGREGATE");
+        if c.word("PROCEDURE") || c.word("FUNCTION") {
+            return named(&mut c, &object(ObjectKind::Routine));
+        }
+        if c.word("EVENT") {
+            return named(&mut c, &object(ObjectKind::Event));
+        }
+        return refuse("a CREATE of something other than a table, view, trigger, routine or event");
+    }
+    refuse("not a statement of a one-database dump")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(head: &str) -> Kind {
+        classify(head.as_bytes()).unwrap_or_else(|e| panic!("{head}: {e}"))
+    }
+
+    fn refused(head: &str) -> String {
+        classify(head.as_bytes()).expect_err(head)
+    }
+
+    #[test]
+    fn what_mariadb_dump_writes_is_allowed() {
+        assert_eq!(ok("SET NAMES utf8mb4"), Kind::Set);
+        assert_eq!(
+            ok("SET @OLD_UNIQUE_CHECKS=@@UNIQUE_CHECKS, UNIQUE_CHECKS=0"),
+            Kind::Set
+        );
+        let t = |name: &str, what| Kind::Table {
+            name: name.into(),
+            what,
+        };
+        assert_eq!(ok("DROP TABLE IF EXISTS `c`"), t("c", TableStmt::Drop));
+        assert_eq!(
+            ok("CREATE TABLE `we``ird` ( `id` int"),
+            t("we`ird", TableStmt::Create)
+        );
+        assert_eq!(
+            ok("INSERT INTO `t` VALUES (1,'a')"),
+            t("t", TableStmt::Insert)
+        );
+        assert_eq!(ok("LOCK TABLES `t` WRITE"), t("t", TableStmt::Lock));
+        assert_eq!(ok("ALTER TABLE `t` DISABLE KEYS"), t("t", TableStmt::Keys));
+        assert_eq!(ok("DO SETVAL(`sq`, 1, 0)"), t("sq", TableStmt::SetVal));
+        let o = |name: &str, what| Kind::Object {
+            name: name.into(),
+            what,
+        };
+        assert_eq!(
+            ok(
+                "CREATE ALGORITHM=UNDEFINED DEFINER=`root`@`localhost` SQL SECURITY DEFINER VIEW `v` AS select 1"
+            ),
+            o("v", ObjectKind::View)
+        );
+        assert_eq!(
+            ok(
+                "CREATE DEFINER=`root`@`localhost` trigger trg before insert on c for each row set new.id = 1"
+            ),
+            o("trg", ObjectKind::Trigger)
+        );
+        assert_eq!(
+            ok("CREATE DEFINER=`root`@`localhost` PROCEDURE `p`() select 1"),
+            o("p", ObjectKind::Routine)
+        );
+        assert_eq!(
+            ok("CREATE DEFINER=`root`@`localhost` EVENT `e` ON SCHEDULE EVERY 1 DAY"),
+            o("e", ObjectKind::Event)
+        );
+        assert_eq!(ok("DROP VIEW IF EXISTS `v`"), o("v", ObjectKind::Drop));
+        assert_eq!(ok("ALTER DATABASE `shop` CHARACTER SET latin1"), Kind::Skip);
+    }
+
+    #[test]
+    fn anything_else_is_refused_naming_it() {
+        for head in [
+            "USE `live`",
+            "DROP DATABASE `live`",
+            "DROP TABLE `t`",
+            "INSERT INTO `live`.`t` VALUES (1)",
+            "CREATE TABLE live.t (a int)",
+            "CREATE VIEW `live`.`v` AS select 1",
+            "CREATE TRIGGER x AFTER INSERT ON `live`.`t` FOR EACH ROW SET @a=1",
+            "SET GLOBAL event_scheduler=ON",
+            "SET @@global.read_only=1",
+            "SET PASSWORD FOR root = 'x'",
+            "GRANT ALL ON *.* TO x",
+            "SELECT * FROM t INTO OUTFILE '/tmp/x'",
+            "ALTER TABLE `t` DROP COLUMN a",
+            "LOCK TABLES `t` WRITE, `live`.`u` WRITE",
+            "CREATE USER x",
+            "system ls",
+            "source /etc/passwd",
+        ] {
+            let e = refused(head);
+            assert!(e.contains(&head[..8]), "{head}: {e}");
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Loading a dump into a database of dbkeep's choosing, through the allowlist: the stream is
+//! scanned statement by statement; tables, rows and session settings go to the client at
+//! once, views, triggers, routines and events are held back (an [`Objects`] script, loaded
+//! after every row so that no trigger fires during the load, and by a restore into the live
+//! database after the swap). The stream must end with the completion trailer, or the client
+//! is killed before its input closes.
+
+use super::classify::{Kind, ObjectKind, classify};
+use super::scan::{Event, Scanner, Statement, Tok, body_ends_inside, shown};
+use super::*;
+use crate::codec::Tail;
+use std::io::Read;
+use std::process::Stdio;
+
+/// The held-back part of a dump, in its order.
+#[derive(Default)]
+pub(super) struct Objects {
+    pieces: Vec<(Option<ObjectKind>, Vec<u8>)>,
+    size: usize,
+    /// The distinct objects (a view's placeholder and final statement are one).
+    names: std::collections::BTreeSet<(u8, String)>,
+    pub events: usize,
+    pub count: usize,
+}
+
+/// How much of a dump may be views, triggers, routines and events.
+const OBJECTS_MAX: usize = 256 * 1024 * 1024;
+
+impl Objects {
+    /// The script, with or without the events (a drill's scratch database and a staging
+    /// database get none: an event runs by itself).
+    pub fn script(&self, events: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.size);
+        for (kind, bytes) in &self.pieces {
+            if events || *kind != Some(ObjectKind::Event) {
+                out.extend_from_slice(bytes);
+            }
+        }
+        out
+    }
+}
+
+/// Reads a dump and yields what the client is fed; keeps the objects and the first problem.
+pub(super) struct Filter<R> {
+    inner: R,
+    scanner: Scanner,
+    tail: Tail,
+    out: Vec<u8>,
+    at: usize,
+    done: bool,
+    pub objects: Objects,
+    pub problem: Option<MysqlError>,
+    pub rows: u64,
+}
+
+fn render(st: &Statement<'_>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(st.text.len() + st.delimiter.len() + 1);
+    v.extend_from_slice(st.text);
+    v.extend_from_slice(st.delimiter);
+    v.push(b'\n');
+    v
+}
+
+impl<R: Read> Filter<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            scanner: Scanner::new(true),
+            tail: Tail::new(4096),
+            out: Vec::new(),
+            at: 0,
+            done: false,
+            objects: Objects::default(),
+            problem: None,
+            rows: 0,
+        }
+    }
+
+    fn route(&mut self, chunk: Option<&[u8]>) -> Result<(), String> {
+        let (out, objects, rows) = (&mut self.out, &mut self.objects, &mut self.rows);
+        let mut on = |e: Event<'_>| -> Result<(), String> {
+            let st = match e {
+                Event::Delimiter(line) => {
+                    out.extend_from_slice(line);
+                    objects.pieces.push((None, line.to_vec()));
+                    return Ok(());
+                }
+                Event::Statement(st) => st,
+            };
+            let kind = classify(st.head)?;
+            let compound = matches!(kind, Kind::Object { what, .. } if what.compound());
+            if st.delimiter != b";" {
+                let smuggled = if compound {
+                    body_ends_inside(st.tokens)
+                } else {
+                    st.tokens.contains(&Tok::Semi)
+                };
+                if smuggled {
+                    return Err(format!(
+                        "the statement {} holds a second statement after a ';' under the delimiter {:?}",
+                        shown(st.head),
+                        String::from_utf8_lossy(st.delimiter)
+                    ));
+                }
+            }
+            match kind {
+                Kind::Set => {
+                    let bytes = render(&st);
+                    out.extend_from_slice(&bytes);
+                    objects.pieces.push((None, bytes));
+                }
+                Kind::Table { .. } => {
+                    *rows += st.tuples;
+                    out.extend_from_slice(&render(&st));
+                }
+                Kind::Object { what, name } => {
+                    let bytes = render(&st);
+                    objects.size += bytes.len();
+                    if objects.size > OBJECTS_MAX {
+                        return Err("the dump holds more than 256 MiB of views, triggers, routines and events".into());
+                    }
+                    if what != ObjectKind::Drop && objects.names.insert((what as u8, name)) {
+                        objects.count += 1;
+                        if what == ObjectKind::Event {
+                            objects.events += 1;
+                        }
+                    }
+                    objects.pieces.push((Some(what), bytes));
+                }
+                Kind::Skip => {}
+            }
+            Ok(())
+        };
+        match chunk {
+            Some(c) => self.scanner.feed(c, &mut on),
+            None => self.scanner.finish(&mut on),
+        }
+    }
+
+    fn fail(&mut self, e: MysqlError) -> io::Error {
+        let text = e.to_string();
+        self.problem.get_or_insert(e);
+        io::Error::other(text)
+    }
+}
+
+impl<R: Read> Read for Filter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at >= self.out.len() {
+            self.out.clear();
+            self.at = 0;
+            if self.done {
+                return Ok(0);
+            }
+            let mut chunk = vec![0u8; 256 * 1024];
+            let n = match self.inner.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.fail(MysqlError::Input(e))),
+            };
+            let routed = if n == 0 {
+                self.done = true;
+                self.route(None)
+            } else {
+                self.tail.push(&chunk[..n]);
+                self.route(Some(&chunk[..n]))
+            };
+            if let Err(problem) = routed {
+                return Err(self.fail(MysqlError::Refused(problem)));
+            }
+            if n == 0 && !dump::has_trailer(self.tail.bytes()) {
+                return Err(self.fail(MysqlError::TruncatedInput));
+            }
+        }
+        let n = buf.len().min(self.out.len() - self.at);
+        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Mysql {
+    /// Feeds `input` (already filtered, or a script of dbkeep's) to the client on `database`.
+    pub(super) fn feed(
+        &self,
+        flavor: Flavor,
+        database: &str,
+        input: &mut dyn Read,
+    ) -> Result<(), MysqlError> {
+        let opts = OptionFile::write(&self.conn)?;
+        let mut cmd = self.command(flavor.client(), &opts);
+        cmd.args(["--batch", "--silent"])
+            .args(flavor.sandbox())
+            .arg(format!("--database={database}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let child = process::spawn(cmd, HINT, self.secrets())?;
+        watch::feed_child(child, input, Some(self.stall(flavor, database)))?;
+        Ok(())
+    }
+
+    /// Loads a dump's tables and rows into `database` (empty, dbkeep's own); returns the held-back
+    /// objects and the rows loaded.
+    pub(super) fn load_tables(
+        &self,
+        flavor: Flavor,
+        database: &str,
+        input: &mut dyn Read,
+    ) -> Result<(Objects, u64), MysqlError> {
+        let mut filter = Filter::new(input);
+        let fed = self.feed(flavor, database, &mut filter);
+        if let Some(problem) = filter.problem.take() {
+            return Err(problem);
+        }
+        fed?;
+        Ok((filter.objects, filter.rows))
+    }
+
+    /// Creates the held-back objects in `database`.
+    pub(super) fn load_objects(
+        &self,
+        flavor: Flavor,
+        database: &str,
+        objects: &Objects,
+        events: bool,
+    ) -> Result<(), MysqlError> {
+        let script = objects.script(events);
+        self.feed(flavor, database, &mut script.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filtered(dump: &[u8]) -> Result<(Vec<u8>, Objects), MysqlError> {
+        let mut f = Filter::new(dump);
+        let mut out = Vec::new();
+        let r = f.read_to_end(&mut out);
+        match f.problem.take() {
+            Some(p) => Err(p),
+            None => {
+                r.map_err(MysqlError::Input)?;
+                Ok((out, f.objects))
+            }
+        }
+    }
+
+    #[test]
+    fn tables_go_first_and_objects_are_held_back() {
+        let dump = b"/*!40101 SET NAMES utf8mb4 */;\nCREATE TABLE `t` (`a` int);\nINSERT INTO `t` VALUES (1),(2);\n\
+DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 trigger trg before insert on t for each row BEGIN IF new.a > 1 THEN set new.a = 1; END IF; END */;;\n\
+/*!50106 CREATE*/ /*!50117 DEFINER=`root`@`localhost`*/ /*!50106 EVENT `e` ON SCHEDULE EVERY 1 DAY DO delete from t */ ;;\nDELIMITER ;\n-- Dump completed\n";
+        let (out, objects) = filtered(dump).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("INSERT INTO `t` VALUES (1),(2);"), "{out}");
+        assert!(!out.contains("trigger"), "{out}");
+        assert_eq!(objects.count, 2);
+        assert_eq!(objects.events, 1);
+        let all = String::from_utf8(objects.script(true)).unwrap();
+        assert!(
+            all.contains("trigger trg") && all.contains("EVENT `e`"),
+            "{all}"
+        );
+        let no_events = String::from_utf8(objects.script(false)).unwrap();
+        assert!(no_events.contains("trigger trg") && !no_events.contains("EVENT"));
+    }
+
+    #[test]
+    fn hostile_dumps_are_refused_before_the_client_sees_them() {
+        for (dump, expected) in [
+            (&b"USE `live`;\n-- Dump completed\n"[..], "USE"),
+            (b"DROP DATABASE `live`;\n-- Dump completed\n", "DROP DATABASE"),
+            (b"INSERT INTO `live`.`t` VALUES (1);\n-- Dump completed\n", "another database"),
+            (b"CREATE TABLE `t` (`a` int);\n\\! touch /tmp/x\n-- Dump completed\n", "client command"),
+            (b"DELIMITER ;;\nSET @a=1; DROP DATABASE `live`;;\n-- Dump completed\n", "second statement"),
+            (b"DELIMITER ;;\nCREATE PROCEDURE `p`() BEGIN select 1; END; DROP DATABASE `live`;;\n-- Dump completed\n", "second statement"),
+            (b"CREATE TABLE `t` (`a` int);\n", "Dump completed"),
+        ] {
+            let e = filtered(dump).err().expect("refused").to_string();
+            assert!(e.contains(expected), "{e}");
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Swapping a loaded staging database in under the live name. MySQL has neither transactional
+//! DDL nor `RENAME DATABASE`, and `RENAME TABLE` moves neither views nor tables with triggers
+//! to another database; so the swap is:
+//!
+//! 1. the live database's views, triggers, routines and events are captured as a script (a
+//!    `--no-data` dump of it, through the same allowlist) and written, before anything
+//!    changes, to the journal: the table `dbkeep_journal` of the aside database
+//!    `BASE_dbkeep_old_TAG`, on the server itself;
+//! 2. they are dropped, and one `RENAME TABLE` (atomic) moves every live table aside and every
+//!    staged table under the live name;
+//! 3. the backup's objects are created in the live database; the journal says `done`.
+//!
+//! Any failure before `done` rolls back: the objects created are dropped, the tables renamed
+//! back, the captured objects created again. A run killed mid-way is rolled back the same way
+//! by the next restore on this host, from the journal, once its process is provably gone.
+
+use super::load::Objects;
+use super::*;
+
+pub(super) const JOURNAL: &str = "dbkeep_journal";
+const NEW: &str = "_dbkeep_new_";
+const OLD: &str = "_dbkeep_old_";
+
+/// `BASE_dbkeep_new_TAG` and `BASE_dbkeep_old_TAG` for a restore of `target` by this
+/// process, within MySQL's 64 characters.
+pub(super) fn names(target: &str) -> (String, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tag = format!(
+        "{}_{}_{:06x}",
+        process::host_tag(),
+        std::process::id(),
+        nanos & 0xff_ffff
+    );
+    let mut base: String = target.to_owned();
+    while base.chars().count() + NEW.len() + tag.len() > 64 {
+        base.pop();
+    }
+    (format!("{base}{NEW}{tag}"), format!("{base}{OLD}{tag}"))
+}
+
+/// Of a database made by a restore of `target` on this host: whether it is a staging (`new`)
+/// or aside (`old`) database, its pid, and the name of its partner.
+fn owner(name: &str, target: &str) -> Option<(bool, u32, String)> {
+    let (at, new) = match (name.rfind(NEW), name.rfind(OLD)) {
+        (Some(i), _) => (i, true),
+        (None, Some(i)) => (i, false),
+        _ => return None,
+    };
+    let (base, tag) = (&name[..at], &name[at + NEW.len()..]);
+    if base.is_empty() || !target.starts_with(base) {
+        return None;
+    }
+    let mut parts = tag.split('_');
+    let (host, pid) = (parts.next()?, parts.next()?);
+    if host != process::host_tag() {
+        return None;
+    }
+    let partner = format!("{base}{}{tag}", if new { OLD } else { NEW });
+    Some((new, pid.parse().ok()?, partner))
+}
+
+/// A hex literal of `bytes` (`0x…`, or `''` when empty).
+fn hex_literal(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        "''".into()
+    } else {
+        format!("0x{}", hex::encode(bytes))
+    }
+}
+
+impl Mysql {
+    /// The tables (and sequences) of `database`.
+    fn movable(&self, flavor: Flavor, database: &str) -> Result<Vec<String>, MysqlError> {
+        let out = self.query(
+            flavor,
+            "information_schema",
+            &format!(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_TYPE <> 'VIEW' ORDER BY TABLE_NAME",
+                literal(database)
+            ),
+        )?;
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    /// The views, triggers, routines and events of `database`, as a script (see the module).
+    pub(super) fn capture_objects(
+        &self,
+        flavor: Flavor,
+        database: &str,
+    ) -> Result<Objects, MysqlError> {
+        let opts = OptionFile::write(&self.conn)?;
+        let mut cmd = self.command(flavor.dump_tool(), &opts);
+        cmd.args([
+            "--no-data",
+            "--single-transaction",
+            "--routines",
+            "--events",
+            "--triggers",
+            "--no-tablespaces",
+            "--skip-dump-date",
+            "--",
+            database,
+        ]);
+        let dump = watch::output(
+            cmd,
+            HINT,
+            self.secrets(),
+            Some(Stall::silence(self.stall_timeout)),
+        )?;
+        let mut filter = super::load::Filter::new(dump.as_bytes());
+        let drained = io::copy(&mut filter, &mut io::sink());
+        if let Some(p) = filter.problem.take() {
+            return Err(p);
+        }
+        drained.map_err(MysqlError::Input)?;
+        Ok(filter.objects)
+    }
+
+    /// Drops every view, trigger, routine and event of `database`.
+    pub(super) fn drop_objects(&self, flavor: Flavor, database: &str) -> Result<(), MysqlError> {
+        let db = literal(database);
+        let list = self.query(
+            flavor,
+            "information_schema",
+            &format!(
+                "SELECT 'TRIGGER', TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {db} \
+                 UNION ALL SELECT 'VIEW', TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = {db} \
+                 UNION ALL SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {db} \
+                 UNION ALL SELECT 'EVENT', EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {db}"
+            ),
+        )?;
+        let drops: Vec<String> = list
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(kind, name)| {
+                format!("DROP {kind} IF EXISTS {}.{}", ident(database), ident(name))
+            })
+            .collect();
+        if drops.is_empty() {
+            return Ok(());
+        }
+        self.feed(
+            flavor,
+            database,
+            &mut (drops.join(";\n") + ";\n").as_bytes(),
+        )
+    }
+
+    fn rename(&self, flavor: Flavor, moves: &[(String, &str, &str)]) -> Result<(), MysqlError> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let pairs: Vec<String> = moves
+            .iter()
+            .map(|(t, from, to)| {
+                format!("{}.{} TO {}.{}", ident(from), ident(t), ident(to), ident(t))
+            })
+            .collect();
+        self.query(
+            flavor,
+            "information_schema",
+            &format!("RENAME TABLE {}", pairs.join(", ")),
+        )
+        .map(drop)
+    }
+
+    fn journal_phase(&self, flavor: Flavor, aside: &str, phase: &str) -> Result<(), MysqlError> {
+        self.query(
+            flavor,
+            aside,
+            &format!("UPDATE {JOURNAL} SET phase = {}", literal(phase)),
+        )
+        .map(drop)
+    }
+
+    /// Swaps `staging` (loaded, with no objects) in under `target`; `objects` are the backup's.
+    /// Returns whether the previous tables were kept in `aside`.
+    pub(super) fn swap(
+        &self,
+        flavor: Flavor,
+        target: &str,
+        staging: &str,
+        aside: &str,
+        objects: &Objects,
+    ) -> Result<bool, MysqlError> {
+        let live_objects = self.capture_objects(flavor, target)?;
+        self.query(
+            flavor,
+            "information_schema",
+            &format!(
+                "CREATE DATABASE {}; CREATE TABLE {}.{JOURNAL} (phase VARCHAR(16) NOT NULL, target VARCHAR(64) NOT NULL, objects LONGBLOB NOT NULL)",
+                ident(aside),
+                ident(aside)
+            ),
+        )?;
+        self.feed(
+            flavor,
+            aside,
+            &mut format!(
+                "INSERT INTO {JOURNAL} VALUES ('prepared', {}, {});\n",
+                literal(target),
+                hex_literal(&live_objects.script(true))
+            )
+            .as_bytes(),
+        )?;
+        crate::faults::point("mysql-swap-journaled");
+        let swapped = (|| {
+            self.drop_objects(flavor, target)?;
+            let old = self.movable(flavor, target)?;
+            let new = self.movable(flavor, staging)?;
+            let mut moves: Vec<(String, &str, &str)> =
+                old.into_iter().map(|t| (t, target, aside)).collect();
+            moves.extend(new.into_iter().map(|t| (t, staging, target)));
+            self.rename(flavor, &moves)?;
+            crate::faults::point("mysql-swap-renamed");
+            self.journal_phase(flavor, aside, "renamed")?;
+            self.load_objects(flavor, target, objects, true)?;
+            self.journal_phase(flavor, aside, "done")
+        })();
+        if let Err(restore) = swapped {
+            return match self.roll_back(flavor, target, staging, aside) {
+                Ok(()) => Err(restore),
+                Err(rollback) => Err(MysqlError::RollbackFailed {
+                    restore: Box::new(restore),
+                    rollback: Box::new(rollback),
+                    aside: aside.to_owned(),
+                    target: target.to_owned(),
+                }),
+            };
+        }
+        self.drop_database(flavor, staging)?;
+        if self.keep_old {
+            Ok(true)
+        } else {
+            self.drop_database(flavor, aside)?;
+            Ok(false)
+        }
+    }
+
+    /// Puts `target` back as the journal in `aside` says it was (see the module); `staging` is
+    /// kept if its tables were ever live.
+    fn roll_back(
+        &self,
+        flavor: Flavor,
+        target: &str,
+        staging: &str,
+        aside: &str,
+    ) -> Result<(), MysqlError> {
+        let script = self.query(
+            flavor,
+            aside,
+            &format!("SELECT HEX(objects) FROM {JOURNAL}"),
+        )?;
+        let script = hex::decode(script.trim()).map_err(|e| {
+            MysqlError::Unreadable(format!("the journal in {aside} is damaged: {e}"))
+        })?;
+        self.drop_objects(flavor, target)?;
+        let aside_tables: Vec<String> = self
+            .movable(flavor, aside)?
+            .into_iter()
+            .filter(|t| t != JOURNAL)
+            .collect();
+        let renamed = !aside_tables.is_empty();
+        if renamed {
+            self.query(
+                flavor,
+                "information_schema",
+                &format!("CREATE DATABASE IF NOT EXISTS {}", ident(staging)),
+            )?;
+            let current = self.movable(flavor, target)?;
+            let mut moves: Vec<(String, &str, &str)> =
+                current.into_iter().map(|t| (t, target, staging)).collect();
+            moves.extend(aside_tables.into_iter().map(|t| (t, aside, target)));
+            self.rename(flavor, &moves)?;
+        }
+        self.feed(flavor, target, &mut script.as_slice())?;
+        if renamed {
+            tracing::warn!(database = %staging, "the restore was rolled back after its tables had been live: they are kept in {staging} (drop it once you are sure nothing was written to it)");
+        } else {
+            self.drop_database(flavor, staging)?;
+        }
+        self.drop_database(flavor, aside)
+    }
+
+    /// Cleans up after restores of this database killed on this host (see the module).
+    pub fn recover_interrupted(&self) -> Result<Vec<String>, MysqlError> {
+        let (_, flavor) = self.server_version()?;
+        let target = &self.conn.database;
+        let all = self.query(
+            flavor,
+            "information_schema",
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA",
+        )?;
+        let mut done = self.recover_drills(flavor)?;
+        for name in all.lines() {
+            let Some((new, pid, partner)) = owner(name, target) else {
+                continue;
+            };
+            if !process::process_gone(pid) {
+                continue;
+            }
+            if new {
+                if all.lines().any(|n| n == partner) {
+                    continue; // handled with its aside database
+                }
+                self.drop_database(flavor, name)?;
+                done.push(format!("dropped {name}, the staging database of a restore that was killed before its swap"));
+                continue;
+            }
+            let phase = self
+                .query(
+                    flavor,
+                    name,
+                    &format!("SELECT phase, target FROM {JOURNAL}"),
+                )
+                .unwrap_or_default();
+            let mut fields = phase.trim().split('\t');
+            let (phase, journal_target) =
+                (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+            if journal_target != target {
+                continue;
+            }
+            if phase == "done" {
+                done.push(format!("{name} holds the tables {target} had before a restore that completed but was killed before cleaning up: compare, then drop it by hand"));
+                continue;
+            }
+            self.roll_back(flavor, target, &partner, name)?;
+            done.push(format!("rolled back a restore of {target} killed in its swap (journal in {name}): the database is as it was before"));
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_and_are_recognised() {
+        let (new, old) = names("shop");
+        assert!(new.starts_with("shop_dbkeep_new_") && old.starts_with("shop_dbkeep_old_"));
+        let (is_new, pid, partner) = owner(&new, "shop").unwrap();
+        assert!(is_new);
+        assert_eq!(pid, std::process::id());
+        assert_eq!(partner, old);
+        assert_eq!(owner(&old, "shop").map(|o| o.2), Some(new));
+        assert_eq!(owner("other_dbkeep_old_x_1_a", "shop"), None);
+        let long = "x".repeat(64);
+        let (new, old) = names(&long);
+        assert!(new.len() <= 64 && old.len() <= 64);
+        assert!(owner(&new, &long).is_some());
+    }
+}

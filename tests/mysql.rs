@@ -1,0 +1,504 @@
+//! MySQL/MariaDB against a real MariaDB server the harness starts: round trips of a tricky
+//! schema compared with a plain `mariadb < dump`, drills, row counts under concurrent writes,
+//! hostile dumps that must not reach the live database, faults, bad URLs.
+
+use crate::common::TestEnv;
+use crate::common::mariadb::{APP_PASSWORD, MariaServer};
+use crate::postgres::{assert_no_secret, plant};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Every kind of object and value a careless dump or restore gets wrong.
+const SCHEMA: &str = r#"
+SET SESSION sql_mode = '';
+CREATE TABLE parent (
+  id INT PRIMARY KEY AUTO_INCREMENT,
+  name VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  body MEDIUMTEXT CHARACTER SET utf8mb4,
+  len INT AS (CHAR_LENGTH(name)) STORED,
+  up VARCHAR(100) CHARACTER SET utf8mb4 AS (UPPER(name)) VIRTUAL,
+  born DATE,
+  seen DATETIME(6)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+CREATE TABLE child (
+  id INT PRIMARY KEY,
+  parent_id INT NOT NULL,
+  blobby LONGBLOB,
+  amount DECIMAL(20,6),
+  FOREIGN KEY (parent_id) REFERENCES parent(id) ON DELETE CASCADE
+) ENGINE=InnoDB;
+CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, what VARCHAR(200) CHARACTER SET utf8mb4);
+CREATE TABLE `we;ird ``name` (`col;--` INT);
+CREATE TABLE empty_one (a INT);
+DELIMITER //
+CREATE TRIGGER parent_ai AFTER INSERT ON parent FOR EACH ROW
+BEGIN
+  IF NEW.name LIKE 'a%' THEN
+    INSERT INTO audit (what) VALUES (CONCAT('a: ', NEW.name));
+  END IF;
+  INSERT INTO audit (what) VALUES (NEW.name);
+END//
+CREATE PROCEDURE tally(OUT total INT)
+BEGIN
+  DECLARE x INT DEFAULT 0;
+  SELECT COUNT(*) INTO x FROM child;
+  IF x > 0 THEN SET total = x; ELSE SET total = 0; END IF;
+END//
+DELIMITER ;
+INSERT INTO parent (name, body, born, seen) VALUES
+  ('😀 emoji 𝄞', 'line1\nline2;\t''quoted'' "dq" \\ back', '0000-00-00', '2024-01-15 10:30:00.123456'),
+  ('apple ünïcödé', REPEAT('x', 100000), '2024-02-29', NULL),
+  ('-- not a comment', '/* nor this */ ; DROP DATABASE shop; \\! touch /tmp/x', NULL, NULL);
+INSERT INTO child VALUES (1, 1, UNHEX(REPEAT('00FF7F5C27220A0D1A', 30)), 1.5), (2, 2, NULL, -0.000001), (3, 3, '', 0);
+INSERT INTO `we;ird ``name` VALUES (1), (2);
+CREATE VIEW parent_children AS SELECT p.name, COUNT(c.id) AS n FROM parent p LEFT JOIN child c ON c.parent_id = p.id GROUP BY p.name;
+CREATE VIEW busy AS SELECT name FROM parent_children WHERE n > 0;
+CREATE FUNCTION shout(s TEXT) RETURNS TEXT DETERMINISTIC RETURN CONCAT(UPPER(s), '!');
+CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00' DO DELETE FROM audit WHERE id < 0;
+"#;
+
+fn setup() -> Option<(MariaServer, TestEnv)> {
+    let my = MariaServer::start()?;
+    my.sql("mysql", "CREATE DATABASE shop CHARACTER SET utf8mb4");
+    my.sql("shop", SCHEMA);
+    let mut env = TestEnv::new();
+    env.set("DATABASE_URL", my.url("shop"));
+    Some((my, env))
+}
+
+/// The data file of backup `name`, decompressed.
+fn dump_of(env: &TestEnv, name: &str) -> Vec<u8> {
+    let m = env.manifest(name);
+    let file = env.backup_dir().join(m["data_file"].as_str().unwrap());
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(file).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn a_tricky_schema_round_trips_and_its_objects_match_a_plain_restore() {
+    let Some((my, env)) = setup() else { return };
+    let before = my.normalized_dump("shop");
+    let b = env.run(&["backup", "--name", "rt_20240115"]);
+    b.ok();
+    let m = env.manifest("rt_20240115");
+    assert_eq!(m["database_type"], "mysql");
+    assert_eq!(m["database_name"], "shop");
+    assert_eq!(m["database_host"], format!("127.0.0.1:{}", my.port));
+    assert!(m["server_version"].as_str().unwrap().contains("MariaDB"));
+    assert!(
+        m["tool_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("mariadb-dump ")
+    );
+    let counts = &m["row_counts"];
+    assert_eq!(counts["parent"], 3);
+    assert_eq!(counts["child"], 3);
+    assert_eq!(counts["audit"], 4, "{counts}");
+    assert_eq!(counts["we;ird `name"], 2);
+    assert_eq!(counts["empty_one"], 0);
+    assert_eq!(
+        counts.as_object().unwrap().len(),
+        5,
+        "views are not tables: {counts}"
+    );
+    env.run(&["verify", "rt_20240115"]).ok();
+    let mut z = env.command(&["backup", "--name", "rt_zstd"]);
+    z.env("BACKUP_COMPRESSION", "zstd");
+    assert!(z.status().unwrap().success());
+    assert!(crate::common::tool_accepts(
+        "zstd",
+        &env.backup_dir().join("rt_zstd.sql.zst")
+    ));
+
+    // What a plain `mariadb < dump` makes of the same dump, for comparison.
+    my.sql("mysql", "CREATE DATABASE plain CHARACTER SET utf8mb4");
+    my.load("plain", &dump_of(&env, "rt_20240115"));
+    assert_eq!(my.normalized_dump("plain"), before);
+
+    // Change what a careless restore would miss, then restore.
+    my.sql(
+        "shop",
+        "DELETE FROM child WHERE id = 3; DROP VIEW busy; DROP PROCEDURE tally; CREATE TABLE junk (x INT);
+         ALTER EVENT nightly DISABLE; INSERT INTO parent (name) VALUES ('later');",
+    );
+    assert_ne!(my.normalized_dump("shop"), before);
+    let r = env.run(&["restore", "rt_zstd", "--yes"]);
+    r.ok();
+    assert_eq!(my.normalized_dump("shop"), before);
+    assert_eq!(my.normalized_dump("shop"), my.normalized_dump("plain"));
+    assert_eq!(
+        my.databases(),
+        ["plain", "shop"],
+        "nothing of the restore is left"
+    );
+    // The objects work: the trigger fires, the routines run, the view reads the live tables.
+    my.sql("shop", "INSERT INTO parent (name) VALUES ('avocado')");
+    assert_eq!(
+        my.sql("shop", "SELECT COUNT(*) FROM audit WHERE what LIKE 'a: %'"),
+        "2"
+    );
+    assert_eq!(my.sql("shop", "CALL tally(@t); SELECT @t"), "3");
+    assert_eq!(my.sql("shop", "SELECT shout('hi')"), "HI!");
+    assert_eq!(
+        my.sql("shop", "SELECT COUNT(*) FROM busy"),
+        "3",
+        "the view reads the restored tables"
+    );
+    assert_no_secret(
+        &env,
+        &[&b.stdout, &b.stderr, &r.stdout, &r.stderr],
+        APP_PASSWORD,
+    );
+}
+
+#[test]
+fn drills_restore_into_a_scratch_database_count_and_check() {
+    let Some((my, env)) = setup() else { return };
+    env.run(&["backup", "--name", "d_20240115"]).ok();
+    let before = my.normalized_dump("shop");
+    let v = env.run(&["verify", "--restore", "d_20240115"]);
+    v.ok();
+    assert!(
+        v.stdout.contains("row counts of all 5 tables equal"),
+        "{}",
+        v.stdout
+    );
+    assert!(
+        v.stdout.contains("CHECK TABLE: all 5 tables OK"),
+        "{}",
+        v.stdout
+    );
+    assert!(
+        v.stdout
+            .contains("5 views, triggers and routines (1 events not created"),
+        "{}",
+        v.stdout
+    );
+    let m = env.manifest("d_20240115");
+    assert_eq!(
+        m["verification"]["outcome"], "passed",
+        "{}",
+        m["verification"]
+    );
+    assert_eq!(my.normalized_dump("shop"), before);
+    assert_eq!(my.databases(), ["shop"]);
+
+    // A backup whose rows differ from its manifest's counts fails its drill, naming the table.
+    let mut m = env.manifest("d_20240115");
+    m["row_counts"]["child"] = 7.into();
+    std::fs::write(
+        env.backup_dir().join("d_20240115.manifest.json"),
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+    let v = env.run(&["verify", "--restore", "d_20240115"]);
+    v.code(1);
+    assert!(
+        v.all().contains("child: 3 rows, the backup had 7"),
+        "{}",
+        v.all()
+    );
+    let v = env.run(&["verify", "d_20240115"]);
+    v.code(1);
+    assert!(v.all().contains("differ from the manifest"), "{}", v.all());
+    assert_eq!(my.databases(), ["shop"]);
+}
+
+/// A client session that runs statements fed to it one by one.
+struct Session(std::process::Child);
+
+impl Session {
+    fn open(my: &MariaServer, db: &str) -> Self {
+        let mut c = my.client("mariadb", db);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Session(c.spawn().unwrap())
+    }
+    fn run(&mut self, sql: &str) -> bool {
+        let stdin = self.0.stdin.as_mut().unwrap();
+        stdin.write_all(sql.as_bytes()).is_ok() && stdin.flush().is_ok()
+    }
+    fn close(mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+fn fill_big(my: &MariaServer, rows: u32) {
+    my.sql(
+        "shop",
+        &format!(
+            "CREATE TABLE big (id INT AUTO_INCREMENT PRIMARY KEY, v INT, pad VARCHAR(200));
+             INSERT INTO big (v, pad) SELECT seq, REPEAT('p', 150) FROM seq_1_to_{rows};"
+        ),
+    );
+}
+
+#[test]
+fn row_counts_are_those_of_the_dump_under_concurrent_writes() {
+    let Some((my, env)) = setup() else { return };
+    fill_big(&my, 200_000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written) = (stop.clone(), written.clone());
+        let mut s = Session::open(&my, "shop");
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if !s
+                    .run("INSERT INTO big (v) VALUES (0); INSERT INTO audit (what) VALUES ('w');\n")
+                {
+                    break;
+                }
+                written.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            s.close();
+        })
+    };
+    crate::common::wait_for("the writer", || written.load(Ordering::Relaxed) > 20);
+    // While the backup runs, no process on the machine shows the password in its command line
+    // or environment (it is in the tools' 0600 option file only).
+    let mut backup = env.command(&["backup", "--name", "c_20240115"]);
+    backup.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut backup = backup.spawn().unwrap();
+    let mut looked = 0;
+    while backup.try_wait().unwrap().is_none() {
+        looked += assert_no_process_shows(APP_PASSWORD);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(backup.wait().unwrap().success());
+    assert!(looked > 0, "no dump tool was seen running");
+    let during = written.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(written.load(Ordering::Relaxed) > during || during > 20);
+    let m = env.manifest("c_20240115");
+    let big: u64 = m["row_counts"]["big"].as_u64().unwrap();
+    assert!(big >= 200_000, "{big}");
+    let live: u64 = my.sql("shop", "SELECT COUNT(*) FROM big").parse().unwrap();
+    assert!(big <= live, "{big} > {live}");
+    // The drill loads the dump and finds exactly the counted rows in every table.
+    let v = env.run(&["verify", "--restore", "c_20240115"]);
+    v.ok();
+    assert!(v.stdout.contains("equal the manifest's"), "{}", v.stdout);
+}
+
+/// Hostile dumps, each planted as an intact backup (a correct size and SHA-256): neither a
+/// drill nor a restore lets anything in them reach the live database or the machine.
+#[test]
+fn nothing_in_a_hostile_dump_reaches_the_live_database() {
+    let Some((my, env)) = setup() else { return };
+    env.run(&["backup", "--name", "good_20240115"]).ok();
+    my.sql(
+        "mysql",
+        "CREATE DATABASE live; CREATE TABLE live.t (a INT); INSERT INTO live.t VALUES (1);",
+    );
+    let before = my.normalized_dump("shop");
+    let live_before = my.normalized_dump("live");
+    let marker = env.path().join("pwned");
+    let head = "/*!40101 SET NAMES utf8mb4 */;\nCREATE TABLE `x` (`a` int);\n";
+    let tail = "\n-- Dump completed\n";
+    let cases = [
+        ("use", "USE `live`;\nDROP TABLE `t`;".to_owned(), "USE"),
+        ("qualified", "INSERT INTO `live`.`t` VALUES (2);".into(), "another database"),
+        ("dropdb", "DROP DATABASE `live`;".into(), "DROP DATABASE"),
+        ("shell", format!("\\! touch {}\n", marker.display()), "client command"),
+        ("system", format!("system touch {}\n;", marker.display()), "system"),
+        ("view", "CREATE VIEW `live`.`v` AS SELECT 1;".into(), "another database"),
+        (
+            "smuggled",
+            "DELIMITER ;;\nCREATE PROCEDURE `p`() BEGIN SELECT 1; END; DROP DATABASE `live`;;\nDELIMITER ;".into(),
+            "second statement",
+        ),
+        ("grant", "GRANT ALL ON *.* TO `app`@`%`;".into(), "GRANT"),
+        ("global", "SET GLOBAL read_only = 1;".into(), "more than this session"),
+        ("truncated", "INSERT INTO `x` VALUES (1".into(), "ends inside a statement"),
+    ];
+    for (i, (what, body, expected)) in cases.iter().enumerate() {
+        let name = format!("evil_2024011{}", i % 10);
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(format!("{head}{body}{tail}").as_bytes())
+            .unwrap();
+        plant(
+            &env,
+            "good_20240115",
+            &name,
+            ".sql.gz",
+            &enc.finish().unwrap(),
+        );
+        for args in [
+            vec!["verify", "--restore", name.as_str()],
+            vec!["restore", name.as_str(), "--yes"],
+        ] {
+            let o = env.run(&args);
+            assert_ne!(o.code, 0, "{what}: {args:?} succeeded");
+            assert!(o.all().contains(expected), "{what}: {args:?}: {}", o.all());
+        }
+        assert!(!marker.exists(), "{what}: a shell command ran");
+        assert_eq!(
+            my.normalized_dump("shop"),
+            before,
+            "{what}: the live database changed"
+        );
+        assert_eq!(my.normalized_dump("live"), live_before, "{what}");
+        assert_eq!(
+            my.databases(),
+            ["live", "shop"],
+            "{what}: something was left"
+        );
+        assert_eq!(my.sql("mysql", "SELECT @@GLOBAL.read_only"), "0");
+    }
+}
+
+#[test]
+fn a_server_lost_mid_dump_or_mid_restore_and_a_killed_swap_leave_the_live_database_as_it_was() {
+    let Some((mut my, env)) = setup() else { return };
+    env.run(&["backup", "--name", "small_20240115"]).ok();
+    fill_big(&my, 400_000);
+    env.run(&["backup", "--name", "big_20240115"]).ok();
+
+    // The server dies while a backup dumps: the backup fails, the older ones stay good.
+    let mut child = env.command(&["backup", "--name", "lost_20240115"]);
+    child.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = child.spawn().unwrap();
+    crate::common::wait_for("mariadb-dump", || {
+        Command::new("pgrep")
+            .args(["-x", "mariadb-dump"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    my.kill();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "the backup of a dying server succeeded");
+    my.start_again();
+    let backups = env.backups();
+    assert!(
+        backups.contains(&("big_20240115".to_owned(), true)),
+        "{backups:?}"
+    );
+    assert!(
+        !backups.contains(&("lost_20240115".to_owned(), true)),
+        "{backups:?}"
+    );
+    env.run(&["verify", "small_20240115"]).ok();
+
+    // The server dies while a restore loads: the live database is as it was.
+    let before = my.normalized_dump("shop");
+    let mut child = env.command(&["restore", "big_20240115", "--yes"]);
+    child.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = child.spawn().unwrap();
+    crate::common::wait_for("the staging database", || {
+        my.try_sql("mysql", "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE '%dbkeep_new%'")
+            .is_ok_and(|s| !s.is_empty())
+    });
+    my.kill();
+    assert!(!child.wait().unwrap().success());
+    my.start_again();
+    assert_eq!(my.normalized_dump("shop"), before);
+
+    // dbkeep killed in the swap (its tables renamed, the backup's objects not yet created):
+    // the next restore on this host rolls it back first, from the journal on the server.
+    for point in ["mysql-swap-journaled", "mysql-swap-renamed"] {
+        let o = env.run_with(
+            &[("DBKEEP_FAULT", point)],
+            &["restore", "small_20240115", "--yes"],
+        );
+        assert_ne!(o.code, 0, "{point}");
+        if point == "mysql-swap-renamed" {
+            assert_ne!(
+                my.normalized_dump("shop"),
+                before,
+                "the kill left a half-done swap"
+            );
+        }
+        let o = env.run(&["restore", "no_such_backup", "--yes"]);
+        o.code(2);
+        assert!(
+            o.all().contains("rolled back a restore"),
+            "{point}: {}",
+            o.all()
+        );
+        assert_eq!(my.normalized_dump("shop"), before, "{point}");
+        // The staged tables were live for a moment after the rename: kept, and said so.
+        let left: Vec<String> = my.databases().into_iter().filter(|d| d != "shop").collect();
+        if point == "mysql-swap-renamed" {
+            assert_eq!(left.len(), 1, "{left:?}");
+            assert!(left[0].contains("_dbkeep_new_"), "{left:?}");
+            assert!(o.all().contains(&left[0]), "{}", o.all());
+            my.sql("mysql", &format!("DROP DATABASE `{}`", left[0]));
+        } else {
+            assert!(left.is_empty(), "{left:?}");
+        }
+    }
+    // And a restore that runs to its end gives the small backup's database.
+    env.run(&["restore", "small_20240115", "--yes"]).ok();
+    assert_eq!(my.sql("shop", "SHOW TABLES LIKE 'big'"), "");
+}
+
+#[test]
+fn bad_urls_and_wrong_credentials_are_named_without_the_password() {
+    let Some((my, mut env)) = setup() else { return };
+    let cases = [
+        (my.url("shop").replace("app:", "nobody:"), "Access denied"),
+        (my.url("no_such_db"), "no_such_db"),
+        (
+            format!("mysql://app:{}@127.0.0.1:1/shop", "hunter2"),
+            "Can't connect",
+        ),
+        (
+            "mysql://app:hunter2@127.0.0.1/shop?sslmode=require".into(),
+            "\"sslmode\"",
+        ),
+        ("mysql://app:hunter2@127.0.0.1/".into(), "names no database"),
+    ];
+    for (url, expected) in cases {
+        env.set("DATABASE_URL", url.clone());
+        let o = env.run(&["backup"]);
+        assert_ne!(o.code, 0, "{url}");
+        assert!(o.all().contains(expected), "{url}: {}", o.all());
+        assert!(!o.all().contains("hunter2"), "{}", o.all());
+        assert_no_secret(&env, &[&o.stdout, &o.stderr], APP_PASSWORD);
+    }
+}
+
+/// Reads every process's command line and environment; fails if one holds `secret`. Returns
+/// how many MariaDB tools it saw.
+fn assert_no_process_shows(secret: &str) -> usize {
+    let mut tools = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = entry.path();
+        let (Ok(cmdline), environ) = (
+            std::fs::read(p.join("cmdline")),
+            std::fs::read(p.join("environ")).unwrap_or_default(),
+        ) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmdline);
+        if cmd.contains("mariadb-dump") {
+            tools += 1;
+        }
+        for text in [cmd.as_ref(), String::from_utf8_lossy(&environ).as_ref()] {
+            assert!(
+                !text.contains(secret),
+                "a process shows the password: {cmd}"
+            );
+        }
+    }
+    tools
+}
