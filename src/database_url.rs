@@ -191,6 +191,15 @@ impl DatabaseUrl {
         }
     }
 
+    /// The server for display and the manifest (never credentials); `None` for a file.
+    pub fn host_display(&self) -> Option<String> {
+        match self {
+            DatabaseUrl::Postgres(pg) => Some(pg.host_display()),
+            DatabaseUrl::Mysql(my) => Some(my.host_display()),
+            DatabaseUrl::Sqlite { .. } => None,
+        }
+    }
+
     /// The password, if the URL carries one (for redacting child output).
     pub fn password(&self) -> Option<&Secret> {
         match self {

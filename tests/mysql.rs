@@ -321,9 +321,18 @@ fn nothing_in_a_hostile_dump_reaches_the_live_database() {
         ("grant", "GRANT ALL ON *.* TO `app`@`%`;".into(), "GRANT"),
         ("global", "SET GLOBAL read_only = 1;".into(), "more than this session"),
         ("truncated", "INSERT INTO `x` VALUES (1".into(), "ends inside a statement"),
+        (
+            "no-backslash-escapes",
+            "SET sql_mode = 'NO_BACKSLASH_ESCAPES';\nINSERT INTO `x` VALUES ('a\\'); DROP DATABASE `live`; -- ');".into(),
+            "NO_BACKSLASH_ESCAPES",
+        ),
+        ("gbk", "SET NAMES gbk;".into(), "GBK"),
+        ("call", "INSERT INTO `x` VALUES (`live`.`f`());".into(), "function call"),
+        ("subquery", "INSERT INTO `x` VALUES ((SELECT a FROM `live`.`t`));".into(), "function call"),
+        ("set-call", "SET @a = `live`.`f`();".into(), "expression"),
     ];
     for (i, (what, body, expected)) in cases.iter().enumerate() {
-        let name = format!("evil_2024011{}", i % 10);
+        let name = format!("evil_20240{:03}", 101 + i);
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(format!("{head}{body}{tail}").as_bytes())
             .unwrap();
@@ -356,6 +365,20 @@ fn nothing_in_a_hostile_dump_reaches_the_live_database() {
         );
         assert_eq!(my.sql("mysql", "SELECT @@GLOBAL.read_only"), "0");
     }
+    // A server whose sessions start with NO_BACKSLASH_ESCAPES (the client would then read a
+    // backslash in a string as no escape) still restores the good backup exactly: the load's
+    // session starts without it.
+    my.sql(
+        "mysql",
+        "SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',NO_BACKSLASH_ESCAPES')",
+    );
+    let r = env.run(&["restore", "good_20240115", "--yes"]);
+    my.sql(
+        "mysql",
+        "SET GLOBAL sql_mode = REPLACE(@@GLOBAL.sql_mode, 'NO_BACKSLASH_ESCAPES', '')",
+    );
+    r.ok();
+    assert_eq!(my.normalized_dump("shop"), before);
 }
 
 #[test]

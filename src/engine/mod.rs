@@ -4,6 +4,7 @@
 //! a dump to a `Write` (PostgreSQL) or a local file (SQLite) and restores from a `Read` or a file;
 //! `ops` wires it to `codec` and `storage`.
 
+pub mod format;
 pub mod mysql;
 pub mod postgres;
 pub mod process;

@@ -329,10 +329,7 @@ impl Ops {
 
     /// The dump format a new backup of `db_type` gets (PostgreSQL only).
     pub(super) fn pg_format(&self, db_type: DatabaseType) -> Option<PgFormat> {
-        match db_type {
-            DatabaseType::Postgresql => Some(self.settings.pg_format),
-            DatabaseType::Sqlite | DatabaseType::Mysql => None,
-        }
+        crate::engine::format::Format::pg_format_of_new(db_type, self.settings.pg_format)
     }
 
     /// The manifest of an attempt that has not succeeded (yet).
@@ -365,11 +362,7 @@ impl Ops {
             data_file: None,
             series,
             database_name: url.database_name(),
-            database_host: match url {
-                DatabaseUrl::Postgres(c) => Some(c.host_display()),
-                DatabaseUrl::Mysql(c) => Some(c.host_display()),
-                DatabaseUrl::Sqlite { .. } => None,
-            },
+            database_host: url.host_display(),
             server_version: None,
             tool_version: None,
             row_counts: None,

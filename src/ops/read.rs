@@ -3,12 +3,10 @@
 
 use super::*;
 use crate::catalog::Manifest;
-use crate::codec::{self, Compression, HashingReader, Tail};
+use crate::codec::{self, Compression, HashingReader};
 use crate::encryption::{self, Encryption, Keys};
-use crate::engine::postgres;
+use crate::engine::format::Format;
 use crate::engine::seam::Source;
-use crate::engine::sqlite;
-use crate::engine::{DatabaseType, PgFormat};
 use crate::error::Error;
 use crate::storage;
 use std::io::{self, Read};
@@ -75,68 +73,7 @@ impl Staged {
     }
 }
 
-/// How much of a backup [`Ops::check`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Depth {
-    /// Everything: decryption, decompression, the engine's content check (`verify`).
-    Full,
-    /// What a restore needs before it touches the database: size, SHA-256 (the stored bytes are
-    /// exactly what the successful backup wrote) and the key. Plain SQL is then checked while
-    /// it loads; a custom archive is staged and listed; a SQLite copy is staged only: its
-    /// SHA-256 proves it is the very copy that passed `integrity_check` when it was backed up.
-    Restore,
-    /// A drill's: as [`Depth::Restore`], and a SQLite copy's `integrity_check` again (the drill
-    /// proves what the restore may take on trust).
-    Drill,
-}
-
-/// Reads a plain dump to its end: it must decompress and end with pg_dump's trailer.
-pub(super) fn check_sql(dec: &mut dyn Read) -> Result<String, String> {
-    let mut tail = Tail::new(postgres::TRAILER_WINDOW);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match dec.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => tail.push(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("decompressing failed: {e}")),
-        }
-    }
-    if postgres::has_trailer(tail.bytes()) {
-        Ok("complete pg_dump output (trailer present)".into())
-    } else {
-        Err("the dump does not end with pg_dump's completion trailer (incomplete dump)".into())
-    }
-}
-
-/// Reads a whole MySQL dump: every statement one a restore loads, the trailer at its end, and
-/// the rows it holds equal to the manifest's counts.
-pub(super) fn check_mysql(dec: &mut dyn Read, m: &Manifest) -> Result<String, String> {
-    let mut tail = Tail::new(4096);
-    let mut teed = crate::codec::TeeTail {
-        inner: dec,
-        tail: &mut tail,
-    };
-    let counts = crate::engine::mysql::count_rows(&mut teed)
-        .map_err(|e| format!("the dump cannot be restored: {e}"))?;
-    if !crate::engine::mysql::has_trailer(tail.bytes()) {
-        return Err("the dump does not end with \"-- Dump completed\" (incomplete dump)".into());
-    }
-    match &m.row_counts {
-        Some(expected) if *expected != counts => Err(format!(
-            "the dump's rows differ from the manifest's counts: {}",
-            crate::engine::compare_counts(Some(expected), &counts)
-                .err()
-                .unwrap_or_default()
-        )),
-        Some(_) => Ok(format!(
-            "complete dump (trailer present; every statement loadable; {} rows in {} tables, as the manifest says)",
-            counts.values().sum::<u64>(),
-            counts.len()
-        )),
-        None => Ok("complete dump (trailer present; every statement loadable)".into()),
-    }
-}
+pub(super) use crate::engine::format::Depth;
 
 /// What a PostgreSQL restore or drill loads: the plain dump's stream, or the staged archive.
 pub(super) fn engine_source<'a>(
@@ -162,12 +99,7 @@ impl Ops {
         m: &Manifest,
         keys: Option<&Keys>,
     ) -> Result<Option<Box<dyn Read>>, Error> {
-        let streamed = match m.database_type {
-            DatabaseType::Postgresql => m.pg_format.unwrap_or_default() == PgFormat::Sql,
-            DatabaseType::Mysql => true,
-            DatabaseType::Sqlite => false,
-        };
-        if !streamed {
+        if !Format::of(m.database_type, m.pg_format).streams() {
             return Ok(None);
         }
         let key = m.data_file.as_deref().unwrap_or_default();
@@ -230,6 +162,7 @@ impl Ops {
             self.storage.open(key)?,
             crate::progress::Count::Read,
         ));
+        let format = Format::of(m.database_type, m.pg_format);
         let mut scratch = None;
         let mut not_decrypted = false;
         let mut key_error = None;
@@ -256,67 +189,46 @@ impl Ops {
             });
             match dec {
                 Err(e) => Err(e),
-                Ok(mut dec) => match (m.database_type, m.pg_format.unwrap_or_default(), depth) {
-                    // Checked while psql loads it (decompression, trailer); a failure there
-                    // puts the original database back.
-                    (DatabaseType::Postgresql, PgFormat::Sql, Depth::Restore | Depth::Drill) => Ok(
-                        "plain SQL: decompression and completeness checked while it loads".into(),
-                    ),
-                    (DatabaseType::Postgresql, PgFormat::Sql, Depth::Full) => check_sql(&mut dec),
-                    // pg_restore -j needs a seekable file.
-                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Restore | Depth::Drill) => {
-                        let in_place = (m.stream_compression() == Compression::None
-                            && m.encryption == Encryption::None)
-                            .then(|| self.storage.local_path(key))
+                Ok(mut dec) => {
+                    let bindir = self.settings.pg_bindir.as_deref();
+                    match format.staging(depth) {
+                        None => {
+                            // The catalog's entries leave the row counts out: the manifest
+                            // has them.
+                            let full = (format.checks_counts()
+                                && depth == Depth::Full
+                                && m.row_counts.is_none())
+                            .then(|| self.committed(&m.backup_name).ok())
                             .flatten();
-                        let staged = match in_place {
-                            // Read to its end: the SHA-256 below is of the very file.
-                            Some(path) => io::copy(&mut dec, &mut io::sink())
-                                .map(|_| Staged::InPlace(path))
-                                .map_err(|e| format!("reading it failed: {e}")),
-                            None => self.stage(&mut dec, "restore.dump").map(Staged::Scratch),
-                        };
-                        staged.and_then(|file| {
-                            postgres::list_archive(self.settings.pg_bindir.as_deref(), file.path())
-                                .map_err(|e| format!("pg_restore cannot read the archive: {e}"))?;
-                            let how = match file {
-                                Staged::InPlace(_) => "custom archive read in place",
-                                Staged::Scratch(_) => "custom archive staged",
+                            let counts = full.as_ref().unwrap_or(m).row_counts.as_ref();
+                            format.check_stream(depth, &mut dec, counts, bindir)
+                        }
+                        Some(staging) => {
+                            let in_place = (staging.in_place
+                                && m.stream_compression() == Compression::None
+                                && m.encryption == Encryption::None)
+                                .then(|| self.storage.local_path(key))
+                                .flatten();
+                            let staged = match in_place {
+                                // Read to its end: the SHA-256 below is of the very file.
+                                Some(path) => io::copy(&mut dec, &mut io::sink())
+                                    .map(|_| Staged::InPlace(path))
+                                    .map_err(|e| format!("reading it failed: {e}")),
+                                None => self.stage(&mut dec, staging.file).map(Staged::Scratch),
                             };
-                            scratch = Some(file);
-                            Ok(format!("{how}; pg_restore reads its table of contents"))
-                        })
-                    }
-                    (DatabaseType::Postgresql, PgFormat::Custom, Depth::Full) => {
-                        postgres::check_archive(self.settings.pg_bindir.as_deref(), &mut dec)
-                            .map(|()| {
-                                "complete custom archive (pg_restore read every entry)".into()
+                            staged.and_then(|file| {
+                                let how = format.check_staged(
+                                    depth,
+                                    file.path(),
+                                    matches!(file, Staged::InPlace(_)),
+                                    bindir,
+                                )?;
+                                scratch = Some(file);
+                                Ok(how)
                             })
-                            .map_err(|e| format!("the archive is not complete: {e}"))
+                        }
                     }
-                    (DatabaseType::Mysql, _, Depth::Restore | Depth::Drill) => Ok(
-                        "SQL dump: decompression, statements and completeness checked while it loads".into(),
-                    ),
-                    (DatabaseType::Mysql, _, Depth::Full) => {
-                        // The catalog's entries leave the row counts out: the manifest has them.
-                        let full = m.row_counts.is_none().then(|| self.committed(&m.backup_name).ok()).flatten();
-                        check_mysql(&mut dec, full.as_ref().unwrap_or(m))
-                    }
-                    (DatabaseType::Sqlite, _, Depth::Restore) => {
-                        self.stage(&mut dec, "restore.db").map(|file| {
-                            scratch = Some(Staged::Scratch(file));
-                            "SQLite copy staged (the copy that passed integrity_check at backup time)"
-                                .into()
-                        })
-                    }
-                    (DatabaseType::Sqlite, _, Depth::Full | Depth::Drill) => {
-                        self.stage(&mut dec, "verify.db").and_then(|file| {
-                            sqlite::integrity_check(file.path()).map_err(|e| e.to_string())?;
-                            scratch = Some(Staged::Scratch(file));
-                            Ok("SQLite integrity_check ok".into())
-                        })
-                    }
-                },
+                }
             }
         };
         let digest = hashing

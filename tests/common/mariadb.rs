@@ -136,7 +136,9 @@ impl MariaServer {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            if ping.is_ok_and(|s| s.success()) || ping_nopw.is_ok_and(|s| s.success()) {
+            // Up on the socket, and listening on its own TCP port (not another's).
+            let tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            if tcp && (ping.is_ok_and(|s| s.success()) || ping_nopw.is_ok_and(|s| s.success())) {
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -256,5 +258,13 @@ impl MariaServer {
 impl Drop for MariaServer {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the end of the MariaDB server's log ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }

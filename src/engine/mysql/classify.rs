@@ -177,6 +177,87 @@ impl Cursor<'_> {
     }
 }
 
+/// sql_mode flags and character sets under which the client splits input differently from
+/// [`super::scan`] (a backslash that is no escape; a 0x5C byte inside a multi-byte character):
+/// a dump may never turn them on.
+const UNSAFE_WORDS: &[&str] = &[
+    "NO_BACKSLASH_ESCAPES",
+    "ANSI",
+    "ANSI_QUOTES",
+    "BIG5",
+    "CP932",
+    "GBK",
+    "GB18030",
+    "SJIS",
+];
+
+fn unsafe_text(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| UNSAFE_WORDS.iter().any(|u| w.eq_ignore_ascii_case(u)))
+}
+
+/// A `SET` of the session, as mysqldump writes them: each assignment's value a literal, a
+/// `@variable` or a `@@system_variable` (no expression, so no function of the live database is
+/// called), never `GLOBAL`, never a mode or character set the scanner cannot follow.
+fn check_set(toks: &[T]) -> Result<(), &'static str> {
+    if matches!(toks.first(), Some(T::Word(w)) if ["PASSWORD", "ROLE", "DEFAULT", "STATEMENT", "TRANSACTION"].iter().any(|k| w.eq_ignore_ascii_case(k)))
+    {
+        return Err("it changes more than this session");
+    }
+    for assignment in toks.split(|t| *t == T::Punct(b',')) {
+        let eq = assignment.iter().position(|t| *t == T::Punct(b'='));
+        let (target, value) = match eq {
+            Some(i) => (&assignment[..i], &assignment[i + 1..]),
+            // `SET NAMES utf8mb4 [COLLATE x]`, `SET CHARACTER SET x`.
+            None => (assignment, &assignment[assignment.len().min(1)..]),
+        };
+        for t in assignment {
+            if matches!(t, T::Word(w) if w.eq_ignore_ascii_case("GLOBAL") || w.to_ascii_uppercase().starts_with("PERSIST"))
+            {
+                return Err("it changes more than this session");
+            }
+            if let T::Word(w) | T::Ident(w) = t
+                && unsafe_text(w)
+            {
+                return Err(
+                    "it turns on an sql_mode or character set under which the client reads a dump differently (NO_BACKSLASH_ESCAPES, ANSI_QUOTES, GBK, SJIS, …)",
+                );
+            }
+        }
+        let simple = value.iter().all(|t| match t {
+            T::Word(_) | T::Str | T::Ident(_) => true,
+            T::Punct(p) => matches!(p, b'@' | b'.' | b'-' | b'+' | b':'),
+        });
+        if target.is_empty() || !simple {
+            return Err(
+                "a SET whose value is an expression (dbkeep loads literals and variables only)",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Classifies a statement: its head, and for an `INSERT` the function calls or subqueries
+/// among its values ([`super::scan::Statement::calls`]).
+pub fn classify_statement(st: &super::scan::Statement<'_>) -> Result<Kind, String> {
+    let kind = classify(st.head)?;
+    if st.calls > 0
+        && matches!(
+            kind,
+            Kind::Table {
+                what: TableStmt::Insert,
+                ..
+            }
+        )
+    {
+        return Err(format!(
+            "the dump holds an INSERT with a function call or subquery among its values: {}; mysqldump and mariadb-dump write literals only",
+            shown(st.head)
+        ));
+    }
+    Ok(kind)
+}
+
 /// Classifies a statement by its head.
 pub fn classify(head: &[u8]) -> Result<Kind, String> {
     let toks = tokens(head);
@@ -195,14 +276,14 @@ pub fn classify(head: &[u8]) -> Result<Kind, String> {
     let table = |what: TableStmt| move |name| Kind::Table { name, what };
     let object = |what: ObjectKind| move |name| Kind::Object { name, what };
     if c.word("SET") {
-        let global = toks
-            .iter()
-            .any(|t| matches!(t, T::Word(w) if w.eq_ignore_ascii_case("GLOBAL") || w.to_ascii_uppercase().starts_with("PERSIST")));
-        let second = matches!(toks.get(1), Some(T::Word(w)) if ["PASSWORD", "ROLE", "DEFAULT", "STATEMENT"].iter().any(|k| w.eq_ignore_ascii_case(k)));
-        return if global || second {
-            refuse("it changes more than this session")
-        } else {
-            Ok(Kind::Set)
+        if unsafe_text(&String::from_utf8_lossy(head)) {
+            return refuse(
+                "it turns on an sql_mode or character set under which the client reads a dump differently (NO_BACKSLASH_ESCAPES, ANSI_QUOTES, GBK, SJIS, …)",
+            );
+        }
+        return match check_set(&toks[1..]) {
+            Ok(()) => Ok(Kind::Set),
+            Err(why) => refuse(why),
         };
     }
     if c.words(&["DROP", "TABLE", "IF", "EXISTS"]) || c.words(&["DROP", "SEQUENCE", "IF", "EXISTS"])
@@ -243,7 +324,16 @@ pub fn classify(head: &[u8]) -> Result<Kind, String> {
         };
     }
     if c.words(&["DO", "SETVAL"]) && c.punct(b'(') {
-        return named(&mut c, &table(TableStmt::SetVal));
+        let r = named(&mut c, &table(TableStmt::SetVal));
+        let literals = toks[c.i..].iter().all(|t| {
+            matches!(t, T::Punct(b',' | b')' | b'-'))
+                || matches!(t, T::Word(w) if w.bytes().all(|b| b.is_ascii_digit()))
+        });
+        return if literals {
+            r
+        } else {
+            refuse("SETVAL with other than numbers")
+        };
     }
     if c.words(&["ALTER", "DATABASE"]) {
         c.name();
@@ -318,6 +408,15 @@ mod tests {
     #[test]
     fn what_mariadb_dump_writes_is_allowed() {
         assert_eq!(ok("SET NAMES utf8mb4"), Kind::Set);
+        assert_eq!(ok("SET character_set_client = @saved_cs_client"), Kind::Set);
+        assert_eq!(ok("SET @saved_time_zone = @@time_zone"), Kind::Set);
+        assert_eq!(ok("SET TIME_ZONE='+00:00'"), Kind::Set);
+        assert_eq!(
+            ok(
+                "SET sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_AUTO_CREATE_USER,NO_ENGINE_SUBSTITUTION'"
+            ),
+            Kind::Set
+        );
         assert_eq!(
             ok("SET @OLD_UNIQUE_CHECKS=@@UNIQUE_CHECKS, UNIQUE_CHECKS=0"),
             Kind::Set
@@ -379,6 +478,13 @@ mod tests {
             "SET GLOBAL event_scheduler=ON",
             "SET @@global.read_only=1",
             "SET PASSWORD FOR root = 'x'",
+            "SET sql_mode = 'NO_BACKSLASH_ESCAPES'",
+            "SET @x = 'ansi_quotes', sql_mode = @x",
+            "SET NAMES gbk",
+            "SET character_set_client = sjis",
+            "SET @a = live.f()",
+            "SET @a = (SELECT 1)",
+            "DO SETVAL(`s`, live.f())",
             "GRANT ALL ON *.* TO x",
             "SELECT * FROM t INTO OUTFILE '/tmp/x'",
             "ALTER TABLE `t` DROP COLUMN a",

@@ -4,7 +4,7 @@
 //! snapshot to share with a second session, so the dump is the only place the counts can
 //! match), and the tables dumped must be the tables the database had before and after.
 
-use super::classify::{Kind, TableStmt, classify};
+use super::classify::{Kind, TableStmt, classify_statement};
 use super::scan::{Event, Scanner};
 use super::*;
 use crate::codec::Tail;
@@ -47,7 +47,7 @@ fn scan_chunk(scanner: &mut Scanner, scanned: &mut Scanned, chunk: Option<&[u8]>
     let (counts, tables) = (&mut scanned.counts, &mut scanned.tables);
     let mut on = |e: Event<'_>| {
         if let Event::Statement(st) = e {
-            match classify(st.head)? {
+            match classify_statement(&st)? {
                 Kind::Table {
                     name,
                     what: TableStmt::Insert,

@@ -5,7 +5,7 @@
 //! database after the swap). The stream must end with the completion trailer, or the client
 //! is killed before its input closes.
 
-use super::classify::{Kind, ObjectKind, classify};
+use super::classify::{Kind, ObjectKind, classify_statement};
 use super::scan::{Event, Scanner, Statement, Tok, body_ends_inside, shown};
 use super::*;
 use crate::codec::Tail;
@@ -87,7 +87,7 @@ impl<R: Read> Filter<R> {
                 }
                 Event::Statement(st) => st,
             };
-            let kind = classify(st.head)?;
+            let kind = classify_statement(&st)?;
             let compound = matches!(kind, Kind::Object { what, .. } if what.compound());
             if st.delimiter != b";" {
                 let smuggled = if compound {
@@ -179,6 +179,8 @@ impl<R: Read> Read for Filter<R> {
     }
 }
 
+const SAFE_MODE: &str = "--init-command=SET SESSION sql_mode = TRIM(BOTH ',' FROM REPLACE(REPLACE(REPLACE(CONCAT(',', @@SESSION.sql_mode, ','), ',NO_BACKSLASH_ESCAPES,', ','), ',ANSI_QUOTES,', ','), ',ANSI,', ','))";
+
 impl Mysql {
     /// Feeds `input` (already filtered, or a script of dbkeep's) to the client on `database`.
     pub(super) fn feed(
@@ -189,7 +191,10 @@ impl Mysql {
     ) -> Result<(), MysqlError> {
         let opts = OptionFile::write(&self.conn)?;
         let mut cmd = self.command(flavor.client(), &opts);
+        // The session starts without the modes under which the client would read the input
+        // differently from the scanner, whatever the server's global sql_mode.
         cmd.args(["--batch", "--silent"])
+            .arg(SAFE_MODE)
             .args(flavor.sandbox())
             .arg(format!("--database={database}"))
             .stdin(Stdio::piped())
@@ -273,9 +278,13 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"DROP DATABASE `live`;\n-- Dump completed\n", "DROP DATABASE"),
             (b"INSERT INTO `live`.`t` VALUES (1);\n-- Dump completed\n", "another database"),
             (b"CREATE TABLE `t` (`a` int);\n\\! touch /tmp/x\n-- Dump completed\n", "client command"),
-            (b"DELIMITER ;;\nSET @a=1; DROP DATABASE `live`;;\n-- Dump completed\n", "second statement"),
+            (b"DELIMITER ;;\nINSERT INTO `t` VALUES (1); DROP DATABASE `live`;;\n-- Dump completed\n", "second statement"),
             (b"DELIMITER ;;\nCREATE PROCEDURE `p`() BEGIN select 1; END; DROP DATABASE `live`;;\n-- Dump completed\n", "second statement"),
             (b"CREATE TABLE `t` (`a` int);\n", "Dump completed"),
+            (b"INSERT INTO `t` VALUES (1, `live`.f());\n-- Dump completed\n", "function call"),
+            (b"INSERT INTO `t` VALUES ((SELECT 1));\n-- Dump completed\n", "function call"),
+            (b"SET sql_mode = 'NO_BACKSLASH_ESCAPES';\nINSERT INTO `t` VALUES ('x\\');\n-- Dump completed\n", "NO_BACKSLASH_ESCAPES"),
+            (b"SET NAMES gbk;\n-- Dump completed\n", "GBK"),
         ] {
             let e = filtered(dump).err().expect("refused").to_string();
             assert!(e.contains(expected), "{e}");

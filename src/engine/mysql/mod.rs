@@ -194,6 +194,10 @@ impl OptionFile {
         if let Some(p) = conn.port {
             line("port", &p.to_string());
         }
+        // Never wait forever for a server that does not answer (as PGCONNECT_TIMEOUT=30).
+        if !conn.options.contains_key("connect-timeout") {
+            line("connect-timeout", "30");
+        }
         for (k, v) in &conn.options {
             line(k, v);
         }

@@ -24,6 +24,9 @@ pub struct Statement<'a> {
     pub head: &'a [u8],
     /// Row tuples after `VALUES` at the top level.
     pub tuples: u64,
+    /// Function calls or subqueries after `VALUES` (a word before `(`, or `SELECT`): never in
+    /// what mysqldump writes, and a call could run a function of the live database.
+    pub calls: u64,
     /// The raw text without its delimiter (empty unless the scanner keeps text).
     pub text: &'a [u8],
     /// The delimiter in force (`;`, `;;`).
@@ -134,6 +137,9 @@ pub struct Scanner {
     word_len: usize,
     after_values: bool,
     tuples: u64,
+    calls: u64,
+    /// The last significant thing in code: `w` a word, `v` the word VALUES, else the byte.
+    last: u8,
     tokens: Vec<Tok>,
     line: Vec<u8>,
     first_line: bool,
@@ -159,6 +165,8 @@ impl Scanner {
             word_len: 0,
             after_values: false,
             tuples: 0,
+            calls: 0,
+            last: b' ',
             tokens: Vec::new(),
             line: Vec::new(),
             first_line: true,
@@ -215,6 +223,8 @@ impl Scanner {
                     self.head_bytes(&[b]);
                     if b == b'`' {
                         self.state = State::Normal;
+                        // A quoted name counts as a word: `f`( is a call.
+                        self.last = b'w';
                     }
                 }
                 State::LineComment => {
@@ -435,6 +445,9 @@ impl Scanner {
             }
             b'(' => {
                 self.word_done();
+                if self.after_values && self.last == b'w' {
+                    self.calls += 1;
+                }
                 if self.depth == 0 && self.after_values {
                     self.tuples += 1;
                 }
@@ -464,6 +477,9 @@ impl Scanner {
                 self.mark(Tok::Other);
             }
         }
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
+            self.last = b;
+        }
         self.open = true;
         self.head_bytes(&[b]);
         Ok(())
@@ -474,8 +490,12 @@ impl Scanner {
             return;
         }
         let word = &self.word[..self.word_len.min(6)];
+        self.last = b'w';
         if self.word_len == 6 && word == b"VALUES" {
             self.after_values = true;
+            self.last = b'v';
+        } else if self.after_values && self.word_len == 6 && word == b"SELECT" {
+            self.calls += 1;
         }
         if self.keep_text {
             let tok = match (self.word_len, word) {
@@ -520,6 +540,7 @@ impl Scanner {
             on(Event::Statement(Statement {
                 head,
                 tuples: self.tuples,
+                calls: self.calls,
                 text: &self.text,
                 delimiter: &self.delimiter,
                 tokens: &self.tokens,
@@ -532,6 +553,8 @@ impl Scanner {
         self.depth = 0;
         self.after_values = false;
         self.tuples = 0;
+        self.calls = 0;
+        self.last = b' ';
         self.prev = b' ';
         Ok(())
     }
