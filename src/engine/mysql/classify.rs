@@ -22,6 +22,7 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableStmt {
     Create,
+    CreateSequence,
     Drop,
     Insert,
     Lock,
@@ -224,10 +225,25 @@ fn check_set(toks: &[T]) -> Result<(), &'static str> {
                 );
             }
         }
-        let simple = value.iter().all(|t| match t {
-            T::Word(_) | T::Str | T::Ident(_) => true,
-            T::Punct(p) => matches!(p, b'@' | b'.' | b'-' | b'+' | b':'),
-        });
+        // A literal (a string, a number, a bare word such as a character set's name), or a
+        // variable: no hex or bit literal (`0x…`, `X'…'`), no introducer (`_gbk'…'`), no
+        // adjacent strings (`'gb' 'k'` is one), no parenthesis (no call, no subquery).
+        let mut simple = true;
+        for (i, t) in value.iter().enumerate() {
+            let next_is_str = matches!(value.get(i + 1), Some(T::Str));
+            simple &= match t {
+                T::Str => !next_is_str,
+                T::Word(w) => {
+                    let lower = w.to_ascii_lowercase();
+                    !next_is_str
+                        && !lower.starts_with('_')
+                        && !((lower.starts_with("0x") || lower.starts_with("0b"))
+                            && lower.len() > 2)
+                }
+                T::Ident(_) => true,
+                T::Punct(p) => matches!(p, b'@' | b'.' | b'-' | b'+' | b':'),
+            };
+        }
         if target.is_empty() || !simple {
             return Err(
                 "a SET whose value is an expression (dbkeep loads literals and variables only)",
@@ -240,7 +256,88 @@ fn check_set(toks: &[T]) -> Result<(), &'static str> {
 /// Classifies a statement: its head, and for an `INSERT` the function calls or subqueries
 /// among its values ([`super::scan::Statement::calls`]).
 pub fn classify_statement(st: &super::scan::Statement<'_>) -> Result<Kind, String> {
+    use super::scan::{DANGER, Tok, body_ends_inside};
     let kind = classify(st.head)?;
+    let has = |words: &[&[u8]]| {
+        DANGER
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| st.danger & (1 << i) != 0)
+            .map(|(_, w)| String::from_utf8_lossy(w).into_owned())
+            .find(|w| words.iter().any(|x| x == &w.as_bytes()))
+    };
+    let refuse = |why: String| {
+        Err(format!(
+            "the dump holds a statement dbkeep does not load: {} ({why}); a dump of one database by mysqldump or mariadb-dump has none",
+            shown(st.head)
+        ))
+    };
+    // Under another delimiter the client sends the text as one query: it may hold only one
+    // statement for the server.
+    if st.delimiter != b";" {
+        let compound = matches!(kind, Kind::Object { what, .. } if what.compound());
+        let smuggled = if compound {
+            body_ends_inside(st.tokens)
+        } else {
+            st.tokens.contains(&Tok::Semi)
+        };
+        if smuggled {
+            return Err(format!(
+                "the statement {} holds a second statement after a ';' under the delimiter {:?} (or blocks dbkeep cannot follow)",
+                shown(st.head),
+                String::from_utf8_lossy(st.delimiter)
+            ));
+        }
+    }
+    match &kind {
+        Kind::Object { .. } => {}
+        // Short statements: all of it must have been classified.
+        Kind::Set
+        | Kind::Skip
+        | Kind::Table {
+            what:
+                TableStmt::Drop
+                | TableStmt::Lock
+                | TableStmt::Unlock
+                | TableStmt::Keys
+                | TableStmt::SetVal,
+            ..
+        } if !st.whole => {
+            return refuse("longer than such a statement is".into());
+        }
+        Kind::Set => {
+            if let Some(w) = has(&[b"GLOBAL", b"PERSIST", b"PERSIST_ONLY"]) {
+                return refuse(format!("{w}: it changes more than this session"));
+            }
+        }
+        Kind::Table {
+            what: TableStmt::Create | TableStmt::CreateSequence,
+            ..
+        } => {
+            if let Some(w) = has(&[
+                b"SELECT",
+                b"UNION",
+                b"CONNECTION",
+                b"DIRECTORY",
+                b"MERGE",
+                b"MRG_MYISAM",
+                b"FEDERATED",
+                b"SPIDER",
+                b"CONNECT",
+                b"LOAD_FILE",
+            ]) {
+                return refuse(format!(
+                    "{w}: a table that reads or writes beyond its own database"
+                ));
+            }
+        }
+        _ => {}
+    }
+    if !matches!(kind, Kind::Object { .. })
+        && let Some(w) = has(&[b"LOAD_FILE", b"OUTFILE", b"DUMPFILE", b"SELECT"])
+    {
+        return refuse(format!("{w} outside a view, trigger or routine"));
+    }
     if st.calls > 0
         && matches!(
             kind,
@@ -288,15 +385,33 @@ pub fn classify(head: &[u8]) -> Result<Kind, String> {
     }
     if c.words(&["DROP", "TABLE", "IF", "EXISTS"]) || c.words(&["DROP", "SEQUENCE", "IF", "EXISTS"])
     {
-        return named(&mut c, &table(TableStmt::Drop));
+        let r = named(&mut c, &table(TableStmt::Drop));
+        return if c.i == toks.len() || r.is_err() {
+            r
+        } else {
+            refuse("a DROP of more than one table")
+        };
     }
-    if c.words(&["CREATE", "TABLE"]) || c.words(&["CREATE", "SEQUENCE"]) {
-        return named(&mut c, &table(TableStmt::Create));
+    if c.words(&["CREATE", "TABLE"]) {
+        let r = named(&mut c, &table(TableStmt::Create));
+        return if c.punct(b'(') || r.is_err() {
+            r
+        } else {
+            refuse("a CREATE TABLE without its columns")
+        };
+    }
+    if c.words(&["CREATE", "SEQUENCE"]) {
+        return named(&mut c, &table(TableStmt::CreateSequence));
     }
     if c.word("INSERT") || c.word("REPLACE") {
         c.word("IGNORE");
         if c.word("INTO") {
-            return named(&mut c, &table(TableStmt::Insert));
+            let r = named(&mut c, &table(TableStmt::Insert));
+            return if c.word("VALUES") || c.punct(b'(') || r.is_err() {
+                r
+            } else {
+                refuse("an INSERT of other than VALUES")
+            };
         }
         return refuse("an INSERT without INTO");
     }
@@ -325,10 +440,13 @@ pub fn classify(head: &[u8]) -> Result<Kind, String> {
     }
     if c.words(&["DO", "SETVAL"]) && c.punct(b'(') {
         let r = named(&mut c, &table(TableStmt::SetVal));
-        let literals = toks[c.i..].iter().all(|t| {
-            matches!(t, T::Punct(b',' | b')' | b'-'))
-                || matches!(t, T::Word(w) if w.bytes().all(|b| b.is_ascii_digit()))
-        });
+        let rest = &toks[c.i..];
+        let literals = rest.last() == Some(&T::Punct(b')'))
+            && rest.iter().filter(|t| **t == T::Punct(b')')).count() == 1
+            && rest.iter().all(|t| {
+                matches!(t, T::Punct(b',' | b')' | b'-'))
+                    || matches!(t, T::Word(w) if w.bytes().all(|b| b.is_ascii_digit()))
+            });
         return if literals {
             r
         } else {
@@ -349,7 +467,12 @@ pub fn classify(head: &[u8]) -> Result<Kind, String> {
             .iter()
             .any(|w| c.word(w));
         if kind && c.words(&["IF", "EXISTS"]) {
-            return named(&mut c, &object(ObjectKind::Drop));
+            let r = named(&mut c, &object(ObjectKind::Drop));
+            return if c.i == toks.len() || r.is_err() {
+                r
+            } else {
+                refuse("a DROP of more than one object")
+            };
         }
         return refuse(
             "a DROP of something other than a table, view, routine or event, or without IF EXISTS",
@@ -366,7 +489,12 @@ pub fn classify(head: &[u8]) -> Result<Kind, String> {
             c.i += 1;
         }
         if c.word("VIEW") {
-            return named(&mut c, &object(ObjectKind::View));
+            let r = named(&mut c, &object(ObjectKind::View));
+            return if c.word("AS") || c.punct(b'(') || r.is_err() {
+                r
+            } else {
+                refuse("a view dbkeep cannot read")
+            };
         }
         if c.word("TRIGGER") {
             let r = named(&mut c, &object(ObjectKind::Trigger));
@@ -485,6 +613,15 @@ mod tests {
             "SET @a = live.f()",
             "SET @a = (SELECT 1)",
             "DO SETVAL(`s`, live.f())",
+            "DO SETVAL(`s`, 1, 0), SETVAL(`live`.`s`, 9)",
+            "DROP TABLE IF EXISTS `x`, `live`.`t`",
+            "DROP VIEW IF EXISTS `v`, `live`.`v`",
+            "SET @m = 0x4E4F5F4241434B534C4153485F45534341504553, sql_mode = @m",
+            "SET @cs = X'67626B'",
+            "SET @cs = _latin1'gbk'",
+            "SET @cs = 'gb' 'k'",
+            "INSERT INTO `t` SELECT * FROM `live`.`t`",
+            "INSERT INTO `t` SET a = 1",
             "GRANT ALL ON *.* TO x",
             "SELECT * FROM t INTO OUTFILE '/tmp/x'",
             "ALTER TABLE `t` DROP COLUMN a",

@@ -97,9 +97,11 @@ pub fn count_rows(input: &mut dyn Read) -> Result<RowCounts, String> {
     }
 }
 
-/// Whether a dump's last bytes hold the completion trailer.
+/// Whether a dump's last line is the completion trailer.
 pub fn has_trailer(tail: &[u8]) -> bool {
-    tail.windows(TRAILER.len()).any(|w| w == TRAILER)
+    let t = tail.trim_ascii_end();
+    let last = t.rsplit(|b| *b == b'\n').next().unwrap_or(t);
+    last.starts_with(TRAILER)
 }
 
 fn names(set: &BTreeSet<String>) -> String {
@@ -175,7 +177,7 @@ impl Mysql {
         };
         let stall = Stall {
             limit: self.stall_timeout,
-            working: Box::new(|| self.server_busy(flavor, &db)),
+            working: Box::new(|| self.server_busy(flavor, &db, true)),
         };
         let (result, looked) = watch::pump(&mut child, look, out, stall);
         let scanned = looked.map_or_else(Scanned::default, |mut l| {

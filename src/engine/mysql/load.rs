@@ -6,7 +6,7 @@
 //! is killed before its input closes.
 
 use super::classify::{Kind, ObjectKind, classify_statement};
-use super::scan::{Event, Scanner, Statement, Tok, body_ends_inside, shown};
+use super::scan::{Event, Scanner, Statement};
 use super::*;
 use crate::codec::Tail;
 use std::io::Read;
@@ -88,21 +88,6 @@ impl<R: Read> Filter<R> {
                 Event::Statement(st) => st,
             };
             let kind = classify_statement(&st)?;
-            let compound = matches!(kind, Kind::Object { what, .. } if what.compound());
-            if st.delimiter != b";" {
-                let smuggled = if compound {
-                    body_ends_inside(st.tokens)
-                } else {
-                    st.tokens.contains(&Tok::Semi)
-                };
-                if smuggled {
-                    return Err(format!(
-                        "the statement {} holds a second statement after a ';' under the delimiter {:?}",
-                        shown(st.head),
-                        String::from_utf8_lossy(st.delimiter)
-                    ));
-                }
-            }
             match kind {
                 Kind::Set => {
                     let bytes = render(&st);
@@ -252,6 +237,21 @@ mod tests {
     }
 
     #[test]
+    fn compound_bodies_that_hold_one_statement_pass() {
+        let dump = b"DELIMITER ;;\n\
+CREATE DEFINER=`root`@`localhost` PROCEDURE `p`(IN n INT)\n\
+lbl: BEGIN\n  DECLARE i INT DEFAULT 0;\n  SELECT REPEAT('a', 2), IF(n > 1, 'x', 'y');\n\
+  IF (n > 2) THEN SET i = 1; ELSEIF n > 3 THEN SET i = 2; ELSE SET i = 3; END IF;\n\
+  CASE n WHEN 1 THEN SET i = 4; ELSE BEGIN END; END CASE;\n  SET i = CASE WHEN n > 0 THEN 1 ELSE 0 END;\n\
+  WHILE i < 10 DO SET i = i + 1; END WHILE;\n  REPEAT SET i = i - 1; UNTIL i < 0 END REPEAT;\n\
+  l2: LOOP LEAVE l2; END LOOP l2;\nEND ;;\n\
+CREATE DEFINER=`root`@`localhost` trigger t_bi before insert on t for each row IF new.a > 1 THEN set new.a = 1; END IF ;;\n\
+DELIMITER ;\n-- Dump completed\n";
+        let (_, objects) = filtered(dump).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(objects.count, 2);
+    }
+
+    #[test]
     fn tables_go_first_and_objects_are_held_back() {
         let dump = b"/*!40101 SET NAMES utf8mb4 */;\nCREATE TABLE `t` (`a` int);\nINSERT INTO `t` VALUES (1),(2);\n\
 DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 trigger trg before insert on t for each row BEGIN IF new.a > 1 THEN set new.a = 1; END IF; END */;;\n\
@@ -282,12 +282,31 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"DELIMITER ;;\nCREATE PROCEDURE `p`() BEGIN select 1; END; DROP DATABASE `live`;;\n-- Dump completed\n", "second statement"),
             (b"CREATE TABLE `t` (`a` int);\n", "Dump completed"),
             (b"INSERT INTO `t` VALUES (1, `live`.f());\n-- Dump completed\n", "function call"),
-            (b"INSERT INTO `t` VALUES ((SELECT 1));\n-- Dump completed\n", "function call"),
+            (b"INSERT INTO `t` VALUES ((SELECT 1));\n-- Dump completed\n", "SELECT"),
             (b"SET sql_mode = 'NO_BACKSLASH_ESCAPES';\nINSERT INTO `t` VALUES ('x\\');\n-- Dump completed\n", "NO_BACKSLASH_ESCAPES"),
             (b"SET NAMES gbk;\n-- Dump completed\n", "GBK"),
+            // Where the client and the server would read a statement differently (REVIEW of
+            // issue 15): each refused before the client sees it.
+            (b"DELIMITER ;;\nCREATE PROCEDURE `p`() SELECT REPEAT('a',2); DROP DATABASE `live`;;\nDELIMITER ;\n-- Dump completed\n", "second statement"),
+            (b"DELIMITER ;;\nCREATE PROCEDURE `p`() BEGIN SELECT begin FROM t; END; DROP DATABASE `live`;;\nDELIMITER ;\n-- Dump completed\n", "second statement"),
+            (b"INSERT INTO `x` VALUES (1) --\x01;DROP DATABASE `live`;\n;\n-- Dump completed\n", "control character"),
+            (b"DELIMITER 'ab'\nSET @a=1ab DROP DATABASE `live`ab'ab'\n-- Dump completed\n", "delimiter"),
+            (b"DELIMITER ab x\n-- Dump completed\n", "delimiter"),
+            (b"INSERT INTO `x` VALUES (1) /*!50003 /* */ ' */ */;DROP DATABASE `live`;#' */;\n-- Dump completed\n", "inside a versioned comment"),
+            (b"INSERT INTO `x` VALUES (1) /*!99999 '*/;DROP DATABASE `live`;#'*/;\n-- Dump completed\n", "versioned comment"),
+            (b"INSERT INTO `x` VALUES (1) /*M!999999 '*/;DROP DATABASE `live`;#'*/;\n-- Dump completed\n", "versioned comment"),
+            (b"INSERT /*+ \\! touch /tmp/x */ INTO `x` VALUES (1);\n-- Dump completed\n", "optimizer hint"),
+            (b"SET @a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0, GLOBAL init_connect='x';\n-- Dump completed\n", "GLOBAL"),
+            (b"CREATE TABLE `m` (`a` int) ENGINE=MERGE UNION=(`live`.`t`);\n-- Dump completed\n", "beyond its own database"),
+            (b"CREATE TABLE `c` (`a` int) ENGINE=CONNECT;\n-- Dump completed\n", "beyond its own database"),
+            (b"INSERT INTO `x` VALUES (LOAD_FILE('/etc/shadow'));\n-- Dump completed\n", "LOAD_FILE"),
+            (b"CREATE TABLE `t` (`a` int);\n-- Dump completed\nSELECT 1;\n", "not a statement"),
         ] {
-            let e = filtered(dump).err().expect("refused").to_string();
-            assert!(e.contains(expected), "{e}");
+            let e = filtered(dump)
+                .err()
+                .unwrap_or_else(|| panic!("not refused: {}", String::from_utf8_lossy(dump)))
+                .to_string();
+            assert!(e.contains(expected), "{}: {e}", String::from_utf8_lossy(dump));
         }
     }
 }

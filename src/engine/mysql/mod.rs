@@ -165,10 +165,33 @@ fn option_value(v: &str) -> String {
     out
 }
 
+/// Removes the option-file directories of dbkeep processes of this machine that are gone (a
+/// SIGKILL leaves one behind, password and all).
+fn sweep_option_files() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("dbkeep-my-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && process::process_gone(pid)
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 impl OptionFile {
     fn write(conn: &MyConnection) -> Result<Self, MysqlError> {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_option_files);
         let dir = tempfile::Builder::new()
-            .prefix("dbkeep-my-")
+            .prefix(&format!("dbkeep-my-{}-", std::process::id()))
             .tempdir()
             .map_err(MysqlError::OptionFile)?;
         let path = dir.path().join("client.cnf");
@@ -194,15 +217,23 @@ impl OptionFile {
         if let Some(p) = conn.port {
             line("port", &p.to_string());
         }
-        // Never wait forever for a server that does not answer (as PGCONNECT_TIMEOUT=30).
-        if !conn.options.contains_key("connect-timeout") {
-            line("connect-timeout", "30");
-        }
-        for (k, v) in &conn.options {
+        for (k, v) in conn
+            .options
+            .iter()
+            .filter(|(k, _)| **k != "connect-timeout")
+        {
             line(k, v);
         }
         line("default-character-set", "utf8mb4");
         line("max-allowed-packet", "1G");
+        // Only the client has a connect timeout (mariadb-dump refuses the option): never wait
+        // forever for a server that does not answer (as PGCONNECT_TIMEOUT=30).
+        text.push_str("[mysql]\n");
+        let timeout = conn
+            .options
+            .get("connect-timeout")
+            .map_or("30", String::as_str);
+        text.push_str(&format!("connect-timeout={}\n", option_value(timeout)));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -325,10 +356,18 @@ impl Mysql {
     }
 
     /// Whether one of dbkeep's sessions on `database` is running a statement (asked when a
-    /// child moved no byte for the stall limit: an index build).
-    fn server_busy(&self, flavor: Flavor, database: &str) -> bool {
+    /// child moved no byte for the stall limit: an index build). `database` is dbkeep's own
+    /// (a staging or scratch database nobody else knows) or, for a dump, the live one, where
+    /// only the dump tool's own `SELECT /*!40001 SQL_NO_CACHE */` counts, not the
+    /// application's queries.
+    fn server_busy(&self, flavor: Flavor, database: &str, dump: bool) -> bool {
+        let only_dump = if dump {
+            " AND INFO LIKE 'SELECT /*!40001 SQL_NO_CACHE */%'"
+        } else {
+            ""
+        };
         let sql = format!(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = {} AND COMMAND = 'Query' AND ID <> CONNECTION_ID() AND STATE NOT LIKE 'Waiting for%'",
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = {} AND COMMAND = 'Query' AND ID <> CONNECTION_ID() AND STATE NOT LIKE 'Waiting for%'{only_dump}",
             literal(database)
         );
         match self.query(flavor, "information_schema", &sql) {
@@ -343,7 +382,7 @@ impl Mysql {
     fn stall<'a>(&'a self, flavor: Flavor, database: &'a str) -> Stall<'a> {
         Stall {
             limit: self.stall_timeout,
-            working: Box::new(move || self.server_busy(flavor, database)),
+            working: Box::new(move || self.server_busy(flavor, database, false)),
         }
     }
 

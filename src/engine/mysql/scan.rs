@@ -15,6 +15,26 @@ use memchr::memchr2;
 /// How many significant bytes of a statement its head keeps.
 pub const HEAD: usize = 512;
 
+/// Words whose presence anywhere in a statement's code ([`Statement::danger`]) the allowlist
+/// looks at: in mysqldump's output, names are always quoted, so a bare word is a keyword.
+pub const DANGER: &[&[u8]] = &[
+    b"GLOBAL",
+    b"PERSIST",
+    b"PERSIST_ONLY",
+    b"SELECT",
+    b"UNION",
+    b"CONNECTION",
+    b"DIRECTORY",
+    b"MERGE",
+    b"MRG_MYISAM",
+    b"FEDERATED",
+    b"SPIDER",
+    b"CONNECT",
+    b"LOAD_FILE",
+    b"OUTFILE",
+    b"DUMPFILE",
+];
+
 /// The line mariadb-dump 10.5.25/10.6.18/10.11.8 and later write first; dbkeep passes
 /// `--sandbox` itself instead.
 const SANDBOX_LINE: &[u8] = b"/*M!999999\\- enable the sandbox mode */";
@@ -24,6 +44,10 @@ pub struct Statement<'a> {
     pub head: &'a [u8],
     /// Row tuples after `VALUES` at the top level.
     pub tuples: u64,
+    /// Which of [`DANGER`] appear in its code (bit i for `DANGER[i]`).
+    pub danger: u32,
+    /// Whether its head holds all of its code (a longer statement is cut at [`HEAD`] bytes).
+    pub whole: bool,
     /// Function calls or subqueries after `VALUES` (a word before `(`, or `SELECT`): never in
     /// what mysqldump writes, and a call could run a function of the live database.
     pub calls: u64,
@@ -51,48 +75,52 @@ pub enum Tok {
     Do,
     Row,
     Semi,
+    LParen,
     RParen,
     Colon,
     Other,
 }
 
 /// Whether a compound statement's code (a routine, trigger or event under a delimiter other
-/// than `;`) has a `;` outside every `BEGIN … END`, `IF … END IF`, `CASE … END`, loop: the
-/// client sends the whole text as one query and the server runs what follows that `;` as a
-/// statement of its own, which the allowlist never saw.
+/// than `;`) could hold a second statement: a `;` outside every `BEGIN … END`, `IF … END IF`,
+/// `CASE … END`, loop, or blocks that do not close exactly at its end. The client sends the
+/// whole text as one query, and the server runs what follows such a `;` as a statement the
+/// allowlist never saw. An opener counts only in a statement's place (`REPEAT(` and `IF(` are
+/// functions), so anything ambiguous is refused rather than guessed.
 pub fn body_ends_inside(tokens: &[Tok]) -> bool {
     let mut depth = 0u32;
     let mut prev = Tok::Semi;
-    for &t in tokens {
+    for (i, &t) in tokens.iter().enumerate() {
+        let next = tokens.get(i + 1).copied();
+        let statement_place = matches!(
+            prev,
+            Tok::Semi
+                | Tok::Begin
+                | Tok::Then
+                | Tok::Else
+                | Tok::Do
+                | Tok::Loop
+                | Tok::Repeat
+                | Tok::Row
+                | Tok::RParen
+                | Tok::Colon
+        );
         match t {
-            Tok::Begin | Tok::Loop | Tok::Repeat | Tok::Case | Tok::While if prev != Tok::End => {
-                depth += 1
+            Tok::Repeat if prev != Tok::End && next != Some(Tok::LParen) => depth += 1,
+            Tok::Begin | Tok::Loop | Tok::While | Tok::Case if prev != Tok::End => depth += 1,
+            Tok::If if statement_place && prev != Tok::Other => depth += 1,
+            Tok::End => {
+                if depth == 0 {
+                    return true;
+                }
+                depth -= 1;
             }
-            // A statement IF (IF … THEN … END IF), not the IF() function.
-            Tok::If
-                if matches!(
-                    prev,
-                    Tok::Semi
-                        | Tok::Begin
-                        | Tok::Then
-                        | Tok::Else
-                        | Tok::Do
-                        | Tok::Loop
-                        | Tok::Repeat
-                        | Tok::Row
-                        | Tok::RParen
-                        | Tok::Colon
-                ) =>
-            {
-                depth += 1
-            }
-            Tok::End => depth = depth.saturating_sub(1),
             Tok::Semi if depth == 0 => return true,
             _ => {}
         }
         prev = t;
     }
-    false
+    depth != 0
 }
 
 /// What the scanner reports.
@@ -126,18 +154,23 @@ pub struct Scanner {
     /// Whether the statement has a significant byte yet.
     open: bool,
     in_versioned: bool,
-    /// Skipping the digits after `/*!` or `/*M!`.
+    /// Reading the digits after `/*!` or `/*M!`.
     version_digits: bool,
+    version: u32,
+    version_len: u32,
+    versioned_m: bool,
     /// The previous byte in a block comment (for `*/`).
     prev: u8,
     /// Bytes held back: `-`, `--`, `/`, `/*`, `/*M`, or `*` in a versioned comment.
     pend: Vec<u8>,
     depth: u32,
-    word: [u8; 6],
+    word: [u8; 16],
     word_len: usize,
     after_values: bool,
     tuples: u64,
     calls: u64,
+    danger: u32,
+    head_full: bool,
     /// The last significant thing in code: `w` a word, `v` the word VALUES, else the byte.
     last: u8,
     tokens: Vec<Tok>,
@@ -158,14 +191,19 @@ impl Scanner {
             open: false,
             in_versioned: false,
             version_digits: false,
+            version: 0,
+            version_len: 0,
+            versioned_m: false,
             prev: b'\n',
             pend: Vec::new(),
             depth: 0,
-            word: [0; 6],
+            word: [0; 16],
             word_len: 0,
             after_values: false,
             tuples: 0,
             calls: 0,
+            danger: 0,
+            head_full: false,
             last: b' ',
             tokens: Vec::new(),
             line: Vec::new(),
@@ -293,9 +331,14 @@ impl Scanner {
             .map(u8::to_ascii_uppercase)
             .collect();
         if word.starts_with(b"DELIMITER") && trimmed.get(9).is_some_and(u8::is_ascii_whitespace) {
+            // What mysqldump and mariadb-dump write, and nothing else: the client reads the
+            // argument by its own rules (a first word, a quoted string).
             let new = trimmed[9..].trim_ascii();
-            if new.is_empty() || new.contains(&b'\\') {
-                return Err("a DELIMITER line names no usable delimiter".into());
+            if new != b";;" && new != b";" {
+                return Err(format!(
+                    "the dump sets the delimiter to {:?}: dbkeep loads only DELIMITER ;; and DELIMITER ;",
+                    String::from_utf8_lossy(new)
+                ));
             }
             self.delimiter = new.to_vec();
             on(Event::Delimiter(&line))?;
@@ -354,10 +397,13 @@ impl Scanner {
     fn normal_byte(&mut self, b: u8) -> Result<(), String> {
         self.keep(&[b]);
         if self.version_digits {
-            if b.is_ascii_digit() {
+            if b.is_ascii_digit() && self.version_len < 6 {
+                self.version = self.version * 10 + u32::from(b - b'0');
+                self.version_len += 1;
                 return Ok(());
             }
             self.version_digits = false;
+            self.check_version()?;
         }
         // Bytes held back until the next one says whether they open a comment.
         match (self.pend.as_slice(), b) {
@@ -365,8 +411,9 @@ impl Scanner {
                 self.pend.push(b);
                 return Ok(());
             }
-            // `-- ` (the server's rule: whitespace or a control character after `--`).
-            (b"--", c) if c.is_ascii_whitespace() || c.is_ascii_control() => {
+            // `-- ` and whitespace: a comment to the client and the server alike. `--` and
+            // another control character is a comment to the server only: refused.
+            (b"--", c) if c.is_ascii_whitespace() => {
                 self.pend.clear();
                 self.state = State::LineComment;
                 if c == b'\n' {
@@ -375,10 +422,33 @@ impl Scanner {
                 }
                 return Ok(());
             }
+            (b"--", c) if c.is_ascii_control() => {
+                return Err(format!(
+                    "the dump has '--' and a control character in {}: the client and the server read it differently",
+                    shown(&self.head)
+                ));
+            }
+            (b"/*" | b"/*M", _) if self.in_versioned => {
+                return Err(format!(
+                    "the dump has a comment inside a versioned comment in {}: the client and the server read it differently",
+                    shown(&self.head)
+                ));
+            }
+            (b"/*", b'+') => {
+                return Err(format!(
+                    "the dump has an optimizer hint (/*+ … */) in {}: mysqldump writes none, and MySQL's client runs commands inside them",
+                    shown(&self.head)
+                ));
+            }
             (b"/*" | b"/*M", b'!') => {
+                self.versioned_m = self.pend.len() == 3;
                 self.pend.clear();
                 self.in_versioned = true;
                 self.version_digits = true;
+                self.version = 0;
+                self.version_len = 0;
+                // Code, even if nothing else follows: the client's buffer is not empty.
+                self.open = true;
                 self.head_space();
                 return Ok(());
             }
@@ -407,6 +477,28 @@ impl Scanner {
             return Ok(());
         }
         self.code(b)
+    }
+
+    /// A versioned comment is code only where every server runs it: `/*!NNNNN` below 50700
+    /// (MariaDB skips MySQL's 50700–99999), `/*M!NNNNNN` up to 100500 (MariaDB 10.5, the oldest
+    /// it supports), `/*!` without digits. Anything else some server skips while the client
+    /// splits inside it: refused.
+    fn check_version(&mut self) -> Result<(), String> {
+        let ok = match (self.versioned_m, self.version_len) {
+            (false, 0) => true,
+            (false, 5) => self.version < 50700,
+            (true, 6) => self.version <= 100500,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "the dump has a versioned comment {}{} that not every server runs: the client and the server would read it differently",
+                if self.versioned_m { "/*M!" } else { "/*!" },
+                self.version
+            ))
+        }
     }
 
     /// A byte of code (not a comment, not inside quotes).
@@ -445,6 +537,7 @@ impl Scanner {
             }
             b'(' => {
                 self.word_done();
+                self.mark(Tok::LParen);
                 if self.after_values && self.last == b'w' {
                     self.calls += 1;
                 }
@@ -489,15 +582,16 @@ impl Scanner {
         if self.word_len == 0 {
             return;
         }
-        let word = &self.word[..self.word_len.min(6)];
+        let word = &self.word[..self.word_len.min(16)];
         self.last = b'w';
-        if self.word_len == 6 && word == b"VALUES" {
+        if word == b"VALUES" {
             self.after_values = true;
             self.last = b'v';
-        } else if self.after_values && self.word_len == 6 && word == b"SELECT" {
-            self.calls += 1;
         }
-        if self.keep_text {
+        if let Some(i) = DANGER.iter().position(|d| *d == word) {
+            self.danger |= 1 << i;
+        }
+        if self.delimiter != b";" {
             let tok = match (self.word_len, word) {
                 (5, b"BEGIN") => Tok::Begin,
                 (3, b"END") => Tok::End,
@@ -518,7 +612,7 @@ impl Scanner {
     }
 
     fn mark(&mut self, tok: Tok) {
-        if self.keep_text {
+        if self.delimiter != b";" {
             self.tokens.push(tok);
         }
     }
@@ -541,6 +635,8 @@ impl Scanner {
                 head,
                 tuples: self.tuples,
                 calls: self.calls,
+                danger: self.danger,
+                whole: !self.head_full,
                 text: &self.text,
                 delimiter: &self.delimiter,
                 tokens: &self.tokens,
@@ -554,6 +650,8 @@ impl Scanner {
         self.after_values = false;
         self.tuples = 0;
         self.calls = 0;
+        self.danger = 0;
+        self.head_full = false;
         self.last = b' ';
         self.prev = b' ';
         Ok(())
@@ -567,6 +665,9 @@ impl Scanner {
 
     fn head_bytes(&mut self, bytes: &[u8]) {
         let room = HEAD.saturating_sub(self.head.len());
+        if bytes.len() > room {
+            self.head_full = true;
+        }
         self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 

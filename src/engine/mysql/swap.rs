@@ -10,9 +10,16 @@
 //!    staged table under the live name;
 //! 3. the backup's objects are created in the live database; the journal says `done`.
 //!
-//! Any failure before `done` rolls back: the objects created are dropped, the tables renamed
-//! back, the captured objects created again. A run killed mid-way is rolled back the same way
-//! by the next restore on this host, from the journal, once its process is provably gone.
+//! The journal (`phase`, `target`, the number of staged tables, the live objects' script and
+//! the backup's) says how far it got: `prepared`, `renamed`, `done`. A failure in the run rolls
+//! back: the objects created are dropped, the tables renamed back, the captured objects created
+//! again (through the allowlist); if the staged tables had been live, they are kept in the
+//! staging database and the journal says `rolled-back`, for the operator. A run killed mid-way
+//! is taken up by the next restore or backup on this host once its process is provably gone:
+//! killed before the RENAME, rolled back; after it (the backup's tables live, clients may have
+//! written to them), completed from the journal, the previous tables kept aside and named.
+//! Nothing a client could have written to is ever dropped, and recovery only touches databases
+//! whose names are exactly what this host would make for this database.
 
 use super::load::Objects;
 use super::*;
@@ -33,10 +40,7 @@ pub(super) fn names(target: &str) -> (String, String) {
         std::process::id(),
         nanos & 0xff_ffff
     );
-    let mut base: String = target.to_owned();
-    while base.chars().count() + NEW.len() + tag.len() > 64 {
-        base.pop();
-    }
+    let base = base_of(target, tag.len());
     (format!("{base}{NEW}{tag}"), format!("{base}{OLD}{tag}"))
 }
 
@@ -49,16 +53,26 @@ fn owner(name: &str, target: &str) -> Option<(bool, u32, String)> {
         _ => return None,
     };
     let (base, tag) = (&name[..at], &name[at + NEW.len()..]);
-    if base.is_empty() || !target.starts_with(base) {
+    // Exactly the base `names` makes of `target` for a tag of this length.
+    if base != base_of(target, tag.len()) {
         return None;
     }
     let mut parts = tag.split('_');
-    let (host, pid) = (parts.next()?, parts.next()?);
-    if host != process::host_tag() {
+    let (host, pid, rand) = (parts.next()?, parts.next()?, parts.next()?);
+    if host != process::host_tag() || parts.next().is_some() || rand.is_empty() {
         return None;
     }
     let partner = format!("{base}{}{tag}", if new { OLD } else { NEW });
     Some((new, pid.parse().ok()?, partner))
+}
+
+/// `target` cut so that `BASE_dbkeep_xxx_TAG` fits MySQL's 64 characters.
+fn base_of(target: &str, tag_len: usize) -> String {
+    let mut base: String = target.to_owned();
+    while base.chars().count() + NEW.len() + tag_len > 64 {
+        base.pop();
+    }
+    base
 }
 
 /// A hex literal of `bytes` (`0x…`, or `''` when empty).
@@ -158,10 +172,15 @@ impl Mysql {
                 format!("{}.{} TO {}.{}", ident(from), ident(t), ident(to), ident(t))
             })
             .collect();
+        // The RENAME waits for the tables' metadata locks; a client holding one for long must
+        // not queue the application behind dbkeep for the server's default year.
         self.query(
             flavor,
             "information_schema",
-            &format!("RENAME TABLE {}", pairs.join(", ")),
+            &format!(
+                "SET SESSION lock_wait_timeout = 60; RENAME TABLE {}",
+                pairs.join(", ")
+            ),
         )
         .map(drop)
     }
@@ -175,6 +194,35 @@ impl Mysql {
         .map(drop)
     }
 
+    fn journal(&self, flavor: Flavor, aside: &str) -> Result<Journal, MysqlError> {
+        let out = self.query(
+            flavor,
+            aside,
+            &format!(
+                "SELECT phase, target, staged, HEX(old_objects), HEX(new_objects) FROM {JOURNAL}"
+            ),
+        )?;
+        let f: Vec<&str> = out.trim().split('\t').collect();
+        let damaged = || MysqlError::Unreadable(format!("the journal in {aside} is damaged"));
+        let [phase, target, staged, old, new] = f[..] else {
+            return Err(damaged());
+        };
+        Ok(Journal {
+            phase: phase.to_owned(),
+            target: target.to_owned(),
+            staged: staged.parse().map_err(|_| damaged())?,
+            old: hex::decode(old).map_err(|_| damaged())?,
+            new: hex::decode(new).map_err(|_| damaged())?,
+        })
+    }
+
+    /// Creates the objects of a journal's script in `target`, through the allowlist (a journal
+    /// is found by its database's name, which others may be able to create).
+    fn replay(&self, flavor: Flavor, target: &str, script: &[u8]) -> Result<(), MysqlError> {
+        let (objects, _) = self.load_tables(flavor, target, &mut &script[..])?;
+        self.load_objects(flavor, target, &objects, true)
+    }
+
     /// Swaps `staging` (loaded, with no objects) in under `target`; `objects` are the backup's.
     /// Returns whether the previous tables were kept in `aside`.
     pub(super) fn swap(
@@ -186,11 +234,12 @@ impl Mysql {
         objects: &Objects,
     ) -> Result<bool, MysqlError> {
         let live_objects = self.capture_objects(flavor, target)?;
+        let staged = self.movable(flavor, staging)?.len();
         self.query(
             flavor,
             "information_schema",
             &format!(
-                "CREATE DATABASE {}; CREATE TABLE {}.{JOURNAL} (phase VARCHAR(16) NOT NULL, target VARCHAR(64) NOT NULL, objects LONGBLOB NOT NULL)",
+                "CREATE DATABASE {}; CREATE TABLE {}.{JOURNAL} (phase VARCHAR(32) NOT NULL, target VARCHAR(64) NOT NULL, staged INT NOT NULL, old_objects LONGBLOB NOT NULL, new_objects LONGBLOB NOT NULL)",
                 ident(aside),
                 ident(aside)
             ),
@@ -199,9 +248,10 @@ impl Mysql {
             flavor,
             aside,
             &mut format!(
-                "INSERT INTO {JOURNAL} VALUES ('prepared', {}, {});\n",
+                "INSERT INTO {JOURNAL} VALUES ('prepared', {}, {staged}, {}, {});\n",
                 literal(target),
-                hex_literal(&live_objects.script(true))
+                hex_literal(&script_with_trailer(&live_objects)),
+                hex_literal(&script_with_trailer(objects)),
             )
             .as_bytes(),
         )?;
@@ -221,7 +271,7 @@ impl Mysql {
         })();
         if let Err(restore) = swapped {
             return match self.roll_back(flavor, target, staging, aside) {
-                Ok(()) => Err(restore),
+                Ok(_) => Err(restore),
                 Err(rollback) => Err(MysqlError::RollbackFailed {
                     restore: Box::new(restore),
                     rollback: Box::new(rollback),
@@ -239,31 +289,51 @@ impl Mysql {
         }
     }
 
-    /// Puts `target` back as the journal in `aside` says it was (see the module); `staging` is
-    /// kept if its tables were ever live.
+    /// Whether the swap recorded in `aside` had put the staged tables under the live name.
+    fn exposed(
+        &self,
+        flavor: Flavor,
+        j: &Journal,
+        staging: &str,
+        aside: &str,
+    ) -> Result<bool, MysqlError> {
+        if ["renamed", "done", "rolling-back-exposed", "rolled-back"].contains(&j.phase.as_str()) {
+            return Ok(true);
+        }
+        if j.phase == "rolling-back" {
+            return Ok(false);
+        }
+        let aside_tables = self.movable(flavor, aside)?.iter().any(|t| t != JOURNAL);
+        let staging_empty = self.movable(flavor, staging)?.is_empty();
+        Ok(aside_tables || (j.staged > 0 && staging_empty))
+    }
+
+    /// Puts `target` back as the journal in `aside` says it was (see the module). Returns
+    /// whether the staged tables had been live: then they stay in `staging`, and `aside`
+    /// keeps the journal (`rolled-back`), for the operator; nothing a client could have written
+    /// to is dropped. Safe to run again after a kill at any point.
     fn roll_back(
         &self,
         flavor: Flavor,
         target: &str,
         staging: &str,
         aside: &str,
-    ) -> Result<(), MysqlError> {
-        let script = self.query(
-            flavor,
-            aside,
-            &format!("SELECT HEX(objects) FROM {JOURNAL}"),
-        )?;
-        let script = hex::decode(script.trim()).map_err(|e| {
-            MysqlError::Unreadable(format!("the journal in {aside} is damaged: {e}"))
-        })?;
+    ) -> Result<bool, MysqlError> {
+        let j = self.journal(flavor, aside)?;
+        let exposed = self.exposed(flavor, &j, staging, aside)?;
+        let phase = if exposed {
+            "rolling-back-exposed"
+        } else {
+            "rolling-back"
+        };
+        self.journal_phase(flavor, aside, phase)?;
         self.drop_objects(flavor, target)?;
         let aside_tables: Vec<String> = self
             .movable(flavor, aside)?
             .into_iter()
             .filter(|t| t != JOURNAL)
             .collect();
-        let renamed = !aside_tables.is_empty();
-        if renamed {
+        if !aside_tables.is_empty() {
             self.query(
                 flavor,
                 "information_schema",
@@ -275,16 +345,21 @@ impl Mysql {
             moves.extend(aside_tables.into_iter().map(|t| (t, aside, target)));
             self.rename(flavor, &moves)?;
         }
-        self.feed(flavor, target, &mut script.as_slice())?;
-        if renamed {
-            tracing::warn!(database = %staging, "the restore was rolled back after its tables had been live: they are kept in {staging} (drop it once you are sure nothing was written to it)");
+        self.replay(flavor, target, &j.old)?;
+        if exposed {
+            self.journal_phase(flavor, aside, "rolled-back")?;
+            tracing::warn!(database = %staging, "the restore was rolled back after its tables had been live: they are kept in {staging} (and its journal in {aside}); drop both once you are sure nothing written there is needed");
         } else {
             self.drop_database(flavor, staging)?;
+            self.drop_database(flavor, aside)?;
         }
-        self.drop_database(flavor, aside)
+        Ok(exposed)
     }
 
-    /// Cleans up after restores of this database killed on this host (see the module).
+    /// Cleans up after restores of this database killed on this host (see the module): one
+    /// killed before its tables were live is rolled back; one killed after is completed (its
+    /// objects created from the journal), since clients may have written to it since; the
+    /// previous tables are kept and reported.
     pub fn recover_interrupted(&self) -> Result<Vec<String>, MysqlError> {
         let (_, flavor) = self.server_version()?;
         let target = &self.conn.database;
@@ -309,28 +384,60 @@ impl Mysql {
                 done.push(format!("dropped {name}, the staging database of a restore that was killed before its swap"));
                 continue;
             }
-            let phase = self
-                .query(
-                    flavor,
-                    name,
-                    &format!("SELECT phase, target FROM {JOURNAL}"),
-                )
-                .unwrap_or_default();
-            let mut fields = phase.trim().split('\t');
-            let (phase, journal_target) =
-                (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-            if journal_target != target {
-                continue;
+            let j = match self.journal(flavor, name) {
+                Ok(j) if j.target == *target => j,
+                Ok(_) => continue,
+                Err(e) => {
+                    done.push(format!("{name} looks like the aside database of a restore of {target} but its journal cannot be read ({e}): left alone"));
+                    continue;
+                }
+            };
+            match j.phase.as_str() {
+                "done" => {
+                    if self.movable(flavor, &partner)?.is_empty() {
+                        self.drop_database(flavor, &partner)?;
+                    }
+                    done.push(format!("{name} holds the tables {target} had before a restore that completed but was killed before cleaning up: compare, then drop it by hand"));
+                }
+                "rolled-back" => done.push(format!("{partner} holds the tables of a restore of {target} that was rolled back after they had been live (journal in {name}): drop both once you are sure nothing written there is needed")),
+                _ if j.phase != "rolling-back-exposed" && j.phase != "rolling-back" && self.exposed(flavor, &j, &partner, name)? => {
+                    self.drop_objects(flavor, target)?;
+                    self.replay(flavor, target, &j.new)?;
+                    self.journal_phase(flavor, name, "done")?;
+                    // Its staging database gave its tables to the live name: empty now.
+                    if self.movable(flavor, &partner)?.is_empty() {
+                        self.drop_database(flavor, &partner)?;
+                    }
+                    done.push(format!("completed a restore of {target} killed in its swap after its tables were live (its views, triggers, routines and events created from the journal); the previous tables are kept in {name}: compare, then drop it by hand"));
+                }
+                _ => {
+                    let exposed = self.roll_back(flavor, target, &partner, name)?;
+                    done.push(if exposed {
+                        format!("rolled back a restore of {target} (journal in {name}); its tables, live for a moment, are kept in {partner}")
+                    } else {
+                        format!("rolled back a restore of {target} killed in its swap (journal in {name}): the database is as it was before")
+                    });
+                }
             }
-            if phase == "done" {
-                done.push(format!("{name} holds the tables {target} had before a restore that completed but was killed before cleaning up: compare, then drop it by hand"));
-                continue;
-            }
-            self.roll_back(flavor, target, &partner, name)?;
-            done.push(format!("rolled back a restore of {target} killed in its swap (journal in {name}): the database is as it was before"));
         }
         Ok(done)
     }
+}
+
+/// What the journal of a swap holds.
+struct Journal {
+    phase: String,
+    target: String,
+    staged: usize,
+    old: Vec<u8>,
+    new: Vec<u8>,
+}
+
+/// An objects script as a dump the allowlist reads (with its trailer).
+fn script_with_trailer(objects: &Objects) -> Vec<u8> {
+    let mut v = objects.script(true);
+    v.extend_from_slice(b"\n-- Dump completed\n");
+    v
 }
 
 #[cfg(test)]
@@ -345,8 +452,11 @@ mod tests {
         assert!(is_new);
         assert_eq!(pid, std::process::id());
         assert_eq!(partner, old);
-        assert_eq!(owner(&old, "shop").map(|o| o.2), Some(new));
+        assert_eq!(owner(&old, "shop").map(|o| o.2), Some(new.clone()));
         assert_eq!(owner("other_dbkeep_old_x_1_a", "shop"), None);
+        // Another database whose name starts like this one's is not ours.
+        assert_eq!(owner(&new.replacen("shop", "shopping", 1), "shop"), None);
+        assert_eq!(owner(&new, "shopping"), None);
         let long = "x".repeat(64);
         let (new, old) = names(&long);
         assert!(new.len() <= 64 && old.len() <= 64);
