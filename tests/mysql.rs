@@ -606,3 +606,94 @@ fn assert_no_process_shows(secret: &str) -> usize {
     }
     tools
 }
+
+/// The layers above the engine work for MySQL as for the others: zstd with age encryption to
+/// S3 (s3s on loopback), a copy to a second repository, the API's create, list and drill, the
+/// metrics, a webhook, and a restore from the copy alone.
+#[test]
+fn encryption_s3_copies_the_api_metrics_and_notifications_work_for_mysql() {
+    use crate::api::{Server, TOKEN};
+    use reqwest::{Method, StatusCode};
+    let Some((my, mut env)) = setup() else { return };
+    let s3 = crate::common::s3::S3Server::start();
+    s3.configure(&mut env, "shop");
+    let copy = env.path().join("offsite");
+    env.set("BACKUP_COPY_TO", copy.display().to_string());
+    let public = crate::encryption::keygen(&env, "key.txt");
+    env.set("BACKUP_ENCRYPT_RECIPIENTS", public);
+    let key = env.path().join("key.txt").display().to_string();
+    env.set("BACKUP_DECRYPT_IDENTITY_FILE", key);
+    env.set("BACKUP_COMPRESSION", "zstd");
+    let rx = crate::common::receiver::HttpReceiver::start();
+    std::fs::write(
+        env.path().join("dbkeep.toml"),
+        format!(
+            "[channels.hook]\ntype = \"webhook\"\nurl = \"{}/hook\"\non = [\"all\"]\n",
+            rx.url
+        ),
+    )
+    .unwrap();
+    let before = my.normalized_dump("shop");
+
+    let server = Server::start(&env);
+    let (status, body) = server.call(
+        Method::POST,
+        "/api/backup/create",
+        Some(TOKEN),
+        Some(serde_json::json!({"backup_name": "api_20240115"})),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stored = s3.objects("shop");
+    assert!(
+        stored.iter().any(|o| o == "api_20240115.sql.zst.age"),
+        "{stored:?}"
+    );
+    let copied = std::fs::read(copy.join("api_20240115.sql.zst.age")).unwrap();
+    assert!(copied.starts_with(b"age-encryption.org/v1"), "not age");
+    let (status, list) = server.call(Method::GET, "/api/backup/list", Some(TOKEN), None);
+    assert_eq!(status, StatusCode::OK);
+    assert!(list.to_string().contains("api_20240115"), "{list}");
+    assert!(list.to_string().contains("mysql"), "{list}");
+    let (status, drill) = server.call(
+        Method::POST,
+        "/api/backup/verify/api_20240115?restore=true",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{drill}");
+    assert!(drill.to_string().contains("CHECK TABLE"), "{drill}");
+    let metrics = server
+        .raw(Method::GET, "/metrics", Some(TOKEN), None)
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dbkeep_backup_last_success{") && l.ends_with(" 1.0")),
+        "{metrics}"
+    );
+    drop(server);
+    let hook = rx.to("/hook");
+    let kinds: Vec<String> = hook
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(kinds.iter().any(|k| k == "backup_succeeded"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "drill_passed"), "{kinds:?}");
+
+    // The offsite copy alone restores it (the primary repository gone).
+    my.sql("shop", "DROP TABLE child; DROP VIEW busy;");
+    let mut offsite = TestEnv::new();
+    offsite.set("DATABASE_URL", my.url("shop"));
+    offsite.set("BACKUP_DIR", copy.display().to_string());
+    offsite.set(
+        "BACKUP_DECRYPT_IDENTITY_FILE",
+        env.path().join("key.txt").display().to_string(),
+    );
+    offsite.run(&["restore", "api_20240115", "--yes"]).ok();
+    assert_same(
+        &my.normalized_dump("shop"),
+        &before,
+        "restored from the copy",
+    );
+}

@@ -407,7 +407,7 @@ pub fn classify(head: &[u8]) -> Result<Kind, String> {
         c.word("IGNORE");
         if c.word("INTO") {
             let r = named(&mut c, &table(TableStmt::Insert));
-            return if c.word("VALUES") || c.punct(b'(') || r.is_err() {
+            return if c.word("VALUES") || c.word("VALUE") || c.punct(b'(') || r.is_err() {
                 r
             } else {
                 refuse("an INSERT of other than VALUES")

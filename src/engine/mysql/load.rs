@@ -300,6 +300,7 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"CREATE TABLE `m` (`a` int) ENGINE=MERGE UNION=(`live`.`t`);\n-- Dump completed\n", "beyond its own database"),
             (b"CREATE TABLE `c` (`a` int) ENGINE=CONNECT;\n-- Dump completed\n", "beyond its own database"),
             (b"INSERT INTO `x` VALUES (LOAD_FILE('/etc/shadow'));\n-- Dump completed\n", "LOAD_FILE"),
+            (b"INSERT INTO `x` (`a`) VALUE (`live`.`f`());\n-- Dump completed\n", "function call"),
             (b"CREATE TABLE `t` (`a` int);\n-- Dump completed\nSELECT 1;\n", "not a statement"),
         ] {
             let e = filtered(dump)

@@ -282,6 +282,36 @@ impl Scanner {
                         self.prev = b;
                     }
                 }
+                State::Normal
+                    if self.pend.is_empty() && self.matched == 0 && !self.version_digits =>
+                {
+                    // Digits and commas between values are most of a dump's bytes outside
+                    // strings: taken in a run, as `code` would take them one by one.
+                    let start = i;
+                    while i < chunk.len() {
+                        let c = chunk[i];
+                        if c.is_ascii_digit() {
+                            if self.word_len < self.word.len() {
+                                self.word[self.word_len] = c;
+                            }
+                            self.word_len += 1;
+                        } else if c == b',' {
+                            self.word_done();
+                            self.mark(Tok::Other);
+                            self.last = b',';
+                        } else {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    if i > start {
+                        self.open = true;
+                        self.keep(&chunk[start..i]);
+                        self.head_bytes(&chunk[start..i]);
+                        continue;
+                    }
+                    self.normal(b, on)?;
+                }
                 State::Normal => self.normal(b, on)?,
             }
             i += 1;
@@ -584,7 +614,7 @@ impl Scanner {
         }
         let word = &self.word[..self.word_len.min(16)];
         self.last = b'w';
-        if word == b"VALUES" {
+        if word == b"VALUES" || word == b"VALUE" {
             self.after_values = true;
             self.last = b'v';
         }

@@ -98,12 +98,27 @@ impl Mysql {
         Ok(out.lines().map(str::to_owned).collect())
     }
 
-    /// The views, triggers, routines and events of `database`, as a script (see the module).
+    /// The triggers, routines and events of `database` as a script (a `--no-data` dump of it,
+    /// through the allowlist), and each of its views as a script of its own (from `SHOW CREATE
+    /// VIEW`, which reads a view whose tables are gone, where the dump tool fails: a restore is
+    /// when the live database may be broken).
     pub(super) fn capture_objects(
         &self,
         flavor: Flavor,
         database: &str,
-    ) -> Result<Objects, MysqlError> {
+    ) -> Result<(Objects, Vec<Vec<u8>>), MysqlError> {
+        let views: Vec<String> = self
+            .query(
+                flavor,
+                "information_schema",
+                &format!(
+                    "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = {}",
+                    literal(database)
+                ),
+            )?
+            .lines()
+            .map(str::to_owned)
+            .collect();
         let opts = OptionFile::write(&self.conn)?;
         let mut cmd = self.command(flavor.dump_tool(), &opts);
         cmd.args([
@@ -114,9 +129,11 @@ impl Mysql {
             "--triggers",
             "--no-tablespaces",
             "--skip-dump-date",
-            "--",
-            database,
         ]);
+        for v in &views {
+            cmd.arg(format!("--ignore-table={database}.{v}"));
+        }
+        cmd.args(["--", database]);
         let dump = watch::output(
             cmd,
             HINT,
@@ -129,7 +146,45 @@ impl Mysql {
             return Err(p);
         }
         drained.map_err(MysqlError::Input)?;
-        Ok(filter.objects)
+        let mut scripts = Vec::new();
+        for v in &views {
+            let out = self.query(flavor, database, &format!("SHOW CREATE VIEW {}", ident(v)))?;
+            let f: Vec<&str> = out.trim_end_matches('\n').split('\t').collect();
+            if let [_, create, cs, coll] = f[..] {
+                scripts.push(
+                    format!(
+                        "SET character_set_client = {};\nSET collation_connection = {};\n{create};\n-- Dump completed\n",
+                        literal(cs),
+                        literal(coll)
+                    )
+                    .into_bytes(),
+                );
+            }
+        }
+        Ok((filter.objects, scripts))
+    }
+
+    /// Creates captured views in `target`, in as many passes as their dependencies need; one
+    /// that cannot be made (its tables were already gone) is named in a warning.
+    fn replay_views(&self, flavor: Flavor, target: &str, views: &[Vec<u8>]) {
+        let mut pending: Vec<&Vec<u8>> = views.iter().collect();
+        while !pending.is_empty() {
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for v in &pending {
+                if let Err(e) = self.replay(flavor, target, v) {
+                    failed.push(*v);
+                    last_error = Some(e);
+                }
+            }
+            if failed.len() == pending.len() {
+                for v in &failed {
+                    tracing::warn!(view = %String::from_utf8_lossy(v).lines().nth(2).unwrap_or_default().chars().take(200).collect::<String>(), error = ?last_error.as_ref().map(ToString::to_string), "a view of the previous database could not be made again (it was broken before the restore)");
+                }
+                return;
+            }
+            pending = failed;
+        }
     }
 
     /// Drops every view, trigger, routine and event of `database`.
@@ -199,20 +254,26 @@ impl Mysql {
             flavor,
             aside,
             &format!(
-                "SELECT phase, target, staged, HEX(old_objects), HEX(new_objects) FROM {JOURNAL}"
+                "SELECT phase, target, staged, HEX(old_objects), HEX(new_objects), HEX(old_views) FROM {JOURNAL}"
             ),
         )?;
-        let f: Vec<&str> = out.trim().split('\t').collect();
+        let f: Vec<&str> = out.trim_end_matches('\n').split('\t').collect();
         let damaged = || MysqlError::Unreadable(format!("the journal in {aside} is damaged"));
-        let [phase, target, staged, old, new] = f[..] else {
+        let [phase, target, staged, old, new, views] = f[..] else {
             return Err(damaged());
         };
+        let views = hex::decode(views).map_err(|_| damaged())?;
         Ok(Journal {
             phase: phase.to_owned(),
             target: target.to_owned(),
             staged: staged.parse().map_err(|_| damaged())?,
             old: hex::decode(old).map_err(|_| damaged())?,
             new: hex::decode(new).map_err(|_| damaged())?,
+            old_views: if views.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::from_slice(&views).map_err(|_| damaged())?
+            },
         })
     }
 
@@ -233,13 +294,13 @@ impl Mysql {
         aside: &str,
         objects: &Objects,
     ) -> Result<bool, MysqlError> {
-        let live_objects = self.capture_objects(flavor, target)?;
+        let (live_objects, live_views) = self.capture_objects(flavor, target)?;
         let staged = self.movable(flavor, staging)?.len();
         self.query(
             flavor,
             "information_schema",
             &format!(
-                "CREATE DATABASE {}; CREATE TABLE {}.{JOURNAL} (phase VARCHAR(32) NOT NULL, target VARCHAR(64) NOT NULL, staged INT NOT NULL, old_objects LONGBLOB NOT NULL, new_objects LONGBLOB NOT NULL)",
+                "CREATE DATABASE {}; CREATE TABLE {}.{JOURNAL} (phase VARCHAR(32) NOT NULL, target VARCHAR(64) NOT NULL, staged INT NOT NULL, old_objects LONGBLOB NOT NULL, new_objects LONGBLOB NOT NULL, old_views LONGBLOB NOT NULL)",
                 ident(aside),
                 ident(aside)
             ),
@@ -248,10 +309,11 @@ impl Mysql {
             flavor,
             aside,
             &mut format!(
-                "INSERT INTO {JOURNAL} VALUES ('prepared', {}, {staged}, {}, {});\n",
+                "INSERT INTO {JOURNAL} VALUES ('prepared', {}, {staged}, {}, {}, {});\n",
                 literal(target),
                 hex_literal(&script_with_trailer(&live_objects)),
                 hex_literal(&script_with_trailer(objects)),
+                hex_literal(&serde_json::to_vec(&live_views).unwrap_or_default()),
             )
             .as_bytes(),
         )?;
@@ -346,6 +408,7 @@ impl Mysql {
             self.rename(flavor, &moves)?;
         }
         self.replay(flavor, target, &j.old)?;
+        self.replay_views(flavor, target, &j.old_views);
         if exposed {
             self.journal_phase(flavor, aside, "rolled-back")?;
             tracing::warn!(database = %staging, "the restore was rolled back after its tables had been live: they are kept in {staging} (and its journal in {aside}); drop both once you are sure nothing written there is needed");
@@ -431,6 +494,8 @@ struct Journal {
     staged: usize,
     old: Vec<u8>,
     new: Vec<u8>,
+    /// Each view of the previous database, a script of its own.
+    old_views: Vec<Vec<u8>>,
 }
 
 /// An objects script as a dump the allowlist reads (with its trailer).
