@@ -399,10 +399,10 @@ fn configuration_errors_exit_2_and_name_the_key() {
     o.code(2);
     assert!(o.stderr.contains("BACKUP_RETENTION_DAYS"));
     env.set("BACKUP_RETENTION_DAYS", "3");
-    env.set("DATABASE_URL", "mysql://u:hunter2@h/d");
+    env.set("DATABASE_URL", "mongodb://u:hunter2@h/d");
     let o = env.run(&["backup"]);
     o.code(2);
-    assert!(o.stderr.contains("mysql") && !o.stderr.contains("hunter2"));
+    assert!(o.stderr.contains("mongodb") && !o.stderr.contains("hunter2"));
     let o = env.run(&["frobnicate"]);
     o.code(2);
     env.run(&["--help"]).ok();

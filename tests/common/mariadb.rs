@@ -42,6 +42,8 @@ impl MariaServer {
             .tempdir()
             .expect("temp dir");
         let data = dir.path().join("data");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmpdir");
         run_checked(
             Command::new("mariadb-install-db")
                 .args([
@@ -50,7 +52,9 @@ impl MariaServer {
                     "--skip-test-db",
                     "--user=root",
                 ])
-                .arg(format!("--datadir={}", data.display())),
+                .arg(format!("--datadir={}", data.display()))
+                // A server starting cleans temporary files out of its tmpdir: each its own.
+                .arg(format!("--tmpdir={}", tmp.display())),
         );
         let mut server = MariaServer {
             dir,
@@ -79,6 +83,12 @@ impl MariaServer {
         );
     }
 
+    fn tmpdir(&self) -> PathBuf {
+        let d = self.dir.path().join("tmp");
+        let _ = std::fs::create_dir_all(&d);
+        d
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("mysqld.sock")
     }
@@ -98,6 +108,9 @@ impl MariaServer {
                 "--pid-file={}",
                 self.dir.path().join("pid").display()
             ))
+            // Its own temporary directory: a server starting cleans temporary files out of
+            // its tmpdir, and other tests start servers.
+            .arg(format!("--tmpdir={}", self.tmpdir().display()))
             .args([
                 "--bind-address=127.0.0.1",
                 "--user=root",

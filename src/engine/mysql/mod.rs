@@ -17,7 +17,9 @@ mod engine;
 mod load;
 mod restore;
 mod scan;
+mod session;
 mod swap;
+mod tokens;
 
 pub use dump::{count_rows, has_trailer};
 

@@ -1,0 +1,316 @@
+//! The scanner's code state: a byte at a time outside quotes and comments (the delimiter,
+//! comment openers, versioned comments, words, parentheses), as the `mariadb` client reads it.
+
+use super::super::tokens::{DANGER, Tok, shown};
+use super::{Event, HEAD, Scanner, State, Statement, trim_head};
+
+impl Scanner {
+    pub(super) fn normal(
+        &mut self,
+        b: u8,
+        on: &mut dyn FnMut(Event<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        // The delimiter ends the statement (it is never part of its text).
+        if b == self.delimiter[self.matched] {
+            self.matched += 1;
+            if self.matched == self.delimiter.len() {
+                self.matched = 0;
+                self.end_statement(on)?;
+            }
+            return Ok(());
+        }
+        if self.matched > 0 {
+            let partial = self.delimiter[..self.matched].to_vec();
+            self.matched = 0;
+            for c in partial {
+                self.normal_byte(c)?;
+            }
+            // `b` may start the delimiter again.
+            return self.normal(b, on);
+        }
+        self.normal_byte(b)
+    }
+
+    pub(super) fn normal_byte(&mut self, b: u8) -> Result<(), String> {
+        self.keep(&[b]);
+        if self.version_digits {
+            if b.is_ascii_digit() && self.version_len < 6 {
+                self.version = self.version * 10 + u32::from(b - b'0');
+                self.version_len += 1;
+                return Ok(());
+            }
+            self.version_digits = false;
+            self.check_version()?;
+        }
+        // Bytes held back until the next one says whether they open a comment.
+        match (self.pend.as_slice(), b) {
+            (b"-", b'-') | (b"/", b'*') | (b"/*", b'M') => {
+                self.pend.push(b);
+                return Ok(());
+            }
+            // `-- ` and whitespace: a comment to the client and the server alike. `--` and
+            // another control character is a comment to the server only: refused.
+            (b"--", c) if c.is_ascii_whitespace() => {
+                self.pend.clear();
+                self.state = State::LineComment;
+                if c == b'\n' {
+                    self.state = State::Normal;
+                    self.at_newline();
+                }
+                return Ok(());
+            }
+            (b"--", c) if c.is_ascii_control() => {
+                return Err(format!(
+                    "the dump has '--' and a control character in {}: the client and the server read it differently",
+                    shown(&self.head)
+                ));
+            }
+            (b"/*" | b"/*M", _) if self.in_versioned => {
+                return Err(format!(
+                    "the dump has a comment inside a versioned comment in {}: the client and the server read it differently",
+                    shown(&self.head)
+                ));
+            }
+            (b"/*", b'+') => {
+                return Err(format!(
+                    "the dump has an optimizer hint (/*+ … */) in {}: mysqldump writes none, and MySQL's client runs commands inside them",
+                    shown(&self.head)
+                ));
+            }
+            (b"/*" | b"/*M", b'!') => {
+                self.versioned_m = self.pend.len() == 3;
+                self.pend.clear();
+                self.in_versioned = true;
+                self.version_digits = true;
+                self.version = 0;
+                self.version_len = 0;
+                // Code, even if nothing else follows: the client's buffer is not empty.
+                self.open = true;
+                self.head_space();
+                return Ok(());
+            }
+            (b"/*" | b"/*M", c) => {
+                self.pend.clear();
+                self.state = State::BlockComment;
+                self.prev = c;
+                return Ok(());
+            }
+            (b"*", b'/') if self.in_versioned => {
+                self.pend.clear();
+                self.in_versioned = false;
+                self.head_space();
+                return Ok(());
+            }
+            ([], _) => {}
+            _ => {
+                let held = std::mem::take(&mut self.pend);
+                for c in held {
+                    self.code(c)?;
+                }
+            }
+        }
+        if b == b'-' || b == b'/' || (b == b'*' && self.in_versioned) {
+            self.pend.push(b);
+            return Ok(());
+        }
+        self.code(b)
+    }
+
+    /// A versioned comment is code only where every server runs it: `/*!NNNNN` below 50700
+    /// (MariaDB skips MySQL's 50700–99999), `/*M!NNNNNN` up to 100500 (MariaDB 10.5, the oldest
+    /// it supports), `/*!` without digits. Anything else some server skips while the client
+    /// splits inside it: refused.
+    pub(super) fn check_version(&mut self) -> Result<(), String> {
+        let ok = match (self.versioned_m, self.version_len) {
+            (false, 0) => true,
+            (false, 5) => self.version < 50700,
+            (true, 6) => self.version <= 100500,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "the dump has a versioned comment {}{} that not every server runs: the client and the server would read it differently",
+                if self.versioned_m { "/*M!" } else { "/*!" },
+                self.version
+            ))
+        }
+    }
+
+    /// A byte of code (not a comment, not inside quotes).
+    pub(super) fn code(&mut self, b: u8) -> Result<(), String> {
+        match b {
+            b'\n' => {
+                self.word_done();
+                self.at_newline();
+                return Ok(());
+            }
+            b' ' | b'\t' | b'\r' => {
+                self.word_done();
+                self.head_space();
+                return Ok(());
+            }
+            b'\'' | b'"' => {
+                self.word_done();
+                self.mark(Tok::Other);
+                self.state = State::Quote(b);
+            }
+            b'`' => {
+                self.word_done();
+                self.mark(Tok::Other);
+                self.state = State::Backtick;
+            }
+            b'#' => {
+                self.word_done();
+                self.state = State::LineComment;
+                return Ok(());
+            }
+            b'\\' => {
+                return Err(format!(
+                    "the dump holds a client command (a backslash outside a string) in {}: dbkeep loads only statements",
+                    shown(&self.head)
+                ));
+            }
+            b'(' => {
+                self.word_done();
+                self.mark(Tok::LParen);
+                if self.after_values && self.last == b'w' {
+                    self.calls += 1;
+                }
+                if self.depth == 0 && self.after_values {
+                    self.tuples += 1;
+                }
+                self.depth += 1;
+            }
+            b')' => {
+                self.word_done();
+                self.depth = self.depth.saturating_sub(1);
+                self.mark(Tok::RParen);
+            }
+            b';' => {
+                self.word_done();
+                self.mark(Tok::Semi);
+            }
+            b':' => {
+                self.word_done();
+                self.mark(Tok::Colon);
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => {
+                if self.word_len < self.word.len() {
+                    self.word[self.word_len] = c.to_ascii_uppercase();
+                }
+                self.word_len += 1;
+            }
+            _ => {
+                self.word_done();
+                self.mark(Tok::Other);
+            }
+        }
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
+            self.last = b;
+        }
+        self.open = true;
+        self.head_bytes(&[b]);
+        Ok(())
+    }
+
+    pub(super) fn word_done(&mut self) {
+        if self.word_len == 0 {
+            return;
+        }
+        let word = &self.word[..self.word_len.min(16)];
+        self.last = b'w';
+        if word == b"VALUES" || word == b"VALUE" {
+            self.after_values = true;
+            self.last = b'v';
+        }
+        if let Some(i) = DANGER.iter().position(|d| *d == word) {
+            self.danger |= 1 << i;
+        }
+        if self.delimiter != b";" {
+            let tok = match (self.word_len, word) {
+                (5, b"BEGIN") => Tok::Begin,
+                (3, b"END") => Tok::End,
+                (2, b"IF") => Tok::If,
+                (4, b"CASE") => Tok::Case,
+                (4, b"LOOP") => Tok::Loop,
+                (6, b"REPEAT") => Tok::Repeat,
+                (5, b"WHILE") => Tok::While,
+                (4, b"THEN") => Tok::Then,
+                (4, b"ELSE") => Tok::Else,
+                (2, b"DO") => Tok::Do,
+                (3, b"ROW") => Tok::Row,
+                _ => Tok::Other,
+            };
+            self.tokens.push(tok);
+        }
+        self.word_len = 0;
+    }
+
+    pub(super) fn mark(&mut self, tok: Tok) {
+        if self.delimiter != b";" {
+            self.tokens.push(tok);
+        }
+    }
+
+    pub(super) fn end_statement(
+        &mut self,
+        on: &mut dyn FnMut(Event<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        for c in std::mem::take(&mut self.pend) {
+            self.code(c)?;
+        }
+        self.word_done();
+        if self.in_versioned {
+            // The client splits here too; what follows is classified on its own.
+            self.in_versioned = false;
+        }
+        if self.open {
+            let head = trim_head(&self.head);
+            on(Event::Statement(Statement {
+                head,
+                tuples: self.tuples,
+                calls: self.calls,
+                danger: self.danger,
+                whole: !self.head_full,
+                text: &self.text,
+                delimiter: &self.delimiter,
+                tokens: &self.tokens,
+            }))?;
+        }
+        self.text.clear();
+        self.tokens.clear();
+        self.head.clear();
+        self.open = false;
+        self.depth = 0;
+        self.after_values = false;
+        self.tuples = 0;
+        self.calls = 0;
+        self.danger = 0;
+        self.head_full = false;
+        self.last = b' ';
+        self.prev = b' ';
+        Ok(())
+    }
+
+    pub(super) fn keep(&mut self, bytes: &[u8]) {
+        if self.keep_text {
+            self.text.extend_from_slice(bytes);
+        }
+    }
+
+    pub(super) fn head_bytes(&mut self, bytes: &[u8]) {
+        let room = HEAD.saturating_sub(self.head.len());
+        if bytes.len() > room {
+            self.head_full = true;
+        }
+        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    pub(super) fn head_space(&mut self) {
+        if self.head.last().is_some_and(|c| *c != b' ') && self.head.len() < HEAD {
+            self.head.push(b' ');
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Splits a mysqldump/mariadb-dump stream into statements the way the `mariadb` client does:
+//! quotes (`'…'`, `"…"` with backslash escapes; `` `…` `` doubled), comments (`-- `, `#`,
+//! `/* */`), versioned comments (`/*!50003 … */`, `/*M!100000 … */`) read as code, and
+//! `DELIMITER` lines. Push-based, so that a backup counts the rows of the dump it streams
+//! without holding it, and a load holds one statement at a time.
+//!
+//! For each statement it gives a *head* (its first bytes with comments dropped, versioned
+//! markers removed and whitespace collapsed: what classifying it needs), the number of row
+//! tuples after `VALUES` at the top level (an `INSERT`'s rows), and, when asked, its raw text.
+//! Anything the client would run that is not a statement — a backslash command outside a
+//! string, a line left unterminated at the end — is an error, never passed on.
+
+mod code;
+
+use super::tokens::{Tok, shown};
+use memchr::memchr2;
+
+/// How many significant bytes of a statement its head keeps.
+pub const HEAD: usize = 512;
+
+/// The line mariadb-dump 10.5.25/10.6.18/10.11.8 and later write first; dbkeep passes
+/// `--sandbox` itself instead.
+const SANDBOX_LINE: &[u8] = b"/*M!999999\\- enable the sandbox mode */";
+
+/// A statement as the client would send it.
+pub struct Statement<'a> {
+    pub head: &'a [u8],
+    /// Row tuples after `VALUES` at the top level.
+    pub tuples: u64,
+    /// Which of [`DANGER`] appear in its code (bit i for `DANGER[i]`).
+    pub danger: u32,
+    /// Whether its head holds all of its code (a longer statement is cut at [`HEAD`] bytes).
+    pub whole: bool,
+    /// Function calls or subqueries after `VALUES` (a word before `(`, or `SELECT`): never in
+    /// what mysqldump writes, and a call could run a function of the live database.
+    pub calls: u64,
+    /// The raw text without its delimiter (empty unless the scanner keeps text).
+    pub text: &'a [u8],
+    /// The delimiter in force (`;`, `;;`).
+    pub delimiter: &'a [u8],
+    /// How its blocks nest (empty unless the scanner keeps text).
+    pub tokens: &'a [Tok],
+}
+
+/// What the scanner reports.
+pub enum Event<'a> {
+    Statement(Statement<'a>),
+    /// A `DELIMITER x` line (its raw bytes, newline included).
+    Delimiter(&'a [u8]),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Normal,
+    Quote(u8),
+    QuoteEscape(u8),
+    Backtick,
+    LineComment,
+    BlockComment,
+    /// At the start of a line with no statement open: collecting it to see whether it is a
+    /// `DELIMITER` line.
+    LineStart,
+}
+
+pub struct Scanner {
+    keep_text: bool,
+    state: State,
+    delimiter: Vec<u8>,
+    /// How many bytes of the delimiter matched so far.
+    matched: usize,
+    text: Vec<u8>,
+    head: Vec<u8>,
+    /// Whether the statement has a significant byte yet.
+    open: bool,
+    in_versioned: bool,
+    /// Reading the digits after `/*!` or `/*M!`.
+    version_digits: bool,
+    version: u32,
+    version_len: u32,
+    versioned_m: bool,
+    /// The previous byte in a block comment (for `*/`).
+    prev: u8,
+    /// Bytes held back: `-`, `--`, `/`, `/*`, `/*M`, or `*` in a versioned comment.
+    pend: Vec<u8>,
+    depth: u32,
+    word: [u8; 16],
+    word_len: usize,
+    after_values: bool,
+    tuples: u64,
+    calls: u64,
+    danger: u32,
+    head_full: bool,
+    /// The last significant thing in code: `w` a word, `v` the word VALUES, else the byte.
+    last: u8,
+    tokens: Vec<Tok>,
+    line: Vec<u8>,
+    first_line: bool,
+    pub bytes: u64,
+}
+
+impl Scanner {
+    pub fn new(keep_text: bool) -> Self {
+        Self {
+            keep_text,
+            state: State::LineStart,
+            delimiter: b";".to_vec(),
+            matched: 0,
+            text: Vec::new(),
+            head: Vec::with_capacity(HEAD),
+            open: false,
+            in_versioned: false,
+            version_digits: false,
+            version: 0,
+            version_len: 0,
+            versioned_m: false,
+            prev: b'\n',
+            pend: Vec::new(),
+            depth: 0,
+            word: [0; 16],
+            word_len: 0,
+            after_values: false,
+            tuples: 0,
+            calls: 0,
+            danger: 0,
+            head_full: false,
+            last: b' ',
+            tokens: Vec::new(),
+            line: Vec::new(),
+            first_line: true,
+            bytes: 0,
+        }
+    }
+
+    /// Scans `chunk`, calling `on` for every complete statement and delimiter line.
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        on: &mut dyn FnMut(Event<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.bytes += chunk.len() as u64;
+        let mut i = 0;
+        while i < chunk.len() {
+            let b = chunk[i];
+            match self.state {
+                State::LineStart => {
+                    self.line.push(b);
+                    i += 1;
+                    if b == b'\n' || self.line.len() >= 256 {
+                        self.end_line_start(on)?;
+                    }
+                    continue;
+                }
+                State::Quote(q) => {
+                    // Strings are most of a dump: jump to the next quote or backslash.
+                    let rest = &chunk[i..];
+                    let n = memchr2(q, b'\\', rest).unwrap_or(rest.len());
+                    self.keep(&rest[..n]);
+                    self.head_bytes(&rest[..n]);
+                    i += n;
+                    if i < chunk.len() {
+                        let c = chunk[i];
+                        self.keep(&[c]);
+                        self.head_bytes(&[c]);
+                        self.state = if c == b'\\' {
+                            State::QuoteEscape(q)
+                        } else {
+                            State::Normal
+                        };
+                        i += 1;
+                    }
+                    continue;
+                }
+                State::QuoteEscape(q) => {
+                    self.keep(&[b]);
+                    self.head_bytes(&[b]);
+                    self.state = State::Quote(q);
+                }
+                State::Backtick => {
+                    self.keep(&[b]);
+                    self.head_bytes(&[b]);
+                    if b == b'`' {
+                        self.state = State::Normal;
+                        // A quoted name counts as a word: `f`( is a call.
+                        self.last = b'w';
+                    }
+                }
+                State::LineComment => {
+                    self.keep(&[b]);
+                    if b == b'\n' {
+                        self.state = State::Normal;
+                        self.at_newline();
+                    }
+                }
+                State::BlockComment => {
+                    self.keep(&[b]);
+                    if self.prev == b'*' && b == b'/' {
+                        self.state = State::Normal;
+                        self.prev = b' ';
+                        self.head_space();
+                    } else {
+                        self.prev = b;
+                    }
+                }
+                State::Normal
+                    if self.pend.is_empty() && self.matched == 0 && !self.version_digits =>
+                {
+                    // Digits and commas between values are most of a dump's bytes outside
+                    // strings: taken in a run, as `code` would take them one by one.
+                    let start = i;
+                    while i < chunk.len() {
+                        let c = chunk[i];
+                        if c.is_ascii_digit() {
+                            if self.word_len < self.word.len() {
+                                self.word[self.word_len] = c;
+                            }
+                            self.word_len += 1;
+                        } else if c == b',' {
+                            self.word_done();
+                            self.mark(Tok::Other);
+                            self.last = b',';
+                        } else {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    if i > start {
+                        self.open = true;
+                        self.keep(&chunk[start..i]);
+                        self.head_bytes(&chunk[start..i]);
+                        continue;
+                    }
+                    self.normal(b, on)?;
+                }
+                State::Normal => self.normal(b, on)?,
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// The end of the stream: nothing may be left open.
+    pub fn finish(
+        &mut self,
+        on: &mut dyn FnMut(Event<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        if self.state == State::LineStart && !self.line.is_empty() {
+            self.end_line_start(on)?;
+        }
+        for c in std::mem::take(&mut self.pend) {
+            self.code(c)?;
+        }
+        match self.state {
+            State::Quote(_) | State::QuoteEscape(_) | State::Backtick => {
+                Err("the dump ends inside a quoted string".into())
+            }
+            State::BlockComment => Err("the dump ends inside a comment".into()),
+            _ if self.open => Err(format!(
+                "the dump ends inside a statement ({})",
+                shown(&self.head)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn end_line_start(
+        &mut self,
+        on: &mut dyn FnMut(Event<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let line = std::mem::take(&mut self.line);
+        let first = std::mem::replace(&mut self.first_line, false);
+        self.state = State::Normal;
+        let trimmed = line.trim_ascii();
+        if first && trimmed == SANDBOX_LINE {
+            self.state = State::LineStart;
+            return Ok(());
+        }
+        let word: Vec<u8> = trimmed
+            .iter()
+            .take(10)
+            .map(u8::to_ascii_uppercase)
+            .collect();
+        if word.starts_with(b"DELIMITER") && trimmed.get(9).is_some_and(u8::is_ascii_whitespace) {
+            // What mysqldump and mariadb-dump write, and nothing else: the client reads the
+            // argument by its own rules (a first word, a quoted string).
+            let new = trimmed[9..].trim_ascii();
+            if new != b";;" && new != b";" {
+                return Err(format!(
+                    "the dump sets the delimiter to {:?}: dbkeep loads only DELIMITER ;; and DELIMITER ;",
+                    String::from_utf8_lossy(new)
+                ));
+            }
+            self.delimiter = new.to_vec();
+            on(Event::Delimiter(&line))?;
+            self.state = State::LineStart;
+            return Ok(());
+        }
+        // Not a delimiter line: scan it as any other.
+        self.prev = b'\n';
+        let mut i = 0;
+        while i < line.len() && self.state == State::Normal {
+            self.normal(line[i], on)?;
+            i += 1;
+        }
+        if i < line.len() {
+            let rest = line[i..].to_vec();
+            self.feed(&rest, on)?;
+            self.bytes -= rest.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn at_newline(&mut self) {
+        self.prev = b'\n';
+        self.head_space();
+        if !self.open {
+            self.state = State::LineStart;
+        }
+    }
+}
+
+fn trim_head(head: &[u8]) -> &[u8] {
+    head.trim_ascii()
+}
