@@ -5,7 +5,7 @@
 //! match), and the tables dumped must be the tables the database had before and after.
 
 use super::classify::{Kind, TableStmt, classify_statement};
-use super::scan::{Event, Scanner};
+use super::scan::{Event, Scanner, Versions};
 use super::*;
 use crate::codec::Tail;
 use crate::engine::{DumpInfo, RowCounts};
@@ -79,7 +79,7 @@ fn scan_chunk(scanner: &mut Scanner, scanned: &mut Scanned, chunk: Option<&[u8]>
 
 /// Counts the rows of a complete dump read from `input` (for tests and checks).
 pub fn count_rows(input: &mut dyn Read) -> Result<RowCounts, String> {
-    let mut scanner = Scanner::new(false);
+    let mut scanner = Scanner::new(false).for_server(Versions::Any);
     let mut scanned = Scanned::default();
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -169,7 +169,7 @@ impl Mysql {
             .stdout(Stdio::piped());
         let mut child = process::spawn(cmd, HINT, self.secrets())?;
         let look = Scan {
-            scanner: Scanner::new(false),
+            scanner: Scanner::new(false).for_server(Versions::of(&server_version)),
             scanned: Scanned {
                 tail: Some(Tail::new(4096)),
                 ..Scanned::default()

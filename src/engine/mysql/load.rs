@@ -6,7 +6,7 @@
 //! is killed before its input closes.
 
 use super::classify::{Kind, ObjectKind, classify_statement};
-use super::scan::{Event, Scanner, Statement};
+use super::scan::{Event, Scanner, Statement, Versions};
 use super::*;
 use crate::codec::Tail;
 use std::io::Read;
@@ -62,10 +62,11 @@ fn render(st: &Statement<'_>) -> Vec<u8> {
 }
 
 impl<R: Read> Filter<R> {
-    pub fn new(inner: R) -> Self {
+    /// A filter for a load into the server whose versioned comments are `versions`.
+    pub fn for_server(inner: R, versions: Versions) -> Self {
         Self {
             inner,
-            scanner: Scanner::new(true),
+            scanner: Scanner::new(true).for_server(versions),
             tail: Tail::new(4096),
             out: Vec::new(),
             at: 0,
@@ -197,7 +198,7 @@ impl Mysql {
         database: &str,
         input: &mut dyn Read,
     ) -> Result<(Objects, u64), MysqlError> {
-        let mut filter = Filter::new(input);
+        let mut filter = Filter::for_server(input, self.versions());
         let fed = self.feed(flavor, database, &mut filter);
         if let Some(problem) = filter.problem.take() {
             return Err(problem);
@@ -224,7 +225,7 @@ mod tests {
     use super::*;
 
     fn filtered(dump: &[u8]) -> Result<(Vec<u8>, Objects), MysqlError> {
-        let mut f = Filter::new(dump);
+        let mut f = Filter::for_server(dump, Versions::Mariadb(100500));
         let mut out = Vec::new();
         let r = f.read_to_end(&mut out);
         match f.problem.take() {

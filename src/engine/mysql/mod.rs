@@ -144,6 +144,8 @@ pub struct Mysql {
     keep_old: bool,
     stall_timeout: Duration,
     row_counts: bool,
+    /// The server's `VERSION()`, once asked: which versioned comments a load may hold.
+    server: std::sync::OnceLock<String>,
 }
 
 /// A private directory holding the client's option file; removed when dropped.
@@ -271,6 +273,7 @@ impl Mysql {
             keep_old,
             stall_timeout,
             row_counts,
+            server: std::sync::OnceLock::new(),
         }
     }
 
@@ -328,7 +331,13 @@ impl Mysql {
         if version.is_empty() || !version.starts_with(|c: char| c.is_ascii_digit()) {
             return Err(MysqlError::Version(version));
         }
+        let _ = self.server.set(version.clone());
         Ok((version.clone(), flavor_of(&version)))
+    }
+
+    /// Which versioned comments the server runs (as asked by [`Mysql::server_version`]).
+    fn versions(&self) -> scan::Versions {
+        scan::Versions::of(self.server.get().map_or("", String::as_str))
     }
 
     /// `mariadb-dump --version` → `mariadb-dump 10.19 Distrib 10.11.19-MariaDB`.

@@ -140,7 +140,7 @@ impl Mysql {
             self.secrets(),
             Some(Stall::silence(self.stall_timeout)),
         )?;
-        let mut filter = super::load::Filter::new(dump.as_bytes());
+        let mut filter = super::load::Filter::for_server(dump.as_bytes(), self.versions());
         let drained = io::copy(&mut filter, &mut io::sink());
         if let Some(p) = filter.problem.take() {
             return Err(p);

@@ -116,22 +116,17 @@ impl Scanner {
         self.code(b)
     }
 
-    /// A versioned comment is code only where every server runs it: `/*!NNNNN` below 50700
-    /// (MariaDB skips MySQL's 50700–99999), `/*M!NNNNNN` up to 100500 (MariaDB 10.5, the oldest
-    /// it supports), `/*!` without digits. Anything else some server skips while the client
-    /// splits inside it: refused.
+    /// A versioned comment is code only where the server that loads the dump runs it
+    /// ([`Versions::runs`]); one it would skip while the client splits inside it is refused.
     pub(super) fn check_version(&mut self) -> Result<(), String> {
-        let ok = match (self.versioned_m, self.version_len) {
-            (false, 0) => true,
-            (false, 5) => self.version < 50700,
-            (true, 6) => self.version <= 100500,
-            _ => false,
-        };
-        if ok {
+        if self
+            .versions
+            .runs(self.versioned_m, self.version_len, self.version)
+        {
             Ok(())
         } else {
             Err(format!(
-                "the dump has a versioned comment {}{} that not every server runs: the client and the server would read it differently",
+                "the dump has a versioned comment {}{} that this server would skip: the client and the server would read it differently",
                 if self.versioned_m { "/*M!" } else { "/*!" },
                 self.version
             ))

@@ -22,6 +22,54 @@ pub const HEAD: usize = 512;
 /// `--sandbox` itself instead.
 const SANDBOX_LINE: &[u8] = b"/*M!999999\\- enable the sandbox mode */";
 
+/// Which versioned comments the server that loads a dump runs as code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// MariaDB of this version (`10.11.19` → 101119): `/*!NNNNN` below 50700 (it skips MySQL's
+    /// 50700–99999), `/*!NNNNNN` and `/*M!NNNNNN` up to its own.
+    Mariadb(u32),
+    /// MySQL of this version (`8.0.36` → 80036): `/*!NNNNN` up to its own; no `/*M!`.
+    Mysql(u32),
+    /// Reading only (verify): any well-formed version.
+    Any,
+}
+
+impl Versions {
+    /// From a server's `VERSION()`; an unreadable one is taken as MariaDB 10.5, the oldest
+    /// supported (so only what every MariaDB runs passes).
+    pub fn of(version: &str) -> Self {
+        let mut parts = version
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor, patch) = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        let n = major * 10000 + minor.min(99) * 100 + patch.min(99);
+        if version.to_ascii_lowercase().contains("mariadb") || major >= 10 {
+            Versions::Mariadb(if n == 0 { 100500 } else { n })
+        } else if major > 0 {
+            Versions::Mysql(n)
+        } else {
+            Versions::Mariadb(100500)
+        }
+    }
+
+    /// Whether a versioned comment (`/*M!` when `m`) with `len` digits `n` is code here.
+    pub fn runs(self, m: bool, len: u32, n: u32) -> bool {
+        match (self, m, len) {
+            (_, false, 0) => true,
+            (Versions::Any, _, 5 | 6) => true,
+            (Versions::Mariadb(_), false, 5) => n < 50700,
+            (Versions::Mariadb(v), _, 6) => n <= v,
+            (Versions::Mysql(v), false, 5) => n <= v,
+            _ => false,
+        }
+    }
+}
+
 /// A statement as the client would send it.
 pub struct Statement<'a> {
     pub head: &'a [u8],
@@ -78,6 +126,7 @@ pub struct Scanner {
     version: u32,
     version_len: u32,
     versioned_m: bool,
+    versions: Versions,
     /// The previous byte in a block comment (for `*/`).
     prev: u8,
     /// Bytes held back: `-`, `--`, `/`, `/*`, `/*M`, or `*` in a versioned comment.
@@ -113,6 +162,7 @@ impl Scanner {
             version: 0,
             version_len: 0,
             versioned_m: false,
+            versions: Versions::Mariadb(100500),
             prev: b'\n',
             pend: Vec::new(),
             depth: 0,
@@ -129,6 +179,12 @@ impl Scanner {
             first_line: true,
             bytes: 0,
         }
+    }
+
+    /// For the server that loads the dump (default: what every MariaDB from 10.5 runs).
+    pub fn for_server(mut self, versions: Versions) -> Self {
+        self.versions = versions;
+        self
     }
 
     /// Scans `chunk`, calling `on` for every complete statement and delimiter line.
@@ -320,4 +376,22 @@ impl Scanner {
 
 fn trim_head(head: &[u8]) -> &[u8] {
     head.trim_ascii()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_comments_run_where_the_server_runs_them() {
+        let m = Versions::of("10.11.19-MariaDB-0+deb12u1");
+        assert_eq!(m, Versions::Mariadb(101119));
+        assert!(m.runs(false, 5, 40101) && m.runs(false, 5, 50003));
+        assert!(!m.runs(false, 5, 50700) && !m.runs(false, 5, 80016));
+        assert!(m.runs(true, 6, 100616) && !m.runs(true, 6, 110400));
+        let my = Versions::of("8.0.36");
+        assert_eq!(my, Versions::Mysql(80036));
+        assert!(my.runs(false, 5, 80016) && !my.runs(false, 5, 80100) && !my.runs(true, 6, 100100));
+        assert_eq!(Versions::of(""), Versions::Mariadb(100500));
+    }
 }
