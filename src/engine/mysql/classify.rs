@@ -55,7 +55,8 @@ impl ObjectKind {
 pub(super) enum T {
     Word(String),
     Ident(String),
-    Str,
+    /// A quoted string, its text as written (escapes not undone).
+    Str(String),
     Punct(u8),
 }
 
@@ -86,11 +87,13 @@ fn tokens(head: &[u8]) -> Vec<T> {
             }
             b'\'' | b'"' => {
                 i += 1;
+                let start = i;
                 while i < head.len() && head[i] != c {
                     i += if head[i] == b'\\' { 2 } else { 1 };
                 }
+                let raw = String::from_utf8_lossy(&head[start..i.min(head.len())]).into_owned();
                 i += 1;
-                out.push(T::Str);
+                out.push(T::Str(raw));
             }
             c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => {
                 let start = i;
@@ -173,7 +176,10 @@ impl Cursor<'_> {
         }
     }
     fn definer_part(&mut self) {
-        if matches!(self.t.get(self.i), Some(T::Ident(_) | T::Str | T::Word(_))) {
+        if matches!(
+            self.t.get(self.i),
+            Some(T::Ident(_) | T::Str(_) | T::Word(_))
+        ) {
             self.i += 1;
         }
     }
@@ -544,6 +550,13 @@ mod tests {
             "SET @cs = X'67626B'",
             "SET @cs = _latin1'gbk'",
             "SET @cs = 'gb' 'k'",
+            "SET sql_mode = 'NO_BACKSLASH_ESCAPE\\S'",
+            "SET sql_mode = 4",
+            "SET sql_mode = 'POSTGRESQL'",
+            "SET sql_mode = DEFAULT",
+            "SET NAMES DEFAULT",
+            "SET NAMES 'gb\\k'",
+            "SET character_set_client = 28",
             "INSERT INTO `t` SELECT * FROM `live`.`t`",
             "INSERT INTO `t` SET a = 1",
             "GRANT ALL ON *.* TO x",

@@ -55,11 +55,7 @@ fn scan_chunk(scanner: &mut Scanner, scanned: &mut Scanned, chunk: Option<&[u8]>
                 Kind::Table {
                     name,
                     what: TableStmt::Create,
-                } if st
-                    .head
-                    .windows(8)
-                    .all(|w| !w.eq_ignore_ascii_case(b"SEQUENCE")) =>
-                {
+                } => {
                     counts.entry(name.clone()).or_insert(0);
                     tables.insert(name);
                 }

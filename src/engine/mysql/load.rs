@@ -165,7 +165,7 @@ impl<R: Read> Read for Filter<R> {
     }
 }
 
-const SAFE_MODE: &str = "--init-command=SET SESSION sql_mode = TRIM(BOTH ',' FROM REPLACE(REPLACE(REPLACE(CONCAT(',', @@SESSION.sql_mode, ','), ',NO_BACKSLASH_ESCAPES,', ','), ',ANSI_QUOTES,', ','), ',ANSI,', ','))";
+const SAFE_MODE: &str = "--init-command=SET SESSION sql_mode = ''";
 
 impl Mysql {
     /// Feeds `input` (already filtered, or a script of dbkeep's) to the client on `database`.
@@ -303,6 +303,13 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"INSERT INTO `x` VALUES (LOAD_FILE('/etc/shadow'));\n-- Dump completed\n", "LOAD_FILE"),
             (b"INSERT INTO `x` (`a`) VALUE (`live`.`f`());\n-- Dump completed\n", "function call"),
             (b"CREATE TABLE `t` (`a` int);\n-- Dump completed\nSELECT 1;\n", "not a statement"),
+            // From the second review.
+            (b"INSERT INTO `x` VALUES (1) /*;\nSET @a = '*/; DROP DATABASE `live`; -- ';\n-- Dump completed\n", "comment opening at the delimiter"),
+            (b"INSERT INTO `x` VALUES (1) /* /*! */, ('*/; DROP DATABASE `live`; -- ');\n-- Dump completed\n", "comment inside a comment"),
+            (b"INSERT INTO `x` VALUES (1) /*!050700 '*/;DROP DATABASE `live`;#'*/;\n-- Dump completed\n", "versioned comment"),
+            (b"SET NAMES latin1;\nINSERT INTO `x` VALUES (1) --\xA0 '\n; DROP DATABASE `live`; #'\n;\n-- Dump completed\n", "control character"),
+            (b"SET sql_mode = 4;\n-- Dump completed\n", "sql_mode"),
+            (b"SET character_set_client = 28;\n-- Dump completed\n", "sql_mode"),
         ] {
             let e = filtered(dump)
                 .err()

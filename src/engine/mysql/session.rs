@@ -37,7 +37,10 @@ pub(super) fn check_set(toks: &[T]) -> Result<(), &'static str> {
         let (target, value) = match eq {
             Some(i) => (&assignment[..i], &assignment[i + 1..]),
             // `SET NAMES utf8mb4 [COLLATE x]`, `SET CHARACTER SET x`.
-            None => (assignment, &assignment[assignment.len().min(1)..]),
+            None => (
+                &assignment[..assignment.len().min(1)],
+                &assignment[assignment.len().min(1)..],
+            ),
         };
         for t in assignment {
             if matches!(t, T::Word(w) if w.eq_ignore_ascii_case("GLOBAL") || w.to_ascii_uppercase().starts_with("PERSIST"))
@@ -55,9 +58,9 @@ pub(super) fn check_set(toks: &[T]) -> Result<(), &'static str> {
         // adjacent strings (`'gb' 'k'` is one), no parenthesis (no call, no subquery).
         let mut simple = true;
         for (i, t) in value.iter().enumerate() {
-            let next_is_str = matches!(value.get(i + 1), Some(T::Str));
+            let next_is_str = matches!(value.get(i + 1), Some(T::Str(_)));
             simple &= match t {
-                T::Str => !next_is_str,
+                T::Str(_) => !next_is_str,
                 T::Word(w) => {
                     let lower = w.to_ascii_lowercase();
                     !next_is_str
@@ -74,6 +77,99 @@ pub(super) fn check_set(toks: &[T]) -> Result<(), &'static str> {
                 "a SET whose value is an expression (dbkeep loads literals and variables only)",
             );
         }
+        check_value(target, value)?;
     }
     Ok(())
+}
+
+/// The sql_mode flags mariadb-dump and mysqldump set, and the character sets under which the
+/// client and the server split input alike (ASCII-compatible, no 0x5C inside a character).
+const SAFE_MODES: &[&str] = &[
+    "NO_AUTO_VALUE_ON_ZERO",
+    "STRICT_TRANS_TABLES",
+    "STRICT_ALL_TABLES",
+    "ERROR_FOR_DIVISION_BY_ZERO",
+    "NO_AUTO_CREATE_USER",
+    "NO_ENGINE_SUBSTITUTION",
+    "NO_ZERO_DATE",
+    "NO_ZERO_IN_DATE",
+    "ONLY_FULL_GROUP_BY",
+    "IGNORE_SPACE",
+    "NO_DIR_IN_CREATE",
+    "NO_UNSIGNED_SUBTRACTION",
+    "HIGH_NOT_PRECEDENCE",
+    "PAD_CHAR_TO_FULL_LENGTH",
+    "REAL_AS_FLOAT",
+    "PIPES_AS_CONCAT",
+    "SIMULTANEOUS_ASSIGNMENT",
+    "TIME_ROUND_FRACTIONAL",
+    "NO_KEY_OPTIONS",
+    "NO_TABLE_OPTIONS",
+    "NO_FIELD_OPTIONS",
+    "TRADITIONAL",
+];
+const SAFE_CHARSETS: &[&str] = &["utf8mb4", "utf8mb3", "utf8", "latin1", "binary", "ascii"];
+
+/// A value the session may take for this target: sql_mode only a quoted list of
+/// [`SAFE_MODES`] (or a variable saved from the session), character sets only
+/// [`SAFE_CHARSETS`] (or a saved variable); a user variable only a literal without a backslash
+/// (so that what it later gives sql_mode or a character set was checked here).
+fn check_value(target: &[T], value: &[T]) -> Result<(), &'static str> {
+    let name = target
+        .iter()
+        .rev()
+        .find_map(|t| match t {
+            T::Word(w) => Some(w.to_ascii_lowercase()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let user_var = matches!(target, [T::Punct(b'@'), T::Word(_)]);
+    let variable = matches!(value, [T::Punct(b'@'), T::Word(_)])
+        || matches!(value.first(), Some(T::Punct(b'@')))
+            && matches!(value.get(1), Some(T::Punct(b'@')));
+    let bad = Err(UNSAFE_MESSAGE);
+    if user_var {
+        return match value {
+            [T::Str(text)] if text.contains('\\') || unsafe_text(text) => bad,
+            _ => Ok(()),
+        };
+    }
+    match name.as_str() {
+        "sql_mode" => match value {
+            _ if variable => Ok(()),
+            [T::Str(text)]
+                if !text.contains('\\')
+                    && text.split(',').all(|m| {
+                        m.is_empty() || SAFE_MODES.iter().any(|s| s.eq_ignore_ascii_case(m.trim()))
+                    }) =>
+            {
+                Ok(())
+            }
+            _ => bad,
+        },
+        "names"
+        | "character"
+        | "character_set_client"
+        | "character_set_connection"
+        | "character_set_results"
+        | "collation_connection" => {
+            let value = match value.first() {
+                Some(T::Word(w)) if w.eq_ignore_ascii_case("SET") => &value[1..],
+                _ => value,
+            };
+            let charset = match value.first() {
+                Some(T::Word(w) | T::Ident(w) | T::Str(w)) => w.to_ascii_lowercase(),
+                _ => String::new(),
+            };
+            let safe = SAFE_CHARSETS
+                .iter()
+                .any(|c| charset == *c || charset.starts_with(&format!("{c}_")));
+            if variable || safe && !charset.contains('\\') {
+                Ok(())
+            } else {
+                bad
+            }
+        }
+        _ => Ok(()),
+    }
 }

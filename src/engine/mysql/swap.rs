@@ -395,6 +395,10 @@ impl Mysql {
             .into_iter()
             .filter(|t| t != JOURNAL)
             .collect();
+        // Whatever is under the live name now is moved into the staging database: from here
+        // it holds tables that were live, and is never dropped (a forged or confused journal
+        // cannot make recovery drop live data).
+        let exposed = exposed || !aside_tables.is_empty();
         if !aside_tables.is_empty() {
             self.query(
                 flavor,

@@ -50,7 +50,8 @@ impl Scanner {
             }
             // `-- ` and whitespace: a comment to the client and the server alike. `--` and
             // another control character is a comment to the server only: refused.
-            (b"--", c) if c.is_ascii_whitespace() => {
+            (b"--", b' ' | b'\t' | b'\n' | b'\r') => {
+                let c = b;
                 self.pend.clear();
                 self.state = State::LineComment;
                 if c == b'\n' {
@@ -59,7 +60,9 @@ impl Scanner {
                 }
                 return Ok(());
             }
-            (b"--", c) if c.is_ascii_control() => {
+            // Another control character, or a byte a single-byte character set may call a
+            // space (latin1's 0xA0): the server may read a comment where the client does not.
+            (b"--", c) if c.is_ascii_control() || c >= 0x80 => {
                 return Err(format!(
                     "the dump has '--' and a control character in {}: the client and the server read it differently",
                     shown(&self.head)
@@ -253,6 +256,13 @@ impl Scanner {
         &mut self,
         on: &mut dyn FnMut(Event<'_>) -> Result<(), String>,
     ) -> Result<(), String> {
+        // `/*` just before the delimiter opens a comment for the client.
+        if self.pend == b"/*" || self.pend == b"/*M" {
+            return Err(format!(
+                "the dump has a comment opening at the delimiter in {}: the client and the server read it differently",
+                shown(&self.head)
+            ));
+        }
         for c in std::mem::take(&mut self.pend) {
             self.code(c)?;
         }

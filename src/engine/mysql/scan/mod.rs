@@ -63,7 +63,8 @@ impl Versions {
             (_, false, 0) => true,
             (Versions::Any, _, 5 | 6) => true,
             (Versions::Mariadb(_), false, 5) => n < 50700,
-            (Versions::Mariadb(v), _, 6) => n <= v,
+            (Versions::Mariadb(v), true, 6) => n <= v,
+            (Versions::Mariadb(v), false, 6) => n <= v && !(50700..=99999).contains(&n),
             (Versions::Mysql(v), false, 5) => n <= v,
             _ => false,
         }
@@ -249,6 +250,13 @@ impl Scanner {
                 }
                 State::BlockComment => {
                     self.keep(&[b]);
+                    // The client reads `/*!` inside a comment as the start of code.
+                    if self.prev == b'/' && b == b'*' {
+                        return Err(format!(
+                            "the dump has a comment inside a comment in {}: the client and the server read it differently",
+                            shown(&self.head)
+                        ));
+                    }
                     if self.prev == b'*' && b == b'/' {
                         self.state = State::Normal;
                         self.prev = b' ';
