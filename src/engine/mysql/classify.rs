@@ -60,10 +60,13 @@ pub(super) enum T {
     Punct(u8),
 }
 
+/// How many tokens of a head are classified; a short statement with more is refused.
+const TOKENS: usize = 64;
+
 fn tokens(head: &[u8]) -> Vec<T> {
     let mut out = Vec::new();
     let mut i = 0;
-    while i < head.len() && out.len() < 40 {
+    while i < head.len() && out.len() < TOKENS {
         let c = head[i];
         match c {
             b' ' => i += 1,
@@ -290,6 +293,17 @@ pub fn classify_statement(st: &super::scan::Statement<'_>) -> Result<Kind, Strin
 /// Classifies a statement by its head.
 pub fn classify(head: &[u8]) -> Result<Kind, String> {
     let toks = tokens(head);
+    let first = |w: &str| matches!(toks.first(), Some(T::Word(x)) if x.eq_ignore_ascii_case(w));
+    if toks.len() >= TOKENS
+        && ["SET", "DO", "DROP", "LOCK", "UNLOCK", "ALTER"]
+            .iter()
+            .any(|w| first(w))
+    {
+        return Err(format!(
+            "the dump holds a statement dbkeep does not load: {} (longer than such a statement is); a dump of one database by mysqldump or mariadb-dump has none",
+            shown(head)
+        ));
+    }
     let refuse = |why: &str| {
         Err(format!(
             "the dump holds a statement dbkeep does not load: {} ({why}); a dump of one database by mysqldump or mariadb-dump has none",
@@ -557,6 +571,7 @@ mod tests {
             "SET NAMES DEFAULT",
             "SET NAMES 'gb\\k'",
             "SET character_set_client = 28",
+            "SET @a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@b=SETVAL(`live`.`s`,1)",
             "INSERT INTO `t` SELECT * FROM `live`.`t`",
             "INSERT INTO `t` SET a = 1",
             "GRANT ALL ON *.* TO x",

@@ -297,7 +297,7 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"INSERT INTO `x` VALUES (1) /*!99999 '*/;DROP DATABASE `live`;#'*/;\n-- Dump completed\n", "versioned comment"),
             (b"INSERT INTO `x` VALUES (1) /*M!999999 '*/;DROP DATABASE `live`;#'*/;\n-- Dump completed\n", "versioned comment"),
             (b"INSERT /*+ \\! touch /tmp/x */ INTO `x` VALUES (1);\n-- Dump completed\n", "optimizer hint"),
-            (b"SET @a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0, GLOBAL init_connect='x';\n-- Dump completed\n", "GLOBAL"),
+            (b"SET @a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0,@a=0, GLOBAL init_connect='x';\n-- Dump completed\n", "longer than"),
             (b"CREATE TABLE `m` (`a` int) ENGINE=MERGE UNION=(`live`.`t`);\n-- Dump completed\n", "beyond its own database"),
             (b"CREATE TABLE `c` (`a` int) ENGINE=CONNECT;\n-- Dump completed\n", "beyond its own database"),
             (b"INSERT INTO `x` VALUES (LOAD_FILE('/etc/shadow'));\n-- Dump completed\n", "LOAD_FILE"),
@@ -310,6 +310,7 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"SET NAMES latin1;\nINSERT INTO `x` VALUES (1) --\xA0 '\n; DROP DATABASE `live`; #'\n;\n-- Dump completed\n", "control character"),
             (b"SET sql_mode = 4;\n-- Dump completed\n", "sql_mode"),
             (b"SET character_set_client = 28;\n-- Dump completed\n", "sql_mode"),
+            (b"DELIMITER ;;\t\nSELECT 1;;\n-- Dump completed\n", "delimiter"),
         ] {
             let e = filtered(dump)
                 .err()

@@ -343,10 +343,25 @@ impl Scanner {
             .take(10)
             .map(u8::to_ascii_uppercase)
             .collect();
+        if word.starts_with(b"DELIMITER") && !line.ends_with(b"\n") && line.len() >= 256 {
+            return Err(
+                "a DELIMITER line longer than dbkeep reads: the client would read it otherwise"
+                    .into(),
+            );
+        }
         if word.starts_with(b"DELIMITER") && trimmed.get(9).is_some_and(u8::is_ascii_whitespace) {
             // What mysqldump and mariadb-dump write, and nothing else: the client reads the
             // argument by its own rules (a first word, a quoted string).
-            let new = trimmed[9..].trim_ascii();
+            // Only spaces around it: the client keeps a tab or a form feed in the delimiter.
+            let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let arg = &raw.trim_ascii_start()[9..];
+            let start = arg.iter().position(|c| *c != b' ').unwrap_or(arg.len());
+            let end = arg
+                .iter()
+                .rposition(|c| *c != b' ')
+                .map_or(start, |e| e + 1);
+            let new = &arg[start..end.max(start)];
             if new != b";;" && new != b";" {
                 return Err(format!(
                     "the dump sets the delimiter to {:?}: dbkeep loads only DELIMITER ;; and DELIMITER ;",
