@@ -144,8 +144,7 @@ impl Mysql {
         let tool = flavor.dump_tool();
         let tool_version = self.tool_version(tool)?;
         let before: BTreeSet<String> = self.base_tables(flavor, &db)?.into_iter().collect();
-        let opts = OptionFile::write(&self.conn)?;
-        let mut cmd = self.command(tool, &opts);
+        let mut cmd = self.command(tool)?;
         cmd.args([
             "--single-transaction",
             "--quick",
@@ -183,7 +182,6 @@ impl Mysql {
         let waited = child.wait_success();
         result?;
         waited?;
-        drop(opts);
         if !scanned
             .tail
             .as_ref()

@@ -175,8 +175,7 @@ impl Mysql {
         database: &str,
         input: &mut dyn Read,
     ) -> Result<(), MysqlError> {
-        let opts = OptionFile::write(&self.conn)?;
-        let mut cmd = self.command(flavor.client(), &opts);
+        let mut cmd = self.command(flavor.client())?;
         // The session starts without the modes under which the client would read the input
         // differently from the scanner, whatever the server's global sql_mode.
         cmd.args(["--batch", "--silent"])

@@ -146,6 +146,8 @@ pub struct Mysql {
     row_counts: bool,
     /// The server's `VERSION()`, once asked: which versioned comments a load may hold.
     server: std::sync::OnceLock<String>,
+    /// The clients' option file, written once and removed with this value.
+    options: std::sync::OnceLock<OptionFile>,
 }
 
 /// A private directory holding the client's option file; removed when dropped.
@@ -274,6 +276,7 @@ impl Mysql {
             stall_timeout,
             row_counts,
             server: std::sync::OnceLock::new(),
+            options: std::sync::OnceLock::new(),
         }
     }
 
@@ -289,19 +292,26 @@ impl Mysql {
             .collect()
     }
 
-    /// A command for `tool` with the option file first; `opts` must outlive the child.
-    fn command(&self, tool: &str, opts: &OptionFile) -> Command {
+    /// A command for `tool` with the option file first (written on the first call, kept
+    /// until this value goes).
+    fn command(&self, tool: &str) -> Result<Command, MysqlError> {
+        let opts = match self.options.get() {
+            Some(o) => o,
+            None => {
+                let written = OptionFile::write(&self.conn)?;
+                self.options.get_or_init(|| written)
+            }
+        };
         let mut cmd = process::clean_command(Path::new(tool));
         cmd.arg(format!("--defaults-extra-file={}", opts.path.display()));
         cmd.env("HOME", opts.dir.path());
-        cmd
+        Ok(cmd)
     }
 
     /// Runs `sql` (statements separated by `;`) on `database` with the client; returns its
     /// tab-separated output, without column names.
     fn query(&self, flavor: Flavor, database: &str, sql: &str) -> Result<String, MysqlError> {
-        let opts = OptionFile::write(&self.conn)?;
-        let mut cmd = self.command(flavor.client(), &opts);
+        let mut cmd = self.command(flavor.client())?;
         cmd.args(["--batch", "--skip-column-names", "--raw"])
             .args(flavor.sandbox())
             .arg(format!("--database={database}"))

@@ -119,8 +119,7 @@ impl Mysql {
             .lines()
             .map(str::to_owned)
             .collect();
-        let opts = OptionFile::write(&self.conn)?;
-        let mut cmd = self.command(flavor.dump_tool(), &opts);
+        let mut cmd = self.command(flavor.dump_tool())?;
         cmd.args([
             "--no-data",
             "--single-transaction",
