@@ -103,10 +103,23 @@ impl Browser {
         .unwrap_or(false)
     }
 
+    /// Clicks the element `css` finds. An element the page replaced between the find and the
+    /// click (a refresh re-rendering the table) is found again, a few times, rather than failing.
     fn click(&self, css: &str) {
-        self.rt
-            .block_on(async { self.c().find(Locator::Css(css)).await?.click().await })
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let mut tries = 0;
+        loop {
+            let r = self
+                .rt
+                .block_on(async { self.c().find(Locator::Css(css)).await?.click().await });
+            match r {
+                Ok(()) => return,
+                Err(e) if tries < 10 && e.to_string().contains("stale element") => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     fn type_into(&self, css: &str, text: &str) {
@@ -294,6 +307,24 @@ fn the_dashboard_signs_in_backs_up_drills_restores_pins_and_deletes_in_a_real_br
             .contains("(pinned)")
     });
     assert_eq!(env.manifest("web_20261201")["pinned"], true);
+    b.click("#backups tr[data-name='web_20261201'] button[aria-label='Unpin web_20261201']");
+    b.wait("no pin mark", |b| {
+        !b.text("#backups tr[data-name='web_20261201']")
+            .contains("(pinned)")
+    });
+    // A keyboard user's focus survives the table's refresh: the Download button holds it while
+    // a pin (pressed by script, which moves no focus) re-renders the rows.
+    b.js("document.querySelector(\"#backups button[aria-label='Download web_20261201']\").focus(); return null;");
+    b.js("document.querySelector(\"#backups button[aria-label='Pin web_20261201']\").click(); return null;");
+    b.wait("the pin mark again", |b| {
+        b.text("#backups tr[data-name='web_20261201']")
+            .contains("(pinned)")
+    });
+    assert_eq!(
+        b.js("return document.activeElement.getAttribute('aria-label');"),
+        json!("Download web_20261201"),
+        "focus after the table's refresh"
+    );
     b.click("#backups tr[data-name='web_20261201'] button[aria-label='Unpin web_20261201']");
     b.wait("no pin mark", |b| {
         !b.text("#backups tr[data-name='web_20261201']")

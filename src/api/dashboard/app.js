@@ -154,6 +154,7 @@ async function loadBackups() {
     // Never leave another database's rows (and their buttons) on screen meanwhile.
     state.backups = [];
     state.backupsDb = null;
+    state.renderedBackups = null;
     $("backups").tBodies[0].replaceChildren(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "Loading " + db + " …")));
   }
   const list = await api("GET", "/api/backup/list?" + q(db));
@@ -212,6 +213,13 @@ function renderOverview() {
 function renderBackups() {
   const series = $("filter-series").value;
   const db = state.backupsDb;
+  // A refresh that changes nothing leaves the rows alone: a button under the pointer or holding
+  // the keyboard's focus is not swapped for a copy between press and release.
+  const key = JSON.stringify([db, series, state.backups]);
+  if (state.renderedBackups === key) return;
+  state.renderedBackups = key;
+  const focused = document.activeElement && document.activeElement.closest("#backups")
+    ? document.activeElement.getAttribute("aria-label") : null;
   const rows = [];
   for (const b of state.backups.filter((b) => !series || b.series === series)) {
     const v = b.verification;
@@ -242,6 +250,10 @@ function renderBackups() {
   }
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "No backups yet.")));
   $("backups").tBodies[0].replaceChildren(...rows);
+  if (focused) {
+    const again = [...$("backups").querySelectorAll("button")].find((x) => x.getAttribute("aria-label") === focused);
+    if (again) again.focus();
+  }
 }
 
 function button(text, label, onclick) {
