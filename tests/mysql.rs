@@ -6,7 +6,7 @@ use crate::common::TestEnv;
 use crate::common::mariadb::{APP_PASSWORD, MariaServer};
 use crate::postgres::assert_no_secret;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -264,7 +264,7 @@ impl Session {
     }
 }
 
-fn fill_big(my: &MariaServer, rows: u32) {
+pub fn fill_big(my: &MariaServer, rows: u32) {
     my.sql(
         "shop",
         &format!(
@@ -325,124 +325,6 @@ fn row_counts_are_those_of_the_dump_under_concurrent_writes() {
     let v = env.run(&["verify", "--restore", "c_20240115"]);
     v.ok();
     assert!(v.stdout.contains("equal the manifest's"), "{}", v.stdout);
-}
-
-#[test]
-fn a_server_lost_mid_dump_or_mid_restore_and_a_killed_swap_leave_the_live_database_as_it_was() {
-    let Some((mut my, env)) = setup() else { return };
-    env.run(&["backup", "--name", "small_20240115"]).ok();
-    fill_big(&my, 400_000);
-    env.run(&["backup", "--name", "big_20240115"]).ok();
-
-    // The server dies while a backup dumps: the backup fails, the older ones stay good.
-    let mut child = env.command(&["backup", "--name", "lost_20240115"]);
-    child.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = child.spawn().unwrap();
-    let parent = child.id().to_string();
-    crate::common::wait_for("mariadb-dump", || {
-        Command::new("pgrep")
-            .args(["-P", &parent, "-x", "mariadb-dump"])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    my.kill();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "the backup of a dying server succeeded");
-    my.start_again();
-    let backups = env.backups();
-    assert!(
-        backups.contains(&("big_20240115".to_owned(), true)),
-        "{backups:?}"
-    );
-    assert!(
-        !backups.contains(&("lost_20240115".to_owned(), true)),
-        "{backups:?}"
-    );
-    env.run(&["verify", "small_20240115"]).ok();
-
-    // The server dies while a restore loads: the live database is as it was.
-    let before = my.normalized_dump("shop");
-    let mut child = env.command(&["restore", "big_20240115", "--yes"]);
-    child.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut child = child.spawn().unwrap();
-    crate::common::wait_for("the staging database", || {
-        my.try_sql("mysql", "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE '%dbkeep_new%'")
-            .is_ok_and(|s| !s.is_empty())
-    });
-    my.kill();
-    assert!(!child.wait().unwrap().success());
-    my.start_again();
-    assert_same(&my.normalized_dump("shop"), &before, "shop");
-
-    // What a restore of the small backup gives, for reference; then back to the big one.
-    env.run(&["restore", "small_20240115", "--yes"]).ok();
-    let small = my.normalized_dump("shop");
-    env.run(&["restore", "big_20240115", "--yes"]).ok();
-    assert_same(&my.normalized_dump("shop"), &before, "shop");
-
-    // dbkeep killed in the swap before any live change (journal written): the next restore on
-    // this host rolls it back, from the journal on the server.
-    let o = env.run_with(
-        &[("DBKEEP_FAULT", "mysql-swap-journaled")],
-        &["restore", "small_20240115", "--yes"],
-    );
-    assert_ne!(o.code, 0);
-    let o = env.run(&["restore", "no_such_backup", "--yes"]);
-    o.code(2);
-    assert!(o.all().contains("rolled back a restore"), "{}", o.all());
-    assert!(o.all().contains("as it was before"), "{}", o.all());
-    assert_same(&my.normalized_dump("shop"), &before, "shop");
-    assert_eq!(my.databases(), ["shop"]);
-
-    // Killed after the RENAME (the backup's tables live, its objects not yet created): clients
-    // may have written to them since, so the next run completes the restore from the journal
-    // rather than undo it, and keeps the previous tables aside, naming them. Run twice: the
-    // second run has nothing left to do.
-    let o = env.run_with(
-        &[("DBKEEP_FAULT", "mysql-swap-renamed")],
-        &["restore", "small_20240115", "--yes"],
-    );
-    assert_ne!(o.code, 0);
-    assert_ne!(
-        my.normalized_dump("shop"),
-        small,
-        "the kill left a half-done swap"
-    );
-    let o = env.run(&["restore", "no_such_backup", "--yes"]);
-    o.code(2);
-    assert!(o.all().contains("completed a restore"), "{}", o.all());
-    assert_same(&my.normalized_dump("shop"), &small, "shop");
-    let left: Vec<String> = my.databases().into_iter().filter(|d| d != "shop").collect();
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert!(left[0].contains("_dbkeep_old_"), "{left:?}");
-    assert!(o.all().contains(&left[0]), "{}", o.all());
-    assert_eq!(
-        my.sql(&left[0], "SELECT COUNT(*) FROM big"),
-        "400000",
-        "the previous tables are kept"
-    );
-    let again = env.run(&["restore", "no_such_backup", "--yes"]);
-    assert!(
-        again.all().contains(&left[0]),
-        "reported, not acted on: {}",
-        again.all()
-    );
-    assert_same(&my.normalized_dump("shop"), &small, "shop");
-    assert_eq!(my.databases().len(), 2);
-    my.sql("mysql", &format!("DROP DATABASE `{}`", left[0]));
-
-    // And a restore that runs to its end puts the big backup's database back.
-    env.run(&["restore", "big_20240115", "--yes"]).ok();
-    assert_same(&my.normalized_dump("shop"), &before, "shop");
-    assert_eq!(my.databases(), ["shop"]);
 }
 
 #[test]

@@ -64,6 +64,13 @@ fn nothing_in_a_hostile_dump_reaches_the_live_database() {
             "INSERT INTO `x` VALUES (1) /*!99999 '*/;DROP DATABASE `live`;#'*/;".into(),
             "versioned comment",
         ),
+        // The engine's name quoted, where no keyword check sees it: the server says what it is.
+        (
+            "quoted-engine",
+            "CREATE TABLE `m` (`a` int) ENGINE='MRG_MyISAM';\nINSERT INTO `m` VALUES (1);".into(),
+            "storage engine MRG_MyISAM",
+        ),
+        ("glued-keyword", "INSERT INTO `x` VALUES (1.0SELECT 1);".into(), "SELECT"),
     ];
     for (i, (what, body, expected)) in cases.iter().enumerate() {
         let name = format!("evil_20240{:03}", 101 + i);
@@ -113,4 +120,51 @@ fn nothing_in_a_hostile_dump_reaches_the_live_database() {
     );
     r.ok();
     assert_same(&my.normalized_dump("shop"), &before, "shop");
+}
+
+/// The connection a load runs a dump's statements on takes one statement per request: a text
+/// holding two is refused by the server before either runs, whatever the allowlist missed;
+/// one statement with a compound body, or a trailing `;`, runs.
+#[test]
+fn the_load_connection_runs_one_statement_per_request() {
+    use dbkeep::database_url::DatabaseUrl;
+    use dbkeep::engine::mysql::connection::{Connection, ConnectionError};
+    let Some((my, _env)) = setup() else { return };
+    my.sql("shop", "CREATE TABLE one (a INT)");
+    let DatabaseUrl::Mysql(conn) = DatabaseUrl::parse(&my.url("shop")).unwrap() else {
+        panic!("a MySQL URL")
+    };
+    let mut c = Connection::open(&conn, "shop", std::time::Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for text in [
+        "INSERT INTO one VALUES (1); DROP DATABASE shop",
+        "DO 1; DROP TABLE one",
+        "INSERT INTO one VALUES (2);\n-- a comment\nDROP TABLE one",
+        "/*!50003 INSERT INTO one VALUES (3)*/; DROP TABLE one",
+        "SET @a = 1; DROP TABLE one",
+    ] {
+        let e = c.run(text.as_bytes()).expect_err(text);
+        assert!(
+            matches!(e, ConnectionError::Statement { code: 1064, .. }),
+            "{text}: {e}"
+        );
+    }
+    c.run(b"INSERT INTO one VALUES (4);").unwrap();
+    c.run(
+        b"CREATE PROCEDURE p() BEGIN INSERT INTO one VALUES (5); INSERT INTO one VALUES (6); END",
+    )
+    .unwrap();
+    c.run(b"CALL p()").unwrap();
+    assert_eq!(
+        my.sql("shop", "SELECT GROUP_CONCAT(a ORDER BY a) FROM one")
+            .trim(),
+        "4,5,6"
+    );
+    let e = c
+        .run(b"INSERT INTO nowhere VALUES (1)")
+        .expect_err("no such table");
+    assert!(
+        e.to_string().contains("INSERT INTO nowhere") && e.to_string().contains("1146"),
+        "{e}"
+    );
 }

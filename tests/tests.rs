@@ -15,6 +15,7 @@ mod formats;
 mod hostile_http;
 mod interrupted;
 mod mysql;
+mod mysql_faults;
 mod mysql_hostile;
 mod notify;
 mod postgres;

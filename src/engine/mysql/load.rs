@@ -1,21 +1,61 @@
 //! Loading a dump into a database of dbkeep's choosing, through the allowlist: the stream is
-//! scanned statement by statement; tables, rows and session settings go to the client at
-//! once, views, triggers, routines and events are held back (an [`Objects`] script, loaded
-//! after every row so that no trigger fires during the load, and by a restore into the live
-//! database after the swap). The stream must end with the completion trailer, or the client
-//! is killed before its input closes.
+//! scanned statement by statement; tables, rows and session settings are run at once, over a
+//! [`Connection`] that runs one statement per request, views, triggers, routines and events
+//! are held back (an [`Objects`] list, created after every row so that no trigger fires during
+//! the load, and by a restore into the live database after the swap). The stream must end
+//! with the completion trailer, or the load fails (into a database that is then dropped).
+//!
+//! Reading and scanning run on the calling thread; the statements go through a short queue to
+//! a thread that runs them, so the server works while the next statement is scanned. A
+//! watchdog cuts the connection when nothing moved for the stall limit and the server is not
+//! working on dbkeep's statement, or on a signal.
 
-use super::classify::{Kind, ObjectKind, classify_statement};
+use super::classify::{Kind, ObjectKind, TableStmt, classify_statement};
+use super::connection::Connection;
 use super::scan::{Event, Scanner, Statement, Versions};
 use super::*;
 use crate::codec::Tail;
+use crate::signals;
 use std::io::Read;
-use std::process::Stdio;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// What a load hands the thread that runs its statements.
+pub(super) enum Job {
+    /// A statement the allowlist passed, without its delimiter.
+    Run(Vec<u8>),
+    /// After a `CREATE TABLE`: the server must say the table is stored in its own database.
+    Engine(String),
+}
+
+/// The storage engines a loaded table may have: each keeps its rows in the table's own
+/// database. MERGE, FEDERATED, CONNECT, SPIDER, OQGRAPH, S3 … read or write elsewhere; a name
+/// the allowlist cannot see (`ENGINE='MRG_MyISAM'`) is caught here, from the server's answer.
+const ENGINES: &[&str] = &[
+    "InnoDB",
+    "MyISAM",
+    "Aria",
+    "MEMORY",
+    "CSV",
+    "ARCHIVE",
+    "BLACKHOLE",
+    "ROCKSDB",
+];
+
+/// One held-back piece: a statement, or a `DELIMITER` line (for the journal's script).
+struct Piece {
+    kind: Option<ObjectKind>,
+    /// As the dump has it: the text, its delimiter and a newline; or the delimiter line.
+    rendered: Vec<u8>,
+    /// How much of `rendered` is the statement's text (0 for a delimiter line).
+    text: usize,
+}
 
 /// The held-back part of a dump, in its order.
 #[derive(Default)]
 pub(super) struct Objects {
-    pieces: Vec<(Option<ObjectKind>, Vec<u8>)>,
+    pieces: Vec<Piece>,
     size: usize,
     /// The distinct objects (a view's placeholder and final statement are one).
     names: std::collections::BTreeSet<(u8, String)>,
@@ -27,63 +67,76 @@ pub(super) struct Objects {
 const OBJECTS_MAX: usize = 256 * 1024 * 1024;
 
 impl Objects {
-    /// The script, with or without the events (a drill's scratch database and a staging
-    /// database get none: an event runs by itself).
+    /// As a script a scan reads again (the journal keeps the objects so), with or without the
+    /// events (a drill's scratch database and a staging database get none: an event runs by
+    /// itself).
     pub fn script(&self, events: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.size);
-        for (kind, bytes) in &self.pieces {
-            if events || *kind != Some(ObjectKind::Event) {
-                out.extend_from_slice(bytes);
-            }
+        for p in self.wanted(events) {
+            out.extend_from_slice(&p.rendered);
         }
         out
     }
+
+    fn wanted(&self, events: bool) -> impl Iterator<Item = &Piece> {
+        self.pieces
+            .iter()
+            .filter(move |p| events || p.kind != Some(ObjectKind::Event))
+    }
+
+    /// The statements, in order, each without its delimiter.
+    fn statements(&self, events: bool) -> impl Iterator<Item = &[u8]> {
+        self.wanted(events)
+            .filter(|p| p.text > 0)
+            .map(|p| &p.rendered[..p.text])
+    }
 }
 
-/// Reads a dump and yields what the client is fed; keeps the objects and the first problem.
-pub(super) struct Filter<R> {
-    inner: R,
+/// Scans a dump: what runs at once goes to `run`, the objects are kept.
+pub(super) struct Filter {
     scanner: Scanner,
     tail: Tail,
-    out: Vec<u8>,
-    at: usize,
-    done: bool,
     pub objects: Objects,
-    pub problem: Option<MysqlError>,
     pub rows: u64,
 }
 
-fn render(st: &Statement<'_>) -> Vec<u8> {
+fn render(st: &Statement<'_>) -> Piece {
     let mut v = Vec::with_capacity(st.text.len() + st.delimiter.len() + 1);
     v.extend_from_slice(st.text);
     v.extend_from_slice(st.delimiter);
     v.push(b'\n');
-    v
+    Piece {
+        kind: None,
+        rendered: v,
+        text: st.text.len(),
+    }
 }
 
-impl<R: Read> Filter<R> {
+impl Filter {
     /// A filter for a load into the server whose versioned comments are `versions`.
-    pub fn for_server(inner: R, versions: Versions) -> Self {
+    pub fn for_server(versions: Versions) -> Self {
         Self {
-            inner,
             scanner: Scanner::new(true).for_server(versions),
             tail: Tail::new(4096),
-            out: Vec::new(),
-            at: 0,
-            done: false,
             objects: Objects::default(),
-            problem: None,
             rows: 0,
         }
     }
 
-    fn route(&mut self, chunk: Option<&[u8]>) -> Result<(), String> {
-        let (out, objects, rows) = (&mut self.out, &mut self.objects, &mut self.rows);
+    fn route(
+        &mut self,
+        chunk: Option<&[u8]>,
+        run: &mut dyn FnMut(Job) -> bool,
+    ) -> Result<(), String> {
+        let (objects, rows) = (&mut self.objects, &mut self.rows);
         let mut on = |e: Event<'_>| -> Result<(), String> {
             let st = match e {
                 Event::Delimiter(line) => {
-                    out.extend_from_slice(line);
-                    objects.pieces.push((None, line.to_vec()));
+                    objects.pieces.push(Piece {
+                        kind: None,
+                        rendered: line.to_vec(),
+                        text: 0,
+                    });
                     return Ok(());
                 }
                 Event::Statement(st) => st,
@@ -91,17 +144,26 @@ impl<R: Read> Filter<R> {
             let kind = classify_statement(&st)?;
             match kind {
                 Kind::Set => {
-                    let bytes = render(&st);
-                    out.extend_from_slice(&bytes);
-                    objects.pieces.push((None, bytes));
+                    if !run(Job::Run(st.text.to_vec())) {
+                        return Err(String::new());
+                    }
+                    objects.pieces.push(render(&st));
                 }
-                Kind::Table { .. } => {
+                Kind::Table { name, what } => {
                     *rows += st.tuples;
-                    out.extend_from_slice(&render(&st));
+                    if !run(Job::Run(st.text.to_vec())) {
+                        return Err(String::new());
+                    }
+                    if matches!(what, TableStmt::Create | TableStmt::CreateSequence)
+                        && !run(Job::Engine(name))
+                    {
+                        return Err(String::new());
+                    }
                 }
                 Kind::Object { what, name } => {
-                    let bytes = render(&st);
-                    objects.size += bytes.len();
+                    let mut piece = render(&st);
+                    piece.kind = Some(what);
+                    objects.size += piece.rendered.len();
                     if objects.size > OBJECTS_MAX {
                         return Err("the dump holds more than 256 MiB of views, triggers, routines and events".into());
                     }
@@ -111,7 +173,7 @@ impl<R: Read> Filter<R> {
                             objects.events += 1;
                         }
                     }
-                    objects.pieces.push((Some(what), bytes));
+                    objects.pieces.push(piece);
                 }
                 Kind::Skip => {}
             }
@@ -123,70 +185,194 @@ impl<R: Read> Filter<R> {
         }
     }
 
-    fn fail(&mut self, e: MysqlError) -> io::Error {
-        let text = e.to_string();
-        self.problem.get_or_insert(e);
-        io::Error::other(text)
-    }
-}
-
-impl<R: Read> Read for Filter<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at >= self.out.len() {
-            self.out.clear();
-            self.at = 0;
-            if self.done {
-                return Ok(0);
+    /// Scans `input` to its end, handing each statement that runs at once to `run` (which
+    /// says whether to go on). `Ok(false)`: `run` stopped it.
+    pub fn scan(
+        &mut self,
+        input: &mut dyn Read,
+        run: &mut dyn FnMut(Job) -> bool,
+    ) -> Result<bool, MysqlError> {
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            if signals::interrupted() {
+                return Err(MysqlError::Interrupted);
             }
-            let mut chunk = vec![0u8; 256 * 1024];
-            let n = match self.inner.read(&mut chunk) {
+            let n = match input.read(&mut chunk) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.fail(MysqlError::Input(e))),
+                Err(e) => return Err(MysqlError::Input(e)),
             };
             let routed = if n == 0 {
-                self.done = true;
-                self.route(None)
+                self.route(None, run)
             } else {
                 self.tail.push(&chunk[..n]);
-                self.route(Some(&chunk[..n]))
+                self.route(Some(&chunk[..n]), run)
             };
-            if let Err(problem) = routed {
-                return Err(self.fail(MysqlError::Refused(problem)));
+            match routed {
+                Ok(()) => {}
+                Err(stop) if stop.is_empty() => return Ok(false),
+                Err(problem) => return Err(MysqlError::Refused(problem)),
             }
-            if n == 0 && !dump::has_trailer(self.tail.bytes()) {
-                return Err(self.fail(MysqlError::TruncatedInput));
+            if n == 0 {
+                if !dump::has_trailer(self.tail.bytes()) {
+                    return Err(MysqlError::TruncatedInput);
+                }
+                return Ok(true);
             }
         }
-        let n = buf.len().min(self.out.len() - self.at);
-        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 
-const SAFE_MODE: &str = "--init-command=SET SESSION sql_mode = ''";
+/// When a load last moved, for its watchdog.
+struct Progress {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn tick(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn idle(&self) -> Duration {
+        let ms = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(ms.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+const STALLED: u8 = 1;
+const INTERRUPTED: u8 = 2;
+
+/// What a load sends its runner.
+type Queue = mpsc::SyncSender<Job>;
+
+/// Whether `table`, just created in the connection's database, is stored there.
+fn check_engine(conn: &mut Connection, table: &str) -> Result<(), MysqlError> {
+    let engines = conn.column(&format!(
+        "SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {}",
+        literal(table)
+    ))?;
+    match engines.as_slice() {
+        [Some(e)] if ENGINES.iter().any(|ok| ok.eq_ignore_ascii_case(e)) => Ok(()),
+        other => Err(MysqlError::Refused(format!(
+            "the dump creates the table {} with the storage engine {}: dbkeep loads only tables that keep their rows in their own database ({})",
+            ident(table),
+            match other {
+                [Some(e)] => e.clone(),
+                _ => "the server does not name".into(),
+            },
+            ENGINES.join(", ")
+        ))),
+    }
+}
 
 impl Mysql {
-    /// Feeds `input` (already filtered, or a script of dbkeep's) to the client on `database`.
-    pub(super) fn feed(
+    fn connect(&self, database: &str) -> Result<Connection, MysqlError> {
+        let timeout = self
+            .conn
+            .options
+            .get("connect-timeout")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(30);
+        let mut c = Connection::open(&self.conn, database, Duration::from_secs(timeout))?;
+        // The session starts without the modes under which the server would read the text
+        // differently from the scanner, whatever the server's global sql_mode.
+        c.run(b"SET SESSION sql_mode = ''")?;
+        Ok(c)
+    }
+
+    /// Runs statements on one connection to `database`, under watch: `produce` hands them to
+    /// the queue (it runs on this thread; a runner thread executes them in order). The first
+    /// failure stops both.
+    fn run_statements(
         &self,
         flavor: Flavor,
         database: &str,
-        input: &mut dyn Read,
+        produce: &mut dyn FnMut(&Queue) -> Result<bool, MysqlError>,
     ) -> Result<(), MysqlError> {
-        let mut cmd = self.command(flavor.client())?;
-        // The session starts without the modes under which the client would read the input
-        // differently from the scanner, whatever the server's global sql_mode.
-        cmd.args(["--batch", "--silent"])
-            .arg(SAFE_MODE)
-            .args(flavor.sandbox())
-            .arg(format!("--database={database}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null());
-        let child = process::spawn(cmd, HINT, self.secrets())?;
-        watch::feed_child(child, input, Some(self.stall(flavor, database)))?;
-        Ok(())
+        let mut conn = self.connect(database)?;
+        let breaker = conn.breaker();
+        let progress = Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        };
+        let why = AtomicU8::new(0);
+        let limit = self.stall_timeout;
+        let (produced, ran) = std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::sync_channel::<Job>(8);
+            let (stop_tx, stop_rx) = mpsc::channel::<()>();
+            let (progress, why) = (&progress, &why);
+            scope.spawn(move || {
+                let mut stall = self.stall(flavor, database);
+                loop {
+                    match stop_rx.recv_timeout(Duration::from_millis(200)) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    if signals::interrupted() {
+                        why.store(INTERRUPTED, Ordering::Relaxed);
+                        breaker.cut();
+                        return;
+                    }
+                    if progress.idle() > limit {
+                        if (stall.working)() {
+                            progress.tick();
+                        } else {
+                            why.store(STALLED, Ordering::Relaxed);
+                            breaker.cut();
+                            return;
+                        }
+                    }
+                }
+            });
+            let runner = scope.spawn(move || -> Result<(), MysqlError> {
+                for job in rx {
+                    match job {
+                        Job::Run(sql) => conn.run(&sql)?,
+                        Job::Engine(table) => check_engine(&mut conn, &table)?,
+                    }
+                    progress.tick();
+                }
+                Ok(())
+            });
+            let produced = produce(&tx);
+            drop(tx);
+            let ran = runner.join().unwrap_or_else(|_| {
+                Err(connection::ConnectionError::Connect(
+                    "the thread running the statements stopped unexpectedly".into(),
+                )
+                .into())
+            });
+            drop(stop_tx);
+            (produced, ran)
+        });
+        match why.load(Ordering::Relaxed) {
+            INTERRUPTED => return Err(MysqlError::Interrupted),
+            STALLED => {
+                return Err(MysqlError::Stalled {
+                    tool: format!("the load into {database}"),
+                    secs: limit.as_secs(),
+                });
+            }
+            _ => {}
+        }
+        // The runner's error is the cause when it stopped the producer.
+        ran?;
+        produced.map(drop)
+    }
+
+    /// Runs trusted statements of dbkeep's own (each one statement) on `database`.
+    pub(super) fn run_own(
+        &self,
+        flavor: Flavor,
+        database: &str,
+        statements: &[String],
+    ) -> Result<(), MysqlError> {
+        self.run_statements(flavor, database, &mut |q| {
+            Ok(statements
+                .iter()
+                .all(|s| q.send(Job::Run(s.as_bytes().to_vec())).is_ok()))
+        })
     }
 
     /// Loads a dump's tables and rows into `database` (empty, dbkeep's own); returns the held-back
@@ -197,12 +383,10 @@ impl Mysql {
         database: &str,
         input: &mut dyn Read,
     ) -> Result<(Objects, u64), MysqlError> {
-        let mut filter = Filter::for_server(input, self.versions());
-        let fed = self.feed(flavor, database, &mut filter);
-        if let Some(problem) = filter.problem.take() {
-            return Err(problem);
-        }
-        fed?;
+        let mut filter = Filter::for_server(self.versions());
+        self.run_statements(flavor, database, &mut |q| {
+            filter.scan(input, &mut |job| q.send(job).is_ok())
+        })?;
         Ok((filter.objects, filter.rows))
     }
 
@@ -214,8 +398,11 @@ impl Mysql {
         objects: &Objects,
         events: bool,
     ) -> Result<(), MysqlError> {
-        let script = objects.script(events);
-        self.feed(flavor, database, &mut script.as_slice())
+        self.run_statements(flavor, database, &mut |q| {
+            Ok(objects
+                .statements(events)
+                .all(|s| q.send(Job::Run(s.to_vec())).is_ok()))
+        })
     }
 }
 
@@ -223,17 +410,18 @@ impl Mysql {
 mod tests {
     use super::*;
 
+    /// What a load would run at once (each statement on a line), and the objects.
     fn filtered(dump: &[u8]) -> Result<(Vec<u8>, Objects), MysqlError> {
-        let mut f = Filter::for_server(dump, Versions::Mariadb(100500));
+        let mut f = Filter::for_server(Versions::Mariadb(100500));
         let mut out = Vec::new();
-        let r = f.read_to_end(&mut out);
-        match f.problem.take() {
-            Some(p) => Err(p),
-            None => {
-                r.map_err(MysqlError::Input)?;
-                Ok((out, f.objects))
+        f.scan(&mut &dump[..], &mut |job| {
+            if let Job::Run(sql) = job {
+                out.extend_from_slice(&sql);
+                out.push(b'\n');
             }
-        }
+            true
+        })?;
+        Ok((out, f.objects))
     }
 
     #[test]
@@ -258,7 +446,7 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
 /*!50106 CREATE*/ /*!50117 DEFINER=`root`@`localhost`*/ /*!50106 EVENT `e` ON SCHEDULE EVERY 1 DAY DO delete from t */ ;;\nDELIMITER ;\n-- Dump completed\n";
         let (out, objects) = filtered(dump).unwrap();
         let out = String::from_utf8(out).unwrap();
-        assert!(out.contains("INSERT INTO `t` VALUES (1),(2);"), "{out}");
+        assert!(out.contains("INSERT INTO `t` VALUES (1),(2)\n"), "{out}");
         assert!(!out.contains("trigger"), "{out}");
         assert_eq!(objects.count, 2);
         assert_eq!(objects.events, 1);
@@ -310,6 +498,11 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"SET sql_mode = 4;\n-- Dump completed\n", "sql_mode"),
             (b"SET character_set_client = 28;\n-- Dump completed\n", "sql_mode"),
             (b"DELIMITER ;;\t\nSELECT 1;;\n-- Dump completed\n", "delimiter"),
+            // A keyword glued to a number is a keyword to the server (REVIEW of issue 15).
+            (b"INSERT INTO `x` VALUES (1.0SELECT 1);\n-- Dump completed\n", "SELECT"),
+            (b"INSERT INTO `x` VALUES (1e0SELECT 1);\n-- Dump completed\n", "SELECT"),
+            (b"INSERT INTO `x` VALUES (12345678901234567890SELECT 1);\n-- Dump completed\n", "SELECT"),
+            (b"CREATE TABLE `m` (`a` int) 1e0UNION=(`live`.`t`);\n-- Dump completed\n", "UNION"),
         ] {
             let e = filtered(dump)
                 .err()

@@ -1,6 +1,7 @@
-//! MySQL and MariaDB through their own clients, as child processes: `mariadb-dump` (MariaDB)
-//! or `mysqldump` (MySQL), chosen from the server's version, for dumps; `mariadb`/`mysql` for
-//! loads and queries.
+//! MySQL and MariaDB: `mariadb-dump` (MariaDB) or `mysqldump` (MySQL), chosen from the
+//! server's version, for dumps, and `mariadb`/`mysql` for dbkeep's own queries, as child
+//! processes; a dump's statements are loaded over a [`connection`] of the MariaDB client
+//! library that runs one statement per request.
 //!
 //! - The password reaches a child only in a 0600 option file in a private directory, passed
 //!   first with `--defaults-extra-file`; the child's `HOME` is that directory, so no
@@ -9,9 +10,11 @@
 //!   its statements scan cleanly; its row counts are counted from the stream itself
 //!   ([`scan`]), and its table list must equal the database's before and after.
 //! - Loads (restores and drills) go through [`classify`]'s allowlist: tables and rows first,
-//!   then views, triggers, routines and events.
+//!   then views, triggers, routines and events; each statement the allowlist passed is sent
+//!   alone, on a connection without multi-statements, so the server runs exactly it.
 
 mod classify;
+pub mod connection;
 mod dump;
 mod engine;
 mod load;
@@ -72,6 +75,8 @@ pub enum MysqlError {
     Interrupted,
     #[error("{tool} made no progress for {secs} s and was stopped (BACKUP_STALL_TIMEOUT)")]
     Stalled { tool: String, secs: u64 },
+    #[error(transparent)]
+    Connection(#[from] connection::ConnectionError),
     #[error("restore drill: {0}")]
     Drill(String),
     #[error(
@@ -311,6 +316,22 @@ impl Mysql {
     /// Runs `sql` (statements separated by `;`) on `database` with the client; returns its
     /// tab-separated output, without column names.
     fn query(&self, flavor: Flavor, database: &str, sql: &str) -> Result<String, MysqlError> {
+        self.query_within(
+            flavor,
+            database,
+            sql,
+            Duration::from_secs(600).max(self.stall_timeout),
+        )
+    }
+
+    /// [`Mysql::query`], stopped after `limit` without an answer.
+    fn query_within(
+        &self,
+        flavor: Flavor,
+        database: &str,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<String, MysqlError> {
         let mut cmd = self.command(flavor.client())?;
         cmd.args(["--batch", "--skip-column-names", "--raw"])
             .args(flavor.sandbox())
@@ -321,9 +342,7 @@ impl Mysql {
             cmd,
             HINT,
             self.secrets(),
-            Some(Stall::silence(
-                Duration::from_secs(600).max(self.stall_timeout),
-            )),
+            Some(Stall::silence(limit)),
         )?)
     }
 
@@ -391,7 +410,11 @@ impl Mysql {
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = {} AND COMMAND = 'Query' AND ID <> CONNECTION_ID() AND STATE NOT LIKE 'Waiting for%'{only_dump}",
             literal(database)
         );
-        match self.query(flavor, "information_schema", &sql) {
+        // Asked of a server that may not answer: never longer than a stall itself.
+        let limit = self
+            .stall_timeout
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        match self.query_within(flavor, "information_schema", &sql, limit) {
             Ok(out) => out.trim().parse::<u64>().is_ok_and(|n| n > 0),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot ask the server whether dbkeep's sessions still work");

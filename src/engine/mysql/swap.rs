@@ -139,12 +139,8 @@ impl Mysql {
             self.secrets(),
             Some(Stall::silence(self.stall_timeout)),
         )?;
-        let mut filter = super::load::Filter::for_server(dump.as_bytes(), self.versions());
-        let drained = io::copy(&mut filter, &mut io::sink());
-        if let Some(p) = filter.problem.take() {
-            return Err(p);
-        }
-        drained.map_err(MysqlError::Input)?;
+        let mut filter = super::load::Filter::for_server(self.versions());
+        filter.scan(&mut dump.as_bytes(), &mut |_| true)?;
         let mut scripts = Vec::new();
         for v in &views {
             let out = self.query(flavor, database, &format!("SHOW CREATE VIEW {}", ident(v)))?;
@@ -209,11 +205,7 @@ impl Mysql {
         if drops.is_empty() {
             return Ok(());
         }
-        self.feed(
-            flavor,
-            database,
-            &mut (drops.join(";\n") + ";\n").as_bytes(),
-        )
+        self.run_own(flavor, database, &drops)
     }
 
     fn rename(&self, flavor: Flavor, moves: &[(String, &str, &str)]) -> Result<(), MysqlError> {
@@ -304,17 +296,16 @@ impl Mysql {
                 ident(aside)
             ),
         )?;
-        self.feed(
+        self.run_own(
             flavor,
             aside,
-            &mut format!(
-                "INSERT INTO {JOURNAL} VALUES ('prepared', {}, {staged}, {}, {}, {});\n",
+            &[format!(
+                "INSERT INTO {JOURNAL} VALUES ('prepared', {}, {staged}, {}, {}, {})",
                 literal(target),
                 hex_literal(&script_with_trailer(&live_objects)),
                 hex_literal(&script_with_trailer(objects)),
                 hex_literal(&serde_json::to_vec(&live_views).unwrap_or_default()),
-            )
-            .as_bytes(),
+            )],
         )?;
         crate::faults::point("mysql-swap-journaled");
         let swapped = (|| {

@@ -4,6 +4,11 @@
 use super::super::tokens::{DANGER, Tok, shown};
 use super::{Event, HEAD, Scanner, State, Statement, trim_head};
 
+/// [`Scanner::number`]: digits; digits and `e`; digits, `e` and digits.
+pub(super) const NUM_DIGITS: u8 = 1;
+pub(super) const NUM_E: u8 = 2;
+pub(super) const NUM_EXPONENT: u8 = 3;
+
 impl Scanner {
     pub(super) fn normal(
         &mut self,
@@ -195,6 +200,7 @@ impl Scanner {
                 self.mark(Tok::Colon);
             }
             c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => {
+                self.number_then_word(c);
                 if self.word_len < self.word.len() {
                     self.word[self.word_len] = c.to_ascii_uppercase();
                 }
@@ -213,7 +219,28 @@ impl Scanner {
         Ok(())
     }
 
+    /// Where a number ends and a word begins as the server's lexer reads them: `1.0SELECT`
+    /// and `1e0UNION` are a number and a keyword, so a word after digits (and an exponent)
+    /// starts on its own; `1SELECT`, an identifier to the server, is read so too, which only
+    /// ever makes the check stricter (mysqldump quotes every name).
+    fn number_then_word(&mut self, c: u8) {
+        if self.word_len == 0 {
+            self.number = if c.is_ascii_digit() { NUM_DIGITS } else { 0 };
+            return;
+        }
+        match (self.number, c) {
+            (0, _) | (NUM_DIGITS | NUM_EXPONENT, b'0'..=b'9') => {}
+            (NUM_DIGITS, b'e' | b'E') => self.number = NUM_E,
+            (NUM_E, b'0'..=b'9') => self.number = NUM_EXPONENT,
+            _ => {
+                self.word_done();
+                self.number = 0;
+            }
+        }
+    }
+
     pub(super) fn word_done(&mut self) {
+        self.number = 0;
         if self.word_len == 0 {
             return;
         }

@@ -135,6 +135,8 @@ pub struct Scanner {
     depth: u32,
     word: [u8; 16],
     word_len: usize,
+    /// How far the word so far reads as a number (`code::NUM_*`; 0: not one).
+    number: u8,
     after_values: bool,
     tuples: u64,
     calls: u64,
@@ -169,6 +171,7 @@ impl Scanner {
             depth: 0,
             word: [0; 16],
             word_len: 0,
+            number: 0,
             after_values: false,
             tuples: 0,
             calls: 0,
@@ -274,6 +277,11 @@ impl Scanner {
                     while i < chunk.len() {
                         let c = chunk[i];
                         if c.is_ascii_digit() {
+                            if self.word_len == 0 {
+                                self.number = code::NUM_DIGITS;
+                            } else if self.number == code::NUM_E {
+                                self.number = code::NUM_EXPONENT;
+                            }
                             if self.word_len < self.word.len() {
                                 self.word[self.word_len] = c;
                             }
