@@ -32,7 +32,10 @@ fn a_server_lost_mid_dump_or_mid_restore_and_a_killed_swap_leave_the_live_databa
     let status = child.wait().unwrap();
     let err = stderr_of(&mut child);
     assert!(!status.success(), "the backup of a dying server succeeded");
-    assert!(err.contains("mariadb-dump"), "the failure names the tool: {err}");
+    assert!(
+        err.contains("mariadb-dump"),
+        "the failure names the tool: {err}"
+    );
     my.start_again();
     let backups = env.backups();
     assert!(

@@ -64,11 +64,22 @@ fn nothing_in_a_hostile_dump_reaches_the_live_database() {
             "INSERT INTO `x` VALUES (1) /*!99999 '*/;DROP DATABASE `live`;#'*/;".into(),
             "versioned comment",
         ),
-        // The engine's name quoted, where no keyword check sees it: the server says what it is.
+        // The engine's name quoted, where no keyword check sees it: refused before it runs.
         (
             "quoted-engine",
             "CREATE TABLE `m` (`a` int) ENGINE='MRG_MyISAM';\nINSERT INTO `m` VALUES (1);".into(),
+            "storage engine a quoted name",
+        ),
+        // The engine chosen by the session's default, named nowhere: the server is asked.
+        (
+            "default-engine",
+            "SET default_storage_engine = 'MRG_MyISAM';\nCREATE TABLE `m` (`a` int);".into(),
             "storage engine MRG_MyISAM",
+        ),
+        (
+            "comment-glued",
+            "CREATE TABLE `m` (`a` text) DATA/*!*/DIRECTORY='/tmp';".into(),
+            "DIRECTORY",
         ),
         ("glued-keyword", "INSERT INTO `x` VALUES (1.0SELECT 1);".into(), "SELECT"),
     ];

@@ -287,6 +287,21 @@ pub fn classify_statement(st: &super::scan::Statement<'_>) -> Result<Kind, Strin
             shown(st.head)
         ));
     }
+    if let Kind::Table { what, .. } = &kind {
+        // mysqldump writes a table's names unqualified; a qualified one (a foreign key into
+        // another database, `LIKE other.t`) reaches beyond the database loaded into.
+        if st.qualified {
+            return refuse("it names an object in another database".into());
+        }
+        if let Some(engine) = &st.bad_engine
+            && matches!(what, TableStmt::Create | TableStmt::CreateSequence)
+        {
+            return refuse(format!(
+                "the storage engine {engine}: dbkeep loads only tables that keep their rows in their own database ({})",
+                super::tokens::ENGINES.join(", ")
+            ));
+        }
+    }
     Ok(kind)
 }
 

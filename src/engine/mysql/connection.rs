@@ -7,8 +7,10 @@
 //! server parses it as exactly one statement or refuses it — the server runs the statements the
 //! allowlist saw, one per request, with no client in between that splits the text again.
 //!
-//! The password goes to the library in memory only: no option file is read (none is named), no
-//! argv, no environment. `LOAD DATA LOCAL` is off.
+//! The password goes to the library in memory only: no option file is read (none is named),
+//! nothing through argv or the environment (the library still reads dbkeep's own environment,
+//! as every client does: `MYSQL_UNIX_PORT`, `MARIADB_PLUGIN_DIR`, …). `LOAD DATA LOCAL` is off.
+//! TLS is used when the URL sets an `ssl_*` option.
 
 use crate::database_url::MyConnection;
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_ulong, c_void};
@@ -110,12 +112,7 @@ fn api() -> Result<&'static Api, ConnectionError> {
                 *mut *mut c_char,
                 *mut *mut c_char,
             ) -> c_int = sym!("mysql_server_init");
-            // Once, before any connection (mysql_library_init): not thread-safe by itself, so
-            // under this OnceLock.
-            if server_init(0, std::ptr::null_mut(), std::ptr::null_mut()) != 0 {
-                return Err("mysql_library_init failed".into());
-            }
-            Ok(Api {
+            let api = Api {
                 init: sym!("mysql_init"),
                 options: sym!("mysql_options"),
                 real_connect: sym!("mysql_real_connect"),
@@ -132,7 +129,14 @@ fn api() -> Result<&'static Api, ConnectionError> {
                 fetch_row: sym!("mysql_fetch_row"),
                 fetch_lengths: sym!("mysql_fetch_lengths"),
                 _lib: lib,
-            })
+            };
+            // Once, before any connection (mysql_library_init), every symbol found first: not
+            // thread-safe by itself, so under this OnceLock; the library stays loaded.
+            if server_init(0, std::ptr::null_mut(), std::ptr::null_mut()) != 0 {
+                std::mem::forget(api);
+                return Err("mysql_library_init failed".into());
+            }
+            Ok(api)
         }
     })
     .as_ref()
@@ -151,16 +155,20 @@ pub struct Connection {
 unsafe impl Send for Connection {}
 
 /// Cuts a connection from another thread (a stalled or interrupted load): the statement under
-/// way fails at once with a lost connection. Valid while its connection is open.
-#[derive(Clone, Copy)]
-pub struct Breaker(c_int);
+/// way fails at once with a lost connection. It holds a duplicate of the connection's socket,
+/// its own, so a cut after the library closed its descriptor (or after the connection went)
+/// never reaches another socket that reused the number.
+#[derive(Clone)]
+pub struct Breaker(Option<std::sync::Arc<std::os::fd::OwnedFd>>);
 
 impl Breaker {
-    pub fn cut(self) {
-        // SAFETY: shutdown on a descriptor only changes the socket's state; the connection's
-        // owner outlives every use (the breaker is only used inside the load's thread scope).
-        unsafe {
-            libc::shutdown(self.0, libc::SHUT_RDWR);
+    pub fn cut(&self) {
+        use std::os::fd::AsRawFd;
+        if let Some(fd) = &self.0 {
+            // SAFETY: shutdown on a descriptor this value owns only changes its socket's state.
+            unsafe {
+                libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
+            }
         }
     }
 }
@@ -204,14 +212,13 @@ impl Connection {
         let timeout = connect_timeout.as_secs().clamp(1, u64::from(c_uint::MAX)) as c_uint;
         c.uint_option(OPT_CONNECT_TIMEOUT, timeout);
         c.uint_option(OPT_LOCAL_INFILE, 0);
-        c.uint_option(
-            OPT_PROTOCOL,
-            if conn.socket.is_some() {
-                PROTOCOL_SOCKET
-            } else {
-                PROTOCOL_TCP
-            },
-        );
+        // As the dump tools are told: a socket, else TCP to the host; neither is the library's
+        // default (the local socket).
+        match (&conn.socket, &conn.host) {
+            (Some(_), _) => c.uint_option(OPT_PROTOCOL, PROTOCOL_SOCKET),
+            (None, Some(_)) => c.uint_option(OPT_PROTOCOL, PROTOCOL_TCP),
+            (None, None) => {}
+        }
         let packet: c_ulong = 1 << 30;
         c.option(OPT_MAX_ALLOWED_PACKET, (&raw const packet).cast());
         c.str_option(SET_CHARSET_NAME, &cstring("charset", "utf8mb4")?);
@@ -301,6 +308,9 @@ impl Connection {
 
     /// Runs one statement (its text without a delimiter), discarding any result.
     pub fn run(&mut self, sql: &[u8]) -> Result<(), ConnectionError> {
+        if sql.is_empty() {
+            return Ok(());
+        }
         let len = c_ulong::try_from(sql.len()).unwrap_or(c_ulong::MAX);
         // SAFETY: `sql` is alive for the call and `len` long.
         if unsafe { (self.api.real_query)(self.handle, sql.as_ptr().cast(), len) } != 0 {
@@ -362,8 +372,16 @@ impl Connection {
     }
 
     pub fn breaker(&self) -> Breaker {
-        // SAFETY: an open handle.
-        Breaker(unsafe { (self.api.get_socket)(self.handle) })
+        // SAFETY: an open handle; its socket is borrowed only to make the duplicate.
+        let fd = unsafe { (self.api.get_socket)(self.handle) };
+        let owned = (fd >= 0)
+            .then(|| {
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+                    .try_clone_to_owned()
+                    .ok()
+            })
+            .flatten();
+        Breaker(owned.map(std::sync::Arc::new))
     }
 }
 

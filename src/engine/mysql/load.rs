@@ -13,6 +13,7 @@
 use super::classify::{Kind, ObjectKind, TableStmt, classify_statement};
 use super::connection::Connection;
 use super::scan::{Event, Scanner, Statement, Versions};
+use super::tokens::ENGINES;
 use super::*;
 use crate::codec::Tail;
 use crate::signals;
@@ -25,23 +26,11 @@ use std::time::Instant;
 pub(super) enum Job {
     /// A statement the allowlist passed, without its delimiter.
     Run(Vec<u8>),
-    /// After a `CREATE TABLE`: the server must say the table is stored in its own database.
+    /// After a `CREATE TABLE`: the server must say the table is stored in its own database
+    /// (the engine named in the text was checked before; this catches what the session's
+    /// defaults chose).
     Engine(String),
 }
-
-/// The storage engines a loaded table may have: each keeps its rows in the table's own
-/// database. MERGE, FEDERATED, CONNECT, SPIDER, OQGRAPH, S3 … read or write elsewhere; a name
-/// the allowlist cannot see (`ENGINE='MRG_MyISAM'`) is caught here, from the server's answer.
-const ENGINES: &[&str] = &[
-    "InnoDB",
-    "MyISAM",
-    "Aria",
-    "MEMORY",
-    "CSV",
-    "ARCHIVE",
-    "BLACKHOLE",
-    "ROCKSDB",
-];
 
 /// One held-back piece: a statement, or a `DELIMITER` line (for the journal's script).
 struct Piece {
@@ -243,8 +232,75 @@ impl Progress {
 const STALLED: u8 = 1;
 const INTERRUPTED: u8 = 2;
 
-/// What a load sends its runner.
-type Queue = mpsc::SyncSender<Job>;
+/// How many bytes of statements may wait for the runner: a few of mariadb-dump's 1 MB
+/// `INSERT`s, so that a dump of large rows does not pile up in memory.
+const QUEUED_MAX: usize = 8 * 1024 * 1024;
+
+/// The bytes queued for the runner, and whether it stopped.
+#[derive(Default)]
+struct Budget {
+    state: std::sync::Mutex<(usize, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Budget {
+    /// Waits for room for `size` bytes (one statement always fits an empty queue); false when
+    /// the runner stopped.
+    fn take(&self, size: usize) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        while !st.1 && st.0 > 0 && st.0 + size > QUEUED_MAX {
+            st = match self.changed.wait(st) {
+                Ok(st) => st,
+                Err(_) => return false,
+            };
+        }
+        st.0 += size;
+        !st.1
+    }
+
+    fn release(&self, size: usize) {
+        if let Ok(mut st) = self.state.lock() {
+            st.0 = st.0.saturating_sub(size);
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// Marks the budget closed when the runner stops, however it stops.
+struct Closed<'a>(&'a Budget);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.state.lock() {
+            st.1 = true;
+        }
+        self.0.changed.notify_all();
+    }
+}
+
+/// What a load sends its runner, within the budget.
+pub(super) struct Queue {
+    tx: mpsc::Sender<Job>,
+    budget: std::sync::Arc<Budget>,
+}
+
+impl Job {
+    fn size(&self) -> usize {
+        match self {
+            Job::Run(sql) => sql.len(),
+            Job::Engine(name) => name.len(),
+        }
+    }
+}
+
+impl Queue {
+    /// Queues `job`; false when the runner stopped.
+    fn send(&self, job: Job) -> bool {
+        self.budget.take(job.size()) && self.tx.send(job).is_ok()
+    }
+}
 
 /// Whether `table`, just created in the connection's database, is stored there.
 fn check_engine(conn: &mut Connection, table: &str) -> Result<(), MysqlError> {
@@ -299,15 +355,23 @@ impl Mysql {
         let why = AtomicU8::new(0);
         let limit = self.stall_timeout;
         let (produced, ran) = std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::sync_channel::<Job>(8);
+            let (tx, rx) = mpsc::channel::<Job>();
+            let queue = Queue {
+                tx,
+                budget: std::sync::Arc::new(Budget::default()),
+            };
+            let budget = queue.budget.clone();
+            // Dropped by the runner when it stops, however: the watchdog ends with it.
             let (stop_tx, stop_rx) = mpsc::channel::<()>();
             let (progress, why) = (&progress, &why);
             scope.spawn(move || {
                 let mut stall = self.stall(flavor, database);
+                let stopped = |rx: &mpsc::Receiver<()>, wait: Duration| {
+                    !matches!(rx.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout))
+                };
                 loop {
-                    match stop_rx.recv_timeout(Duration::from_millis(200)) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => return,
+                    if stopped(&stop_rx, Duration::from_millis(200)) {
+                        return;
                     }
                     if signals::interrupted() {
                         why.store(INTERRUPTED, Ordering::Relaxed);
@@ -317,7 +381,7 @@ impl Mysql {
                     if progress.idle() > limit {
                         if (stall.working)() {
                             progress.tick();
-                        } else {
+                        } else if progress.idle() > limit && !stopped(&stop_rx, Duration::ZERO) {
                             why.store(STALLED, Ordering::Relaxed);
                             breaker.cut();
                             return;
@@ -326,26 +390,33 @@ impl Mysql {
                 }
             });
             let runner = scope.spawn(move || -> Result<(), MysqlError> {
+                let _stop = stop_tx;
+                let _closed = Closed(&budget);
                 for job in rx {
+                    let size = job.size();
                     match job {
                         Job::Run(sql) => conn.run(&sql)?,
                         Job::Engine(table) => check_engine(&mut conn, &table)?,
                     }
+                    budget.release(size);
                     progress.tick();
                 }
                 Ok(())
             });
-            let produced = produce(&tx);
-            drop(tx);
+            let produced = produce(&queue);
+            drop(queue);
             let ran = runner.join().unwrap_or_else(|_| {
                 Err(connection::ConnectionError::Connect(
                     "the thread running the statements stopped unexpectedly".into(),
                 )
                 .into())
             });
-            drop(stop_tx);
             (produced, ran)
         });
+        // A load that ran to its end stands, whatever the watchdog saw last.
+        if let (Ok(true), Ok(())) = (&produced, &ran) {
+            return Ok(());
+        }
         match why.load(Ordering::Relaxed) {
             INTERRUPTED => return Err(MysqlError::Interrupted),
             STALLED => {
@@ -371,7 +442,7 @@ impl Mysql {
         self.run_statements(flavor, database, &mut |q| {
             Ok(statements
                 .iter()
-                .all(|s| q.send(Job::Run(s.as_bytes().to_vec())).is_ok()))
+                .all(|s| q.send(Job::Run(s.as_bytes().to_vec()))))
         })
     }
 
@@ -385,7 +456,7 @@ impl Mysql {
     ) -> Result<(Objects, u64), MysqlError> {
         let mut filter = Filter::for_server(self.versions());
         self.run_statements(flavor, database, &mut |q| {
-            filter.scan(input, &mut |job| q.send(job).is_ok())
+            filter.scan(input, &mut |job| q.send(job))
         })?;
         Ok((filter.objects, filter.rows))
     }
@@ -401,7 +472,7 @@ impl Mysql {
         self.run_statements(flavor, database, &mut |q| {
             Ok(objects
                 .statements(events)
-                .all(|s| q.send(Job::Run(s.to_vec())).is_ok()))
+                .all(|s| q.send(Job::Run(s.to_vec()))))
         })
     }
 }
@@ -503,6 +574,16 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"INSERT INTO `x` VALUES (1e0SELECT 1);\n-- Dump completed\n", "SELECT"),
             (b"INSERT INTO `x` VALUES (12345678901234567890SELECT 1);\n-- Dump completed\n", "SELECT"),
             (b"CREATE TABLE `m` (`a` int) 1e0UNION=(`live`.`t`);\n-- Dump completed\n", "UNION"),
+            // From the review of the connection change: a comment glued to a keyword, a
+            // qualified name inside a table's definition, an engine quoted or elsewhere.
+            (b"CREATE TABLE `t` (`a` text) ENGINE=InnoDB/**/SELECT 1;\n-- Dump completed\n", "SELECT"),
+            (b"CREATE TABLE `t` (`a` text) DATA/*!*/DIRECTORY='/x';\n-- Dump completed\n", "DIRECTORY"),
+            (b"CREATE TABLE `t` (`a` text) ENGINE=InnoDB--\nSELECT 1;\n-- Dump completed\n", "SELECT"),
+            (b"CREATE TABLE `c` (`a` int, FOREIGN KEY (`a`) REFERENCES `live`.`p` (`id`));\n-- Dump completed\n", "another database"),
+            (b"CREATE TABLE `c` (LIKE live . x);\n-- Dump completed\n", "another database"),
+            (b"CREATE TABLE `f` (`a` int) ENGINE='FEDERATED';\n-- Dump completed\n", "storage engine a quoted name"),
+            (b"CREATE TABLE `f` (`a` int) ENGINE = OQGRAPH;\n-- Dump completed\n", "storage engine OQGRAPH"),
+            (b"CREATE TABLE `f` (`a` int) ENGINE=InnoDB PARTITION BY HASH (`a`) (PARTITION p0 ENGINE = S3);\n-- Dump completed\n", "storage engine S3"),
         ] {
             let e = filtered(dump)
                 .err()

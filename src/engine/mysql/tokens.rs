@@ -2,6 +2,20 @@
 //! anywhere matters ([`DANGER`]), the block structure of a compound statement ([`Tok`],
 //! [`body_ends_inside`]), and how a statement is shown in an error ([`shown`]).
 
+/// The storage engines a loaded table may have: each keeps its rows in the table's own
+/// database. MERGE, FEDERATED, CONNECT, SPIDER, OQGRAPH, S3 … read or write elsewhere.
+pub const ENGINES: &[&str] = &[
+    "InnoDB",
+    "MyISAM",
+    "Aria",
+    "MEMORY",
+    "HEAP",
+    "CSV",
+    "ARCHIVE",
+    "BLACKHOLE",
+    "ROCKSDB",
+];
+
 /// Words whose presence anywhere in a statement's code ([`super::scan::Statement::danger`]) the allowlist
 /// looks at: in mysqldump's output, names are always quoted, so a bare word is a keyword.
 pub const DANGER: &[&[u8]] = &[

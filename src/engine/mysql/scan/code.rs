@@ -1,7 +1,7 @@
 //! The scanner's code state: a byte at a time outside quotes and comments (the delimiter,
 //! comment openers, versioned comments, words, parentheses), as the `mariadb` client reads it.
 
-use super::super::tokens::{DANGER, Tok, shown};
+use super::super::tokens::{DANGER, ENGINES, Tok, shown};
 use super::{Event, HEAD, Scanner, State, Statement, trim_head};
 
 /// [`Scanner::number`]: digits; digits and `e`; digits, `e` and digits.
@@ -56,6 +56,8 @@ impl Scanner {
             // `-- ` and whitespace: a comment to the client and the server alike. `--` and
             // another control character is a comment to the server only: refused.
             (b"--", b' ' | b'\t' | b'\n' | b'\r') => {
+                // A comment is a space to the server: it ends a word (`a/**/SELECT`).
+                self.word_done();
                 let c = b;
                 self.pend.clear();
                 self.state = State::LineComment;
@@ -86,6 +88,7 @@ impl Scanner {
                 ));
             }
             (b"/*" | b"/*M", b'!') => {
+                self.word_done();
                 self.versioned_m = self.pend.len() == 3;
                 self.pend.clear();
                 self.in_versioned = true;
@@ -98,12 +101,14 @@ impl Scanner {
                 return Ok(());
             }
             (b"/*" | b"/*M", c) => {
+                self.word_done();
                 self.pend.clear();
                 self.state = State::BlockComment;
                 self.prev = c;
                 return Ok(());
             }
             (b"*", b'/') if self.in_versioned => {
+                self.word_done();
                 self.pend.clear();
                 self.in_versioned = false;
                 self.head_space();
@@ -154,15 +159,19 @@ impl Scanner {
                 self.head_space();
                 return Ok(());
             }
-            b'\'' | b'"' => {
+            b'\'' | b'"' | b'`' => {
                 self.word_done();
                 self.mark(Tok::Other);
-                self.state = State::Quote(b);
-            }
-            b'`' => {
-                self.word_done();
-                self.mark(Tok::Other);
-                self.state = State::Backtick;
+                if self.after_engine > 0 {
+                    self.bad_engine = Some("a quoted name".into());
+                }
+                self.after_engine = 0;
+                self.name_last = false;
+                self.state = if b == b'`' {
+                    State::Backtick
+                } else {
+                    State::Quote(b)
+                };
             }
             b'#' => {
                 self.word_done();
@@ -174,6 +183,21 @@ impl Scanner {
                     "the dump holds a client command (a backslash outside a string) in {}: dbkeep loads only statements",
                     shown(&self.head)
                 ));
+            }
+            b'.' => {
+                self.word_done();
+                if self.name_last {
+                    self.qualified = true;
+                }
+                self.name_last = false;
+                self.after_engine = 0;
+                self.mark(Tok::Other);
+            }
+            b'=' => {
+                self.word_done();
+                self.after_engine = if self.after_engine == 1 { 2 } else { 0 };
+                self.name_last = false;
+                self.mark(Tok::Other);
             }
             b'(' => {
                 self.word_done();
@@ -213,6 +237,13 @@ impl Scanner {
         }
         if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
             self.last = b;
+            // What the arms above left for the next token stays.
+            let kept =
+                matches!(b, b'.' | b'\'' | b'"' | b'`') || (b == b'=' && self.after_engine == 2);
+            if !kept {
+                self.name_last = false;
+                self.after_engine = 0;
+            }
         }
         self.open = true;
         self.head_bytes(&[b]);
@@ -240,11 +271,21 @@ impl Scanner {
     }
 
     pub(super) fn word_done(&mut self) {
-        self.number = 0;
+        let numeric = std::mem::take(&mut self.number) != 0;
         if self.word_len == 0 {
             return;
         }
         let word = &self.word[..self.word_len.min(16)];
+        self.name_last = !numeric;
+        if self.after_engine > 0 {
+            self.after_engine = 0;
+            let name = String::from_utf8_lossy(word).into_owned();
+            if self.word_len > 16 || !ENGINES.iter().any(|e| e.eq_ignore_ascii_case(&name)) {
+                self.bad_engine = Some(name);
+            }
+        } else if word == b"ENGINE" && self.word_len == 6 {
+            self.after_engine = 1;
+        }
         self.last = b'w';
         if word == b"VALUES" || word == b"VALUE" {
             self.after_values = true;
@@ -304,6 +345,8 @@ impl Scanner {
                 head,
                 tuples: self.tuples,
                 calls: self.calls,
+                qualified: self.qualified,
+                bad_engine: self.bad_engine.take(),
                 danger: self.danger,
                 whole: !self.head_full,
                 text: &self.text,
@@ -319,6 +362,10 @@ impl Scanner {
         self.after_values = false;
         self.tuples = 0;
         self.calls = 0;
+        self.qualified = false;
+        self.bad_engine = None;
+        self.after_engine = 0;
+        self.name_last = false;
         self.danger = 0;
         self.head_full = false;
         self.last = b' ';

@@ -83,6 +83,11 @@ pub struct Statement<'a> {
     /// Function calls or subqueries after `VALUES` (a word before `(`, or `SELECT`): never in
     /// what mysqldump writes, and a call could run a function of the live database.
     pub calls: u64,
+    /// A name qualified with a database (`a`.`b`, `a.b`) in its code.
+    pub qualified: bool,
+    /// A storage engine named after `ENGINE` that keeps its rows elsewhere, or a quoted one
+    /// (which no word check sees), as shown in an error.
+    pub bad_engine: Option<String>,
     /// The raw text without its delimiter (empty unless the scanner keeps text).
     pub text: &'a [u8],
     /// The delimiter in force (`;`, `;;`).
@@ -141,6 +146,12 @@ pub struct Scanner {
     tuples: u64,
     calls: u64,
     danger: u32,
+    qualified: bool,
+    bad_engine: Option<String>,
+    /// After the word `ENGINE` (1), and its `=` (2).
+    after_engine: u8,
+    /// The last significant token was a name (a word that is not a number, or a quoted name).
+    name_last: bool,
     head_full: bool,
     /// The last significant thing in code: `w` a word, `v` the word VALUES, else the byte.
     last: u8,
@@ -176,6 +187,10 @@ impl Scanner {
             tuples: 0,
             calls: 0,
             danger: 0,
+            qualified: false,
+            bad_engine: None,
+            after_engine: 0,
+            name_last: false,
             head_full: false,
             last: b' ',
             tokens: Vec::new(),
@@ -242,6 +257,7 @@ impl Scanner {
                         self.state = State::Normal;
                         // A quoted name counts as a word: `f`( is a call.
                         self.last = b'w';
+                        self.name_last = true;
                     }
                 }
                 State::LineComment => {
@@ -290,6 +306,8 @@ impl Scanner {
                             self.word_done();
                             self.mark(Tok::Other);
                             self.last = b',';
+                            self.name_last = false;
+                            self.after_engine = 0;
                         } else {
                             break;
                         }
