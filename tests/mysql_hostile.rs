@@ -70,11 +70,10 @@ fn nothing_in_a_hostile_dump_reaches_the_live_database() {
             "CREATE TABLE `m` (`a` int) ENGINE='MRG_MyISAM';\nINSERT INTO `m` VALUES (1);".into(),
             "storage engine a quoted name",
         ),
-        // The engine chosen by the session's default, named nowhere: the server is asked.
         (
             "default-engine",
             "SET default_storage_engine = 'MRG_MyISAM';\nCREATE TABLE `m` (`a` int);".into(),
-            "storage engine MRG_MyISAM",
+            "never set",
         ),
         (
             "comment-glued",
@@ -117,6 +116,23 @@ fn nothing_in_a_hostile_dump_reaches_the_live_database() {
         );
         assert_eq!(my.sql("mysql", "SELECT @@GLOBAL.read_only"), "0");
     }
+    // A table whose engine the text does not name takes the server's default: the server is
+    // asked what it made (here an administrator's odd default).
+    my.sql("mysql", "SET GLOBAL default_storage_engine = 'MRG_MyISAM'");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(format!("{head}{tail}").as_bytes()).unwrap();
+    plant(
+        &env,
+        "good_20240115",
+        "evil_20240301",
+        ".sql.gz",
+        &enc.finish().unwrap(),
+    );
+    let o = env.run(&["verify", "--restore", "evil_20240301"]);
+    my.sql("mysql", "SET GLOBAL default_storage_engine = 'InnoDB'");
+    assert_ne!(o.code, 0, "a MERGE table was loaded");
+    assert!(o.all().contains("storage engine MRG_MyISAM"), "{}", o.all());
+    assert_eq!(my.databases(), ["live", "shop"]);
     // A server whose sessions start with NO_BACKSLASH_ESCAPES (the client would then read a
     // backslash in a string as no escape) still restores the good backup exactly: the load's
     // session starts without it.

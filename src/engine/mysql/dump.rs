@@ -4,7 +4,8 @@
 //! snapshot to share with a second session, so the dump is the only place the counts can
 //! match), and the tables dumped must be the tables the database had before and after.
 
-use super::classify::{Kind, TableStmt, classify_statement};
+use super::allowlist::classify_statement;
+use super::classify::{Kind, TableStmt};
 use super::scan::{Event, Scanner, Versions};
 use super::*;
 use crate::codec::Tail;

@@ -5,32 +5,16 @@
 //! the load, and by a restore into the live database after the swap). The stream must end
 //! with the completion trailer, or the load fails (into a database that is then dropped).
 //!
-//! Reading and scanning run on the calling thread; the statements go through a short queue to
-//! a thread that runs them, so the server works while the next statement is scanned. A
-//! watchdog cuts the connection when nothing moved for the stall limit and the server is not
-//! working on dbkeep's statement, or on a signal.
+//! Reading and scanning run on the calling thread; [`super::runner`] runs the statements.
 
-use super::classify::{Kind, ObjectKind, TableStmt, classify_statement};
-use super::connection::Connection;
+use super::allowlist::classify_statement;
+use super::classify::{Kind, ObjectKind, TableStmt};
+use super::runner::Job;
 use super::scan::{Event, Scanner, Statement, Versions};
-use super::tokens::ENGINES;
 use super::*;
 use crate::codec::Tail;
 use crate::signals;
 use std::io::Read;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::time::Instant;
-
-/// What a load hands the thread that runs its statements.
-pub(super) enum Job {
-    /// A statement the allowlist passed, without its delimiter.
-    Run(Vec<u8>),
-    /// After a `CREATE TABLE`: the server must say the table is stored in its own database
-    /// (the engine named in the text was checked before; this catches what the session's
-    /// defaults chose).
-    Engine(String),
-}
 
 /// One held-back piece: a statement, or a `DELIMITER` line (for the journal's script).
 struct Piece {
@@ -212,226 +196,7 @@ impl Filter {
     }
 }
 
-/// When a load last moved, for its watchdog.
-struct Progress {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Progress {
-    fn tick(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-    fn idle(&self) -> Duration {
-        let ms = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(ms.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-const STALLED: u8 = 1;
-const INTERRUPTED: u8 = 2;
-
-/// How many bytes of statements may wait for the runner: a few of mariadb-dump's 1 MB
-/// `INSERT`s, so that a dump of large rows does not pile up in memory.
-const QUEUED_MAX: usize = 8 * 1024 * 1024;
-
-/// The bytes queued for the runner, and whether it stopped.
-#[derive(Default)]
-struct Budget {
-    state: std::sync::Mutex<(usize, bool)>,
-    changed: std::sync::Condvar,
-}
-
-impl Budget {
-    /// Waits for room for `size` bytes (one statement always fits an empty queue); false when
-    /// the runner stopped.
-    fn take(&self, size: usize) -> bool {
-        let Ok(mut st) = self.state.lock() else {
-            return false;
-        };
-        while !st.1 && st.0 > 0 && st.0 + size > QUEUED_MAX {
-            st = match self.changed.wait(st) {
-                Ok(st) => st,
-                Err(_) => return false,
-            };
-        }
-        st.0 += size;
-        !st.1
-    }
-
-    fn release(&self, size: usize) {
-        if let Ok(mut st) = self.state.lock() {
-            st.0 = st.0.saturating_sub(size);
-        }
-        self.changed.notify_all();
-    }
-}
-
-/// Marks the budget closed when the runner stops, however it stops.
-struct Closed<'a>(&'a Budget);
-
-impl Drop for Closed<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut st) = self.0.state.lock() {
-            st.1 = true;
-        }
-        self.0.changed.notify_all();
-    }
-}
-
-/// What a load sends its runner, within the budget.
-pub(super) struct Queue {
-    tx: mpsc::Sender<Job>,
-    budget: std::sync::Arc<Budget>,
-}
-
-impl Job {
-    fn size(&self) -> usize {
-        match self {
-            Job::Run(sql) => sql.len(),
-            Job::Engine(name) => name.len(),
-        }
-    }
-}
-
-impl Queue {
-    /// Queues `job`; false when the runner stopped.
-    fn send(&self, job: Job) -> bool {
-        self.budget.take(job.size()) && self.tx.send(job).is_ok()
-    }
-}
-
-/// Whether `table`, just created in the connection's database, is stored there.
-fn check_engine(conn: &mut Connection, table: &str) -> Result<(), MysqlError> {
-    let engines = conn.column(&format!(
-        "SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {}",
-        literal(table)
-    ))?;
-    match engines.as_slice() {
-        [Some(e)] if ENGINES.iter().any(|ok| ok.eq_ignore_ascii_case(e)) => Ok(()),
-        other => Err(MysqlError::Refused(format!(
-            "the dump creates the table {} with the storage engine {}: dbkeep loads only tables that keep their rows in their own database ({})",
-            ident(table),
-            match other {
-                [Some(e)] => e.clone(),
-                _ => "the server does not name".into(),
-            },
-            ENGINES.join(", ")
-        ))),
-    }
-}
-
 impl Mysql {
-    fn connect(&self, database: &str) -> Result<Connection, MysqlError> {
-        let timeout = self
-            .conn
-            .options
-            .get("connect-timeout")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(30);
-        let mut c = Connection::open(&self.conn, database, Duration::from_secs(timeout))?;
-        // The session starts without the modes under which the server would read the text
-        // differently from the scanner, whatever the server's global sql_mode.
-        c.run(b"SET SESSION sql_mode = ''")?;
-        Ok(c)
-    }
-
-    /// Runs statements on one connection to `database`, under watch: `produce` hands them to
-    /// the queue (it runs on this thread; a runner thread executes them in order). The first
-    /// failure stops both.
-    fn run_statements(
-        &self,
-        flavor: Flavor,
-        database: &str,
-        produce: &mut dyn FnMut(&Queue) -> Result<bool, MysqlError>,
-    ) -> Result<(), MysqlError> {
-        let mut conn = self.connect(database)?;
-        let breaker = conn.breaker();
-        let progress = Progress {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        };
-        let why = AtomicU8::new(0);
-        let limit = self.stall_timeout;
-        let (produced, ran) = std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::channel::<Job>();
-            let queue = Queue {
-                tx,
-                budget: std::sync::Arc::new(Budget::default()),
-            };
-            let budget = queue.budget.clone();
-            // Dropped by the runner when it stops, however: the watchdog ends with it.
-            let (stop_tx, stop_rx) = mpsc::channel::<()>();
-            let (progress, why) = (&progress, &why);
-            scope.spawn(move || {
-                let mut stall = self.stall(flavor, database);
-                let stopped = |rx: &mpsc::Receiver<()>, wait: Duration| {
-                    !matches!(rx.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout))
-                };
-                loop {
-                    if stopped(&stop_rx, Duration::from_millis(200)) {
-                        return;
-                    }
-                    if signals::interrupted() {
-                        why.store(INTERRUPTED, Ordering::Relaxed);
-                        breaker.cut();
-                        return;
-                    }
-                    if progress.idle() > limit {
-                        if (stall.working)() {
-                            progress.tick();
-                        } else if progress.idle() > limit && !stopped(&stop_rx, Duration::ZERO) {
-                            why.store(STALLED, Ordering::Relaxed);
-                            breaker.cut();
-                            return;
-                        }
-                    }
-                }
-            });
-            let runner = scope.spawn(move || -> Result<(), MysqlError> {
-                let _stop = stop_tx;
-                let _closed = Closed(&budget);
-                for job in rx {
-                    let size = job.size();
-                    match job {
-                        Job::Run(sql) => conn.run(&sql)?,
-                        Job::Engine(table) => check_engine(&mut conn, &table)?,
-                    }
-                    budget.release(size);
-                    progress.tick();
-                }
-                Ok(())
-            });
-            let produced = produce(&queue);
-            drop(queue);
-            let ran = runner.join().unwrap_or_else(|_| {
-                Err(connection::ConnectionError::Connect(
-                    "the thread running the statements stopped unexpectedly".into(),
-                )
-                .into())
-            });
-            (produced, ran)
-        });
-        // A load that ran to its end stands, whatever the watchdog saw last.
-        if let (Ok(true), Ok(())) = (&produced, &ran) {
-            return Ok(());
-        }
-        match why.load(Ordering::Relaxed) {
-            INTERRUPTED => return Err(MysqlError::Interrupted),
-            STALLED => {
-                return Err(MysqlError::Stalled {
-                    tool: format!("the load into {database}"),
-                    secs: limit.as_secs(),
-                });
-            }
-            _ => {}
-        }
-        // The runner's error is the cause when it stopped the producer.
-        ran?;
-        produced.map(drop)
-    }
-
     /// Runs trusted statements of dbkeep's own (each one statement) on `database`.
     pub(super) fn run_own(
         &self,
@@ -582,6 +347,20 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"CREATE TABLE `c` (`a` int, FOREIGN KEY (`a`) REFERENCES `live`.`p` (`id`));\n-- Dump completed\n", "another database"),
             (b"CREATE TABLE `c` (LIKE live . x);\n-- Dump completed\n", "another database"),
             (b"CREATE TABLE `f` (`a` int) ENGINE='FEDERATED';\n-- Dump completed\n", "storage engine a quoted name"),
+            // From the red-team review: SET of what no dump sets, spaces only the server sees,
+            // a name ending in a number-like word, a library loaded into the server.
+            (b"SET @a=0, PASSWORD FOR `app`@`%` = '*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19';\n-- Dump completed\n", "never set"),
+            (b"SET @a=0, DEFAULT ROLE NONE FOR `app`@`%`;\n-- Dump completed\n", "never set"),
+            (b"SET sql_log_bin=0;\n-- Dump completed\n", "never set"),
+            (b"SET @@SESSION.server_id=7;\n-- Dump completed\n", "never set"),
+            (b"SET default_storage_engine='MRG_MyISAM';\n-- Dump completed\n", "never set"),
+            (b"INSERT INTO `t` VALUES (`live`\x0C.`f`\x0C());\n-- Dump completed\n", "function call"),
+            (b"CREATE TABLE `c` (`id` int, FOREIGN KEY (`id`) REFERENCES `live`\x0B.`users`(`id`));\n-- Dump completed\n", "another database"),
+            (b"CREATE TABLE `c` (`id` int, FOREIGN KEY (`id`) REFERENCES caf\xc3\xa9.`users`(`id`));\n-- Dump completed\n", "outside ASCII"),
+            (b"CREATE TABLE `c` (`id` int, FOREIGN KEY (`id`) REFERENCES 1e.`users`(`id`));\n-- Dump completed\n", "another database"),
+            (b"CREATE TABLE `f` (`a` int) ENGINE\x0C=\x0CFEDERATED;\n-- Dump completed\n", "FEDERATED"),
+            (b"CREATE TABLE `f` (`a` int) ENGINE\x0C=\x0COQGRAPH;\n-- Dump completed\n", "storage engine OQGRAPH"),
+            (b"DELIMITER ;;\nCREATE FUNCTION `x` RETURNS STRING SONAME 'ha_connect.so';;\nDELIMITER ;\n-- Dump completed\n", "SONAME"),
             (b"CREATE TABLE `f` (`a` int) ENGINE = OQGRAPH;\n-- Dump completed\n", "storage engine OQGRAPH"),
             (b"CREATE TABLE `f` (`a` int) ENGINE=InnoDB PARTITION BY HASH (`a`) (PARTITION p0 ENGINE = S3);\n-- Dump completed\n", "storage engine S3"),
         ] {

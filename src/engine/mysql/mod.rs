@@ -13,12 +13,14 @@
 //!   then views, triggers, routines and events; each statement the allowlist passed is sent
 //!   alone, on a connection without multi-statements, so the server runs exactly it.
 
+mod allowlist;
 mod classify;
 pub mod connection;
 mod dump;
 mod engine;
 mod load;
 mod restore;
+mod runner;
 mod scan;
 mod session;
 mod swap;

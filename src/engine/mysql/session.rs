@@ -108,6 +108,22 @@ const SAFE_MODES: &[&str] = &[
     "NO_FIELD_OPTIONS",
     "TRADITIONAL",
 ];
+/// The session variables mysqldump and mariadb-dump set, by the last word of the target
+/// (`SET NAMES`, `SET CHARACTER SET`).
+const SAFE_VARIABLES: &[&str] = &[
+    "sql_mode",
+    "names",
+    "character",
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+    "time_zone",
+    "unique_checks",
+    "foreign_key_checks",
+    "sql_notes",
+    "note_verbosity",
+];
 const SAFE_CHARSETS: &[&str] = &["utf8mb4", "utf8mb3", "utf8", "latin1", "binary", "ascii"];
 
 /// A value the session may take for this target: sql_mode only a quoted list of
@@ -128,6 +144,21 @@ fn check_value(target: &[T], value: &[T]) -> Result<(), &'static str> {
         || matches!(value.first(), Some(T::Punct(b'@')))
             && matches!(value.get(1), Some(T::Punct(b'@')));
     let bad = Err(UNSAFE_MESSAGE);
+    if !user_var {
+        // `x`, `SESSION x`, `@@x`, `@@SESSION.x` of a variable the dump tools set; nothing
+        // else before its name (`PASSWORD FOR u`, `DEFAULT ROLE`, `sql_log_bin`, `server_id` …).
+        let (last, rest) = target.split_last().unwrap_or((&T::Punct(b' '), &[]));
+        let shape = matches!(last, T::Word(_))
+            && rest.iter().all(|t| {
+                matches!(t, T::Punct(b'@' | b'.'))
+                    || matches!(t, T::Word(w) if w.eq_ignore_ascii_case("SESSION") || w.eq_ignore_ascii_case("LOCAL"))
+            });
+        if !shape || !SAFE_VARIABLES.contains(&name.as_str()) {
+            return Err(
+                "it sets what mysqldump and mariadb-dump never set (they set the session's character sets, sql_mode, time_zone, unique_checks, foreign_key_checks, sql_notes, note_verbosity and user variables)",
+            );
+        }
+    }
     if user_var {
         return match value {
             [T::Str(text)] if text.contains('\\') || unsafe_text(text) => bad,

@@ -34,6 +34,7 @@ pub const DANGER: &[&[u8]] = &[
     b"LOAD_FILE",
     b"OUTFILE",
     b"DUMPFILE",
+    b"SONAME",
 ];
 
 /// The words and marks of a statement's code that say how its compound blocks nest

@@ -154,7 +154,8 @@ impl Scanner {
                 self.at_newline();
                 return Ok(());
             }
-            b' ' | b'\t' | b'\r' => {
+            // What the server's lexer skips as space (its ctype: 0x09–0x0D and the space).
+            b' ' | b'\t' | b'\r' | 0x0B | 0x0C => {
                 self.word_done();
                 self.head_space();
                 return Ok(());
@@ -223,7 +224,8 @@ impl Scanner {
                 self.word_done();
                 self.mark(Tok::Colon);
             }
-            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => {
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 => {
+                self.high |= c >= 0x80;
                 self.number_then_word(c);
                 if self.word_len < self.word.len() {
                     self.word[self.word_len] = c.to_ascii_uppercase();
@@ -235,7 +237,7 @@ impl Scanner {
                 self.mark(Tok::Other);
             }
         }
-        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80) {
             self.last = b;
             // What the arms above left for the next token stays.
             let kept =
@@ -271,7 +273,8 @@ impl Scanner {
     }
 
     pub(super) fn word_done(&mut self) {
-        let numeric = std::mem::take(&mut self.number) != 0;
+        // `1e` is a name to the server (no digits after the e): only a whole number is one.
+        let numeric = matches!(std::mem::take(&mut self.number), NUM_DIGITS | NUM_EXPONENT);
         if self.word_len == 0 {
             return;
         }
@@ -346,6 +349,7 @@ impl Scanner {
                 tuples: self.tuples,
                 calls: self.calls,
                 qualified: self.qualified,
+                high: self.high,
                 bad_engine: self.bad_engine.take(),
                 danger: self.danger,
                 whole: !self.head_full,
@@ -363,6 +367,7 @@ impl Scanner {
         self.tuples = 0;
         self.calls = 0;
         self.qualified = false;
+        self.high = false;
         self.bad_engine = None;
         self.after_engine = 0;
         self.name_last = false;

@@ -85,6 +85,8 @@ pub struct Statement<'a> {
     pub calls: u64,
     /// A name qualified with a database (`a`.`b`, `a.b`) in its code.
     pub qualified: bool,
+    /// A byte above ASCII in its code (outside quotes and comments).
+    pub high: bool,
     /// A storage engine named after `ENGINE` that keeps its rows elsewhere, or a quoted one
     /// (which no word check sees), as shown in an error.
     pub bad_engine: Option<String>,
@@ -147,6 +149,7 @@ pub struct Scanner {
     calls: u64,
     danger: u32,
     qualified: bool,
+    high: bool,
     bad_engine: Option<String>,
     /// After the word `ENGINE` (1), and its `=` (2).
     after_engine: u8,
@@ -188,6 +191,7 @@ impl Scanner {
             calls: 0,
             danger: 0,
             qualified: false,
+            high: false,
             bad_engine: None,
             after_engine: 0,
             name_last: false,
