@@ -225,29 +225,60 @@ pub fn pump<L: Look>(
     mut stall: Stall<'_>,
 ) -> (Result<(), WatchError>, Option<L>) {
     const CHUNK: usize = 256 * 1024;
+    const BUFFERS: usize = 8;
     let program = child.program().to_owned();
     let stdout = child.take_stdout();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+    // Full buffers go to the writer with their length; empty ones come back to be filled
+    // again: no buffer is allocated or zeroed per read, and a pipe's 64 KiB reads are gathered
+    // into one hand-over (fewer wake-ups of the writer).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(BUFFERS);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let reader = std::thread::spawn(move || {
         let Some(mut stdout) = stdout else {
             return look;
         };
+        let mut made = 0;
         loop {
-            let mut buf = vec![0u8; CHUNK];
-            match stdout.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    buf.truncate(n);
-                    look.see(&buf);
-                    if tx.send(Ok(buf)).is_err() {
+            let mut buf = match back_rx.try_recv() {
+                Ok(b) => b,
+                Err(_) if made < BUFFERS + 2 => {
+                    made += 1;
+                    vec![0u8; CHUNK]
+                }
+                Err(_) => match back_rx.recv() {
+                    Ok(b) => b,
+                    Err(_) => break,
+                },
+            };
+            let mut n = 0;
+            let mut failed = None;
+            let mut ended = false;
+            while n < CHUNK {
+                match stdout.read(&mut buf[n..]) {
+                    Ok(0) => {
+                        ended = true;
+                        break;
+                    }
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        failed = Some(e);
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
+            }
+            if n > 0 {
+                look.see(&buf[..n]);
+                if tx.send(Ok((buf, n))).is_err() {
                     break;
                 }
+            }
+            if let Some(e) = failed {
+                let _ = tx.send(Err(e));
+                break;
+            }
+            if ended {
+                break;
             }
         }
         look
@@ -269,9 +300,10 @@ pub fn pump<L: Look>(
                 }
             }
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(Ok(chunk)) => {
+                Ok(Ok((chunk, n))) => {
                     last = Instant::now();
-                    out.write_all(&chunk).map_err(WatchError::Output)?;
+                    out.write_all(&chunk[..n]).map_err(WatchError::Output)?;
+                    let _ = back_tx.send(chunk);
                 }
                 Ok(Err(source)) => {
                     return Err(WatchError::Process(ProcessError::Output {
