@@ -224,13 +224,15 @@ pub fn pump<L: Look>(
     out: &mut dyn Write,
     mut stall: Stall<'_>,
 ) -> (Result<(), WatchError>, Option<L>) {
-    const CHUNK: usize = 256 * 1024;
-    const BUFFERS: usize = 8;
+    // A pipe's capacity: 256 KiB hand-overs measured slower and 12 MB larger (zstd's workers
+    // then hold more input).
+    const CHUNK: usize = 64 * 1024;
+    const BUFFERS: usize = 16;
     let program = child.program().to_owned();
     let stdout = child.take_stdout();
     // Full buffers go to the writer with their length; empty ones come back to be filled
-    // again: no buffer is allocated or zeroed per read, and a pipe's 64 KiB reads are gathered
-    // into one hand-over (fewer wake-ups of the writer).
+    // again: no buffer is allocated or zeroed per read, and short reads are gathered until a
+    // buffer is full (fewer wake-ups of the writer).
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(BUFFERS);
     let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let reader = std::thread::spawn(move || {
