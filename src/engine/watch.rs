@@ -215,7 +215,7 @@ pub trait Look: Send + 'static {
 /// Streams `child`'s stdout into `out`: a reader thread reads it (and shows each chunk to
 /// `look`, a scanner say) while this thread writes (compresses), through a bounded queue so
 /// memory stays flat. Stops, killing the child, on a signal, on a failed write, and when no
-/// chunk came for `stall.limit` and `stall.working` does not vouch for the child. Returns the
+/// byte came for `stall.limit` and `stall.working` does not vouch for the child. Returns the
 /// outcome and `look` once the reader is done (`None` when it was left behind: a grandchild
 /// holding the pipe may delay its end). The child is not waited for.
 pub fn pump<L: Look>(
@@ -235,6 +235,10 @@ pub fn pump<L: Look>(
     // buffer is full (fewer wake-ups of the writer).
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(BUFFERS);
     let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    // When the reader last got a byte (ms from `start`): a buffer still filling is progress.
+    let start = Instant::now();
+    let read_at = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let read_at_reader = read_at.clone();
     let reader = std::thread::spawn(move || {
         let Some(mut stdout) = stdout else {
             return look;
@@ -261,7 +265,11 @@ pub fn pump<L: Look>(
                         ended = true;
                         break;
                     }
-                    Ok(k) => n += k,
+                    Ok(k) => {
+                        n += k;
+                        let ms = start.elapsed().as_millis() as u64;
+                        read_at_reader.store(ms, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         failed = Some(e);
@@ -291,6 +299,9 @@ pub fn pump<L: Look>(
             if signals::interrupted() {
                 return Err(WatchError::Interrupted);
             }
+            let read =
+                start + Duration::from_millis(read_at.load(std::sync::atomic::Ordering::Relaxed));
+            last = last.max(read);
             if last.elapsed() > stall.limit {
                 if (stall.working)() {
                     last = Instant::now();
@@ -388,6 +399,33 @@ pub fn feed_child(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Count(usize);
+    impl Look for Count {
+        fn see(&mut self, chunk: &[u8]) {
+            self.0 += chunk.len();
+        }
+    }
+
+    #[test]
+    fn a_child_that_trickles_is_not_stalled() {
+        // Two bytes every half second for 3 s, far below a buffer's 64 KiB, under a stall limit
+        // of 2 s: every byte read is progress, though no buffer fills before the end.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "for i in 1 2 3 4 5 6; do echo x; sleep 0.5; done"])
+            .stdout(std::process::Stdio::piped());
+        let mut child = process::spawn(cmd, "coreutils", vec![]).unwrap();
+        let mut out = Vec::new();
+        let (r, look) = pump(
+            &mut child,
+            Count(0),
+            &mut out,
+            Stall::silence(Duration::from_secs(2)),
+        );
+        r.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, b"x\n".repeat(6));
+        assert_eq!(look.map(|l| l.0), Some(12));
+    }
 
     #[test]
     fn a_silent_child_is_stopped_and_a_busy_one_is_not() {

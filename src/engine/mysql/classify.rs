@@ -366,7 +366,14 @@ pub fn classify(head: &[u8]) -> Result<Kind, String> {
         }
         c.word("AGGREGATE");
         if c.word("PROCEDURE") || c.word("FUNCTION") {
-            return named(&mut c, &object(ObjectKind::Routine));
+            let r = named(&mut c, &object(ObjectKind::Routine));
+            // A stored routine's name is followed by its parameters; `CREATE FUNCTION f
+            // RETURNS … SONAME` is a UDF, a library loaded into the server.
+            return if r.is_err() || matches!(toks.get(c.i), Some(T::Punct(b'('))) {
+                r
+            } else {
+                refuse("a function loaded from a library (a UDF), not a stored routine")
+            };
         }
         if c.word("EVENT") {
             return named(&mut c, &object(ObjectKind::Event));

@@ -361,6 +361,8 @@ DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 t
             (b"CREATE TABLE `f` (`a` int) ENGINE\x0C=\x0CFEDERATED;\n-- Dump completed\n", "FEDERATED"),
             (b"CREATE TABLE `f` (`a` int) ENGINE\x0C=\x0COQGRAPH;\n-- Dump completed\n", "storage engine OQGRAPH"),
             (b"DELIMITER ;;\nCREATE FUNCTION `x` RETURNS STRING SONAME 'ha_connect.so';;\nDELIMITER ;\n-- Dump completed\n", "SONAME"),
+            (b"SET character_set_client = latin1;\nDELIMITER ;;\nCREATE FUNCTION `x` RETURNS STRING SONAME\xA0'ha_connect.so';;\nDELIMITER ;\n-- Dump completed\n", "SONAME"),
+            (b"DELIMITER ;;\nCREATE FUNCTION `x` RETURNS STRING SO/**/NAME 'ha_connect.so';;\nDELIMITER ;\n-- Dump completed\n", "UDF"),
             (b"CREATE TABLE `f` (`a` int) ENGINE = OQGRAPH;\n-- Dump completed\n", "storage engine OQGRAPH"),
             (b"CREATE TABLE `f` (`a` int) ENGINE=InnoDB PARTITION BY HASH (`a`) (PARTITION p0 ENGINE = S3);\n-- Dump completed\n", "storage engine S3"),
         ] {

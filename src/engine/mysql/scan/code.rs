@@ -224,8 +224,18 @@ impl Scanner {
                 self.word_done();
                 self.mark(Tok::Colon);
             }
-            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 => {
-                self.high |= c >= 0x80;
+            // Above ASCII: a space in a single-byte character set (0xA0 in latin1), part of a
+            // name in UTF-8. It ends a word (`SONAME\xA0'x'` is the word SONAME, as latin1
+            // reads it) and leaves the token before it as it was (a space's rules), and the
+            // statement is marked (a table's statement with one is refused).
+            c if c >= 0x80 => {
+                self.high = true;
+                self.word_done();
+                self.open = true;
+                self.head_bytes(&[c]);
+                return Ok(());
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => {
                 self.number_then_word(c);
                 if self.word_len < self.word.len() {
                     self.word[self.word_len] = c.to_ascii_uppercase();
@@ -237,7 +247,7 @@ impl Scanner {
                 self.mark(Tok::Other);
             }
         }
-        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80) {
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
             self.last = b;
             // What the arms above left for the next token stays.
             let kept =
