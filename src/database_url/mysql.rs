@@ -19,6 +19,16 @@ pub struct MyConnection {
 }
 
 impl MyConnection {
+    /// How long a connection may take (`connect_timeout`, else 30 s, as PGCONNECT_TIMEOUT).
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        let secs = self
+            .options
+            .get("connect-timeout")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(30);
+        std::time::Duration::from_secs(secs)
+    }
+
     /// The host for display and the manifest: never credentials.
     pub fn host_display(&self) -> String {
         match (&self.socket, &self.host, self.port) {
@@ -74,6 +84,14 @@ pub(super) fn parse_mysql(input: &str) -> Result<DatabaseUrl, DatabaseUrlError> 
                 }
             },
         }
+    }
+    if options
+        .get("connect-timeout")
+        .is_some_and(|t| !t.parse::<u32>().is_ok_and(|n| n > 0))
+    {
+        return Err(DatabaseUrlError::Malformed {
+            problem: "connect_timeout must be a whole number of seconds, at least 1".into(),
+        });
     }
     if socket.is_some() {
         host = None;
@@ -144,5 +162,18 @@ mod tests {
         assert_eq!(m.host_display(), "/tmp/m.sock");
         let u = DatabaseUrl::parse("mysql+pymysql://app:hunter2@db:3306/shop").unwrap();
         assert_eq!(u.to_string(), "mysql://app:***@db:3306/shop");
+        assert_eq!(my("mysql://app@db/shop").connect_timeout().as_secs(), 30);
+        assert_eq!(
+            my("mysql://app@db/shop?connect_timeout=3")
+                .connect_timeout()
+                .as_secs(),
+            3
+        );
+        for bad in ["abc", "0", "-1", "1.5"] {
+            let e = DatabaseUrl::parse(&format!("mysql://app@db/shop?connect_timeout={bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("connect_timeout"), "{bad}: {e}");
+        }
     }
 }

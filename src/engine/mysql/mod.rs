@@ -242,11 +242,10 @@ impl OptionFile {
         // Only the client has a connect timeout (mariadb-dump refuses the option): never wait
         // forever for a server that does not answer (as PGCONNECT_TIMEOUT=30).
         text.push_str("[mysql]\n");
-        let timeout = conn
-            .options
-            .get("connect-timeout")
-            .map_or("30", String::as_str);
-        text.push_str(&format!("connect-timeout={}\n", option_value(timeout)));
+        text.push_str(&format!(
+            "connect-timeout={}\n",
+            conn.connect_timeout().as_secs()
+        ));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -133,13 +133,7 @@ fn check_engine(conn: &mut Connection, table: &str) -> Result<(), MysqlError> {
 
 impl Mysql {
     fn connect(&self, database: &str) -> Result<Connection, MysqlError> {
-        let timeout = self
-            .conn
-            .options
-            .get("connect-timeout")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(30);
-        let mut c = Connection::open(&self.conn, database, Duration::from_secs(timeout))?;
+        let mut c = Connection::open(&self.conn, database, self.conn.connect_timeout())?;
         // The session starts without the modes under which the server would read the text
         // differently from the scanner, whatever the server's global sql_mode.
         c.run(b"SET SESSION sql_mode = ''")?;
