@@ -160,20 +160,7 @@ impl Scanner {
                 self.head_space();
                 return Ok(());
             }
-            b'\'' | b'"' | b'`' => {
-                self.word_done();
-                self.mark(Tok::Other);
-                if self.after_engine > 0 {
-                    self.bad_engine = Some("a quoted name".into());
-                }
-                self.after_engine = 0;
-                self.name_last = false;
-                self.state = if b == b'`' {
-                    State::Backtick
-                } else {
-                    State::Quote(b)
-                };
-            }
+            b'\'' | b'"' | b'`' => self.open_quote(b),
             b'#' => {
                 self.word_done();
                 self.state = State::LineComment;
@@ -185,37 +172,15 @@ impl Scanner {
                     shown(&self.head)
                 ));
             }
-            b'.' => {
-                self.word_done();
-                if self.name_last {
-                    self.qualified = true;
-                }
-                self.name_last = false;
-                self.after_engine = 0;
-                self.mark(Tok::Other);
-            }
+            b'.' => self.dot(),
             b'=' => {
                 self.word_done();
                 self.after_engine = if self.after_engine == 1 { 2 } else { 0 };
                 self.name_last = false;
                 self.mark(Tok::Other);
             }
-            b'(' => {
-                self.word_done();
-                self.mark(Tok::LParen);
-                if self.after_values && self.last == b'w' {
-                    self.calls += 1;
-                }
-                if self.depth == 0 && self.after_values {
-                    self.tuples += 1;
-                }
-                self.depth += 1;
-            }
-            b')' => {
-                self.word_done();
-                self.depth = self.depth.saturating_sub(1);
-                self.mark(Tok::RParen);
-            }
+            b'(' => self.open_paren(),
+            b')' => self.close_paren(),
             b';' => {
                 self.word_done();
                 self.mark(Tok::Semi);
@@ -262,11 +227,57 @@ impl Scanner {
         Ok(())
     }
 
+    /// A quote opens (`'`, `"` a string, `` ` `` a name).
+    pub(super) fn open_quote(&mut self, b: u8) {
+        self.word_done();
+        self.mark(Tok::Other);
+        if self.after_engine > 0 {
+            self.bad_engine = Some("a quoted name".into());
+        }
+        self.after_engine = 0;
+        self.name_last = false;
+        self.state = if b == b'`' {
+            State::Backtick
+        } else {
+            State::Quote(b)
+        };
+    }
+
+    /// A `.`: after a name, the name is qualified with a database.
+    pub(super) fn dot(&mut self) {
+        self.word_done();
+        if self.name_last {
+            self.qualified = true;
+        }
+        self.name_last = false;
+        self.after_engine = 0;
+        self.mark(Tok::Other);
+    }
+
+    /// A `(`: a row after `VALUES` at the top level, a call after a word there.
+    pub(super) fn open_paren(&mut self) {
+        self.word_done();
+        self.mark(Tok::LParen);
+        if self.after_values && self.last == b'w' {
+            self.calls += 1;
+        }
+        if self.depth == 0 && self.after_values {
+            self.tuples += 1;
+        }
+        self.depth += 1;
+    }
+
+    pub(super) fn close_paren(&mut self) {
+        self.word_done();
+        self.depth = self.depth.saturating_sub(1);
+        self.mark(Tok::RParen);
+    }
+
     /// Where a number ends and a word begins as the server's lexer reads them: `1.0SELECT`
     /// and `1e0UNION` are a number and a keyword, so a word after digits (and an exponent)
     /// starts on its own; `1SELECT`, an identifier to the server, is read so too, which only
     /// ever makes the check stricter (mysqldump quotes every name).
-    fn number_then_word(&mut self, c: u8) {
+    pub(super) fn number_then_word(&mut self, c: u8) {
         if self.word_len == 0 {
             self.number = if c.is_ascii_digit() { NUM_DIGITS } else { 0 };
             return;
@@ -286,6 +297,13 @@ impl Scanner {
         // `1e` is a name to the server (no digits after the e): only a whole number is one.
         let numeric = matches!(std::mem::take(&mut self.number), NUM_DIGITS | NUM_EXPONENT);
         if self.word_len == 0 {
+            return;
+        }
+        if numeric && self.after_engine == 0 && self.delimiter == b";" {
+            // A number (most words of a dump's rows): no keyword, no engine, no block token.
+            self.name_last = false;
+            self.last = b'w';
+            self.word_len = 0;
             return;
         }
         let word = &self.word[..self.word_len.min(16)];

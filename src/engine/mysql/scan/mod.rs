@@ -11,9 +11,9 @@
 //! string, a line left unterminated at the end — is an error, never passed on.
 
 mod code;
+mod fast;
 
 use super::tokens::{Tok, shown};
-use memchr::memchr2;
 
 /// How many significant bytes of a statement its head keeps.
 pub const HEAD: usize = 512;
@@ -120,6 +120,8 @@ enum State {
 
 pub struct Scanner {
     keep_text: bool,
+    /// Every byte the slow way, the fast paths off (the tests' reference reading).
+    reference: bool,
     state: State,
     delimiter: Vec<u8>,
     /// How many bytes of the delimiter matched so far.
@@ -168,6 +170,7 @@ impl Scanner {
     pub fn new(keep_text: bool) -> Self {
         Self {
             keep_text,
+            reference: false,
             state: State::LineStart,
             delimiter: b";".to_vec(),
             matched: 0,
@@ -210,6 +213,13 @@ impl Scanner {
         self
     }
 
+    /// Every byte the slow way (the tests' reference reading of the fast paths).
+    #[cfg(test)]
+    pub fn reference(mut self) -> Self {
+        self.reference = true;
+        self
+    }
+
     /// Scans `chunk`, calling `on` for every complete statement and delimiter line.
     pub fn feed(
         &mut self,
@@ -229,25 +239,28 @@ impl Scanner {
                     }
                     continue;
                 }
-                State::Quote(q) => {
-                    // Strings are most of a dump: jump to the next quote or backslash.
+                State::Quote(q) if !self.reference => {
+                    // Strings are most of a dump: to the closing quote in one search.
                     let rest = &chunk[i..];
-                    let n = memchr2(q, b'\\', rest).unwrap_or(rest.len());
+                    let (n, next) = match fast::string_end(q, rest) {
+                        Ok(n) => (n + 1, State::Normal),
+                        Err(true) => (rest.len(), State::QuoteEscape(q)),
+                        Err(false) => (rest.len(), State::Quote(q)),
+                    };
                     self.keep(&rest[..n]);
                     self.head_bytes(&rest[..n]);
+                    self.state = next;
                     i += n;
-                    if i < chunk.len() {
-                        let c = chunk[i];
-                        self.keep(&[c]);
-                        self.head_bytes(&[c]);
-                        self.state = if c == b'\\' {
-                            State::QuoteEscape(q)
-                        } else {
-                            State::Normal
-                        };
-                        i += 1;
-                    }
                     continue;
+                }
+                State::Quote(q) => {
+                    self.keep(&[b]);
+                    self.head_bytes(&[b]);
+                    if b == b'\\' {
+                        self.state = State::QuoteEscape(q);
+                    } else if b == q {
+                        self.state = State::Normal;
+                    }
                 }
                 State::QuoteEscape(q) => {
                     self.keep(&[b]);
@@ -289,38 +302,15 @@ impl Scanner {
                     }
                 }
                 State::Normal
-                    if self.pend.is_empty() && self.matched == 0 && !self.version_digits =>
+                    if !self.reference
+                        && self.pend.is_empty()
+                        && self.matched == 0
+                        && !self.version_digits =>
                 {
-                    // Digits and commas between values are most of a dump's bytes outside
-                    // strings: taken in a run, as `code` would take them one by one.
-                    let start = i;
-                    while i < chunk.len() {
-                        let c = chunk[i];
-                        if c.is_ascii_digit() {
-                            if self.word_len == 0 {
-                                self.number = code::NUM_DIGITS;
-                            } else if self.number == code::NUM_E {
-                                self.number = code::NUM_EXPONENT;
-                            }
-                            if self.word_len < self.word.len() {
-                                self.word[self.word_len] = c;
-                            }
-                            self.word_len += 1;
-                        } else if c == b',' {
-                            self.word_done();
-                            self.mark(Tok::Other);
-                            self.last = b',';
-                            self.name_last = false;
-                            self.after_engine = 0;
-                        } else {
-                            break;
-                        }
-                        i += 1;
-                    }
-                    if i > start {
+                    let n = self.fast_run(&chunk[i..]);
+                    if n > 0 {
                         self.open = true;
-                        self.keep(&chunk[start..i]);
-                        self.head_bytes(&chunk[start..i]);
+                        i += n;
                         continue;
                     }
                     self.normal(b, on)?;
