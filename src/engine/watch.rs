@@ -228,8 +228,14 @@ pub fn pump<L: Look>(
     // then hold more input).
     const CHUNK: usize = 64 * 1024;
     const BUFFERS: usize = 16;
+    const PIPE: i32 = 1 << 20;
     let program = child.program().to_owned();
     let stdout = child.take_stdout();
+    if let Some(out) = &stdout {
+        // A larger pipe: the dump tool keeps writing while this side scans a buffer (1 MiB,
+        // the unprivileged maximum; a refusal leaves the default).
+        let _ = nix::fcntl::fcntl(out, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE));
+    }
     // Full buffers go to the writer with their length; empty ones come back to be filled
     // again: no buffer is allocated or zeroed per read, and short reads are gathered until a
     // buffer is full (fewer wake-ups of the writer).
