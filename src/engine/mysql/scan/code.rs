@@ -299,7 +299,7 @@ impl Scanner {
         if self.word_len == 0 {
             return;
         }
-        if numeric && self.after_engine == 0 && self.delimiter == b";" {
+        if numeric && self.after_engine == 0 && self.delimiter == b";" && !self.reference {
             // A number (most words of a dump's rows): no keyword, no engine, no block token.
             self.name_last = false;
             self.last = b'w';
