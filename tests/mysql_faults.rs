@@ -164,7 +164,20 @@ fn a_frozen_server_stops_a_restore_and_the_live_database_stays() {
         "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA LIKE '%dbkeep_new%' AND TABLE_NAME = 'big'",
     );
     my.pause();
-    let status = child.wait().unwrap();
+    // Without the watchdog the restore would wait for the server forever: a deadline makes
+    // that a failure, not a hung test.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            my.resume();
+            panic!("the restore still ran 120 s after the server froze (BACKUP_STALL_TIMEOUT 3 s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     my.resume();
     let err = stderr_of(&mut child);
     assert!(

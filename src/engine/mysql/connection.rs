@@ -192,6 +192,18 @@ impl Connection {
         database: &str,
         connect_timeout: Duration,
     ) -> Result<Self, ConnectionError> {
+        let mut c = Self::connect(conn, database, connect_timeout)?;
+        c.prove()?;
+        Ok(c)
+    }
+
+    /// Connects to `database` with `conn`'s settings (the handshake bounded by
+    /// `connect_timeout`); [`Connection::prove`] must pass before a dump's statement is sent.
+    pub fn connect(
+        conn: &MyConnection,
+        database: &str,
+        connect_timeout: Duration,
+    ) -> Result<Self, ConnectionError> {
         let api = api()?;
         // SAFETY: mysql_init(NULL) allocates a handle or returns NULL.
         let handle = unsafe { (api.init)(std::ptr::null_mut()) };
@@ -255,14 +267,20 @@ impl Connection {
         if connected.is_null() {
             return Err(ConnectionError::Connect(c.last_error().1));
         }
+        Ok(c)
+    }
+
+    /// Turns multi-statements off on the server's side and proves that one request is one
+    /// statement: `DO 1; DO 1` must be a syntax error.
+    pub fn prove(&mut self) -> Result<(), ConnectionError> {
         // SAFETY: an open handle.
-        if unsafe { (api.set_server_option)(handle, MULTI_STATEMENTS_OFF) } != 0 {
-            return Err(ConnectionError::MultiStatements(c.last_error().1));
+        if unsafe { (self.api.set_server_option)(self.handle, MULTI_STATEMENTS_OFF) } != 0 {
+            return Err(ConnectionError::MultiStatements(self.last_error().1));
         }
-        match c.run(b"DO 1; DO 1") {
+        match self.run(b"DO 1; DO 1") {
             Err(ConnectionError::Statement {
                 code: PARSE_ERROR, ..
-            }) => Ok(c),
+            }) => Ok(()),
             Err(e) => Err(ConnectionError::MultiStatements(e.to_string())),
             Ok(()) => Err(ConnectionError::MultiStatements(
                 "the server ran `DO 1; DO 1`".into(),

@@ -131,13 +131,26 @@ fn check_engine(conn: &mut Connection, table: &str) -> Result<(), MysqlError> {
     }
 }
 
+/// The error of a load its watchdog stopped (`why`), if it did.
+fn stopped_by(why: u8, database: &str, limit: Duration) -> Option<MysqlError> {
+    match why {
+        INTERRUPTED => Some(MysqlError::Interrupted),
+        STALLED => Some(MysqlError::Stalled {
+            tool: format!("the load into {database}"),
+            secs: limit.as_secs(),
+        }),
+        _ => None,
+    }
+}
+
 impl Mysql {
-    fn connect(&self, database: &str) -> Result<Connection, MysqlError> {
-        let mut c = Connection::open(&self.conn, database, self.conn.connect_timeout())?;
-        // The session starts without the modes under which the server would read the text
-        // differently from the scanner, whatever the server's global sql_mode.
+    /// Makes a connected session fit for a dump's statements: one statement per request,
+    /// proven, and without the modes under which the server would read the text differently
+    /// from the scanner, whatever the server's global sql_mode.
+    fn prepare(c: &mut Connection) -> Result<(), MysqlError> {
+        c.prove()?;
         c.run(b"SET SESSION sql_mode = ''")?;
-        Ok(c)
+        Ok(())
     }
 
     /// Runs statements on one connection to `database`, under watch: `produce` hands them to
@@ -149,8 +162,9 @@ impl Mysql {
         database: &str,
         produce: &mut dyn FnMut(&Queue) -> Result<bool, MysqlError>,
     ) -> Result<(), MysqlError> {
-        let mut conn = self.connect(database)?;
-        let breaker = conn.breaker();
+        // Set by the runner once connected: the watchdog cuts the connection from the start of
+        // its first request (the handshake is bounded by connect_timeout).
+        let breaker = std::sync::OnceLock::<connection::Breaker>::new();
         let progress = Progress {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -166,7 +180,15 @@ impl Mysql {
             let budget = queue.budget.clone();
             // Dropped by the runner when it stops, however: the watchdog ends with it.
             let (stop_tx, stop_rx) = mpsc::channel::<()>();
-            let (progress, why) = (&progress, &why);
+            let (progress, why, breaker) = (&progress, &why, &breaker);
+            // `why` is set before the breaker is looked at, and the runner looks at `why`
+            // after publishing the breaker: a stop seen by neither cannot happen.
+            let stop = move |reason: u8| {
+                why.store(reason, Ordering::SeqCst);
+                if let Some(b) = breaker.get() {
+                    b.cut();
+                }
+            };
             scope.spawn(move || {
                 let mut stall = self.stall(flavor, database);
                 let stopped = |rx: &mpsc::Receiver<()>, wait: Duration| {
@@ -177,16 +199,14 @@ impl Mysql {
                         return;
                     }
                     if signals::interrupted() {
-                        why.store(INTERRUPTED, Ordering::Relaxed);
-                        breaker.cut();
+                        stop(INTERRUPTED);
                         return;
                     }
                     if progress.idle() > limit {
                         if (stall.working)() {
                             progress.tick();
                         } else if progress.idle() > limit && !stopped(&stop_rx, Duration::ZERO) {
-                            why.store(STALLED, Ordering::Relaxed);
-                            breaker.cut();
+                            stop(STALLED);
                             return;
                         }
                     }
@@ -195,6 +215,15 @@ impl Mysql {
             let runner = scope.spawn(move || -> Result<(), MysqlError> {
                 let _stop = stop_tx;
                 let _closed = Closed(&budget);
+                let mut conn =
+                    Connection::connect(&self.conn, database, self.conn.connect_timeout())?;
+                let _ = breaker.set(conn.breaker());
+                if let Some(e) = stopped_by(why.load(Ordering::SeqCst), database, limit) {
+                    // Stopped while connecting: the watchdog found no breaker to cut.
+                    return Err(e);
+                }
+                Self::prepare(&mut conn)?;
+                progress.tick();
                 for job in rx {
                     let size = job.size();
                     match job {
@@ -220,15 +249,8 @@ impl Mysql {
         if let (Ok(true), Ok(())) = (&produced, &ran) {
             return Ok(());
         }
-        match why.load(Ordering::Relaxed) {
-            INTERRUPTED => return Err(MysqlError::Interrupted),
-            STALLED => {
-                return Err(MysqlError::Stalled {
-                    tool: format!("the load into {database}"),
-                    secs: limit.as_secs(),
-                });
-            }
-            _ => {}
+        if let Some(e) = stopped_by(why.load(Ordering::SeqCst), database, limit) {
+            return Err(e);
         }
         // The runner's error is the cause when it stopped the producer.
         ran?;
