@@ -157,7 +157,7 @@ fn a_frozen_server_stops_a_restore_and_the_live_database_stays() {
         format!("{}?connect_timeout=3", my.url("shop")),
     );
     env.set("BACKUP_STALL_TIMEOUT", "3");
-    // Frozen while the big table's rows load (not before the load's connection is open).
+    // Frozen while the big table's rows load.
     let mut child = restore_until(
         &env,
         &my,
@@ -173,6 +173,7 @@ fn a_frozen_server_stops_a_restore_and_the_live_database_stays() {
         }
         if std::time::Instant::now() > deadline {
             child.kill().ok();
+            child.wait().ok();
             my.resume();
             panic!("the restore still ran 120 s after the server froze (BACKUP_STALL_TIMEOUT 3 s)");
         }

@@ -7,7 +7,7 @@ use super::connection::{self, Connection};
 use super::tokens::ENGINES;
 use super::*;
 use crate::signals;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, fence};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -182,9 +182,11 @@ impl Mysql {
             let (stop_tx, stop_rx) = mpsc::channel::<()>();
             let (progress, why, breaker) = (&progress, &why, &breaker);
             // `why` is set before the breaker is looked at, and the runner looks at `why`
-            // after publishing the breaker: a stop seen by neither cannot happen.
+            // after publishing the breaker, each with a SeqCst fence between its store and its
+            // load: at least one side sees the other's store, so a stop is never missed.
             let stop = move |reason: u8| {
                 why.store(reason, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
                 if let Some(b) = breaker.get() {
                     b.cut();
                 }
@@ -202,7 +204,9 @@ impl Mysql {
                         stop(INTERRUPTED);
                         return;
                     }
-                    if progress.idle() > limit {
+                    // Connecting is bounded by connect_timeout: the stall limit counts from the
+                    // first request.
+                    if breaker.get().is_some() && progress.idle() > limit {
                         if (stall.working)() {
                             progress.tick();
                         } else if progress.idle() > limit && !stopped(&stop_rx, Duration::ZERO) {
@@ -217,7 +221,9 @@ impl Mysql {
                 let _closed = Closed(&budget);
                 let mut conn =
                     Connection::connect(&self.conn, database, self.conn.connect_timeout())?;
+                progress.tick();
                 let _ = breaker.set(conn.breaker());
+                fence(Ordering::SeqCst);
                 if let Some(e) = stopped_by(why.load(Ordering::SeqCst), database, limit) {
                     // Stopped while connecting: the watchdog found no breaker to cut.
                     return Err(e);
