@@ -71,6 +71,9 @@ pub enum Error {
         backup: DatabaseType,
         configured: DatabaseType,
     },
+    /// What the configured database's engine does not do.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -132,6 +135,7 @@ impl From<crate::engine::seam::EngineError> for Error {
                 source,
             },
             E::Drill(problem) | E::Source(problem) => Error::Engine(problem),
+            E::Unsupported(problem) => Error::Unsupported(problem),
         }
     }
 }
@@ -144,6 +148,7 @@ impl Error {
             | Error::NotConfirmed(_)
             | Error::NoSchedules
             | Error::WrongDatabaseType { .. }
+            | Error::Unsupported(_)
             | Error::Storage(StorageError::Setup { .. } | StorageError::Unsupported { .. }) => {
                 ErrorKind::Usage
             }

@@ -18,6 +18,7 @@ mod mysql;
 mod mysql_faults;
 mod mysql_hostile;
 mod notify;
+mod pitr;
 mod postgres;
 mod s3;
 mod s3_limits;

@@ -66,6 +66,17 @@ enum ScheduleAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum WalAction {
+    /// Check that the server can serve point-in-time recovery (PostgreSQL): wal_level, free
+    /// WAL senders, a role with REPLICATION, a replication connection pg_hba.conf lets in; prints
+    /// the cluster's system identifier, timeline and WAL position. Exit 1 when a check fails.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum NotifyAction {
     /// Send a test event to one channel ([channels.NAME]) and say how it went.
     Test { channel: String },
@@ -125,6 +136,11 @@ enum Command {
     Notify {
         #[command(subcommand)]
         action: NotifyAction,
+    },
+    /// Point-in-time recovery's write-ahead log: `check` the server's readiness.
+    Wal {
+        #[command(subcommand)]
+        action: WalAction,
     },
     /// Exempt a backup from retention (prune and the retention after a backup keep it).
     Pin { name: String },
@@ -322,6 +338,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Delete { .. } => "delete",
         Command::Schedule { .. } => "schedule",
         Command::Notify { .. } => "notify",
+        Command::Wal { .. } => "wal",
         Command::Pin { .. } => "pin",
         Command::Unpin { .. } => "unpin",
         Command::Prune { .. } => "prune",

@@ -193,6 +193,21 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 }),
             }
         }
+        Command::Wal {
+            action: WalAction::Check { json },
+        } => {
+            let r = ops.wal_check()?;
+            let _ = if *json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&r).unwrap_or_default()
+                )
+            } else {
+                wal_check_text(&r, out)
+            };
+            Ok(if r.ready() { 0 } else { 1 })
+        }
         Command::Pin { name } | Command::Unpin { name } => {
             let pin = matches!(cli.command, Command::Pin { .. });
             let m = ops.pin(name, pin)?;
@@ -365,6 +380,38 @@ pub(super) fn confirm(question: &str) -> Result<(), Error> {
 }
 
 /// A repository's list: its JSON (the spec's response) or, as a string, its table.
+/// `dbkeep wal check`'s lines: each check, the cluster's identity, advice, the verdict.
+fn wal_check_text(r: &crate::engine::seam::Readiness, out: &mut String) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for c in &r.checks {
+        writeln!(
+            out,
+            "{} {}: {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        )?;
+    }
+    if let (Some(id), Some(tli), Some(lsn)) = (&r.system_identifier, r.timeline, &r.lsn) {
+        writeln!(
+            out,
+            "cluster: system identifier {id}, timeline {tli}, WAL at {lsn}"
+        )?;
+    }
+    for a in &r.advice {
+        writeln!(out, "advice: {a}")?;
+    }
+    writeln!(
+        out,
+        "{}",
+        if r.ready() {
+            "ready for point-in-time recovery"
+        } else {
+            "not ready for point-in-time recovery: change what FAIL says, then run dbkeep wal check again"
+        }
+    )
+}
+
 fn list(ops: &Ops, json: bool) -> Result<serde_json::Value, Error> {
     use std::fmt::Write as _;
     let cat = ops.catalog()?;

@@ -35,6 +35,9 @@ pub enum EngineError {
     /// The source is not what this engine loads (a stream where it needs a file).
     #[error("{0}")]
     Source(String),
+    /// What this engine does not do (point-in-time recovery of SQLite, say).
+    #[error("{0}")]
+    Unsupported(String),
     /// Reading the snapshot or writing the sink failed (the sink is the repository's writer: a
     /// full disk shows here).
     #[error("cannot {what}: {source}")]
@@ -64,6 +67,35 @@ pub struct RestoreReport {
     pub unavailable: Option<Duration>,
 }
 
+/// One check of a server's readiness for point-in-time recovery.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    /// What was found, and when not ok, what to change.
+    pub detail: String,
+}
+
+/// What a server says about its readiness for point-in-time recovery (`dbkeep wal check`):
+/// each check, and the cluster's identity when a replication connection could be made.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Readiness {
+    pub checks: Vec<Check>,
+    /// The cluster's system identifier (`IDENTIFY_SYSTEM`): one archive per cluster.
+    pub system_identifier: Option<String>,
+    pub timeline: Option<u32>,
+    /// The server's current WAL write position.
+    pub lsn: Option<String>,
+    /// Advice that does not make the server unready (an unbounded slot, say).
+    pub advice: Vec<String>,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
 /// A database engine, as `ops` uses it.
 pub trait DatabaseEngine: Send + Sync {
     fn database_type(&self) -> DatabaseType;
@@ -90,6 +122,14 @@ pub trait DatabaseEngine: Send + Sync {
         expected: Option<&RowCounts>,
         log: &mut DrillLog,
     ) -> Result<(), EngineError>;
+
+    /// Whether the server can serve point-in-time recovery (base backups and a WAL stream).
+    fn pitr_readiness(&self) -> Result<Readiness, EngineError> {
+        Err(EngineError::Unsupported(format!(
+            "point-in-time recovery is for PostgreSQL; DATABASE_URL names a {} database",
+            self.database_type()
+        )))
+    }
 
     /// Cleans up after a restore killed on this host; says what it did.
     fn recover_interrupted(&self) -> Result<Vec<String>, EngineError> {

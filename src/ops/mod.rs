@@ -16,6 +16,7 @@ mod read;
 mod restore;
 mod schedule;
 mod verify;
+mod wal;
 
 pub use prune::{PruneOptions, PruneOutcome};
 use read::{Depth, engine_source};

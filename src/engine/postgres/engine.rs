@@ -3,7 +3,7 @@
 //! recovery), each error kept as the `PostgresError` it is.
 
 use super::*;
-use crate::engine::seam::{DatabaseEngine, DumpRequest, EngineError, RestoreReport};
+use crate::engine::seam::{DatabaseEngine, DumpRequest, EngineError, Readiness, RestoreReport};
 use crate::engine::{DatabaseType, DrillLog, DumpInfo, RowCounts};
 use std::io::Write;
 
@@ -34,6 +34,10 @@ impl DatabaseEngine for Postgres {
             PostgresError::Drill(problem) => EngineError::Drill(problem),
             e => e.into(),
         })
+    }
+
+    fn pitr_readiness(&self) -> Result<Readiness, EngineError> {
+        Ok(Postgres::pitr_readiness(self)?)
     }
 
     fn recover_interrupted(&self) -> Result<Vec<String>, EngineError> {

@@ -13,6 +13,7 @@ mod drill;
 mod dump;
 mod engine;
 mod load;
+mod physical;
 mod restore;
 mod sandbox;
 mod toc;
