@@ -51,6 +51,7 @@ fn wal_check_names_what_is_missing_and_the_cluster_when_ready() {
     pg.sql("postgres", "ALTER ROLE app REPLICATION");
     let o = env.run(&["wal", "check"]);
     o.ok();
+    assert!(!o.all().contains(APP_PASSWORD), "{}", o.all());
     let id = control_identifier(&pg.bin, &data);
     assert!(
         o.stdout
@@ -72,6 +73,39 @@ fn wal_check_names_what_is_missing_and_the_cluster_when_ready() {
             .all(|c| c["ok"] == true)
     );
 
+    assert!(!o.all().contains(APP_PASSWORD), "{}", o.all());
+
+    // Senders in use by another role (a standby, here pg_receivewal as postgres) are counted.
+    pg.sql("postgres", "ALTER SYSTEM SET max_wal_senders = 3");
+    pg.stop();
+    pg.start_again();
+    let spool = tempfile::tempdir().unwrap();
+    let mut receiver = pg
+        .client("pg_receivewal", "postgres", "postgres")
+        .arg("-D")
+        .arg(spool.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let streaming = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        pg.sql("postgres", "SELECT count(*) FROM pg_stat_replication")
+            .trim()
+            == "1"
+    });
+    let o = env.run(&["wal", "check"]);
+    receiver.kill().ok();
+    receiver.wait().ok();
+    assert!(streaming, "pg_receivewal did not start streaming");
+    o.code(1);
+    assert!(
+        o.stdout
+            .contains("FAIL max_wal_senders: 2 of max_wal_senders = 3 free (1 in use)"),
+        "{}",
+        o.all()
+    );
+
     // pg_hba.conf without replication lines: the connection is refused, and named.
     let hba = data.join("pg_hba.conf");
     let kept = std::fs::read_to_string(&hba).unwrap();
@@ -82,7 +116,15 @@ fn wal_check_names_what_is_missing_and_the_cluster_when_ready() {
         .collect();
     std::fs::write(&hba, without).unwrap();
     pg.sql("postgres", "SELECT pg_reload_conf()");
-    let o = env.run(&["wal", "check"]);
+    // The reload is asynchronous: until the server has read the file, the line still lets in.
+    let mut o = env.run(&["wal", "check"]);
+    for _ in 0..50 {
+        if o.stdout.contains("pg_hba.conf") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        o = env.run(&["wal", "check"]);
+    }
     o.code(1);
     assert!(
         o.stdout.contains("FAIL replication connection") && o.stdout.contains("pg_hba.conf"),
@@ -111,6 +153,12 @@ fn wal_check_names_what_is_missing_and_the_cluster_when_ready() {
         "{}",
         o.all()
     );
+    assert!(
+        o.stdout.contains("FAIL replication connection"),
+        "{}",
+        o.all()
+    );
+    assert!(!o.all().contains(APP_PASSWORD), "{}", o.all());
 }
 
 #[test]

@@ -379,7 +379,6 @@ pub(super) fn confirm(question: &str) -> Result<(), Error> {
     }
 }
 
-/// A repository's list: its JSON (the spec's response) or, as a string, its table.
 /// `dbkeep wal check`'s lines: each check, the cluster's identity, advice, the verdict.
 fn wal_check_text(r: &crate::engine::seam::Readiness, out: &mut String) -> std::fmt::Result {
     use std::fmt::Write as _;
@@ -412,6 +411,7 @@ fn wal_check_text(r: &crate::engine::seam::Readiness, out: &mut String) -> std::
     )
 }
 
+/// A repository's list: its JSON (the spec's response) or, as a string, its table.
 fn list(ops: &Ops, json: bool) -> Result<serde_json::Value, Error> {
     use std::fmt::Write as _;
     let cat = ops.catalog()?;

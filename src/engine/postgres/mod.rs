@@ -80,6 +80,8 @@ pub enum PostgresError {
     TooManyDatabaseStatements,
     #[error("cannot {what} for the dump: {problem}")]
     Snapshot { what: &'static str, problem: String },
+    #[error("cannot read {what} from the server's answer {output:?}")]
+    Unexpected { what: &'static str, output: String },
     #[error("restore drill: {0}")]
     Drill(String),
     #[error("{tool} made no progress for {secs} s and was stopped (BACKUP_STALL_TIMEOUT)")]
