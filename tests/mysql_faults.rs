@@ -194,3 +194,53 @@ fn a_frozen_server_stops_a_restore_and_the_live_database_stays() {
     o.code(2);
     assert_eq!(my.databases(), ["shop"], "{}", o.all());
 }
+
+/// A server that goes silent at the load connection's first statement (the proof that one
+/// request is one statement) does not hang the restore: the load's setup is under the
+/// watchdog too, the stall is named, and the live database is as it was.
+#[test]
+fn a_server_silent_at_the_loads_first_statement_stops_the_restore() {
+    let Some((my, mut env)) = setup() else { return };
+    env.run(&["backup", "--name", "small_20240115"]).ok();
+    let before = my.normalized_dump("shop");
+    let proxy =
+        crate::common::proxy::Proxy::start(format!("127.0.0.1:{}", my.port).parse().unwrap());
+    let url = my.url("shop").replace(
+        &format!("127.0.0.1:{}/", my.port),
+        &format!("127.0.0.1:{}/", proxy.addr.port()),
+    );
+    env.set("DATABASE_URL", url);
+    env.set("BACKUP_STALL_TIMEOUT", "3");
+    proxy.withhold_answer_to("DO 1; DO 1");
+    let mut child = env.command(&["restore", "small_20240115", "--yes"]);
+    child.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = child.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!(
+                "the restore still ran 120 s after the server went silent (BACKUP_STALL_TIMEOUT 3 s)"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let err = stderr_of(&mut child);
+    assert!(
+        proxy.lost_an_answer(),
+        "the proof never went through the proxy: {err}"
+    );
+    assert!(
+        !status.success(),
+        "a restore against a silent server succeeded"
+    );
+    assert!(
+        err.contains("made no progress for 3 s"),
+        "the stall is named: {err}"
+    );
+    assert_same(&my.normalized_dump("shop"), &before, "shop");
+}

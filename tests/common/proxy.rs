@@ -1,19 +1,20 @@
 //! A TCP proxy on loopback in front of a real server, which a test can cut off: every open
 //! connection drops and new ones are closed at once, as when the server goes down, while the
 //! server behind it keeps its state (moto keeps its state only in memory, so it cannot be
-//! stopped and started again itself).
+//! stopped and started again itself). It can also lose or withhold the answer to one request.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct Proxy {
     pub addr: SocketAddr,
     down: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
-    /// A request to let through whose answer is then lost (see [`Proxy::lose_answer_to`]).
-    trap: Arc<Mutex<Option<String>>>,
+    /// A request to let through whose answer is then lost (see [`Proxy::lose_answer_to`]),
+    /// and whether the connection then closes (else it stays open, silent).
+    trap: Arc<Mutex<Option<(String, bool)>>>,
     sprung: Arc<AtomicBool>,
 }
 
@@ -23,7 +24,7 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy address");
         let down = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));
-        let trap = Arc::new(Mutex::new(None::<String>));
+        let trap = Arc::new(Mutex::new(None::<(String, bool)>));
         let sprung = Arc::new(AtomicBool::new(false));
         {
             let (down, open) = (down.clone(), open.clone());
@@ -44,8 +45,9 @@ impl Proxy {
                         }
                     }
                     // Set once this connection carried the trapped request: what the
-                    // server answers from then on never reaches the client.
-                    let mute = Arc::new(AtomicBool::new(false));
+                    // server answers from then on never reaches the client (MUTE_CLOSE: the
+                    // connection closes; MUTE_SILENT: it stays open and says nothing).
+                    let mute = Arc::new(AtomicU8::new(0));
                     let watch = Watch {
                         trap: trap.clone(),
                         sprung: sprung.clone(),
@@ -73,7 +75,13 @@ impl Proxy {
     /// The next request whose head contains `pattern` reaches the server, but its answer is
     /// lost: the connection closes instead (a response lost on the network).
     pub fn lose_answer_to(&self, pattern: &str) {
-        *self.trap.lock().unwrap() = Some(pattern.to_owned());
+        *self.trap.lock().unwrap() = Some((pattern.to_owned(), true));
+    }
+
+    /// The next request whose head contains `pattern` reaches the server, and nothing comes
+    /// back on that connection any more while it stays open (a server that froze there).
+    pub fn withhold_answer_to(&self, pattern: &str) {
+        *self.trap.lock().unwrap() = Some((pattern.to_owned(), false));
     }
 
     /// Whether an answer was lost.
@@ -101,36 +109,38 @@ impl Proxy {
 
 /// What the client-to-server pipe watches for.
 struct Watch {
-    trap: Arc<Mutex<Option<String>>>,
+    trap: Arc<Mutex<Option<(String, bool)>>>,
     sprung: Arc<AtomicBool>,
-    mute: Arc<AtomicBool>,
+    mute: Arc<AtomicU8>,
 }
+
+const MUTE_CLOSE: u8 = 1;
+const MUTE_SILENT: u8 = 2;
 
 /// Copies `from` to `to` on a thread until either side closes; `watch` springs the trap on the
 /// request it names, and a set `mute` drops the answer and closes both sides.
-fn pipe(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    watch: Option<Watch>,
-    mute: Option<Arc<AtomicBool>>,
-) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, watch: Option<Watch>, mute: Option<Arc<AtomicU8>>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 64 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if mute.as_ref().is_some_and(|m| m.load(Ordering::SeqCst)) {
-                        let _ = from.shutdown(Shutdown::Both);
-                        let _ = to.shutdown(Shutdown::Both);
-                        return;
+                    match mute.as_ref().map(|m| m.load(Ordering::SeqCst)) {
+                        Some(MUTE_CLOSE) => {
+                            let _ = from.shutdown(Shutdown::Both);
+                            let _ = to.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        Some(MUTE_SILENT) => continue,
+                        _ => {}
                     }
                     if let Some(w) = &watch {
                         let head = String::from_utf8_lossy(&buf[..n.min(2048)]);
                         let mut trap = w.trap.lock().unwrap();
-                        if trap.as_ref().is_some_and(|t| head.contains(t.as_str())) {
-                            *trap = None;
-                            w.mute.store(true, Ordering::SeqCst);
+                        if let Some((_, close)) = trap.take_if(|(t, _)| head.contains(t.as_str())) {
+                            let how = if close { MUTE_CLOSE } else { MUTE_SILENT };
+                            w.mute.store(how, Ordering::SeqCst);
                             w.sprung.store(true, Ordering::SeqCst);
                         }
                     }
