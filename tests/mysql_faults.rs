@@ -142,6 +142,29 @@ fn restore_until(env: &TestEnv, my: &MariaServer, probe: &str) -> Child {
     child
 }
 
+/// Waits up to `secs` for `child` (a restore with BACKUP_STALL_TIMEOUT 3 s) to exit; past that
+/// it is killed, `before_panic` runs (a frozen server resumed, say) and the test fails.
+fn exit_within(
+    child: &mut Child,
+    secs: u64,
+    before_panic: impl FnOnce(),
+    after: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            before_panic();
+            panic!("the restore still ran {secs} s after {after} (BACKUP_STALL_TIMEOUT 3 s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A server that stops answering mid-restore (SIGSTOP) does not hang the restore: after
 /// BACKUP_STALL_TIMEOUT without progress the load is cut and named, the restore fails, the
 /// live database is as it was once the server answers again, and the next run drops the
@@ -166,19 +189,7 @@ fn a_frozen_server_stops_a_restore_and_the_live_database_stays() {
     my.pause();
     // Without the watchdog the restore would wait for the server forever: a deadline makes
     // that a failure, not a hung test.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            my.resume();
-            panic!("the restore still ran 120 s after the server froze (BACKUP_STALL_TIMEOUT 3 s)");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child, 120, || my.resume(), "the server froze");
     my.resume();
     let err = stderr_of(&mut child);
     assert!(
@@ -215,20 +226,7 @@ fn a_server_silent_at_the_loads_first_statement_stops_the_restore() {
     let mut child = env.command(&["restore", "small_20240115", "--yes"]);
     child.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = child.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!(
-                "the restore still ran 120 s after the server went silent (BACKUP_STALL_TIMEOUT 3 s)"
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child, 120, || {}, "the server went silent");
     let err = stderr_of(&mut child);
     assert!(
         proxy.lost_an_answer(),

@@ -90,6 +90,14 @@ pub struct Readiness {
     pub advice: Vec<String>,
 }
 
+impl Check {
+    /// A check that found `found`; when not `ok`, its detail also says `fix`.
+    pub fn new(name: &'static str, ok: bool, found: String, fix: &str) -> Self {
+        let detail = if ok { found } else { format!("{found}: {fix}") };
+        Self { name, ok, detail }
+    }
+}
+
 impl Readiness {
     pub fn ready(&self) -> bool {
         self.checks.iter().all(|c| c.ok)

@@ -50,41 +50,26 @@ impl Postgres {
         let (senders, used) = (number(senders)?, number(used)?);
         let (slots, slots_used) = (number(slots)?, number(slots_used)?);
         let mut r = Readiness::default();
-        r.checks.push(Check {
-            name: "wal_level",
-            ok: matches!(wal_level, "replica" | "logical"),
-            detail: if matches!(wal_level, "replica" | "logical") {
-                format!("wal_level is {wal_level}")
-            } else {
-                format!(
-                    "wal_level is {wal_level}: WAL then lacks what recovery needs; set wal_level = replica (ALTER SYSTEM SET wal_level = 'replica') and restart the server"
-                )
-            },
-        });
+        r.checks.push(Check::new(
+            "wal_level",
+            matches!(wal_level, "replica" | "logical"),
+            format!("wal_level is {wal_level}"),
+            "WAL then lacks what recovery needs; set wal_level = replica (ALTER SYSTEM SET wal_level = 'replica') and restart the server",
+        ));
         let free = senders.saturating_sub(used);
-        r.checks.push(Check {
-            name: "max_wal_senders",
-            ok: free >= SENDERS_NEEDED,
-            detail: if free >= SENDERS_NEEDED {
-                format!("{free} of max_wal_senders = {senders} free ({used} in use)")
-            } else {
-                format!(
-                    "{free} of max_wal_senders = {senders} free ({used} in use): a base backup and the WAL stream need {SENDERS_NEEDED}; raise max_wal_senders (it needs a restart)"
-                )
-            },
-        });
+        r.checks.push(Check::new(
+            "max_wal_senders",
+            free >= SENDERS_NEEDED,
+            format!("{free} of max_wal_senders = {senders} free ({used} in use)"),
+            &format!("a base backup and the WAL stream need {SENDERS_NEEDED}; raise max_wal_senders (it needs a restart)"),
+        ));
         let slots_free = slots.saturating_sub(slots_used);
-        r.checks.push(Check {
-            name: "max_replication_slots",
-            ok: slots_free >= 1,
-            detail: if slots_free >= 1 {
-                format!("{slots_free} of max_replication_slots = {slots} free")
-            } else {
-                format!(
-                    "{slots_free} of max_replication_slots = {slots} free: the WAL stream needs a slot of its own; raise max_replication_slots (it needs a restart) or drop a slot nobody reads"
-                )
-            },
-        });
+        r.checks.push(Check::new(
+            "max_replication_slots",
+            slots_free >= 1,
+            format!("{slots_free} of max_replication_slots = {slots} free"),
+            "the WAL stream needs a slot of its own; raise max_replication_slots (it needs a restart) or drop a slot nobody reads",
+        ));
         let role_ok = role_ok == "t";
         r.checks.push(Check {
             name: "replication role",
