@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The newest manifest version this dbkeep reads.
-pub const MANIFEST_VERSION: u32 = 2;
+pub const MANIFEST_VERSION: u32 = 3;
+/// A manifest that a dbkeep reading version 2 would misread (an archive pg_dump compressed, a
+/// pin).
+pub const MANIFEST_VERSION_2: u32 = 2;
 /// What a manifest is written as unless it needs more ([`Manifest::required_version`]).
 pub const MANIFEST_VERSION_BASE: u32 = 1;
 const OK_SUFFIX: &str = ".manifest.json";
@@ -103,6 +106,9 @@ pub struct Manifest {
     /// snapshot pg_dump imported; SQLite: the copy); what a restore drill checks against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_counts: Option<crate::engine::RowCounts>,
+    /// A base backup's cluster and WAL range (`pg_format`: physical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_backup: Option<crate::engine::BaseBackup>,
     /// The latest restore drill of this backup (`dbkeep verify --restore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
@@ -157,11 +163,14 @@ pub struct CopyRecord {
 }
 
 impl Manifest {
-    /// The `manifest_version` this manifest needs: 2 when a dbkeep reading version 1 would
-    /// misread it (an archive pg_dump compressed, a pin), else 1.
+    /// The `manifest_version` this manifest needs: 3 for a base backup (a dbkeep reading
+    /// version 2 would take it for a dump), 2 when a dbkeep reading version 1 would misread it
+    /// (an archive pg_dump compressed, a pin), else 1.
     pub fn required_version(&self) -> u32 {
-        if self.archive_compressed || self.pinned {
+        if self.base_backup.is_some() || self.pg_format == Some(PgFormat::Physical) {
             MANIFEST_VERSION
+        } else if self.archive_compressed || self.pinned {
+            MANIFEST_VERSION_2
         } else {
             MANIFEST_VERSION_BASE
         }

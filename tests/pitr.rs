@@ -1,9 +1,13 @@
-//! Point-in-time recovery against a real server started by the harness. So far `dbkeep wal
-//! check`: each way a server can be unready is named with what to change, and a ready one
-//! gives the cluster's real system identifier.
+//! Point-in-time recovery against a real server started by the harness: `dbkeep wal check`
+//! (each way a server can be unready is named with what to change, and a ready one gives the
+//! cluster's real system identifier), and base backups (`backup --physical`): restored into a
+//! data directory a server starts on with exactly the data of the moment of the backup,
+//! checked file by file against pg_basebackup's manifest, drilled on a throwaway server.
 
-use crate::common::TestEnv;
-use crate::postgres::{APP_PASSWORD, setup};
+use crate::common::{PgServer, TestEnv};
+use crate::postgres::{APP_PASSWORD, assert_no_secret, setup};
+use sha2::Digest;
+use std::path::Path;
 use std::process::Command;
 
 /// The data directory's system identifier, as pg_controldata reads it.
@@ -177,5 +181,244 @@ fn wal_check_of_another_engine_is_a_usage_error() {
         ),
         "{}",
         o.all()
+    );
+}
+
+/// Rows the base-backup tests write: `n` rows in `pitr_rows` of appdb.
+const ROWS: &str = "CREATE TABLE pitr_rows (id int PRIMARY KEY, note text NOT NULL); \
+     INSERT INTO pitr_rows SELECT g, md5(g::text) FROM generate_series(1, 5000) g;";
+
+#[test]
+fn a_base_backup_restores_into_a_data_directory_that_a_server_starts_on() {
+    let Some((pg, env)) = setup() else { return };
+    let data = pg.socket_dir().join("data");
+    pg.sql("postgres", "ALTER ROLE app REPLICATION");
+    pg.sql_as("app", "appdb", ROWS);
+    let before = pg.normalized_dump("appdb");
+
+    let backup = env.run(&["backup", "--physical", "--name", "base_1"]);
+    backup.ok();
+    assert!(backup.stdout.contains("base_1.tar.gz"), "{}", backup.all());
+    // Written after the backup: the restored copy must not have it.
+    pg.sql_as(
+        "app",
+        "appdb",
+        "INSERT INTO pitr_rows VALUES (999999, 'after')",
+    );
+
+    let m = env.manifest("base_1");
+    assert_eq!(m["pg_format"], "physical", "{m}");
+    assert_eq!(m["manifest_version"], 3, "{m}");
+    assert_eq!(
+        m["base_backup"]["system_identifier"],
+        control_identifier(&pg.bin, &data).as_str()
+    );
+    assert_eq!(m["base_backup"]["timeline"], 1);
+    let lsn = |v: &serde_json::Value| {
+        let (hi, lo) = v.as_str().unwrap().split_once('/').unwrap();
+        u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()
+    };
+    assert!(lsn(&m["base_backup"]["start_lsn"]) < lsn(&m["base_backup"]["stop_lsn"]));
+    assert!(
+        m["tool_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("pg_basebackup ")
+    );
+
+    // verify reads every file against pg_basebackup's manifest, and the WAL it needs.
+    let v = env.run(&["verify", "base_1"]);
+    v.ok();
+    assert!(
+        v.stdout
+            .contains("match pg_basebackup's manifest (SHA-256), 1 WAL segments"),
+        "{}",
+        v.all()
+    );
+
+    // A restore into the configured database is refused: it is not a dump.
+    let r = env.run(&["restore", "base_1", "-y"]);
+    r.code(2);
+    assert!(r.stderr.contains("--pgdata DIR"), "{}", r.all());
+    assert!(
+        pg.normalized_dump("appdb").contains("999999"),
+        "the live database was touched"
+    );
+
+    // Never into a directory that holds something.
+    let busy = tempfile::tempdir().unwrap();
+    std::fs::write(busy.path().join("PG_VERSION"), "15\n").unwrap();
+    let r = env.run(&[
+        "restore",
+        "base_1",
+        "--pgdata",
+        busy.path().to_str().unwrap(),
+    ]);
+    r.code(2);
+    assert!(r.stderr.contains("is not empty"), "{}", r.all());
+    assert_eq!(std::fs::read_dir(busy.path()).unwrap().count(), 1);
+
+    // Into a new directory: a server starts on it, with the data of the backup's moment.
+    let target = tempfile::tempdir().unwrap();
+    let restored_dir = target.path().join("data");
+    let r = env.run(&[
+        "restore",
+        "base_1",
+        "--pgdata",
+        restored_dir.to_str().unwrap(),
+    ]);
+    r.ok();
+    assert!(r.stdout.contains("pg_ctl -D"), "{}", r.all());
+    let restored = PgServer::adopt(pg.bin.clone(), target);
+    assert_eq!(restored.normalized_dump("appdb"), before);
+    assert_eq!(
+        restored
+            .sql("appdb", "SELECT count(*) FROM pitr_rows WHERE id = 999999")
+            .trim(),
+        "0"
+    );
+    drop(restored);
+
+    // The drill: unpacked, pg_verifybackup, a throwaway server; recorded in the manifest.
+    let d = env.run(&["verify", "--restore", "base_1"]);
+    d.ok();
+    let m = env.manifest("base_1");
+    let checks = m["verification"]["checks"].to_string();
+    assert_eq!(m["verification"]["outcome"], "passed", "{m}");
+    assert!(
+        checks.contains("pg_verifybackup: backup successfully verified"),
+        "{checks}"
+    );
+    assert!(
+        checks.contains("reached a consistent recovery state"),
+        "{checks}"
+    );
+    assert!(checks.contains("databases open"), "{checks}");
+    assert_no_secret(&env, &[&backup.all(), &v.all(), &d.all()], APP_PASSWORD);
+}
+
+#[test]
+fn a_base_backup_whose_files_differ_from_its_manifest_is_refused_and_restores_nothing() {
+    let Some((pg, env)) = setup() else { return };
+    pg.sql("postgres", "ALTER ROLE app REPLICATION");
+    env.run(&["backup", "--physical", "--no-compress", "--name", "base_2"])
+        .ok();
+    // PG_VERSION's content changed inside the stored tar, and dbkeep's manifest made to agree
+    // with the changed bytes: only pg_basebackup's manifest can tell.
+    let key = env.manifest("base_2")["data_file"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = env.backup_dir().join(&key);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = find_entry(&bytes, "PG_VERSION");
+    assert_eq!(
+        &bytes[at..at + 3],
+        b"15\n",
+        "the test expects PostgreSQL 15"
+    );
+    bytes[at + 1] = b'9';
+    std::fs::write(&file, &bytes).unwrap();
+    let manifest_path = env.backup_dir().join("base_2.manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    m["sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+
+    let v = env.run(&["verify", "base_2"]);
+    v.code(1);
+    assert!(
+        v.stdout
+            .contains("PG_VERSION's SHA-256 differs from the manifest's"),
+        "{}",
+        v.all()
+    );
+    let target = tempfile::tempdir().unwrap();
+    let r = env.run(&[
+        "restore",
+        "base_2",
+        "--pgdata",
+        target.path().to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("PG_VERSION"), "{}", r.all());
+    assert_eq!(
+        std::fs::read_dir(target.path()).unwrap().count(),
+        0,
+        "a failed restore leaves the directory empty"
+    );
+    let d = env.run(&["verify", "--restore", "base_2"]);
+    assert_ne!(d.code, 0, "{}", d.all());
+    let m = env.manifest("base_2");
+    assert_eq!(m["verification"]["outcome"], "failed", "{m}");
+    assert_eq!(m["verification"]["failed_check"], "unpack", "{m}");
+}
+
+/// Where the data of the tar entry `name` starts in an uncompressed tar.
+fn find_entry(tar: &[u8], name: &str) -> usize {
+    let mut at = 0;
+    while at + 512 <= tar.len() {
+        let header = &tar[at..at + 512];
+        let end = header[..100].iter().position(|b| *b == 0).unwrap_or(100);
+        let size_text = String::from_utf8_lossy(&header[124..136]);
+        let size = u64::from_str_radix(size_text.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+            .unwrap_or(0) as usize;
+        if &header[..end] == name.as_bytes() {
+            return at + 512;
+        }
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    panic!("no entry {name} in the tar");
+}
+
+#[test]
+fn a_base_backup_without_replication_rights_fails_naming_the_fix_and_keeps_nothing() {
+    let Some((_pg, env)) = setup() else { return };
+    let o = env.run(&["backup", "--physical", "--name", "base_3"]);
+    assert_ne!(o.code, 0, "{}", o.all());
+    assert!(
+        o.stderr.contains("cannot give a base backup"),
+        "{}",
+        o.all()
+    );
+    assert!(
+        o.stderr.contains("ALTER ROLE \"app\" REPLICATION"),
+        "{}",
+        o.all()
+    );
+    assert!(o.stderr.contains("dbkeep wal check"), "{}", o.all());
+    assert_eq!(env.backups(), vec![("base_3".to_owned(), false)]);
+    assert!(
+        env.files().iter().all(|f| !f.contains(".tar")),
+        "{:?}",
+        env.files()
+    );
+    assert_no_secret(&env, &[&o.all()], APP_PASSWORD);
+}
+
+#[test]
+fn a_base_backup_of_another_engine_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = TestEnv::new();
+    env.set(
+        "DATABASE_URL",
+        format!("sqlite:///{}", dir.path().join("app.db").display()),
+    );
+    let o = env.run(&["backup", "--physical"]);
+    o.code(2);
+    assert!(
+        o.stderr
+            .contains("a base backup (--physical) is of a PostgreSQL cluster"),
+        "{}",
+        o.all()
+    );
+    assert!(
+        Path::new(&env.backup_dir())
+            .read_dir()
+            .map_or(true, |mut d| d.all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".tar")))
     );
 }

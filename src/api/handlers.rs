@@ -114,6 +114,7 @@ pub(super) async fn create(
             series: None,
             compress: body.compress,
             replace: false,
+            physical: false,
         };
         // BACKUP_DRILL: the drill runs once the backup (and its lock) is done; its outcome is
         // part of the answer, the backup stands either way.
@@ -277,7 +278,7 @@ pub(super) async fn restore(
         |name| async move {
             let db = st.db(query(q)?.database.as_deref())?;
             let n = name.clone();
-            let out = background(&st, &db, move |ops| ops.restore(&n))
+            let out = background(&st, &db, move |ops| ops.restore(&n, None))
                 .await?
                 .map_err(|e| ApiError::from_ops(e, Some(&name)))?;
             Ok(Json(json!({

@@ -118,6 +118,10 @@ enum Command {
         /// Do not ask for confirmation (required when stdin is not a terminal).
         #[arg(long, short)]
         yes: bool,
+        /// A base backup: unpack it into this new (or empty) data directory instead, checked
+        /// file by file; no database is touched.
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<std::path::PathBuf>,
     },
     /// Delete a backup.
     Delete {
@@ -216,6 +220,10 @@ struct BackupArgs {
     /// Replace an existing backup of the same name, once the new one is complete.
     #[arg(long)]
     replace: bool,
+    /// A base backup of the whole PostgreSQL cluster (pg_basebackup, with the WAL it needs),
+    /// whatever BACKUP_PG_FORMAT says: restored with `restore --pgdata`.
+    #[arg(long)]
+    physical: bool,
 }
 
 /// Entry point of the binary.

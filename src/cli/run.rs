@@ -17,6 +17,7 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 series: b.series.clone(),
                 compress: b.no_compress.then_some(false),
                 replace: b.replace,
+                physical: b.physical,
             })?;
             let m = &res.manifest;
             let _ = writeln!(
@@ -101,14 +102,30 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             show(ops, *all_databases, *json, "statistics", stats, out)?;
             Ok(0)
         }
-        Command::Restore { name, yes } => {
+        Command::Restore {
+            name,
+            pgdata: Some(dir),
+            ..
+        } => {
+            let r = ops.restore(name, Some(dir))?;
+            let _ = writeln!(
+                out,
+                "restored the base backup {} (taken {}) into {} in {:.1} s, every file checked against pg_basebackup's manifest\n  start a server on it as the user who owns it (chown -R postgres {2} when run as root): pg_ctl -D {2} start",
+                r.manifest.backup_name,
+                r.manifest.timestamp_text(),
+                dir.display(),
+                r.duration
+            );
+            Ok(0)
+        }
+        Command::Restore { name, yes, .. } => {
             if !yes {
                 let url = ops.settings().database_url()?;
                 confirm(&format!(
                     "Restore the backup {name:?} into {url}? Its current contents will be replaced."
                 ))?;
             }
-            let r = ops.restore(name)?;
+            let r = ops.restore(name, None)?;
             let _ = writeln!(
                 out,
                 "restored {} (taken {}) in {:.1} s",

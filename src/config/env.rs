@@ -98,10 +98,11 @@ pub(super) fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, C
             .map(|v| match v.trim().to_ascii_lowercase().as_str() {
                 "sql" | "plain" => Ok(PgFormat::Sql),
                 "custom" => Ok(PgFormat::Custom),
+                "physical" => Ok(PgFormat::Physical),
                 _ => Err(ConfigError::InvalidValue {
                     key: "BACKUP_PG_FORMAT",
                     value: v.clone(),
-                    problem: "expected sql or custom",
+                    problem: "expected sql, custom or physical",
                 }),
             })
             .transpose()?,

@@ -34,6 +34,9 @@ pub enum Format {
     Sqlite,
     /// mariadb-dump/mysqldump SQL: streamed into the client.
     Mysql,
+    /// A PostgreSQL base backup: a tar of the data directory, read as a stream (unpacked into
+    /// a data directory, or checked file by file against pg_basebackup's manifest).
+    PgPhysical,
 }
 
 /// Where a restore or drill of a format reads from a file: its scratch name, and whether the
@@ -50,6 +53,7 @@ impl Format {
         match (db, pg.unwrap_or_default()) {
             (DatabaseType::Postgresql, PgFormat::Sql) => Format::PgSql,
             (DatabaseType::Postgresql, PgFormat::Custom) => Format::PgCustom,
+            (DatabaseType::Postgresql, PgFormat::Physical) => Format::PgPhysical,
             (DatabaseType::Sqlite, _) => Format::Sqlite,
             (DatabaseType::Mysql, _) => Format::Mysql,
         }
@@ -62,7 +66,12 @@ impl Format {
 
     /// Whether a restore or drill reads it as a stream from the repository.
     pub fn streams(self) -> bool {
-        matches!(self, Format::PgSql | Format::Mysql)
+        matches!(self, Format::PgSql | Format::Mysql | Format::PgPhysical)
+    }
+
+    /// Whether it is a base backup (restored into a data directory, not a live database).
+    pub fn physical(self) -> bool {
+        self == Format::PgPhysical
     }
 
     /// Whether its full check compares the rows it holds with the manifest's counts.
@@ -104,6 +113,11 @@ impl Format {
                 .map(|()| "complete custom archive (pg_restore read every entry)".into())
                 .map_err(|e| format!("the archive is not complete: {e}")),
             (Format::Mysql, Depth::Full) => check_mysql(dec, expected),
+            (Format::PgPhysical, Depth::Full) => check_physical(dec),
+            (Format::PgPhysical, _) => Ok(
+                "base backup: every file checked against pg_basebackup's manifest as it unpacks"
+                    .into(),
+            ),
             (Format::PgSql, _) => {
                 Ok("plain SQL: decompression and completeness checked while it loads".into())
             }
@@ -162,6 +176,33 @@ pub fn check_pg_sql(dec: &mut dyn Read) -> Result<String, String> {
     } else {
         Err("the dump does not end with pg_dump's completion trailer (incomplete dump)".into())
     }
+}
+
+/// Reads a whole base backup: every file against pg_basebackup's manifest, and the WAL from
+/// its start to its end.
+pub fn check_physical(dec: &mut dyn Read) -> Result<String, String> {
+    let s = postgres::physical::archive::read(dec, None)?;
+    Ok(summary_of(&s))
+}
+
+/// What a base backup holds, for a check's line.
+pub fn summary_of(s: &postgres::physical::archive::Summary) -> String {
+    format!(
+        "base backup complete: {} files ({} bytes) match pg_basebackup's manifest (SHA-256), {} WAL segments cover {} to {}",
+        s.files - s.segments,
+        s.bytes,
+        s.segments,
+        s.manifest
+            .wal
+            .first()
+            .map(|r| r.start.to_string())
+            .unwrap_or_default(),
+        s.manifest
+            .wal
+            .last()
+            .map(|r| r.end.to_string())
+            .unwrap_or_default(),
+    )
 }
 
 /// Reads a whole MySQL dump: every statement one a restore loads, the trailer at its end, and

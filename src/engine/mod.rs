@@ -56,6 +56,9 @@ pub enum PgFormat {
     /// pg_dump's custom archive (`-Fc`, pg_dump's own compression off), restored with
     /// `pg_restore -j N`: parallel restore, and selective restore by hand.
     Custom,
+    /// A base backup of the whole cluster (pg_basebackup, with the WAL it needs): restored
+    /// into a data directory (`restore --pgdata`), the start of point-in-time recovery.
+    Physical,
 }
 
 impl PgFormat {
@@ -63,6 +66,7 @@ impl PgFormat {
         match self {
             PgFormat::Sql => "sql",
             PgFormat::Custom => "custom",
+            PgFormat::Physical => "physical",
         }
     }
 
@@ -71,6 +75,7 @@ impl PgFormat {
         match self {
             PgFormat::Sql => ".sql",
             PgFormat::Custom => ".dump",
+            PgFormat::Physical => ".tar",
         }
     }
 }
@@ -85,6 +90,20 @@ pub struct DumpInfo {
     pub server_version: Option<String>,
     pub tool_version: Option<String>,
     pub row_counts: Option<RowCounts>,
+    /// Of a base backup: its WAL range and cluster.
+    pub base_backup: Option<BaseBackup>,
+}
+
+/// What a base backup's manifest records beside the rest: the cluster it is of (one archive
+/// per cluster) and the WAL from its start to the point where it is consistent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseBackup {
+    /// The cluster's system identifier (`IDENTIFY_SYSTEM`, pg_controldata's).
+    pub system_identifier: String,
+    pub timeline: u32,
+    pub start_lsn: String,
+    /// Where the backup is consistent: recovery must replay at least to here.
+    pub stop_lsn: String,
 }
 
 /// Compares a drill's row counts with the manifest's; says what matched or what differs.

@@ -56,6 +56,9 @@ pub struct DumpRequest<'a> {
     /// A private scratch file, for an engine that snapshots to a file first
     /// ([`DatabaseEngine::snapshots_to_a_file`]).
     pub scratch_file: Option<&'a Path>,
+    /// A private, empty directory, for an engine that spools there first (a PostgreSQL base
+    /// backup: [`PgFormat::Physical`]).
+    pub spool_dir: Option<&'a Path>,
 }
 
 /// How a restore went.
@@ -86,6 +89,9 @@ pub struct Readiness {
     pub timeline: Option<u32>,
     /// The server's current WAL write position.
     pub lsn: Option<String>,
+    /// WAL senders not in use (a base backup needs two).
+    #[serde(skip)]
+    pub free_senders: Option<u32>,
     /// Advice that does not make the server unready (an unbounded slot, say).
     pub advice: Vec<String>,
 }

@@ -103,6 +103,7 @@ impl Sqlite {
             server_version: None,
             tool_version: Some(format!("SQLite {}", rusqlite::version())),
             row_counts: None, // counted by the caller in the copy (`count_rows`)
+            base_backup: None,
         })
     }
 

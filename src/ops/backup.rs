@@ -126,7 +126,16 @@ impl Ops {
             compression.default_level()
         };
         let db_type = engine.database_type();
-        let pg_format = self.pg_format(db_type);
+        let pg_format = if req.physical {
+            if db_type != DatabaseType::Postgresql {
+                return Err(Error::Unsupported(format!(
+                    "a base backup (--physical) is of a PostgreSQL cluster; DATABASE_URL names a {db_type} database"
+                )));
+            }
+            Some(PgFormat::Physical)
+        } else {
+            self.pg_format(db_type)
+        };
         // A custom archive with gzip is compressed by pg_dump, as `pg_dump -Fc` does: pg_restore
         // then reads the stored archive in place, each of its jobs decompressing its own
         // tables, instead of a decompressed copy of it (which costs more than the restore's
@@ -165,6 +174,7 @@ impl Ops {
         let mut manifest =
             self.attempt_manifest(&name, series, db_type, &url, compression, encryption);
         manifest.timestamp = started;
+        manifest.pg_format = pg_format;
         manifest.archive_compressed = archive_compressed;
         manifest.manifest_version = manifest.required_version();
 
@@ -199,6 +209,8 @@ impl Ops {
         manifest.server_version = info_.server_version;
         manifest.tool_version = info_.tool_version;
         manifest.row_counts = info_.row_counts;
+        manifest.base_backup = info_.base_backup;
+        manifest.manifest_version = manifest.required_version();
         // The commit point. A new name is created only if nobody else took it meanwhile (object
         // storage shared by several instances); --replace overwrites on purpose.
         let json = manifest.to_json()?;
@@ -366,6 +378,7 @@ impl Ops {
             server_version: None,
             tool_version: None,
             row_counts: None,
+            base_backup: None,
             verification: None,
             retention_days: self.settings.retention_days,
             keep_min: self.settings.keep_min,
@@ -413,13 +426,24 @@ impl Ops {
         } else {
             None
         };
+        // A base backup is spooled by pg_basebackup in a private directory.
+        let spool = if dump.format == PgFormat::Physical {
+            Some(ScratchFile::reserve(
+                &self.storage.scratch_dir()?,
+                "basebackup",
+            )?)
+        } else {
+            None
+        };
         let req = DumpRequest {
             format: dump.format,
             archive_level: dump.archive_level,
             scratch_file: scratch.as_ref().map(ScratchFile::path),
+            spool_dir: spool.as_ref().map(ScratchFile::path),
         };
         let info = engine.dump(req, &mut CountingWriter::new(&mut enc, Count::Read))?;
         drop(scratch);
+        drop(spool);
         let (writer, digest) = enc
             .finish()
             .map_err(io_err("finish the compressed stream"))?

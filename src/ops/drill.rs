@@ -5,6 +5,8 @@ use super::*;
 use crate::catalog::{DrillOutcome, Manifest, Verification};
 use crate::encryption::{self, Encryption, Keys};
 use crate::engine::DrillLog;
+use crate::engine::format::Format;
+use crate::engine::postgres::physical;
 use crate::error::Error;
 use crate::signals;
 
@@ -135,6 +137,9 @@ impl Ops {
     ) -> Result<(), Error> {
         let name = &m.backup_name;
         log.step("stored file");
+        if Format::of(m.database_type, m.pg_format).physical() {
+            return self.drill_base(m, keys, log);
+        }
         if m.database_type != engine.database_type() {
             return Err(Error::WrongDatabaseType {
                 name: name.clone(),
@@ -168,6 +173,49 @@ impl Ops {
                 e => e.into(),
             })?;
         Ok(())
+    }
+
+    /// The drill of a base backup: checked, unpacked into a private scratch directory file by
+    /// file against pg_basebackup's manifest, then pg_verifybackup and a throwaway server on it
+    /// ([`physical::drill`]); the production server is not connected to.
+    fn drill_base(
+        &self,
+        m: &Manifest,
+        keys: Option<&Keys>,
+        log: &mut DrillLog,
+    ) -> Result<(), Error> {
+        let failed = |problem: String| Error::DrillFailed {
+            name: m.backup_name.clone(),
+            problem,
+        };
+        if m.encryption == Encryption::Age && keys.is_none() {
+            return Err(encryption::EncryptionError::NoKey.into());
+        }
+        self.check(m, keys, Depth::Drill, &mut log.passed)?;
+        log.step("unpack");
+        let major = crate::engine::postgres::major(m.server_version.as_deref().unwrap_or(""));
+        let bindir = physical::drill::server_bindir(self.settings.pg_bindir.as_deref(), major)
+            .map_err(failed)?;
+        // As root the server runs as postgres, which cannot pass the repository's 0700
+        // directory: the copy is then unpacked under TMPDIR (sticky, as /tmp is).
+        let base = if nix::unistd::geteuid().is_root() {
+            std::env::temp_dir()
+        } else {
+            self.storage.scratch_dir()?
+        };
+        let scratch = ScratchFile::reserve(&base, "drill")?;
+        let data = physical::archive::prepare_target(scratch.path()).map_err(failed)?;
+        let mut stream = self
+            .sql_stream(m, keys)?
+            .ok_or_else(|| failed("the base backup cannot be read as a stream".into()))?;
+        let summary = physical::archive::read(&mut stream, Some(&data)).map_err(failed)?;
+        log.pass(crate::engine::format::summary_of(&summary));
+        let role = match self.settings.database_url() {
+            Ok(crate::database_url::DatabaseUrl::Postgres(c)) => c.user,
+            _ => None,
+        }
+        .unwrap_or_else(|| "postgres".into());
+        physical::drill::check_data_dir(&bindir, &data, scratch.dir(), &role, log).map_err(failed)
     }
 
     /// Records a drill's outcome in the manifest of the successful backup `name`, under the

@@ -107,6 +107,8 @@ pub struct BackupRequest {
     /// Overrides `BACKUP_COMPRESS` (the API's `compress` field; `--no-compress`).
     pub compress: Option<bool>,
     pub replace: bool,
+    /// A base backup of the whole cluster (PostgreSQL), whatever `BACKUP_PG_FORMAT` says.
+    pub physical: bool,
 }
 
 #[derive(Debug)]

@@ -179,9 +179,17 @@ impl Ops {
             .is_some_and(|b| !b.success)
     }
 
-    /// Restores a backup (see `ops/restore.rs`) and reports it.
-    pub fn restore(&self, name: &str) -> Result<RestoreOutcome, Error> {
-        let result = self.restore_unreported(name);
+    /// Restores a backup (see `ops/restore.rs`) and reports it: into the configured database,
+    /// or a base backup into the new data directory `pgdata`.
+    pub fn restore(
+        &self,
+        name: &str,
+        pgdata: Option<&std::path::Path>,
+    ) -> Result<RestoreOutcome, Error> {
+        let result = match pgdata {
+            None => self.restore_unreported(name),
+            Some(dir) => self.restore_base_unreported(name, dir),
+        };
         let mut e = self.event(match &result {
             Ok(_) => EventKind::RestoreDone,
             Err(_) => EventKind::RestoreFailed,

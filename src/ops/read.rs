@@ -26,6 +26,14 @@ impl ScratchFile {
         Self::create_open(base, what).map(|(file, _)| file)
     }
 
+    /// A path in a new private directory in `base`, with nothing there yet (for a tool that
+    /// creates it itself: pg_basebackup's spool).
+    pub fn reserve(base: &Path, what: &str) -> Result<Self, Error> {
+        let dir = storage::scratch::private_dir(base, what)?;
+        let path = dir.join(what);
+        Ok(Self { dir, path })
+    }
+
     /// As [`Self::create`], with the handle that created the file, for writing it.
     pub fn create_open(base: &Path, what: &str) -> Result<(Self, std::fs::File), Error> {
         let dir = storage::scratch::private_dir(base, what)?;
@@ -44,6 +52,11 @@ impl ScratchFile {
     }
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The private directory it is in (removed with it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 

@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::encryption::{self, Encryption};
+use crate::engine::format::Format;
+use crate::engine::postgres::physical::archive;
 use crate::error::Error;
 use crate::naming::BackupName;
 
@@ -34,6 +36,11 @@ impl Ops {
         };
         self.recover_interrupted_restore(&engine)?;
         let m = self.committed(name)?;
+        if Format::of(m.database_type, m.pg_format).physical() {
+            return Err(Error::Unsupported(format!(
+                "{name} is a base backup of the whole cluster, not a dump: restore it into a new data directory with `dbkeep restore {name} --pgdata DIR`, then start a server on it"
+            )));
+        }
         if m.database_type != engine.database_type() {
             return Err(Error::WrongDatabaseType {
                 name: name.to_owned(),
@@ -74,6 +81,62 @@ impl Ops {
             duration,
             kept_old,
             unavailable,
+        })
+    }
+
+    /// Unpacks the base backup `name` into `pgdata` (absent or empty; never a data directory in
+    /// use), after checking its size, SHA-256 and key; every file is checked against
+    /// pg_basebackup's manifest as it is written, and a backup that fails leaves `pgdata`
+    /// empty. Needs no database connection, only the repository.
+    pub(super) fn restore_base_unreported(
+        &self,
+        name: &str,
+        pgdata: &std::path::Path,
+    ) -> Result<RestoreOutcome, Error> {
+        let op = crate::progress::begin("restore", &self.settings.database, Some(name));
+        BackupName::parse(name)?;
+        self.install_signals()?;
+        let m = self.committed(name)?;
+        if !Format::of(m.database_type, m.pg_format).physical() {
+            return Err(Error::Unsupported(format!(
+                "{name} is a dump, not a base backup: --pgdata is for backups taken with `dbkeep backup --physical`; restore a dump into the configured database without --pgdata"
+            )));
+        }
+        let clock = Instant::now();
+        op.progress().set_phase("checking the backup");
+        let keys = self.keys()?;
+        if m.encryption == Encryption::Age && keys.is_none() {
+            return Err(encryption::EncryptionError::NoKey.into());
+        }
+        self.check(&m, keys.as_ref(), Depth::Restore, &mut Vec::new())?;
+        let dir = archive::prepare_target(pgdata).map_err(Error::Unsupported)?;
+        info!(backup = %name, pgdata = %dir.display(), "restoring the base backup into a data directory");
+        op.progress().set_phase("unpacking into the data directory");
+        let unpacked = self.sql_stream(&m, keys.as_ref()).and_then(|stream| {
+            let mut stream = stream.ok_or_else(|| Error::Damaged {
+                name: name.to_owned(),
+                problem: "the base backup cannot be read as a stream".into(),
+            })?;
+            archive::read(&mut stream, Some(&dir)).map_err(|problem| Error::Damaged {
+                name: name.to_owned(),
+                problem,
+            })
+        });
+        let summary = match unpacked {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing half-unpacked is left to start a server on.
+                archive::empty_target(&dir);
+                return Err(e);
+            }
+        };
+        let duration = round3(clock.elapsed().as_secs_f64());
+        info!(backup = %name, files = summary.files, duration, "base backup restored");
+        Ok(RestoreOutcome {
+            manifest: m,
+            duration,
+            kept_old: None,
+            unavailable: None,
         })
     }
 

@@ -108,6 +108,7 @@ impl Ops {
                 series: Some(s.series.clone()),
                 compress: None,
                 replace: false,
+                physical: false,
             };
             if let Some(r) = running {
                 r.fetch_add(1, Ordering::SeqCst);

@@ -357,6 +357,20 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Gives `dir` to the postgres user when we are root (the server refuses to run as root);
+/// whether we are.
+fn give_to_postgres(dir: &Path) -> bool {
+    let as_root = nix::unistd::geteuid().is_root();
+    if as_root {
+        run_checked(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir),
+        );
+    }
+    as_root
+}
+
 pub const SUPERUSER_PASSWORD: &str = "super-Secret-7";
 
 impl PgServer {
@@ -375,20 +389,13 @@ impl PgServer {
             .prefix("dbkeep-pg")
             .tempdir()
             .expect("temp dir");
-        let as_root = nix::unistd::geteuid().is_root();
-        if as_root {
-            run_checked(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(dir.path()),
-            );
-        }
+        let as_root = give_to_postgres(dir.path());
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("pwfile");
         if as_root {
             run_checked(Command::new("chown").arg("postgres").arg(&pwfile));
         }
-        let mut server = PgServer {
+        let server = PgServer {
             dir,
             bin,
             port: 0,
@@ -412,16 +419,36 @@ impl PgServer {
             ])
             .arg(format!("--pwfile={}", pwfile.display()));
         run_checked(&mut initdb);
+        Some(server.on_a_free_port())
+    }
+
+    /// The server started on a free port (five tries); panics with its log if it cannot be.
+    fn on_a_free_port(mut self) -> Self {
         for _ in 0..5 {
-            server.port = free_port();
-            if server.launch() {
-                return Some(server);
+            self.port = free_port();
+            if self.launch() {
+                return self;
             }
         }
         panic!(
             "could not start PostgreSQL: {}",
-            std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
         );
+    }
+
+    /// A server on a data directory made by someone else (a restored base backup in
+    /// `dir/data`): given to the postgres user when we are root, started on a free port with
+    /// its socket in `dir`.
+    pub fn adopt(bin: PathBuf, dir: tempfile::TempDir) -> Self {
+        let as_root = give_to_postgres(dir.path());
+        PgServer {
+            dir,
+            bin,
+            port: 0,
+            running: false,
+            as_root,
+        }
+        .on_a_free_port()
     }
 
     /// `pg_ctl start` on the data directory and port; whether it came up.

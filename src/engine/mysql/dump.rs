@@ -199,6 +199,7 @@ impl Mysql {
             server_version: Some(server_version),
             tool_version: Some(format!("{tool} {tool_version}")),
             row_counts: self.row_counts.then_some(scanned.counts),
+            base_backup: None,
         })
     }
 }

@@ -159,13 +159,7 @@ impl Postgres {
         if !has_restrict(&tool_version) {
             tracing::warn!(pg_dump = %tool_version, "this pg_dump predates the August 2025 minor releases (CVE-2025-8714: a plain dump of a hostile server can carry psql meta-commands): install a newer PostgreSQL client");
         }
-        let (server_version, server_major) = self.server_version()?;
-        if major(&tool_version) < server_major {
-            return Err(PostgresError::ToolTooOld {
-                pg_dump: tool_version,
-                server: server_version,
-            });
-        }
+        let server_version = self.server_not_newer_than("pg_dump", &tool_version)?;
         // The dump and the row counts read one snapshot: exported by a repeatable-read
         // transaction that stays open until pg_dump is done.
         let session = if self.row_counts {
@@ -183,6 +177,11 @@ impl Postgres {
             PgFormat::Custom => cmd
                 .arg("--format=custom")
                 .arg(format!("--compress={}", archive_level.unwrap_or(0))),
+            PgFormat::Physical => {
+                return Err(PostgresError::BaseBackup(
+                    "pg_dump takes no base backup (Postgres::base_backup does)".into(),
+                ));
+            }
         };
         cmd.arg("--no-password")
             .stdin(Stdio::null())
@@ -259,6 +258,7 @@ impl Postgres {
             server_version: Some(server_version),
             tool_version: Some(format!("pg_dump {tool_version}")),
             row_counts: counts,
+            base_backup: None,
         })
     }
 }

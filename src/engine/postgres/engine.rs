@@ -13,6 +13,12 @@ impl DatabaseEngine for Postgres {
     }
 
     fn dump(&self, req: DumpRequest<'_>, out: &mut dyn Write) -> Result<DumpInfo, EngineError> {
+        if req.format == crate::engine::PgFormat::Physical {
+            let spool = req.spool_dir.ok_or_else(|| {
+                EngineError::Source("a base backup needs a spool directory".into())
+            })?;
+            return Ok(Postgres::base_backup(self, spool, out)?);
+        }
         Ok(Postgres::dump(self, req.format, req.archive_level, out)?)
     }
 

@@ -13,7 +13,7 @@ mod drill;
 mod dump;
 mod engine;
 mod load;
-mod physical;
+pub mod physical;
 mod restore;
 mod sandbox;
 mod toc;
@@ -49,9 +49,17 @@ pub enum PostgresError {
     #[error(transparent)]
     Process(#[from] ProcessError),
     #[error(
-        "pg_dump {pg_dump} is older than the server ({server}): a dump needs pg_dump of the server's major version or newer; install it and point BACKUP_PG_BINDIR at its bin directory"
+        "{tool} {version} is older than the server ({server}): a backup needs {tool} of the server's major version or newer; install it and point BACKUP_PG_BINDIR at its bin directory"
     )]
-    ToolTooOld { pg_dump: String, server: String },
+    ToolTooOld {
+        tool: &'static str,
+        version: String,
+        server: String,
+    },
+    #[error("the server cannot give a base backup: {0}; `dbkeep wal check` shows every check")]
+    NotReady(String),
+    #[error("the base backup failed: {0}")]
+    BaseBackup(String),
     #[error("cannot read the version of {tool} from {output:?}")]
     Version { tool: &'static str, output: String },
     #[error(
@@ -478,6 +486,24 @@ impl Postgres {
         })?;
         let text = text.split_whitespace().next().unwrap_or(text).to_owned();
         Ok((text, num / 10000))
+    }
+
+    /// The server's version, once it is known to be no newer than `tool` at `tool_version`
+    /// (a dump or base backup needs a tool of the server's major version or newer).
+    fn server_not_newer_than(
+        &self,
+        tool: &'static str,
+        tool_version: &str,
+    ) -> Result<String, PostgresError> {
+        let (server_version, server_major) = self.server_version()?;
+        if major(tool_version) < server_major {
+            return Err(PostgresError::ToolTooOld {
+                tool,
+                version: tool_version.to_owned(),
+                server: server_version,
+            });
+        }
+        Ok(server_version)
     }
 
     fn drop_database(&self, name: &str) -> Result<(), PostgresError> {

@@ -57,6 +57,7 @@ impl Postgres {
             "WAL then lacks what recovery needs; set wal_level = replica (ALTER SYSTEM SET wal_level = 'replica') and restart the server",
         ));
         let free = senders.saturating_sub(used);
+        r.free_senders = Some(free);
         r.checks.push(Check::new(
             "max_wal_senders",
             free >= SENDERS_NEEDED,

@@ -1,0 +1,195 @@
+//! A base backup's drill, once it is unpacked into a private scratch directory: pg_verifybackup
+//! on it (every file, and the WAL parsed by pg_waldump), then a throwaway server started on it —
+//! on a free port, its socket in the drill's own directory, no TCP, no archiving, no
+//! replication, an hba file of the drill's own — until recovery reaches consistency and it
+//! accepts connections; every database is opened, then the server is stopped. The production
+//! server is never connected to.
+
+use super::*;
+use crate::engine::DrillLog;
+use std::os::unix::process::CommandExt;
+
+const SERVER_HINT: &str = "a base backup's drill starts a server on it: install the PostgreSQL server of the backup's major version (Debian: apt-get install postgresql-N) or point BACKUP_PG_BINDIR at its bin directory";
+
+/// Where the server binaries of `major` are: `bindir` when it has them, else Debian's
+/// `/usr/lib/postgresql/MAJOR/bin`.
+pub fn server_bindir(bindir: Option<&Path>, major: u32) -> Result<PathBuf, String> {
+    let candidates = bindir
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(std::iter::once(PathBuf::from(format!(
+            "/usr/lib/postgresql/{major}/bin"
+        ))));
+    for dir in candidates {
+        if dir.join("pg_ctl").is_file() && dir.join("postgres").is_file() {
+            return Ok(dir);
+        }
+    }
+    Err(format!(
+        "no PostgreSQL {major} server binaries (pg_ctl, postgres) were found: {SERVER_HINT}"
+    ))
+}
+
+/// Who runs the drill's server: this user, or `postgres` when dbkeep runs as root (the server
+/// refuses to run as root); the data directory is given to it.
+fn server_user(dirs: &[&Path]) -> Result<Option<(u32, u32)>, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .ok_or("dbkeep runs as root and there is no postgres user to run the drill's server as (the server refuses root)")?;
+    for dir in dirs {
+        chown_tree(dir, user.uid, user.gid)
+            .map_err(|e| format!("cannot give {} to the postgres user: {e}", dir.display()))?;
+    }
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
+}
+
+fn chown_tree(dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> std::io::Result<()> {
+    nix::unistd::chown(dir, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
+    if dir.is_dir() && !dir.is_symlink() {
+        for e in std::fs::read_dir(dir)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// A server started by a drill, stopped (immediately: the copy is thrown away) when dropped.
+struct DrillServer<'a> {
+    pg_ctl: PathBuf,
+    data: &'a Path,
+    user: Option<(u32, u32)>,
+}
+
+impl Drop for DrillServer<'_> {
+    fn drop(&mut self) {
+        let mut cmd = tool(&self.pg_ctl, self.user);
+        cmd.arg("-D")
+            .arg(self.data)
+            .args(["-m", "immediate", "-w", "-t", "60", "stop"]);
+        if let Err(e) = process::output(cmd, SERVER_HINT, vec![]) {
+            tracing::warn!(error = %e, "could not stop the drill's server");
+        }
+    }
+}
+
+fn tool(program: &Path, user: Option<(u32, u32)>) -> Command {
+    let mut cmd = process::clean_command(program);
+    cmd.env("LC_ALL", "C");
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// Checks the data directory `data` (a base backup unpacked by the drill) in its private
+/// directory `private`, as the module's doc says; `role` is the role to connect as (trusted
+/// on the drill's socket only).
+pub fn check_data_dir(
+    bindir: &Path,
+    data: &Path,
+    private: &Path,
+    role: &str,
+    log: &mut DrillLog,
+) -> Result<(), String> {
+    let socket = private.join("socket");
+    std::fs::create_dir(&socket)
+        .map_err(|e| format!("cannot create the drill's socket directory: {e}"))?;
+    let hba = private.join("drill_hba.conf");
+    std::fs::write(&hba, "local all all trust\n")
+        .map_err(|e| format!("cannot write the drill's pg_hba.conf: {e}"))?;
+    let user = server_user(&[private])?;
+
+    log.step("pg_verifybackup");
+    let mut verify = tool(&bindir.join("pg_verifybackup"), user);
+    verify.arg(data);
+    let said = process::output(verify, SERVER_HINT, vec![])
+        .map_err(|e| format!("pg_verifybackup: {e}"))?;
+    log.pass(format!(
+        "pg_verifybackup: {}",
+        said.lines()
+            .last()
+            .unwrap_or("backup successfully verified")
+            .trim()
+    ));
+
+    log.step("server start");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port for the drill's server: {e}"))?;
+    let options = format!(
+        "-p {port} -c listen_addresses='' -c unix_socket_directories='{}' -c hba_file='{}' \
+         -c archive_mode=off -c archive_command='' -c max_wal_senders=0 -c wal_level=replica \
+         -c primary_conninfo='' -c ssl=off -c logging_collector=off -c shared_preload_libraries='' \
+         -c max_connections=20 -c shared_buffers=64MB -c fsync=off",
+        socket.display(),
+        hba.display()
+    );
+    let server_log = private.join("server.log");
+    let mut start = tool(&bindir.join("pg_ctl"), user);
+    start
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(&server_log)
+        .arg("-o")
+        .arg(&options)
+        .args(["-w", "-t", "3600", "start"]);
+    let server = DrillServer {
+        pg_ctl: bindir.join("pg_ctl"),
+        data,
+        user,
+    };
+    if let Err(e) = process::output(start, SERVER_HINT, vec![]) {
+        let tail = std::fs::read_to_string(&server_log).unwrap_or_default();
+        return Err(format!(
+            "the server did not start on the restored data directory: {e}; its log: {}",
+            process::last_lines(&tail, 8)
+        ));
+    }
+    let text = std::fs::read_to_string(&server_log).unwrap_or_default();
+    if !text.contains("consistent recovery state reached") {
+        return Err(format!(
+            "the server started but its log does not show a consistent recovery state: {}",
+            process::last_lines(&text, 8)
+        ));
+    }
+    log.pass("a server started on it and reached a consistent recovery state");
+
+    log.step("databases");
+    let psql = |db: &str, sql: &str| {
+        let mut cmd = tool(&bindir.join("psql"), user);
+        cmd.env("PGHOST", &socket)
+            .env("PGPORT", port.to_string())
+            .env("PGUSER", role)
+            .env("PGDATABASE", db)
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        process::output(cmd, SERVER_HINT, vec![]).map_err(|e| format!("{db}: {e}"))
+    };
+    let list = psql(
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1",
+    )
+    .or_else(|_| {
+        psql(
+            "template1",
+            "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1",
+        )
+    })?;
+    let databases: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
+    let mut relations = 0u64;
+    for db in &databases {
+        let n = psql(db, "SELECT count(*) FROM pg_class")?;
+        relations += n.trim().parse::<u64>().unwrap_or(0);
+    }
+    log.pass(format!(
+        "all {} databases open ({relations} relations in their catalogs)",
+        databases.len()
+    ));
+    drop(server);
+    Ok(())
+}
