@@ -20,6 +20,8 @@ use thiserror::Error;
 
 /// The newest manifest version this dbkeep reads.
 pub const MANIFEST_VERSION: u32 = 3;
+/// A base backup's manifest (a dbkeep reading version 2 would take it for a dump).
+pub const MANIFEST_VERSION_3: u32 = 3;
 /// A manifest that a dbkeep reading version 2 would misread (an archive pg_dump compressed, a
 /// pin).
 pub const MANIFEST_VERSION_2: u32 = 2;
@@ -168,7 +170,7 @@ impl Manifest {
     /// (an archive pg_dump compressed, a pin), else 1.
     pub fn required_version(&self) -> u32 {
         if self.base_backup.is_some() || self.pg_format == Some(PgFormat::Physical) {
-            MANIFEST_VERSION
+            MANIFEST_VERSION_3
         } else if self.archive_compressed || self.pinned {
             MANIFEST_VERSION_2
         } else {

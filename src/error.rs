@@ -79,6 +79,8 @@ pub enum Error {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    #[error(transparent)]
     Postgres(#[from] PostgresError),
     #[error(transparent)]
     Sqlite(#[from] SqliteError),

@@ -22,3 +22,4 @@ pub mod retention;
 pub mod schedule;
 pub mod signals;
 pub mod storage;
+pub mod wal;

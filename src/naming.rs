@@ -46,7 +46,12 @@ impl BackupName {
 
     /// `backup_YYYYMMDD_HHMMSS` in UTC, as the spec's script names its backups.
     pub fn default_at(now: DateTime<Utc>) -> Self {
-        Self(format!("backup_{}", now.format("%Y%m%d_%H%M%S")))
+        Self::default_with("backup", now)
+    }
+
+    /// A default name with another prefix (`base` for base backups).
+    pub fn default_with(prefix: &str, now: DateTime<Utc>) -> Self {
+        Self(format!("{prefix}_{}", now.format("%Y%m%d_%H%M%S")))
     }
 
     pub fn as_str(&self) -> &str {

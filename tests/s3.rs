@@ -470,7 +470,7 @@ fn prune_on_s3_never_deletes_data_an_unreadable_manifest_may_own() {
         m["compression"] = "lz4".into()
     });
     edit_manifest(&dir.join("future_20240103.manifest.json"), |m| {
-        m["manifest_version"] = 3.into()
+        m["manifest_version"] = 99.into()
     });
     std::fs::rename(
         dir.join("renamed_20240104.manifest.json"),
@@ -503,7 +503,7 @@ fn prune_on_s3_never_deletes_data_an_unreadable_manifest_may_own() {
     for failed in [
         "FAILED  newer_20240102",
         "FAILED  future_20240103",
-        "newer dbkeep (manifest_version 3",
+        "newer dbkeep (manifest_version 99",
         "FAILED  moved_20240104",
     ] {
         assert!(o.stdout.contains(failed), "{failed}: {}", o.stdout);

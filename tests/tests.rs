@@ -19,6 +19,7 @@ mod mysql_faults;
 mod mysql_hostile;
 mod notify;
 mod pitr;
+mod pitr_recovery;
 mod postgres;
 mod s3;
 mod s3_limits;

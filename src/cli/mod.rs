@@ -74,6 +74,19 @@ enum WalAction {
         #[arg(long)]
         json: bool,
     },
+    /// Stream WAL into the repository's archive (`wal/`) until SIGTERM: dbkeep's replication
+    /// slot (BACKUP_WAL_SLOT), pg_receivewal restarted with backoff, each completed segment
+    /// compressed, encrypted and recorded; gaps and a lost slot notified (wal_failed).
+    Stream,
+    /// Copy the archived WAL file NAME to DEST: PostgreSQL's restore_command. Exit 0 done, 1
+    /// when the archive has no such file, 126 on any other error (recovery then stops rather
+    /// than end early).
+    Fetch { name: String, dest: PathBuf },
+    /// What the WAL archive holds, its gaps, and the replication slot.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,7 +127,10 @@ enum Command {
     },
     /// Restore a backup into the configured database (replaces its contents).
     Restore {
-        name: String,
+        /// The backup (not needed with --to-time, --to-lsn or --latest: the base backup is
+        /// chosen by the target).
+        #[arg(required_unless_present_any = ["to_time", "to_lsn", "latest"])]
+        name: Option<String>,
         /// Do not ask for confirmation (required when stdin is not a terminal).
         #[arg(long, short)]
         yes: bool,
@@ -122,6 +138,8 @@ enum Command {
         /// file by file; no database is touched.
         #[arg(long, value_name = "DIR")]
         pgdata: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        pitr: PitrArgs,
     },
     /// Delete a backup.
     Delete {
@@ -206,6 +224,47 @@ enum Command {
     },
 }
 
+/// Recovery to a point (`restore --pgdata DIR` with one of these; NAME is then `-`, or any
+/// name: the base backup is chosen by the target).
+#[derive(Debug, Args)]
+struct PitrArgs {
+    /// Recover to this time ('2026-12-01 10:00:00+00'): every transaction committed before it.
+    #[arg(long, value_name = "TIME", requires = "pgdata", conflicts_with_all = ["to_lsn", "latest"])]
+    to_time: Option<String>,
+    /// Recover to this WAL position (0/16B3748).
+    #[arg(
+        long,
+        value_name = "LSN",
+        requires = "pgdata",
+        conflicts_with = "latest"
+    )]
+    to_lsn: Option<String>,
+    /// Recover to the end of the archived WAL.
+    #[arg(long, requires = "pgdata")]
+    latest: bool,
+    /// What the server does at the target: pause (the default: look, then
+    /// `SELECT pg_wal_replay_resume()`), promote, or shutdown.
+    #[arg(long, value_enum, default_value = "pause")]
+    target_action: TargetActionArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TargetActionArg {
+    Pause,
+    Promote,
+    Shutdown,
+}
+
+impl From<TargetActionArg> for crate::ops::pitr::TargetAction {
+    fn from(a: TargetActionArg) -> Self {
+        match a {
+            TargetActionArg::Pause => Self::Pause,
+            TargetActionArg::Promote => Self::Promote,
+            TargetActionArg::Shutdown => Self::Shutdown,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct BackupArgs {
     /// The backup's name (default: backup_YYYYMMDD_HHMMSS, UTC).
@@ -226,6 +285,9 @@ struct BackupArgs {
     physical: bool,
 }
 
+/// `wal fetch`'s exit code for anything but "the archive has no such file".
+const FETCH_FAILED: u8 = 126;
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -235,6 +297,20 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // restore_command: PostgreSQL takes exit 1 for "no such file" and ends recovery there, so
+    // every other failure, a panic included, must be 126 (recovery stops instead).
+    let fetch = matches!(
+        cli.command,
+        Command::Wal {
+            action: WalAction::Fetch { .. }
+        }
+    );
+    if fetch {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("error: dbkeep wal fetch panicked: {info}");
+            std::process::exit(FETCH_FAILED.into());
+        }));
+    }
     let overrides = Overrides {
         database: cli.database.clone(),
         backup_dir: cli.backup_dir.clone(),
@@ -251,7 +327,7 @@ pub fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(if fetch { FETCH_FAILED } else { 2 });
         }
     };
     let verbosity = if cli.quiet {
@@ -292,10 +368,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let subject = match &cli.command {
                 Command::Backup(b) => b.name.as_deref(),
-                Command::Restore { name, .. }
-                | Command::Delete { name, .. }
-                | Command::Pin { name }
-                | Command::Unpin { name } => Some(name.as_str()),
+                Command::Restore { name, .. } => name.as_deref(),
+                Command::Delete { name, .. } | Command::Pin { name } | Command::Unpin { name } => {
+                    Some(name.as_str())
+                }
                 Command::Verify { name, .. } => name.as_deref(),
                 _ => None,
             };
@@ -307,7 +383,11 @@ pub fn main() -> ExitCode {
                 "{e}"
             );
             eprintln!("error: {e}");
-            ExitCode::from(e.kind().exit_code())
+            ExitCode::from(if fetch {
+                FETCH_FAILED
+            } else {
+                e.kind().exit_code()
+            })
         }
     }
 }

@@ -103,7 +103,42 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Restore {
-            name,
+            pgdata: Some(dir),
+            pitr,
+            ..
+        } if pitr.to_time.is_some() || pitr.to_lsn.is_some() || pitr.latest => {
+            use crate::ops::pitr::{RecoveryTarget, parse_lsn, parse_time};
+            let target = match (&pitr.to_time, &pitr.to_lsn) {
+                (Some(t), _) => RecoveryTarget::Time(parse_time(t)?),
+                (None, Some(l)) => RecoveryTarget::Lsn(parse_lsn(l)?),
+                (None, None) => RecoveryTarget::Latest,
+            };
+            let r = ops.restore_to(target, dir, pitr.target_action.into())?;
+            let _ = writeln!(
+                out,
+                "restored the base backup {} (consistent at {}) into {}; WAL is archived until {}{}\n  recovery settings (in postgresql.auto.conf, with recovery.signal):",
+                r.base.backup_name,
+                r.base.finished_at.to_rfc3339(),
+                dir.display(),
+                r.window.until.to_rfc3339(),
+                r.window
+                    .gap
+                    .as_ref()
+                    .map(|g| format!(" ({g} is missing after it)"))
+                    .unwrap_or_default(),
+            );
+            for line in &r.settings {
+                let _ = writeln!(out, "    {line}");
+            }
+            let _ = writeln!(
+                out,
+                "  start a server on it as the user who owns it (chown -R postgres {0} when run as root; that user must be able to run dbkeep and read the repository): pg_ctl -D {0} start",
+                dir.display()
+            );
+            Ok(0)
+        }
+        Command::Restore {
+            name: Some(name),
             pgdata: Some(dir),
             ..
         } => {
@@ -118,7 +153,11 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             );
             Ok(0)
         }
-        Command::Restore { name, yes, .. } => {
+        Command::Restore {
+            name: Some(name),
+            yes,
+            ..
+        } => {
             if !yes {
                 let url = ops.settings().database_url()?;
                 confirm(&format!(
@@ -145,6 +184,9 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             }
             Ok(0)
         }
+        Command::Restore { .. } => Err(Error::Unsupported(
+            "name the backup to restore, or recover to a point with --pgdata DIR and --to-time, --to-lsn or --latest".into(),
+        )),
         Command::Delete { name, yes } => {
             if !yes {
                 confirm(&format!(
@@ -209,6 +251,64 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                     problem: format!("{problem} (after {} attempt(s))", d.attempts),
                 }),
             }
+        }
+        Command::Wal {
+            action: WalAction::Stream,
+        } => {
+            ops.wal_stream()?;
+            Ok(0)
+        }
+        Command::Wal {
+            action: WalAction::Fetch { name, dest },
+        } => match ops.wal_fetch(name, dest)? {
+            crate::wal::Fetched::Done => Ok(0),
+            crate::wal::Fetched::Missing => Ok(1),
+        },
+        Command::Wal {
+            action: WalAction::Status { json },
+        } => {
+            let s = ops.wal_status()?;
+            if *json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&s).unwrap_or_default()
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "WAL archive {}: {} segments ({} to {}), {} history files, last completed {}",
+                    s.archive,
+                    s.segments,
+                    s.first.as_deref().unwrap_or("-"),
+                    s.last.as_deref().unwrap_or("-"),
+                    s.history_files,
+                    s.last_completed_at
+                        .map_or_else(|| "-".into(), |t| t.to_rfc3339())
+                );
+                for g in &s.gaps {
+                    let _ = writeln!(out, "GAP  {g}");
+                }
+                match &s.slot {
+                    Some(h) => {
+                        let _ = writeln!(
+                            out,
+                            "slot: {} ({}), {} bytes retained, {}",
+                            h.wal_status,
+                            if h.active { "streaming" } else { "not streaming" },
+                            h.retained_bytes.unwrap_or(0),
+                            h.safe_wal_size.map_or_else(
+                                || "no max_slot_wal_keep_size".into(),
+                                |b| format!("{b} bytes before it would be lost")
+                            )
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(out, "slot: not found (or the server did not answer)");
+                    }
+                }
+            }
+            Ok(if s.gaps.is_empty() { 0 } else { 1 })
         }
         Command::Wal {
             action: WalAction::Check { json },

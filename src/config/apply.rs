@@ -122,6 +122,23 @@ impl Settings {
         if let Some(v) = l.backup_scratch_dir {
             self.scratch_dir = Some(v);
         }
+        if let Some(v) = l.backup_wal_slot {
+            let ok = !v.is_empty()
+                && v.len() <= 63
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(ConfigError::InvalidValue {
+                    key: "BACKUP_WAL_SLOT",
+                    value: v,
+                    problem: "a replication slot's name is 1 to 63 lower-case letters, digits and underscores",
+                });
+            }
+            self.wal_slot = v;
+        }
+        if let Some(v) = l.backup_wal_spool {
+            self.wal_spool = Some(v);
+        }
         if let Some(tables) = l.series {
             for (name, table) in tables {
                 let policy = crate::retention::SeriesPolicy::from_table(&name, &table)?;

@@ -139,6 +139,8 @@ pub(super) fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, C
         backup_s3_part_size_mib: num32("BACKUP_S3_PART_SIZE_MIB", PART_SIZE_PROBLEM)?,
         backup_s3_memory_part_mib: num32("BACKUP_S3_MEMORY_PART_MIB", MEMORY_PART_PROBLEM)?,
         backup_scratch_dir: get("BACKUP_SCRATCH_DIR").map(PathBuf::from),
+        backup_wal_slot: get("BACKUP_WAL_SLOT"),
+        backup_wal_spool: get("BACKUP_WAL_SPOOL").map(PathBuf::from),
         backup_copy_to: get("BACKUP_COPY_TO"),
         copy_to: None,
         series: None,

@@ -185,6 +185,12 @@ pub struct Settings {
     pub s3: S3Settings,
     /// Where scratch files go when the repository is not a local directory.
     pub scratch_dir: Option<PathBuf>,
+    /// The replication slot of `dbkeep wal stream` (`BACKUP_WAL_SLOT`, default `dbkeep`).
+    pub wal_slot: String,
+    /// Where pg_receivewal writes before a segment is archived (`BACKUP_WAL_SPOOL`; default
+    /// `.wal-spool` in a local repository). It must survive a restart: what is there is
+    /// flushed as far as the server knows.
+    pub wal_spool: Option<PathBuf>,
     /// Repositories each backup is also copied to (`[[copy_to]]`, `BACKUP_COPY_TO`).
     pub copy_to: Vec<CopyTarget>,
     /// Retention policies by series name (`[series.NAME]` in the config file).
@@ -266,6 +272,8 @@ impl Default for Settings {
             decrypt_identity_file: None,
             s3: S3Settings::default(),
             scratch_dir: None,
+            wal_slot: "dbkeep".into(),
+            wal_spool: None,
             copy_to: Vec::new(),
             series: std::collections::BTreeMap::new(),
             schedules: Vec::new(),

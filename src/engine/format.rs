@@ -192,14 +192,15 @@ pub fn summary_of(s: &postgres::physical::archive::Summary) -> String {
         s.files - s.segments,
         s.bytes,
         s.segments,
+        // WAL-Ranges lists the newest timeline first.
         s.manifest
             .wal
-            .first()
+            .last()
             .map(|r| r.start.to_string())
             .unwrap_or_default(),
         s.manifest
             .wal
-            .last()
+            .first()
             .map(|r| r.end.to_string())
             .unwrap_or_default(),
     )

@@ -7,6 +7,7 @@
 
 use super::mysql::MysqlError;
 use super::postgres::PostgresError;
+pub use super::postgres::physical::receive::Receiver;
 use super::sqlite::SqliteError;
 use super::{DatabaseType, DrillLog, DumpInfo, PgFormat, RowCounts};
 use std::io::{Read, Write};
@@ -110,6 +111,28 @@ impl Readiness {
     }
 }
 
+/// A replication slot's state (`pg_replication_slots`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotHealth {
+    /// reserved, extended, unreserved or lost (WAL it needed was removed).
+    pub wal_status: String,
+    /// WAL the server keeps for the slot.
+    pub retained_bytes: Option<i64>,
+    /// How much more WAL may be written before the slot is lost (`max_slot_wal_keep_size`).
+    pub safe_wal_size: Option<i64>,
+    pub active: bool,
+}
+
+/// An engine that streams WAL for point-in-time recovery (PostgreSQL).
+pub trait WalSource {
+    /// Creates the replication slot `slot` unless it exists.
+    fn ensure_slot(&self, slot: &str) -> Result<(), EngineError>;
+    /// Starts receiving WAL on `slot` into the directory `spool`.
+    fn receive(&self, spool: &Path, slot: &str) -> Result<Receiver, EngineError>;
+    /// The slot's state; `None` when it does not exist.
+    fn slot_health(&self, slot: &str) -> Result<Option<SlotHealth>, EngineError>;
+}
+
 /// A database engine, as `ops` uses it.
 pub trait DatabaseEngine: Send + Sync {
     fn database_type(&self) -> DatabaseType;
@@ -143,6 +166,11 @@ pub trait DatabaseEngine: Send + Sync {
             "point-in-time recovery is for PostgreSQL; DATABASE_URL names a {} database",
             self.database_type()
         )))
+    }
+
+    /// The engine's WAL stream, if it has one.
+    fn wal_source(&self) -> Option<&dyn WalSource> {
+        None
     }
 
     /// Cleans up after a restore killed on this host; says what it did.

@@ -38,12 +38,15 @@ pub enum EventKind {
     ScheduleMissed,
     /// A backup succeeded after the series' previous attempt had failed.
     Recovered,
+    /// The WAL stream met a gap, a lost slot, a conflicting segment or an archive it cannot
+    /// write: point-in-time recovery past it is at risk.
+    WalFailed,
     /// `dbkeep notify test`.
     Test,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::BackupStarted,
         EventKind::BackupSucceeded,
         EventKind::BackupFailed,
@@ -55,6 +58,7 @@ impl EventKind {
         EventKind::PruneFailed,
         EventKind::ScheduleMissed,
         EventKind::Recovered,
+        EventKind::WalFailed,
         EventKind::Test,
     ];
 
@@ -71,6 +75,7 @@ impl EventKind {
             EventKind::PruneFailed => "prune_failed",
             EventKind::ScheduleMissed => "schedule_missed",
             EventKind::Recovered => "recovered",
+            EventKind::WalFailed => "wal_failed",
             EventKind::Test => "test",
         }
     }
@@ -85,6 +90,7 @@ impl EventKind {
                 | EventKind::CopyFailed
                 | EventKind::PruneFailed
                 | EventKind::ScheduleMissed
+                | EventKind::WalFailed
         )
     }
 
@@ -108,6 +114,7 @@ impl EventKind {
             EventKind::CopyFailed => "copy to another repository FAILED",
             EventKind::PruneFailed => "retention could not delete",
             EventKind::ScheduleMissed => "scheduled backup MISSED",
+            EventKind::WalFailed => "WAL archiving FAILED",
             EventKind::Recovered => "backups recovered",
             EventKind::Test => "test notification",
         }

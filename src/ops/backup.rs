@@ -36,6 +36,11 @@ impl Ops {
             .map(naming::parse_series)
             .transpose()?;
         let (engine, url) = Engine::from_settings(&self.settings)?;
+        // A base backup's default name (and so series) is base_…: kept apart from the dumps'.
+        let physical =
+            req.physical || self.pg_format(engine.database_type()) == Some(PgFormat::Physical);
+        let default_name =
+            |at| BackupName::default_with(if physical { "base" } else { "backup" }, at);
         // Fail closed: an unusable recipient stops the backup before anything is written.
         let sealer = encryption::sealer(
             self.settings.encrypt_recipients.as_deref(),
@@ -58,9 +63,7 @@ impl Ops {
             // backup, only a refused request.
             Err(e) if self.settings.lock_timeout.is_zero() => return Err(e),
             Err(e) => {
-                let name = given
-                    .clone()
-                    .unwrap_or_else(|| BackupName::default_at(Utc::now()));
+                let name = given.clone().unwrap_or_else(|| default_name(Utc::now()));
                 let series = series
                     .clone()
                     .unwrap_or_else(|| naming::derive_series(&name));
@@ -96,7 +99,7 @@ impl Ops {
                 n
             }
             None => loop {
-                let n = BackupName::default_at(started);
+                let n = default_name(started);
                 if self
                     .storage
                     .stat(&catalog::manifest_key(n.as_str(), true))?

@@ -191,7 +191,6 @@ impl Ops {
         if m.encryption == Encryption::Age && keys.is_none() {
             return Err(encryption::EncryptionError::NoKey.into());
         }
-        self.check(m, keys, Depth::Drill, &mut log.passed)?;
         log.step("unpack");
         let major = crate::engine::postgres::major(m.server_version.as_deref().unwrap_or(""));
         let bindir = physical::drill::server_bindir(self.settings.pg_bindir.as_deref(), major)
@@ -204,18 +203,26 @@ impl Ops {
             self.storage.scratch_dir()?
         };
         let scratch = ScratchFile::reserve(&base, "drill")?;
+        // The socket's path must stay short (107 bytes): a directory of its own in TMPDIR.
+        let socket = ScratchFile::reserve(&std::env::temp_dir(), "sock")?;
         let data = physical::archive::prepare_target(scratch.path()).map_err(failed)?;
-        let mut stream = self
-            .sql_stream(m, keys)?
-            .ok_or_else(|| failed("the base backup cannot be read as a stream".into()))?;
-        let summary = physical::archive::read(&mut stream, Some(&data)).map_err(failed)?;
-        log.pass(crate::engine::format::summary_of(&summary));
+        // One pass: the files against pg_basebackup's manifest, the stored bytes against the
+        // manifest's SHA-256.
+        let summary = self.read_checked(m, keys, |stream| {
+            physical::archive::read(stream, Some(&data)).map_err(failed)
+        })?;
+        log.pass(format!(
+            "size {} bytes, sha256 matches; {}",
+            m.file_size,
+            crate::engine::format::summary_of(&summary)
+        ));
         let role = match self.settings.database_url() {
             Ok(crate::database_url::DatabaseUrl::Postgres(c)) => c.user,
             _ => None,
         }
         .unwrap_or_else(|| "postgres".into());
-        physical::drill::check_data_dir(&bindir, &data, scratch.dir(), &role, log).map_err(failed)
+        physical::drill::check_data_dir(&bindir, &data, scratch.dir(), socket.dir(), &role, log)
+            .map_err(failed)
     }
 
     /// Records a drill's outcome in the manifest of the successful backup `name`, under the

@@ -11,6 +11,7 @@ mod copy;
 mod drill;
 mod notify;
 mod pin;
+pub mod pitr;
 mod prune;
 mod read;
 mod restore;
@@ -166,8 +167,15 @@ fn first_line(text: &str) -> String {
 }
 
 fn database_identity(m: &Manifest) -> String {
+    // Base backups are kept apart from dumps: a series' keep_min counts each kind on its own,
+    // so daily dumps never age out the last base backup (nor the other way round).
+    let kind = if m.pg_format == Some(crate::engine::PgFormat::Physical) {
+        "+base"
+    } else {
+        ""
+    };
     format!(
-        "{}://{}/{}",
+        "{}{kind}://{}/{}",
         m.database_type,
         m.database_host.as_deref().unwrap_or(""),
         m.database_name

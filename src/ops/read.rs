@@ -133,6 +133,44 @@ impl Ops {
             .map_err(io_err("start the decompressor"))
     }
 
+    /// Streams the stored file of `m` into `f`, decrypted and decompressed, hashing what is
+    /// stored as it goes: once `f` is done the rest is read, and unless the size and SHA-256
+    /// are the manifest's the result is an error whatever `f` said (a file replaced or damaged
+    /// since it was listed never passes on one read).
+    pub(super) fn read_checked<T>(
+        &self,
+        m: &Manifest,
+        keys: Option<&Keys>,
+        f: impl FnOnce(&mut dyn Read) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let damaged = damaged_fn(m);
+        let key = data_key(m)?;
+        let mut hashing = HashingReader::new(crate::progress::counting_reader(
+            self.storage.open(key)?,
+            crate::progress::Count::Read,
+        ));
+        let result = {
+            let plain: Box<dyn Read + '_> = match m.encryption {
+                Encryption::None => Box::new(&mut hashing),
+                Encryption::Age => encryption::open(keys, &mut hashing)?,
+            };
+            let mut dec = codec::decoder(m.stream_compression(), plain)
+                .map_err(io_err("start the decompressor"))?;
+            f(&mut dec)
+        };
+        let digest = hashing
+            .finish()
+            .map_err(|e| damaged(format!("reading its data file failed: {e}")))?;
+        let expected = m.sha256.as_deref().unwrap_or_default();
+        if digest.sha256 != expected || digest.size != m.file_size {
+            return Err(damaged(format!(
+                "{key} has {} bytes with SHA-256 {}, the manifest says {} bytes, {expected}: the file changed after the backup",
+                digest.size, digest.sha256, m.file_size
+            )));
+        }
+        result
+    }
+
     /// Reads the stored file once: size and SHA-256 against the manifest and, as deep as `depth`
     /// says, decryption, decompression and the engine's content check. What a restore loads from
     /// a file (a SQLite copy, checked; a custom archive) is returned staged. An encrypted backup
@@ -144,14 +182,8 @@ impl Ops {
         depth: Depth,
         checks: &mut Vec<String>,
     ) -> Result<Option<Staged>, Error> {
-        let damaged = |problem: String| Error::Damaged {
-            name: m.backup_name.clone(),
-            problem,
-        };
-        let key = m
-            .data_file
-            .as_deref()
-            .ok_or_else(|| damaged("the manifest names no data file".into()))?;
+        let damaged = damaged_fn(m);
+        let key = data_key(m)?;
         let expected_sha = m.sha256.as_deref().unwrap_or_default();
         crate::faults::stop("before-reading-data");
         let Some(stat) = self.storage.stat(key)? else {
@@ -284,6 +316,21 @@ impl Ops {
             .map_err(|e| format!("decompressing into {} failed: {e}", file.path().display()))?;
         Ok(file)
     }
+}
+
+/// The error for `m` being damaged in the way `problem` says.
+fn damaged_fn(m: &Manifest) -> impl Fn(String) -> Error + '_ {
+    |problem| Error::Damaged {
+        name: m.backup_name.clone(),
+        problem,
+    }
+}
+
+/// The data file `m` names.
+fn data_key(m: &Manifest) -> Result<&str, Error> {
+    m.data_file
+        .as_deref()
+        .ok_or_else(|| damaged_fn(m)("the manifest names no data file".into()))
 }
 
 /// Copies `from` into `to` with the writes in a thread of their own (a few megabytes in flight).

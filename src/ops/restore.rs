@@ -26,14 +26,7 @@ impl Ops {
         self.install_signals()?;
         // Read-only credentials or mounts may restore: without the lock then (a backup or
         // prune meanwhile cannot harm the live database: the load is checked as it goes).
-        let _lock = match self.lock(&format!("restore {name}")) {
-            Ok(lock) => Some(lock),
-            Err(e) if e.is_unavailable() || e.is_denied() => {
-                warn!(error = %e, "the repository cannot be written: restoring without its lock");
-                None
-            }
-            Err(e) => return Err(e),
-        };
+        let _lock = self.restore_lock(name)?;
         self.recover_interrupted_restore(&engine)?;
         let m = self.committed(name)?;
         if Format::of(m.database_type, m.pg_format).physical() {
@@ -96,6 +89,9 @@ impl Ops {
         let op = crate::progress::begin("restore", &self.settings.database, Some(name));
         BackupName::parse(name)?;
         self.install_signals()?;
+        // A backup or prune meanwhile must not delete what is being read (read-only
+        // repositories restore without the lock, as dumps do).
+        let _lock = self.restore_lock(name)?;
         let m = self.committed(name)?;
         if !Format::of(m.database_type, m.pg_format).physical() {
             return Err(Error::Unsupported(format!(
@@ -103,21 +99,17 @@ impl Ops {
             )));
         }
         let clock = Instant::now();
-        op.progress().set_phase("checking the backup");
         let keys = self.keys()?;
         if m.encryption == Encryption::Age && keys.is_none() {
             return Err(encryption::EncryptionError::NoKey.into());
         }
-        self.check(&m, keys.as_ref(), Depth::Restore, &mut Vec::new())?;
         let dir = archive::prepare_target(pgdata).map_err(Error::Unsupported)?;
         info!(backup = %name, pgdata = %dir.display(), "restoring the base backup into a data directory");
         op.progress().set_phase("unpacking into the data directory");
-        let unpacked = self.sql_stream(&m, keys.as_ref()).and_then(|stream| {
-            let mut stream = stream.ok_or_else(|| Error::Damaged {
-                name: name.to_owned(),
-                problem: "the base backup cannot be read as a stream".into(),
-            })?;
-            archive::read(&mut stream, Some(&dir)).map_err(|problem| Error::Damaged {
+        // One pass: every file against pg_basebackup's manifest as it is written, the stored
+        // bytes against dbkeep's SHA-256 at the end; any failure empties the directory.
+        let unpacked = self.read_checked(&m, keys.as_ref(), |stream| {
+            archive::read(stream, Some(&dir)).map_err(|problem| Error::Damaged {
                 name: name.to_owned(),
                 problem,
             })
@@ -138,6 +130,20 @@ impl Ops {
             kept_old: None,
             unavailable: None,
         })
+    }
+
+    /// The repository's lock for a restore of `name`; none on a repository that cannot be
+    /// written (read-only credentials or mounts may restore: a backup or prune meanwhile
+    /// cannot harm what is restored, which is checked as it is read).
+    fn restore_lock(&self, name: &str) -> Result<Option<crate::storage::RepoLock>, Error> {
+        match self.lock(&format!("restore {name}")) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e) if e.is_unavailable() || e.is_denied() => {
+                warn!(error = %e, "the repository cannot be written: restoring without its lock");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Cleans up after a restore of the configured database killed on this host (see

@@ -1,9 +1,35 @@
-//! Point-in-time recovery's use cases. So far `wal check`: whether the configured server can
-//! serve base backups and a WAL stream, each check with what to change (the engine says; only
-//! PostgreSQL can).
+//! Point-in-time recovery's use cases: `wal check` (whether the server can serve it: the
+//! engine says; only PostgreSQL can), `wal stream` (dbkeep's slot, pg_receivewal supervised and
+//! restarted with backoff, each completed file archived, gaps and a lost slot reported when
+//! they happen), `wal fetch` (what `restore_command` runs) and `wal status`.
 
 use super::*;
-use crate::engine::seam::Readiness;
+use crate::engine::seam::{Readiness, SlotHealth};
+use crate::notify::EventKind;
+use crate::wal::{Fetched, Stored, WalArchive, is_wal_name};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// How often the spool is looked at.
+const POLL: Duration = Duration::from_millis(500);
+/// How often the slot's state is asked.
+const SLOT_EVERY: Duration = Duration::from_secs(30);
+/// The longest wait between two restarts of pg_receivewal.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What `wal status` shows.
+#[derive(Debug, serde::Serialize)]
+pub struct WalStatus {
+    pub archive: String,
+    pub segments: usize,
+    pub history_files: usize,
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub last_completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub gaps: Vec<String>,
+    pub slot: Option<SlotHealth>,
+}
 
 impl Ops {
     /// `dbkeep wal check`: the server's readiness for point-in-time recovery.
@@ -11,4 +37,261 @@ impl Ops {
         let (engine, _url) = Engine::from_settings(&self.settings)?;
         Ok(engine.pitr_readiness()?)
     }
+
+    /// The repository's WAL archive (`wal/` under it).
+    pub fn wal_archive(&self) -> Result<WalArchive, Error> {
+        let location = self.settings.backup_dir.to_string_lossy();
+        let wal = format!("{}/{}", location.trim_end_matches('/'), crate::wal::WAL_DIR);
+        let storage = storage::open(
+            &wal,
+            &self.settings.s3,
+            self.settings.scratch_dir.as_deref(),
+        )?;
+        let compression = self.settings.codec();
+        Ok(WalArchive::new(
+            storage,
+            compression,
+            self.settings.level(compression)?,
+        ))
+    }
+
+    /// Where pg_receivewal writes: `BACKUP_WAL_SPOOL`, else `.wal-spool` in a local repository.
+    fn wal_spool(&self) -> Result<PathBuf, Error> {
+        if let Some(p) = &self.settings.wal_spool {
+            return Ok(p.clone());
+        }
+        if self.storage.local_path("x").is_some() {
+            return Ok(self.settings.backup_dir.join(".wal-spool"));
+        }
+        Err(Error::Unsupported(
+            "the repository is not a local directory: set BACKUP_WAL_SPOOL to a local directory that survives a restart (pg_receivewal writes there before each segment is archived)".into(),
+        ))
+    }
+
+    /// `dbkeep wal stream`: runs until SIGTERM or SIGINT (see the module's doc).
+    pub fn wal_stream(&self) -> Result<(), Error> {
+        self.install_signals()?;
+        let (engine, _url) = Engine::from_settings(&self.settings)?;
+        let source = engine.wal_source().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "WAL streaming is for PostgreSQL; DATABASE_URL names a {} database",
+                engine.database_type()
+            ))
+        })?;
+        let sealer = encryption::sealer(
+            self.settings.encrypt_recipients.as_deref(),
+            self.settings.encrypt_passphrase_file.as_deref(),
+        )?;
+        let archive = self.wal_archive()?;
+        let spool = self.wal_spool()?;
+        create_private_dir(&spool)?;
+        let slot = self.settings.wal_slot.clone();
+        source.ensure_slot(&slot)?;
+        info!(slot = %slot, spool = %spool.display(), archive = %archive.location(), "WAL stream started");
+        let mut known = archive
+            .records()?
+            .into_iter()
+            .map(|r| r.name)
+            .collect::<Vec<_>>();
+        known.sort();
+        let mut receiver = None;
+        let mut backoff = Duration::from_secs(1);
+        let mut next_start = Instant::now();
+        let mut started_at = Instant::now();
+        let mut slot_checked: Option<Instant> = None;
+        let mut failing: Option<String> = None;
+        loop {
+            let stopping = signals::interrupted();
+            if stopping {
+                if let Some(r) = receiver.take() {
+                    crate::engine::seam::Receiver::stop(r);
+                }
+            } else if receiver.is_none() && Instant::now() >= next_start {
+                match source.receive(&spool, &slot) {
+                    Ok(r) => {
+                        receiver = Some(r);
+                        started_at = Instant::now();
+                    }
+                    Err(e) => {
+                        self.wal_failed(&mut failing, &format!("cannot start pg_receivewal: {e}"));
+                        next_start = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            if let Some(ended) = receiver.as_mut().and_then(|r| r.exited()) {
+                receiver = None;
+                // Restarted at once after a long run; with backoff after quick failures.
+                if started_at.elapsed() > Duration::from_secs(300) {
+                    backoff = Duration::from_secs(1);
+                }
+                warn!("{ended}; restarting in {} s", backoff.as_secs());
+                next_start = Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            self.ingest(&archive, &spool, sealer.as_ref(), &mut known, &mut failing);
+            if slot_checked.is_none_or(|t| t.elapsed() >= SLOT_EVERY) {
+                slot_checked = Some(Instant::now());
+                match source.slot_health(&slot) {
+                    Ok(Some(h)) if h.wal_status == "lost" => self.wal_failed(
+                        &mut failing,
+                        &format!(
+                            "the replication slot {slot} is lost (max_slot_wal_keep_size removed WAL it needed): WAL since the last archived segment is gone; take a new base backup (dbkeep backup --physical)"
+                        ),
+                    ),
+                    Ok(Some(h)) => info!(slot = %slot, wal_status = %h.wal_status, retained_bytes = h.retained_bytes.unwrap_or(-1), safe_wal_size = h.safe_wal_size.unwrap_or(-1), "replication slot"),
+                    Ok(None) => warn!(slot = %slot, "the replication slot does not exist (dropped?): pg_receivewal will fail until it is created again"),
+                    Err(e) => warn!(error = %e, "cannot read the replication slot's state"),
+                }
+            }
+            if stopping {
+                info!("WAL stream stopped");
+                return Ok(());
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Archives every completed file in the spool, oldest first; the newest segment stays in
+    /// the spool once archived (pg_receivewal starts again after it).
+    fn ingest(
+        &self,
+        archive: &WalArchive,
+        spool: &Path,
+        sealer: Option<&encryption::Sealer>,
+        known: &mut Vec<String>,
+        failing: &mut Option<String>,
+    ) {
+        let mut names: Vec<String> = match std::fs::read_dir(spool) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| is_wal_name(n))
+                .collect(),
+            Err(e) => {
+                self.wal_failed(
+                    failing,
+                    &format!("cannot read the WAL spool {}: {e}", spool.display()),
+                );
+                return;
+            }
+        };
+        names.sort();
+        let newest_segment = names.iter().filter(|n| n.len() == 24).max().cloned();
+        for name in names {
+            let path = spool.join(&name);
+            match archive.put(&name, &path, sealer) {
+                Ok(stored) => {
+                    if stored == Stored::New {
+                        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                        if let Some(gap) = gap_before(known, &name, size) {
+                            self.wal_failed(failing, &format!("{gap}: recovery cannot pass it; take a new base backup (dbkeep backup --physical)"));
+                        }
+                        info!(file = %name, "WAL archived");
+                        if let Err(i) = known.binary_search(&name) {
+                            known.insert(i, name.clone());
+                        }
+                    }
+                    if *failing == Some(format!("archive {name}")) {
+                        *failing = None;
+                    }
+                    if Some(&name) != newest_segment.as_ref()
+                        && name.len() == 24
+                        && let Err(e) = std::fs::remove_file(&path)
+                    {
+                        warn!(file = %name, error = %e, "cannot remove an archived segment from the spool");
+                    }
+                }
+                Err(e) => {
+                    self.wal_failed(failing, &format!("cannot archive {name}: {e}"));
+                    // In order: a later file is not archived before an earlier one.
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Logs a WAL failure and notifies it once (until it clears or another one comes).
+    fn wal_failed(&self, failing: &mut Option<String>, problem: &str) {
+        error!("{problem}");
+        if failing.as_deref() != Some(problem) {
+            *failing = Some(problem.to_owned());
+            let mut e = self.event(EventKind::WalFailed);
+            e.error = Some(problem.to_owned());
+            self.notify(e);
+        }
+    }
+
+    /// `dbkeep wal fetch NAME DEST`: what `restore_command` runs.
+    pub fn wal_fetch(&self, name: &str, dest: &Path) -> Result<Fetched, Error> {
+        if !is_wal_name(name) {
+            // PostgreSQL also asks for backup history files and the like: not archived.
+            return Ok(Fetched::Missing);
+        }
+        let keys = self.keys()?;
+        Ok(self.wal_archive()?.fetch(name, dest, keys.as_ref())?)
+    }
+
+    /// `dbkeep wal status`: what the archive holds, its gaps, and the slot (when the server
+    /// answers).
+    pub fn wal_status(&self) -> Result<WalStatus, Error> {
+        let archive = self.wal_archive()?;
+        let records = archive.records()?;
+        let segments: Vec<&crate::wal::SegmentRecord> =
+            records.iter().filter(|r| r.name.len() == 24).collect();
+        let slot = Engine::from_settings(&self.settings)
+            .ok()
+            .and_then(|(engine, _)| {
+                engine
+                    .wal_source()
+                    .and_then(|s| s.slot_health(&self.settings.wal_slot).ok().flatten())
+            });
+        Ok(WalStatus {
+            archive: archive.location(),
+            segments: segments.len(),
+            history_files: records.len() - segments.len(),
+            first: segments.first().map(|r| r.name.clone()),
+            last: segments.last().map(|r| r.name.clone()),
+            last_completed_at: segments.last().map(|r| r.completed_at),
+            gaps: crate::wal::record::gaps(&records)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            slot,
+        })
+    }
+}
+
+/// The gap between the archived segments `known` and the new segment `name` (of `seg_size`
+/// bytes), if any.
+fn gap_before(known: &[String], name: &str, seg_size: u64) -> Option<crate::wal::Gap> {
+    use crate::engine::postgres::physical::archive::{parse_segment, segment_name};
+    if !seg_size.is_power_of_two() {
+        return None;
+    }
+    let (timeline, n) = parse_segment(name, seg_size)?;
+    let previous = known
+        .iter()
+        .filter_map(|k| parse_segment(k, seg_size))
+        .filter(|(t, m)| *t == timeline && *m < n)
+        .map(|(_, m)| m)
+        .max()?;
+    (n > previous + 1).then(|| crate::wal::Gap {
+        timeline,
+        first: segment_name(timeline, previous + 1, seg_size),
+        last: segment_name(timeline, n - 1, seg_size),
+    })
+}
+
+/// Creates `dir` (mode 0700) unless it exists.
+fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::Io {
+            io_context: format!("create the WAL spool {}", dir.display()),
+            source,
+        })
 }

@@ -46,6 +46,10 @@ impl DatabaseEngine for Postgres {
         Ok(Postgres::pitr_readiness(self)?)
     }
 
+    fn wal_source(&self) -> Option<&dyn crate::engine::seam::WalSource> {
+        Some(self)
+    }
+
     fn recover_interrupted(&self) -> Result<Vec<String>, EngineError> {
         Ok(Postgres::recover_interrupted(self)?)
     }

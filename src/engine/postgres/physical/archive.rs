@@ -173,12 +173,18 @@ pub fn read(input: &mut dyn Read, into: Option<&Path>) -> Result<Summary, String
         .entries()
         .map_err(|e| format!("cannot read the archive: {e}"))?;
     for entry in entries {
+        if crate::signals::interrupted() {
+            return Err("interrupted by a signal".into());
+        }
         let mut entry = entry.map_err(|e| format!("cannot read the archive: {e}"))?;
-        let raw = entry
-            .path()
-            .map_err(|e| format!("an entry's path cannot be read: {e}"))?
-            .into_owned();
-        let rel = relative(&raw)?;
+        let raw = entry.path_bytes().into_owned();
+        let raw = std::str::from_utf8(&raw).map_err(|_| {
+            format!(
+                "the entry {} has a name that is not UTF-8: not supported",
+                String::from_utf8_lossy(&raw)
+            )
+        })?;
+        let rel = relative(Path::new(raw))?;
         let kind = entry.header().entry_type();
         let target = into.map(|d| d.join(&rel));
         if kind.is_dir() {
@@ -193,13 +199,16 @@ pub fn read(input: &mut dyn Read, into: Option<&Path>) -> Result<Summary, String
         }
         if !kind.is_file() {
             return Err(format!(
-                "the entry {rel} is not a file or directory (a tablespace's link?): base backups with tablespaces are not supported"
+                "the entry {rel} is not a regular file or directory (a symbolic link: a tablespace, or a linked configuration file): not supported"
             ));
         }
         if rel.is_empty() {
             return Err("a file entry has no name".into());
         }
         if rel == MANIFEST_ENTRY {
+            if manifest.is_some() {
+                return Err("the archive holds two backup manifests".into());
+            }
             let mut bytes = Vec::new();
             entry
                 .read_to_end(&mut bytes)
@@ -219,11 +228,16 @@ pub fn read(input: &mut dyn Read, into: Option<&Path>) -> Result<Summary, String
         };
         summary.files += 1;
         summary.bytes += size;
-        match rel.strip_prefix("pg_wal/") {
-            Some(name) => segments.push((name.to_owned(), size)),
-            None => {
-                found.insert(rel, (size, sha));
+        let duplicate = match rel.strip_prefix("pg_wal/") {
+            Some(name) if segments.iter().any(|(n, _)| n == name) => true,
+            Some(name) => {
+                segments.push((name.to_owned(), size));
+                false
             }
+            None => found.insert(rel.clone(), (size, sha)).is_some(),
+        };
+        if duplicate {
+            return Err(format!("the archive holds {rel} twice"));
         }
     }
     let manifest = manifest.ok_or("the archive holds no backup_manifest (incomplete backup)")?;

@@ -28,10 +28,21 @@ impl Postgres {
             .filter(|c| c.name != "max_wal_senders" || r.free_senders.unwrap_or(0) < 2)
             .map(|c| format!("{}: {}", c.name, c.detail))
             .collect();
-        match (failed.is_empty(), r.system_identifier) {
-            (true, Some(id)) => Ok(id),
-            _ => Err(PostgresError::NotReady(failed.join("; "))),
+        let id = match (failed.is_empty(), r.system_identifier) {
+            (true, Some(id)) => id,
+            _ => return Err(PostgresError::NotReady(failed.join("; "))),
+        };
+        let spaces = self.psql(
+            &self.conn.database,
+            &["SELECT string_agg(spcname, ', ') FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')".into()],
+        )?;
+        if !spaces.trim().is_empty() {
+            return Err(PostgresError::NotReady(format!(
+                "the cluster has tablespaces ({}), and base backups with tablespaces are not supported yet: back it up with pg_dump (dbkeep backup without --physical)",
+                spaces.trim()
+            )));
         }
+        Ok(id)
     }
 
     /// A base backup into `out` (see the module's doc), spooled in `spool` (a private, empty
@@ -61,7 +72,7 @@ impl Postgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let mut child = process::spawn(cmd, HINT, self.secrets())?;
-        let streamed = self.stream_base(spool, &mut child, out);
+        let streamed = self.stream_base(spool, &mut child, out, &system_identifier);
         if streamed.is_err() {
             child.kill();
         }
@@ -76,12 +87,14 @@ impl Postgres {
             (Err(e), Ok(_)) => return Err(e),
             (Ok(m), Ok(_)) => m,
         };
-        let Some(range) = manifest.wal.last().copied() else {
+        // WAL-Ranges lists the newest timeline first: the backup ends on the first range and
+        // starts on the last.
+        let Some(range) = manifest.wal.first().copied() else {
             return Err(PostgresError::BaseBackup(
                 "the backup manifest has no WAL range".into(),
             ));
         };
-        let first = manifest.wal[0];
+        let first = manifest.wal.last().copied().unwrap_or(range);
         Ok(DumpInfo {
             server_version: Some(server_version),
             tool_version: Some(format!("pg_basebackup {tool_version}")),
@@ -101,6 +114,7 @@ impl Postgres {
         spool: &Path,
         child: &mut process::Running,
         out: &mut dyn Write,
+        system_identifier: &str,
     ) -> Result<BackupManifest, PostgresError> {
         let problem = |what: String| PostgresError::BaseBackup(what);
         let base = spool.join("base.tar");
@@ -114,12 +128,24 @@ impl Postgres {
             if child.has_exited() {
                 return Err(problem("pg_basebackup wrote no base.tar".into()));
             }
+            // A tablespace's tar comes before base.tar: refused before it fills the spool.
+            if let Some(other) = std::fs::read_dir(spool)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.ends_with(".tar") && n != "pg_wal.tar")
+            {
+                return Err(problem(format!(
+                    "pg_basebackup wrote {other}: the cluster has a tablespace, and base backups with tablespaces are not supported yet"
+                )));
+            }
             if crate::signals::interrupted() {
                 return Err(PostgresError::Interrupted);
             }
             if waited.elapsed() > FIRST_FILE {
                 return Err(PostgresError::Stalled {
-                    tool: "pg_basebackup (waiting for its checkpoint)".into(),
+                    tool: "pg_basebackup (waiting for its checkpoint and first file)".into(),
                     secs: FIRST_FILE.as_secs(),
                 });
             }
@@ -128,6 +154,7 @@ impl Postgres {
         let mut builder = tar::Builder::new(out);
         let mut follow = Follow::new(file, child, self.stall_timeout);
         let copied = copy_entries(&mut follow, &mut builder, "", |_| true);
+        let control = copied.as_ref().ok().copied().flatten();
         match follow.stopped {
             Some(Stopped::Interrupted) => return Err(PostgresError::Interrupted),
             Some(Stopped::Stalled) => {
@@ -139,6 +166,18 @@ impl Postgres {
             None => {}
         }
         copied.map_err(problem)?;
+        // The backup is of the cluster the preflight identified (pg_control's first field).
+        match (control, system_identifier.parse::<u64>()) {
+            (Some(id), Ok(want))
+                if u64::from_le_bytes(id) == want || u64::from_be_bytes(id) == want => {}
+            (Some(id), _) => {
+                return Err(problem(format!(
+                    "the backup's global/pg_control is of the cluster {}, not {system_identifier}: DATABASE_URL's server changed during the backup",
+                    u64::from_le_bytes(id)
+                )));
+            }
+            (None, _) => return Err(problem("the backup holds no global/pg_control".into())),
+        }
         // The rest of base.tar (its end-of-archive blocks), until pg_basebackup is done.
         io::copy(&mut follow, &mut io::sink())
             .map_err(|e| problem(format!("reading base.tar: {e}")))?;
@@ -181,13 +220,15 @@ impl Postgres {
 }
 
 /// Copies each entry of the tar `from` that `keep` takes into `to`, its path prefixed with
-/// `prefix`; a file must be a regular file or directory (see [`super::archive`]).
+/// `prefix`; a file must be a regular file or directory (see [`super::archive`]). Returns the
+/// first 8 bytes of `global/pg_control` (the system identifier) when it passed.
 fn copy_entries<R: Read, W: Write>(
     from: &mut R,
     to: &mut tar::Builder<W>,
     prefix: &str,
     keep: impl Fn(&tar::Header) -> bool,
-) -> Result<(), String> {
+) -> Result<Option<[u8; 8]>, String> {
+    let mut control = None;
     let mut tar = tar::Archive::new(from);
     let entries = tar
         .entries()
@@ -214,8 +255,18 @@ fn copy_entries<R: Read, W: Write>(
             .into_owned();
         let mut header = header;
         let name = format!("{prefix}{}", path.display());
-        to.append_data(&mut header, name, entry)
-            .map_err(|e| format!("writing the backup: {e}"))?;
+        if name == "global/pg_control" {
+            let mut bytes = Vec::new();
+            let mut entry = entry;
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("cannot read pg_control: {e}"))?;
+            control = bytes.get(..8).and_then(|b| b.try_into().ok());
+            to.append_data(&mut header, name, bytes.as_slice())
+        } else {
+            to.append_data(&mut header, name, entry)
+        }
+        .map_err(|e| format!("writing the backup: {e}"))?;
     }
-    Ok(())
+    Ok(control)
 }

@@ -21,7 +21,18 @@ pub fn server_bindir(bindir: Option<&Path>, major: u32) -> Result<PathBuf, Strin
             "/usr/lib/postgresql/{major}/bin"
         ))));
     for dir in candidates {
-        if dir.join("pg_ctl").is_file() && dir.join("postgres").is_file() {
+        if !(dir.join("pg_ctl").is_file() && dir.join("postgres").is_file()) {
+            continue;
+        }
+        // A server of another major version cannot start on the data directory.
+        let mut cmd = process::clean_command(&dir.join("postgres"));
+        cmd.arg("--version");
+        let version = process::output(cmd, SERVER_HINT, vec![]).unwrap_or_default();
+        let found = version
+            .split_whitespace()
+            .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+            .map_or(0, super::super::major);
+        if found == major {
             return Ok(dir);
         }
     }
@@ -47,14 +58,23 @@ fn server_user(dirs: &[&Path]) -> Result<Option<(u32, u32)>, String> {
     Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
-fn chown_tree(dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> std::io::Result<()> {
-    nix::unistd::chown(dir, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
-    if dir.is_dir() && !dir.is_symlink() {
-        for e in std::fs::read_dir(dir)? {
+/// Gives `path` and everything under it to `uid`: children before their directory (which
+/// stays root's until they are done) and never through a symbolic link.
+fn chown_tree(path: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
             chown_tree(&e?.path(), uid, gid)?;
         }
     }
-    Ok(())
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(uid),
+        Some(gid),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// A server started by a drill, stopped (immediately: the copy is thrown away) when dropped.
@@ -71,9 +91,28 @@ impl Drop for DrillServer<'_> {
             .arg(self.data)
             .args(["-m", "immediate", "-w", "-t", "60", "stop"]);
         if let Err(e) = process::output(cmd, SERVER_HINT, vec![]) {
-            tracing::warn!(error = %e, "could not stop the drill's server");
+            // Never left running: the postmaster's pid is the first line of postmaster.pid.
+            let pid = std::fs::read_to_string(self.data.join("postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+            tracing::warn!(error = %e, pid, "could not stop the drill's server: killing it");
+            if let Some(pid) = pid {
+                process::kill_pid(pid);
+            }
         }
     }
+}
+
+/// A path for the server's command line: `pg_ctl -o` goes through the shell, so no quote or
+/// backslash.
+fn option_path(p: &Path) -> Result<String, String> {
+    let text = p.display().to_string();
+    if text.contains(['\'', '\\', '"', '\n']) {
+        return Err(format!(
+            "{text} holds a quote or backslash, which the drill's server options cannot carry: use another BACKUP_SCRATCH_DIR or TMPDIR"
+        ));
+    }
+    Ok(text)
 }
 
 fn tool(program: &Path, user: Option<(u32, u32)>) -> Command {
@@ -92,16 +131,35 @@ pub fn check_data_dir(
     bindir: &Path,
     data: &Path,
     private: &Path,
+    socket: &Path,
     role: &str,
     log: &mut DrillLog,
 ) -> Result<(), String> {
-    let socket = private.join("socket");
-    std::fs::create_dir(&socket)
-        .map_err(|e| format!("cannot create the drill's socket directory: {e}"))?;
     let hba = private.join("drill_hba.conf");
-    std::fs::write(&hba, "local all all trust\n")
-        .map_err(|e| format!("cannot write the drill's pg_hba.conf: {e}"))?;
-    let user = server_user(&[private])?;
+    let ident = private.join("drill_ident.conf");
+    let conf = private.join("drill.conf");
+    let write = |p: &Path, text: &str| {
+        std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
+    write(&hba, "local all all trust\n")?;
+    write(&ident, "")?;
+    // The cluster's own postgresql.conf may live elsewhere (Debian's /etc/postgresql) and
+    // names production's paths, libraries and archive: the drill's server reads only this.
+    write(
+        &conf,
+        &format!(
+            "listen_addresses = ''\nunix_socket_directories = '{}'\nhba_file = '{}'\nident_file = '{}'\n\
+             archive_mode = off\narchive_command = ''\nrestore_command = ''\nprimary_conninfo = ''\n\
+             max_wal_senders = 0\nwal_level = replica\nmax_logical_replication_workers = 0\n\
+             max_sync_workers_per_subscription = 0\nssl = off\nlogging_collector = off\n\
+             log_destination = 'stderr'\nlc_messages = 'C'\nexternal_pid_file = ''\n\
+             shared_preload_libraries = ''\nmax_connections = 20\nmax_prepared_transactions = 64\nshared_buffers = '64MB'\nfsync = off\n",
+            option_path(socket)?,
+            option_path(&hba)?,
+            option_path(&ident)?,
+        ),
+    )?;
+    let user = server_user(&[private, socket])?;
 
     log.step("pg_verifybackup");
     let mut verify = tool(&bindir.join("pg_verifybackup"), user);
@@ -116,19 +174,19 @@ pub fn check_data_dir(
             .trim()
     ));
 
+    // pg_verifybackup checked postgresql.auto.conf; the drill's server must not read what
+    // production set with ALTER SYSTEM (archive_command, primary_conninfo, libraries).
+    let auto = data.join("postgresql.auto.conf");
+    if auto.exists() {
+        std::fs::write(&auto, "").map_err(|e| format!("cannot empty {}: {e}", auto.display()))?;
+    }
+
     log.step("server start");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("no free port for the drill's server: {e}"))?;
-    let options = format!(
-        "-p {port} -c listen_addresses='' -c unix_socket_directories='{}' -c hba_file='{}' \
-         -c archive_mode=off -c archive_command='' -c max_wal_senders=0 -c wal_level=replica \
-         -c primary_conninfo='' -c ssl=off -c logging_collector=off -c shared_preload_libraries='' \
-         -c max_connections=20 -c shared_buffers=64MB -c fsync=off",
-        socket.display(),
-        hba.display()
-    );
+    let options = format!("-p {port} -c config_file='{}'", option_path(&conf)?);
     let server_log = private.join("server.log");
     let mut start = tool(&bindir.join("pg_ctl"), user);
     start
@@ -163,7 +221,7 @@ pub fn check_data_dir(
     log.step("databases");
     let psql = |db: &str, sql: &str| {
         let mut cmd = tool(&bindir.join("psql"), user);
-        cmd.env("PGHOST", &socket)
+        cmd.env("PGHOST", socket)
             .env("PGPORT", port.to_string())
             .env("PGUSER", role)
             .env("PGDATABASE", db)

@@ -85,6 +85,10 @@ impl<'a> Follow<'a> {
 impl Read for Follow<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
+            // Also while data flows: a slow sink never hides a signal.
+            if signals::interrupted() {
+                return Err(self.stop(Stopped::Interrupted));
+            }
             let n = self.file.read(buf)?;
             if n > 0 {
                 self.read += n as u64;
@@ -101,9 +105,6 @@ impl Read for Follow<'_> {
                 // Whatever it wrote before it exited is in the file now: one more read.
                 self.exited = true;
                 continue;
-            }
-            if signals::interrupted() {
-                return Err(self.stop(Stopped::Interrupted));
             }
             let io = watch::io_bytes(self.child.pid(), false);
             if io != self.io_seen {

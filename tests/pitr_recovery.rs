@@ -1,0 +1,246 @@
+//! Point-in-time recovery end to end against a real server: `dbkeep wal stream` archives WAL
+//! while rows are committed in batches, a base backup is taken, and recovery to chosen times
+//! (and to the end) gives a server holding exactly the rows committed before each target; a
+//! target outside the window is refused with the window. `restore_command` is dbkeep's own
+//! `wal fetch`, run by the recovering server.
+
+use crate::common::{PgServer, TestEnv, wait_for};
+use crate::postgres::{APP_PASSWORD, assert_no_secret, setup};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `dbkeep wal stream`, stopped with SIGTERM when dropped.
+struct Stream(Child);
+
+impl Stream {
+    /// Starts it and waits until its slot is being read.
+    fn start(pg: &PgServer, env: &TestEnv) -> Self {
+        let stream = Stream(
+            env.command(&["wal", "stream"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start dbkeep wal stream"),
+        );
+        wait_for("the WAL stream's slot to be read", || {
+            pg.sql(
+                "postgres",
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'dbkeep' AND active",
+            )
+            .trim()
+                == "1"
+        });
+        stream
+    }
+
+    /// SIGTERM; it must exit 0.
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "wal stream exited {status}");
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The server's clock now, as a recovery target.
+fn server_now(pg: &PgServer) -> String {
+    pg.sql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    )
+    .trim()
+    .to_owned()
+}
+
+/// Completes the current WAL segment and waits until the stream has archived it.
+fn archive_current_segment(pg: &PgServer, env: &TestEnv) -> String {
+    let segment = pg
+        .sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+        .trim()
+        .to_owned();
+    let record = env.backup_dir().join("wal").join(format!("{segment}.json"));
+    wait_for(&format!("{segment} archived"), || record.exists());
+    segment
+}
+
+/// Gives the repository to the postgres user when we are root: the recovering server runs
+/// `restore_command` as that user.
+fn let_the_server_read(env: &TestEnv) {
+    if nix::unistd::geteuid().is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(env.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown the repository");
+    }
+}
+
+/// Recovers into a new directory with `args`, starts a server on it, waits until it has
+/// promoted, and returns the rows it holds (`count|max`).
+fn recover(pg: &PgServer, env: &TestEnv, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut all = vec!["restore", "--pgdata", data.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = env.run(&all);
+    o.ok();
+    assert!(o.stdout.contains("restore_command = '"), "{}", o.all());
+    assert!(!o.all().contains(APP_PASSWORD), "{}", o.all());
+    let restored = PgServer::adopt(pg.bin.clone(), dir);
+    wait_for("the recovered server to promote", || {
+        restored
+            .try_sql_as("postgres", "postgres", "SELECT pg_is_in_recovery()")
+            .is_ok_and(|v| v.trim() == "f")
+    });
+    restored
+        .sql(
+            "appdb",
+            "SELECT count(*) || '|' || coalesce(max(id), 0) FROM ticks",
+        )
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn recovery_to_a_point_holds_exactly_the_rows_committed_before_it() {
+    let Some((pg, env)) = setup() else { return };
+    pg.sql("postgres", "ALTER ROLE app REPLICATION");
+    pg.sql_as(
+        "app",
+        "appdb",
+        "CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    );
+    let stream = Stream::start(&pg, &env);
+    let backup = env.run(&["backup", "--physical", "--name", "base_pitr"]);
+    backup.ok();
+
+    // Three batches of 100 rows, a target after each: recovery to target i holds batches ≤ i.
+    let mut targets = Vec::new();
+    for batch in 0..3 {
+        pg.sql_as(
+            "app",
+            "appdb",
+            &format!(
+                "INSERT INTO ticks (id) SELECT g FROM generate_series({}, {}) g",
+                batch * 100 + 1,
+                batch * 100 + 100
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        targets.push((server_now(&pg), (batch + 1) * 100));
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // A last commit after the last target, so that recovery can tell it reached it.
+    pg.sql_as(
+        "app",
+        "appdb",
+        "INSERT INTO ticks (id) SELECT g FROM generate_series(301, 400) g",
+    );
+    let last = archive_current_segment(&pg, &env);
+    stream.stop();
+
+    let status = env.run(&["wal", "status", "--json"]);
+    status.ok();
+    let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(s["gaps"], serde_json::json!([]), "{s}");
+    assert!(s["last"].as_str().unwrap() >= last.as_str(), "{s}");
+    let_the_server_read(&env);
+
+    for (target, rows) in &targets {
+        let got = recover(
+            &pg,
+            &env,
+            &["--to-time", target, "--target-action", "promote"],
+        );
+        assert_eq!(got, format!("{rows}|{rows}"), "recovered to {target}");
+    }
+    assert_eq!(recover(&pg, &env, &["--latest"]), "400|400");
+
+    // Outside the window: refused, naming it, and nothing left in the directory.
+    for (time, says) in [
+        ("2999-01-01 00:00:00+00", "is after what can be recovered"),
+        ("2000-01-01 00:00:00+00", "before the oldest base backup"),
+    ] {
+        let far = tempfile::tempdir().unwrap();
+        let dir = far.path().join("d");
+        let o = env.run(&[
+            "restore",
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--to-time",
+            time,
+        ]);
+        o.code(2);
+        assert!(o.stderr.contains(says), "{}", o.all());
+        assert!(
+            o.stderr.contains("cover"),
+            "the window is named: {}",
+            o.all()
+        );
+        assert!(!dir.exists() || dir.read_dir().unwrap().count() == 0);
+    }
+    assert_no_secret(&env, &[&backup.all(), &status.all()], APP_PASSWORD);
+}
+
+#[test]
+fn wal_fetch_says_missing_with_1_and_anything_else_with_126() {
+    let Some((pg, env)) = setup() else { return };
+    pg.sql("postgres", "ALTER ROLE app REPLICATION");
+    let stream = Stream::start(&pg, &env);
+    let segment = archive_current_segment(&pg, &env);
+    stream.stop();
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("RECOVERYXLOG");
+    let dest = dest.to_str().unwrap();
+
+    // Archived: fetched, byte for byte what the server wrote.
+    env.run(&["wal", "fetch", &segment, dest]).ok();
+    let fetched = std::fs::read(dest).unwrap();
+    assert_eq!(fetched.len(), 16 << 20);
+    // Not archived: 1, which PostgreSQL reads as "no such file".
+    let o = env.run(&["wal", "fetch", "0000000100000000000000FF", dest]);
+    o.code(1);
+    let o = env.run(&["wal", "fetch", "00000002.history", dest]);
+    o.code(1);
+    // A damaged archive: 126, so recovery stops instead of ending early.
+    let data_file = std::fs::read_dir(env.backup_dir().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(&segment) && !n.ends_with(".json")
+        })
+        .unwrap();
+    crate::common::flip_byte(&data_file, 0x01);
+    let o = env.run(&["wal", "fetch", &segment, dest]);
+    o.code(126);
+    assert!(o.stderr.contains("damaged"), "{}", o.all());
+    // An unreachable repository: 126 too.
+    let o = env.run_with(
+        &[
+            ("BACKUP_DIR", "s3://nowhere/x"),
+            ("BACKUP_S3_ENDPOINT", "http://127.0.0.1:9"),
+        ],
+        &["wal", "fetch", &segment, dest],
+    );
+    o.code(126);
+    // A configuration that cannot be read: 126.
+    let o = env.run(&[
+        "--config",
+        "/nonexistent/dbkeep.toml",
+        "wal",
+        "fetch",
+        &segment,
+        dest,
+    ]);
+    o.code(126);
+}
