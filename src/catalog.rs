@@ -111,6 +111,10 @@ pub struct Manifest {
     /// A base backup's cluster and WAL range (`pg_format`: physical).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_backup: Option<crate::engine::BaseBackup>,
+    /// The latest recovery drill from this base backup to a point (`dbkeep verify --restore
+    /// --to-time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr_verification: Option<Verification>,
     /// The latest restore drill of this backup (`dbkeep verify --restore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
@@ -143,6 +147,10 @@ pub struct Verification {
     pub error: Option<String>,
     /// Seconds the drill took.
     pub duration: f64,
+    /// Of a recovery drill: the point recovered to (a time, a WAL position, or `end of the
+    /// archive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,6 +61,11 @@ fn server_now(pg: &PgServer) -> String {
 
 /// Completes the current WAL segment and waits until the stream has archived it.
 fn archive_current_segment(pg: &PgServer, env: &TestEnv) -> String {
+    // A record first: a switch of an empty segment does nothing.
+    pg.sql(
+        "postgres",
+        "SELECT pg_logical_emit_message(false, 'dbkeep-test', 'x')",
+    );
     let segment = pg
         .sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
         .trim()
@@ -139,7 +144,9 @@ fn recovery_to_a_point_holds_exactly_the_rows_committed_before_it() {
         targets.push((server_now(&pg), (batch + 1) * 100));
         std::thread::sleep(Duration::from_millis(1100));
     }
-    // A last commit after the last target, so that recovery can tell it reached it.
+    // A last commit after the last target, so that recovery can tell it reached it, more
+    // than the window's one-second margin after it.
+    std::thread::sleep(Duration::from_millis(1500));
     pg.sql_as(
         "app",
         "appdb",
@@ -188,7 +195,47 @@ fn recovery_to_a_point_holds_exactly_the_rows_committed_before_it() {
         );
         assert!(!dir.exists() || dir.read_dir().unwrap().count() == 0);
     }
-    assert_no_secret(&env, &[&backup.all(), &status.all()], APP_PASSWORD);
+
+    // The recovery drill: recorded in the base backup's manifest.
+    let (t2, _) = &targets[1];
+    let d = env.run(&["verify", "--restore", "--to-time", t2]);
+    d.ok();
+    let m = env.manifest("base_pitr");
+    let v = &m["pitr_verification"];
+    assert_eq!(v["outcome"], "passed", "{m}");
+    let checks = v["checks"].to_string();
+    assert!(checks.contains("WAL replayed from the archive"), "{checks}");
+    assert!(
+        checks.contains("recovery stopping before commit"),
+        "{checks}"
+    );
+    assert!(checks.contains("databases open"), "{checks}");
+    assert!(v["target"].as_str().unwrap().starts_with(&t2[..10]), "{v}");
+
+    // A damaged segment in the archive: the drill fails naming it.
+    let damaged = std::fs::read_dir(env.backup_dir().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.len() > 24 && !n.ends_with(".json") && n[..24] > *s["first"].as_str().unwrap()
+        })
+        .min()
+        .unwrap();
+    crate::common::flip_byte(&damaged, 0x01);
+    let segment = damaged.file_name().unwrap().to_string_lossy()[..24].to_owned();
+    let d = env.run(&["verify", "--restore", "--to-end"]);
+    d.code(1);
+    assert!(d.stdout.contains(&segment), "{segment}: {}", d.all());
+    assert_eq!(
+        env.manifest("base_pitr")["pitr_verification"]["outcome"],
+        "failed"
+    );
+    assert_no_secret(
+        &env,
+        &[&backup.all(), &status.all(), &d.all()],
+        APP_PASSWORD,
+    );
 }
 
 #[test]
@@ -233,6 +280,16 @@ fn wal_fetch_says_missing_with_1_and_anything_else_with_126() {
         &["wal", "fetch", &segment, dest],
     );
     o.code(126);
+    // No archive where the settings point (an unmounted disk): 126, never "no such file".
+    let o = env.run_with(
+        &[("BACKUP_DIR", "/nonexistent/repo")],
+        &["wal", "fetch", "0000000100000000000000FF", dest],
+    );
+    o.code(126);
+    assert!(o.stderr.contains("does not exist"), "{}", o.all());
+    // Arguments this dbkeep cannot parse: 126.
+    let o = env.run(&["wal", "fetch", &segment, dest, "--no-such-flag"]);
+    o.code(126);
     // A configuration that cannot be read: 126.
     let o = env.run(&[
         "--config",
@@ -243,4 +300,171 @@ fn wal_fetch_says_missing_with_1_and_anything_else_with_126() {
         dest,
     ]);
     o.code(126);
+}
+
+/// The archived segments, by name.
+fn archived(env: &TestEnv) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(env.backup_dir().join("wal"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".json")
+                        .filter(|s| s.len() == 24)
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The segment a base backup's WAL starts in.
+fn start_segment(env: &TestEnv, name: &str) -> String {
+    let m = env.manifest(name);
+    let (hi, lo) = m["base_backup"]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let lsn = u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap();
+    let seg = lsn / (16 << 20);
+    format!("00000001{:08X}{:08X}", seg / 256, seg % 256)
+}
+
+#[test]
+fn the_stream_survives_a_killed_receiver_and_a_server_restart_without_a_gap() {
+    let Some((mut pg, env)) = setup() else { return };
+    pg.sql("postgres", "ALTER ROLE app REPLICATION");
+    let stream = Stream::start(&pg, &env);
+    env.run(&["backup", "--physical", "--name", "base_k"]).ok();
+    let first = archive_current_segment(&pg, &env);
+    // pg_receivewal killed under dbkeep: restarted, from where it was.
+    let receiver = Command::new("pgrep")
+        .args(["-P", &stream.0.id().to_string(), "pg_receivewal"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&receiver.stdout).trim().to_owned();
+    assert!(!pid.is_empty(), "no pg_receivewal under dbkeep");
+    Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let second = archive_current_segment(&pg, &env);
+    // The server restarted under the stream.
+    pg.stop();
+    pg.start_again();
+    let third = archive_current_segment(&pg, &env);
+    stream.stop();
+    let names = archived(&env);
+    assert!(first < second && second < third, "{names:?}");
+    let status = env.run(&["wal", "status", "--json"]);
+    status.ok();
+    let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(s["gaps"], serde_json::json!([]), "{s}");
+    assert!(names.contains(&first) && names.contains(&second) && names.contains(&third));
+
+    // A segment lost from the archive: a gap, and recovery to the end is refused.
+    for e in std::fs::read_dir(env.backup_dir().join("wal")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&second)
+        {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let status = env.run(&["wal", "status"]);
+    status.code(1);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("GAP  the WAL segment {second} is missing")),
+        "{}",
+        status.all()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = env.run(&[
+        "restore",
+        "--pgdata",
+        dir.path().join("d").to_str().unwrap(),
+        "--latest",
+    ]);
+    o.code(2);
+    assert!(
+        o.stderr.contains(&format!("misses {second}")),
+        "{}",
+        o.all()
+    );
+    let o = env.run(&[
+        "restore",
+        "--pgdata",
+        dir.path().join("d").to_str().unwrap(),
+        "--to-lsn",
+        "FF/0",
+    ]);
+    o.code(2);
+    assert!(
+        o.stderr.contains("is past the WAL that can be recovered"),
+        "{}",
+        o.all()
+    );
+}
+
+#[test]
+fn wal_retention_keeps_what_the_oldest_kept_base_backup_needs() {
+    let Some((pg, env)) = setup() else { return };
+    pg.sql("postgres", "ALTER ROLE app REPLICATION");
+    pg.sql_as("app", "appdb", "CREATE TABLE ticks (id int PRIMARY KEY)");
+    let stream = Stream::start(&pg, &env);
+    archive_current_segment(&pg, &env);
+    archive_current_segment(&pg, &env);
+    env.run(&["backup", "--physical", "--name", "base_20240101"])
+        .ok();
+    archive_current_segment(&pg, &env);
+    env.run(&["backup", "--physical", "--name", "base_20240102"])
+        .ok();
+    archive_current_segment(&pg, &env);
+    stream.stop();
+    let before = archived(&env);
+    let first_needed = start_segment(&env, "base_20240101");
+    let below: Vec<&String> = before.iter().filter(|n| **n < first_needed).collect();
+    assert!(
+        !below.is_empty(),
+        "segments before the first base backup: {before:?}"
+    );
+
+    // A manifest that cannot be read may be a base backup's: nothing goes.
+    std::fs::write(env.backup_dir().join("junk_20240103.manifest.json"), "{").unwrap();
+    let o = env.run(&["prune"]);
+    o.ok();
+    assert!(o.stdout.contains("WAL retention skipped"), "{}", o.all());
+    assert_eq!(archived(&env), before);
+    std::fs::remove_file(env.backup_dir().join("junk_20240103.manifest.json")).unwrap();
+
+    // Both base backups kept: only what is below the older one's start goes.
+    let o = env.run(&["prune", "--dry-run"]);
+    o.ok();
+    assert!(
+        o.stdout
+            .contains(&format!("would remove {} archived WAL files", below.len())),
+        "{}",
+        o.all()
+    );
+    assert_eq!(archived(&env), before, "a dry run removes nothing");
+    let o = env.run(&["prune"]);
+    o.ok();
+    let after = archived(&env);
+    assert!(after.iter().all(|n| *n >= first_needed), "{after:?}");
+    assert_eq!(after.len(), before.len() - below.len(), "{after:?}");
+
+    // The older base backup deleted: its WAL goes too, the newer one's stays and recovers.
+    env.run(&["delete", "base_20240101", "--yes"]).ok();
+    env.run(&["prune"]).ok();
+    let second_needed = start_segment(&env, "base_20240102");
+    let left = archived(&env);
+    assert!(left.iter().all(|n| *n >= second_needed), "{left:?}");
+    assert!(left.contains(&second_needed) || second_needed > *before.last().unwrap());
+    let_the_server_read(&env);
+    let got = recover(&pg, &env, &["--latest"]);
+    assert!(got.starts_with("0|"), "{got}");
 }

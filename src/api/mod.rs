@@ -401,6 +401,19 @@ pub async fn serve(
             }
         });
     }
+    // The WAL streams of the databases that ask for one (BACKUP_WAL_STREAM), each on a
+    // thread of its own; stopped with the scheduler.
+    let mut streams = Vec::new();
+    for (name, db) in settings.databases.iter().filter(|(_, d)| d.wal_stream) {
+        let ops = Ops::new(db.clone())?.without_signal_handlers();
+        let stop = scheduler_stop.clone();
+        let name = name.clone();
+        streams.push(std::thread::spawn(move || {
+            if let Err(e) = ops.wal_stream(Some(&stop)) {
+                tracing::error!(database = %name, error = %e, "the WAL stream stopped");
+            }
+        }));
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
     let server = tokio::spawn(async move {
@@ -418,6 +431,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     state.stopping.store(true, Ordering::SeqCst);
     scheduler_stop.store(true, Ordering::SeqCst);
+    for s in streams {
+        let _ = s.join();
+    }
     let running = state.running();
     let grace_end = Instant::now() + settings.api.shutdown_grace;
     while running.load(Ordering::SeqCst) > 0 && Instant::now() < grace_end {

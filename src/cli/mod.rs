@@ -221,6 +221,14 @@ enum Command {
         /// into the manifest.
         #[arg(long)]
         restore: bool,
+        /// A recovery drill (with --restore): the base backup before TIME, a throwaway server
+        /// recovering from the WAL archive to TIME and promoting; recorded in that backup's
+        /// manifest (`pitr_verification`).
+        #[arg(long, value_name = "TIME", requires = "restore", conflicts_with_all = ["name", "all", "to_end"])]
+        to_time: Option<String>,
+        /// A recovery drill to the end of the archived WAL (with --restore).
+        #[arg(long, requires = "restore", conflicts_with_all = ["name", "all"])]
+        to_end: bool,
     },
 }
 
@@ -290,11 +298,20 @@ const FETCH_FAILED: u8 = 126;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // restore_command's arguments that this dbkeep cannot parse are an error, never "no such
+    // file" (exit 2 would read as that).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let maybe_fetch = args.windows(2).any(|w| w[0] == "wal" && w[1] == "fetch");
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            let code = match (e.use_stderr(), maybe_fetch) {
+                (false, _) => 0,
+                (true, true) => FETCH_FAILED,
+                (true, false) => 2,
+            };
+            return ExitCode::from(code);
         }
     };
     // restore_command: PostgreSQL takes exit 1 for "no such file" and ends recovery there, so
@@ -361,7 +378,7 @@ pub fn main() -> ExitCode {
         .and_then(|ops| run(&ops, &cli, &mut out));
     drop(spinner);
     if !cli.quiet && write_stdout(&out).is_err() {
-        return ExitCode::from(1);
+        return ExitCode::from(if fetch { FETCH_FAILED } else { 1 });
     }
     match result {
         Ok(code) => ExitCode::from(code),

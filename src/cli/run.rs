@@ -255,7 +255,7 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
         Command::Wal {
             action: WalAction::Stream,
         } => {
-            ops.wal_stream()?;
+            ops.wal_stream(None)?;
             Ok(0)
         }
         Command::Wal {
@@ -386,6 +386,16 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
                 let verb = if *dry_run { "would remove" } else { "removed" };
                 let _ = writeln!(out, "{verb} leftover {l}");
             }
+            if !p.wal_removed.is_empty() {
+                let verb = if *dry_run { "would remove" } else { "removed" };
+                let _ = writeln!(
+                    out,
+                    "{verb} {} archived WAL files no kept base backup needs ({} to {})",
+                    p.wal_removed.len(),
+                    p.wal_removed.first().map_or("", String::as_str),
+                    p.wal_removed.last().map_or("", String::as_str)
+                );
+            }
             for u in &p.stale_uploads {
                 let verb = if *dry_run { "would abort" } else { "aborted" };
                 let _ = writeln!(
@@ -433,10 +443,32 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Verify {
+            to_time, to_end, ..
+        } if to_time.is_some() || *to_end => {
+            use crate::ops::pitr::{RecoveryTarget, parse_time};
+            let target = match to_time {
+                Some(t) => RecoveryTarget::Time(parse_time(t)?),
+                None => RecoveryTarget::Latest,
+            };
+            let r = ops.pitr_drill(target)?;
+            match &r.result {
+                Ok(checks) => {
+                    let _ = writeln!(out, "ok      {}: {}", r.name, checks.join(", "));
+                    Ok(0)
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "FAILED  {}: {e}", r.name);
+                    tracing::error!(backup = %r.name, "recovery drill failed: {e}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Verify {
             name,
             all,
             latest: _,
             restore,
+            ..
         } => {
             let target = match (name, all) {
                 (Some(n), _) => VerifyTarget::Named(n.clone()),

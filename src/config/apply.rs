@@ -139,6 +139,9 @@ impl Settings {
         if let Some(v) = l.backup_wal_spool {
             self.wal_spool = Some(v);
         }
+        if let Some(v) = l.backup_wal_stream {
+            self.wal_stream = v;
+        }
         if let Some(tables) = l.series {
             for (name, table) in tables {
                 let policy = crate::retention::SeriesPolicy::from_table(&name, &table)?;

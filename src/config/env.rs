@@ -141,6 +141,7 @@ pub(super) fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, C
         backup_scratch_dir: get("BACKUP_SCRATCH_DIR").map(PathBuf::from),
         backup_wal_slot: get("BACKUP_WAL_SLOT"),
         backup_wal_spool: get("BACKUP_WAL_SPOOL").map(PathBuf::from),
+        backup_wal_stream: boolean("BACKUP_WAL_STREAM")?,
         backup_copy_to: get("BACKUP_COPY_TO"),
         copy_to: None,
         series: None,

@@ -44,6 +44,7 @@ pub struct Layer {
     pub backup_scratch_dir: Option<PathBuf>,
     pub backup_wal_slot: Option<String>,
     pub backup_wal_spool: Option<PathBuf>,
+    pub backup_wal_stream: Option<bool>,
     /// Comma-separated repositories each backup is also copied to (same S3 settings).
     pub backup_copy_to: Option<String>,
     /// `[[copy_to]]` tables: a repository each backup is also copied to, with its own settings.

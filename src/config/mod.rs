@@ -191,6 +191,8 @@ pub struct Settings {
     /// `.wal-spool` in a local repository). It must survive a restart: what is there is
     /// flushed as far as the server knows.
     pub wal_spool: Option<PathBuf>,
+    /// `dbkeep serve` runs `wal stream` for this database (`BACKUP_WAL_STREAM`, default false).
+    pub wal_stream: bool,
     /// Repositories each backup is also copied to (`[[copy_to]]`, `BACKUP_COPY_TO`).
     pub copy_to: Vec<CopyTarget>,
     /// Retention policies by series name (`[series.NAME]` in the config file).
@@ -274,6 +276,7 @@ impl Default for Settings {
             scratch_dir: None,
             wal_slot: "dbkeep".into(),
             wal_spool: None,
+            wal_stream: false,
             copy_to: Vec::new(),
             series: std::collections::BTreeMap::new(),
             schedules: Vec::new(),

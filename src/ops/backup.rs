@@ -382,6 +382,7 @@ impl Ops {
             tool_version: None,
             row_counts: None,
             base_backup: None,
+            pitr_verification: None,
             verification: None,
             retention_days: self.settings.retention_days,
             keep_min: self.settings.keep_min,

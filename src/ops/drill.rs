@@ -8,6 +8,7 @@ use crate::engine::DrillLog;
 use crate::engine::format::Format;
 use crate::engine::postgres::physical;
 use crate::error::Error;
+use crate::ops::pitr::{RecoveryTarget, TargetAction};
 use crate::signals;
 
 use chrono::Utc;
@@ -57,6 +58,7 @@ impl Ops {
                     failed_check: None,
                     error: None,
                     duration,
+                    target: None,
                 },
                 // Manifests are never encrypted: keep the error's first line, not the tool's
                 // stderr, whose DETAIL and CONTEXT lines may quote rows.
@@ -67,6 +69,7 @@ impl Ops {
                     failed_check: Some(log.step.to_owned()),
                     error: Some(first_line(&e.to_string())),
                     duration,
+                    target: None,
                 },
             };
             if !signals::interrupted() {
@@ -138,7 +141,7 @@ impl Ops {
         let name = &m.backup_name;
         log.step("stored file");
         if Format::of(m.database_type, m.pg_format).physical() {
-            return self.drill_base(m, keys, log);
+            return self.drill_base(m, keys, log, None);
         }
         if m.database_type != engine.database_type() {
             return Err(Error::WrongDatabaseType {
@@ -178,11 +181,13 @@ impl Ops {
     /// The drill of a base backup: checked, unpacked into a private scratch directory file by
     /// file against pg_basebackup's manifest, then pg_verifybackup and a throwaway server on it
     /// ([`physical::drill`]); the production server is not connected to.
+    /// With `target`, the server recovers from the WAL archive to it first (a recovery drill).
     fn drill_base(
         &self,
         m: &Manifest,
         keys: Option<&Keys>,
         log: &mut DrillLog,
+        target: Option<RecoveryTarget>,
     ) -> Result<(), Error> {
         let failed = |problem: String| Error::DrillFailed {
             name: m.backup_name.clone(),
@@ -221,8 +226,131 @@ impl Ops {
             _ => None,
         }
         .unwrap_or_else(|| "postgres".into());
-        physical::drill::check_data_dir(&bindir, &data, scratch.dir(), socket.dir(), &role, log)
-            .map_err(failed)
+        physical::drill::check_data_dir(
+            &bindir,
+            &data,
+            scratch.dir(),
+            socket.dir(),
+            &role,
+            log,
+            &mut || match target {
+                None => Ok(Vec::new()),
+                Some(t) => self
+                    .drill_recovery(m, &data, t, keys)
+                    .map_err(|e| e.to_string()),
+            },
+        )
+        .map_err(failed)
+    }
+
+    /// A recovery drill's settings: `restore_command` is dbkeep's own `wal fetch`; as root
+    /// (the server runs as postgres, which cannot read the repository) dbkeep fetches the
+    /// segments up to the target into `pg_wal` itself, through the same checks, and the
+    /// server reads them there.
+    fn drill_recovery(
+        &self,
+        m: &Manifest,
+        data: &std::path::Path,
+        target: RecoveryTarget,
+        keys: Option<&Keys>,
+    ) -> Result<Vec<String>, Error> {
+        let mut settings = self.write_recovery(data, m, target, TargetAction::Promote, false)?;
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(settings);
+        }
+        let archive = self.wal_archive()?;
+        let records = archive.records()?;
+        let b = m.base_backup.as_ref();
+        let timeline = b.map_or(1, |b| b.timeline);
+        let stop = b
+            .and_then(|b| physical::archive::Lsn::parse(&b.stop_lsn))
+            .unwrap_or(physical::archive::Lsn(0));
+        let seg_size = records
+            .iter()
+            .find(|r| r.name.len() == 24)
+            .map_or(16 << 20, |r| r.size);
+        for r in &records {
+            let ours = physical::archive::parse_segment(&r.name, seg_size)
+                .is_some_and(|(t, n)| t == timeline && n >= stop.0 / seg_size);
+            if !ours {
+                continue;
+            }
+            archive.fetch(&r.name, &data.join("pg_wal").join(&r.name), keys)?;
+            if let RecoveryTarget::Time(t) = target
+                && r.completed_at >= t
+            {
+                break;
+            }
+        }
+        for s in settings
+            .iter_mut()
+            .filter(|s| s.starts_with("restore_command"))
+        {
+            *s = "restore_command = '/bin/false'".into();
+        }
+        Ok(settings)
+    }
+
+    /// A recovery drill (`dbkeep verify --restore --to-time T`, or to the end of the archive):
+    /// the base backup a recovery to `target` starts from, unpacked into a scratch directory,
+    /// a throwaway server recovering from the WAL archive to the target and promoting, every
+    /// database opened; the outcome recorded in the base backup's manifest
+    /// (`pitr_verification`).
+    pub fn pitr_drill(&self, target: RecoveryTarget) -> Result<VerifyReport, Error> {
+        let _one = DRILLS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.install_signals()?;
+        let keys = self.keys()?;
+        let (base, window) = self.plan_recovery(target)?;
+        let shown = match target {
+            RecoveryTarget::Time(t) => t.to_rfc3339(),
+            RecoveryTarget::Lsn(l) => l.to_string(),
+            RecoveryTarget::Latest => {
+                format!("the end of the archive ({})", window.until.to_rfc3339())
+            }
+        };
+        info!(backup = %base.backup_name, target = %shown, "recovery drill started");
+        let op = crate::progress::begin("drill", &self.settings.database, Some(&base.backup_name));
+        op.progress()
+            .set_phase("recovering into a scratch directory");
+        let clock = Instant::now();
+        let mut log = DrillLog::default();
+        let result = self
+            .drill_base(&base, keys.as_ref(), &mut log, Some(target))
+            .map(|()| {
+                let mut checks = log.passed.clone();
+                checks.push(format!("recovered to {shown}"));
+                checks
+            });
+        let duration = round3(clock.elapsed().as_secs_f64());
+        let record = Verification {
+            verified_at: Utc::now(),
+            outcome: if result.is_ok() {
+                DrillOutcome::Passed
+            } else {
+                DrillOutcome::Failed
+            },
+            checks: result
+                .as_ref()
+                .map_or_else(|_| log.passed.clone(), Clone::clone),
+            failed_check: result.as_ref().err().map(|_| log.step.to_owned()),
+            error: result.as_ref().err().map(|e| first_line(&e.to_string())),
+            duration,
+            target: Some(shown),
+        };
+        if !signals::interrupted() {
+            self.notify_drill(&base, &result);
+            if let Err(e) =
+                self.record_verification(&base.backup_name, base.sha256.as_deref(), record)
+            {
+                warn!(backup = %base.backup_name, error = %e, "could not record the recovery drill's outcome");
+            }
+        }
+        Ok(VerifyReport {
+            name: base.backup_name.clone(),
+            result,
+        })
     }
 
     /// Records a drill's outcome in the manifest of the successful backup `name`, under the
@@ -248,7 +376,11 @@ impl Ops {
             warn!(backup = %name, "the backup was replaced during its drill: the outcome is not recorded");
             return Ok(());
         }
-        m.verification = Some(record);
+        if record.target.is_some() {
+            m.pitr_verification = Some(record);
+        } else {
+            m.verification = Some(record);
+        }
         self.storage.put(&m.key(), &m.to_json()?)?;
         Ok(())
     }

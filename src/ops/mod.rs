@@ -43,7 +43,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// What data files end with (before `.age`).
-const DATA_SUFFIXES: [&str; 9] = [
+const DATA_SUFFIXES: [&str; 12] = [
     ".sql",
     ".sql.gz",
     ".sql.zst",
@@ -53,6 +53,9 @@ const DATA_SUFFIXES: [&str; 9] = [
     ".db",
     ".db.gz",
     ".db.zst",
+    ".tar",
+    ".tar.gz",
+    ".tar.zst",
 ];
 
 /// Data files without a manifest younger than this are left alone by prune: a backup may be

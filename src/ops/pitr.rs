@@ -83,6 +83,27 @@ impl Ops {
         pgdata: &Path,
         action: TargetAction,
     ) -> Result<PitrOutcome, Error> {
+        let (base, w) = self.plan_recovery(target)?;
+        // Before hours of unpacking: the paths restore_command will name.
+        recovery_paths(pgdata)?;
+        let restored = self.restore(&base.backup_name, Some(pgdata))?;
+        let settings = self
+            .write_recovery(pgdata, &base, target, action, true)
+            .inspect_err(|_| crate::engine::postgres::physical::archive::empty_target(pgdata))?;
+        Ok(PitrOutcome {
+            base,
+            window: w,
+            restored,
+            settings,
+        })
+    }
+
+    /// The base backup a recovery to `target` starts from, and its window; an error naming
+    /// the window when the target is outside it.
+    pub(super) fn plan_recovery(
+        &self,
+        target: RecoveryTarget,
+    ) -> Result<(Manifest, Window), Error> {
         let cat = self.catalog()?;
         let mut bases: Vec<&Manifest> = cat
             .backups
@@ -133,6 +154,29 @@ impl Ops {
             )));
         };
         let w = window_of(base);
+        if let RecoveryTarget::Lsn(l) = target
+            && l > w.end
+        {
+            return Err(Error::Unsupported(format!(
+                "the target {l} is past the WAL that can be recovered from {}: it ends at {}{}; {}",
+                base.backup_name,
+                w.end,
+                w.gap
+                    .as_ref()
+                    .map(|g| format!(" (then {g} is missing)"))
+                    .unwrap_or_default(),
+                describe()
+            )));
+        }
+        if target == RecoveryTarget::Latest
+            && let Some(g) = &w.gap
+        {
+            return Err(Error::Unsupported(format!(
+                "the WAL archive misses {g} after {}: recovery to its end would stop there, short of later archived WAL; recover to a time before {} with --to-time, or take a new base backup",
+                base.backup_name,
+                w.until.to_rfc3339()
+            )));
+        }
         if let RecoveryTarget::Time(t) = target
             && t > w.until
         {
@@ -148,27 +192,21 @@ impl Ops {
                 describe()
             )));
         }
-        let restored = self.restore(&base.backup_name, Some(pgdata))?;
-        let settings = self
-            .write_recovery(pgdata, base, target, action)
-            .inspect_err(|_| crate::engine::postgres::physical::archive::empty_target(pgdata))?;
-        Ok(PitrOutcome {
-            base: base.clone(),
-            window: w,
-            restored,
-            settings,
-        })
+        Ok((base.clone(), w))
     }
 
     /// Writes `recovery.signal`, the recovery settings (appended to `postgresql.auto.conf`)
     /// and the settings `dbkeep wal fetch` reads there (`dbkeep-recovery.toml`, mode 0600: the
     /// repository and its keys, for the server's `restore_command`).
-    fn write_recovery(
+    /// With `auto_conf` false (a drill, whose server reads a configuration of its own) the
+    /// settings are only returned.
+    pub(super) fn write_recovery(
         &self,
         pgdata: &Path,
         base: &Manifest,
         target: RecoveryTarget,
         action: TargetAction,
+        auto_conf: bool,
     ) -> Result<Vec<String>, Error> {
         let io = |what: &str, path: &Path| {
             let context = format!("{what} {}", path.display());
@@ -177,30 +215,26 @@ impl Ops {
                 source,
             }
         };
-        // The server runs restore_command through the shell: only paths that need no quoting.
-        let plain = |p: &Path| -> Result<String, Error> {
-            let text = p.display().to_string();
-            if text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
-            {
-                Ok(text)
-            } else {
-                Err(Error::Unsupported(format!(
-                    "{text} has characters a shell would read: restore_command needs dbkeep and the data directory at paths of letters, digits and /._-+ only"
-                )))
-            }
-        };
         let dir = std::fs::canonicalize(pgdata).map_err(io("find", pgdata))?;
-        let config = dir.join("dbkeep-recovery.toml");
-        plain(&config)?;
+        let (exe, config) = recovery_paths(&dir)?;
+        // Beside the data directory, not in it: a later base backup of the recovered cluster
+        // must not carry the repository's credentials.
+        let _ = std::fs::remove_file(&config);
         write_private(&config, self.recovery_toml().as_bytes()).map_err(io("write", &config))?;
-        let exe = std::env::current_exe().map_err(io("find dbkeep's own path", Path::new("")))?;
         let mut settings = vec![format!(
-            "restore_command = '{} --config {} wal fetch \"%f\" \"%p\"'",
-            plain(&exe)?,
-            plain(&config)?
+            "restore_command = '{exe} --config {} wal fetch \"%f\" \"%p\"'",
+            config.display()
         )];
+        // An earlier recovery's target, left in postgresql.auto.conf, must not apply too.
+        for key in [
+            "recovery_target",
+            "recovery_target_time",
+            "recovery_target_lsn",
+            "recovery_target_xid",
+            "recovery_target_name",
+        ] {
+            settings.push(format!("{key} = ''"));
+        }
         match target {
             RecoveryTarget::Time(t) => settings.push(format!(
                 "recovery_target_time = '{}'",
@@ -214,6 +248,11 @@ impl Ops {
         }
         let timeline = base.base_backup.as_ref().map_or(1, |b| b.timeline);
         settings.push(format!("recovery_target_timeline = '{timeline}'"));
+        let signal = dir.join("recovery.signal");
+        std::fs::write(&signal, b"").map_err(io("write", &signal))?;
+        if !auto_conf {
+            return Ok(settings);
+        }
         let auto = dir.join("postgresql.auto.conf");
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -221,15 +260,13 @@ impl Ops {
             .open(&auto)
             .map_err(io("open", &auto))?;
         let mut text = String::from(
-            "\n# Written by dbkeep restore for point-in-time recovery: remove these lines and dbkeep-recovery.toml once the server is promoted.\n",
+            "\n# Written by dbkeep restore for point-in-time recovery: remove these lines and the dbkeep-recovery.toml beside the data directory once the server is promoted.\n",
         );
         for s in &settings {
             text.push_str(s);
             text.push('\n');
         }
         f.write_all(text.as_bytes()).map_err(io("write", &auto))?;
-        let signal = dir.join("recovery.signal");
-        std::fs::write(&signal, b"").map_err(io("write", &signal))?;
         Ok(settings)
     }
 
@@ -293,6 +330,42 @@ impl Ops {
         );
         out
     }
+}
+
+/// The server runs restore_command through the shell: only paths that need no quoting.
+fn plain(p: &Path) -> Result<String, Error> {
+    let text = p.display().to_string();
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+    {
+        Ok(text)
+    } else {
+        Err(Error::Unsupported(format!(
+            "{text} has characters a shell would read: restore_command needs dbkeep and the data directory at paths of letters, digits and /._-+ only"
+        )))
+    }
+}
+
+/// dbkeep's own path and the recovery settings' file beside the data directory `dir`
+/// (`DIR.dbkeep-recovery.toml`), both checked for restore_command.
+pub(super) fn recovery_paths(dir: &Path) -> Result<(String, PathBuf), Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        io_context: "find dbkeep's own path".into(),
+        source,
+    })?;
+    let dir = std::path::absolute(dir).map_err(|source| Error::Io {
+        io_context: format!("find {}", dir.display()),
+        source,
+    })?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::Unsupported(format!("{} names no directory", dir.display())))?;
+    let config = dir.with_file_name(format!("{name}.dbkeep-recovery.toml"));
+    let exe = plain(&exe)?;
+    plain(&config)?;
+    Ok((exe, config))
 }
 
 /// A TOML basic string.

@@ -31,6 +31,8 @@ pub struct PruneOutcome {
     /// What prune could not look at, and what to do about it (not an error).
     pub notes: Vec<String>,
     pub errors: Vec<String>,
+    /// Archived WAL files no kept base backup needs, removed (or, in a dry run, that would be).
+    pub wal_removed: Vec<String>,
 }
 
 /// How `prune` runs. Each backup keeps the retention it recorded; `retention_days` and
@@ -156,7 +158,38 @@ impl Ops {
                 }
             }
         }
+        // WAL retention, from what is kept now: a backup whose delete failed still needs its WAL.
+        let wal = match &lock {
+            None => {
+                let deleted: std::collections::BTreeSet<&str> = decisions
+                    .iter()
+                    .filter(|d| d.action == Action::Delete)
+                    .map(|d| d.name.as_str())
+                    .collect();
+                let kept: Vec<&Manifest> = cat
+                    .backups
+                    .iter()
+                    .filter(|m| !deleted.contains(m.backup_name.as_str()))
+                    .collect();
+                self.prune_wal(&kept, !cat.unreadable.is_empty(), None)
+            }
+            Some(lock) => match self.catalog() {
+                Ok(now) => {
+                    let kept: Vec<&Manifest> = now.backups.iter().collect();
+                    self.prune_wal(&kept, !now.unreadable.is_empty(), Some(lock))
+                }
+                Err(e) => super::wal::WalPrune {
+                    errors: vec![format!(
+                        "WAL retention skipped: cannot read the catalog: {e}"
+                    )],
+                    ..Default::default()
+                },
+            },
+        };
+        notes.extend(wal.notes);
+        errors.extend(wal.errors);
         Ok(PruneOutcome {
+            wal_removed: wal.removed,
             decisions,
             policies,
             overridden: opts.series.filter(|_| over != Override::default()),

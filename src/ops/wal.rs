@@ -4,6 +4,7 @@
 //! they happen), `wal fetch` (what `restore_command` runs) and `wal status`.
 
 use super::*;
+use crate::catalog::Manifest;
 use crate::engine::seam::{Readiness, SlotHealth};
 use crate::notify::EventKind;
 use crate::wal::{Fetched, Stored, WalArchive, is_wal_name};
@@ -17,6 +18,16 @@ const POLL: Duration = Duration::from_millis(500);
 const SLOT_EVERY: Duration = Duration::from_secs(30);
 /// The longest wait between two restarts of pg_receivewal.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The WAL stream's current failures, by kind (receiver, slot, spool, archive, gap).
+#[derive(Default)]
+struct Failures(std::collections::BTreeMap<&'static str, String>);
+
+impl Failures {
+    fn clear(&mut self, kind: &str) {
+        self.0.remove(kind);
+    }
+}
 
 /// What `wal status` shows.
 #[derive(Debug, serde::Serialize)]
@@ -68,8 +79,9 @@ impl Ops {
         ))
     }
 
-    /// `dbkeep wal stream`: runs until SIGTERM or SIGINT (see the module's doc).
-    pub fn wal_stream(&self) -> Result<(), Error> {
+    /// `dbkeep wal stream`: runs until SIGTERM or SIGINT, or until `stop` is set (`dbkeep
+    /// serve`'s shutdown); see the module's doc.
+    pub fn wal_stream(&self, stop: Option<&std::sync::atomic::AtomicBool>) -> Result<(), Error> {
         self.install_signals()?;
         let (engine, _url) = Engine::from_settings(&self.settings)?;
         let source = engine.wal_source().ok_or_else(|| {
@@ -99,9 +111,11 @@ impl Ops {
         let mut next_start = Instant::now();
         let mut started_at = Instant::now();
         let mut slot_checked: Option<Instant> = None;
-        let mut failing: Option<String> = None;
+        let mut failing = Failures::default();
+        let mut quick_exits = 0u32;
         loop {
-            let stopping = signals::interrupted();
+            let stopping = signals::interrupted()
+                || stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
             if stopping {
                 if let Some(r) = receiver.take() {
                     crate::engine::seam::Receiver::stop(r);
@@ -113,7 +127,11 @@ impl Ops {
                         started_at = Instant::now();
                     }
                     Err(e) => {
-                        self.wal_failed(&mut failing, &format!("cannot start pg_receivewal: {e}"));
+                        self.wal_failed(
+                            &mut failing,
+                            "receiver",
+                            &format!("cannot start pg_receivewal: {e}"),
+                        );
                         next_start = Instant::now() + backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
@@ -121,11 +139,24 @@ impl Ops {
             }
             if let Some(ended) = receiver.as_mut().and_then(|r| r.exited()) {
                 receiver = None;
-                // Restarted at once after a long run; with backoff after quick failures.
+                // Restarted at once after a long run; with backoff after quick failures, and
+                // reported once it keeps failing (WAL is then only kept by the slot).
                 if started_at.elapsed() > Duration::from_secs(300) {
                     backoff = Duration::from_secs(1);
+                    quick_exits = 0;
+                } else {
+                    quick_exits += 1;
                 }
                 warn!("{ended}; restarting in {} s", backoff.as_secs());
+                if quick_exits >= 5 {
+                    self.wal_failed(
+                        &mut failing,
+                        "receiver",
+                        &format!(
+                            "pg_receivewal keeps failing ({quick_exits} times in a row): {ended}"
+                        ),
+                    );
+                }
                 next_start = Instant::now() + backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -135,12 +166,24 @@ impl Ops {
                 match source.slot_health(&slot) {
                     Ok(Some(h)) if h.wal_status == "lost" => self.wal_failed(
                         &mut failing,
+                        "slot",
                         &format!(
                             "the replication slot {slot} is lost (max_slot_wal_keep_size removed WAL it needed): WAL since the last archived segment is gone; take a new base backup (dbkeep backup --physical)"
                         ),
                     ),
-                    Ok(Some(h)) => info!(slot = %slot, wal_status = %h.wal_status, retained_bytes = h.retained_bytes.unwrap_or(-1), safe_wal_size = h.safe_wal_size.unwrap_or(-1), "replication slot"),
-                    Ok(None) => warn!(slot = %slot, "the replication slot does not exist (dropped?): pg_receivewal will fail until it is created again"),
+                    Ok(Some(h)) => {
+                        failing.clear("slot");
+                        if h.active {
+                            failing.clear("receiver");
+                            quick_exits = 0;
+                        }
+                        info!(slot = %slot, wal_status = %h.wal_status, retained_bytes = h.retained_bytes.unwrap_or(-1), safe_wal_size = h.safe_wal_size.unwrap_or(-1), "replication slot");
+                    }
+                    Ok(None) => self.wal_failed(
+                        &mut failing,
+                        "slot",
+                        &format!("the replication slot {slot} does not exist (dropped?): the server no longer keeps WAL for dbkeep; it is created again when the stream restarts, and a new base backup is needed (dbkeep backup --physical)"),
+                    ),
                     Err(e) => warn!(error = %e, "cannot read the replication slot's state"),
                 }
             }
@@ -160,7 +203,7 @@ impl Ops {
         spool: &Path,
         sealer: Option<&encryption::Sealer>,
         known: &mut Vec<String>,
-        failing: &mut Option<String>,
+        failing: &mut Failures,
     ) {
         let mut names: Vec<String> = match std::fs::read_dir(spool) {
             Ok(entries) => entries
@@ -171,39 +214,44 @@ impl Ops {
             Err(e) => {
                 self.wal_failed(
                     failing,
+                    "spool",
                     &format!("cannot read the WAL spool {}: {e}", spool.display()),
                 );
                 return;
             }
         };
+        failing.clear("spool");
         names.sort();
         let newest_segment = names.iter().filter(|n| n.len() == 24).max().cloned();
         for name in names {
             let path = spool.join(&name);
+            let keep = Some(&name) == newest_segment.as_ref() || name.len() != 24;
+            if known.binary_search(&name).is_ok() {
+                // Archived already: the newest segment and history files stay, the rest go.
+                if !keep {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
+            }
+            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             match archive.put(&name, &path, sealer) {
                 Ok(stored) => {
+                    failing.clear("archive");
                     if stored == Stored::New {
-                        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
                         if let Some(gap) = gap_before(known, &name, size) {
-                            self.wal_failed(failing, &format!("{gap}: recovery cannot pass it; take a new base backup (dbkeep backup --physical)"));
+                            self.wal_failed(failing, "gap", &format!("{gap}: recovery cannot pass it; take a new base backup (dbkeep backup --physical)"));
                         }
                         info!(file = %name, "WAL archived");
-                        if let Err(i) = known.binary_search(&name) {
-                            known.insert(i, name.clone());
-                        }
                     }
-                    if *failing == Some(format!("archive {name}")) {
-                        *failing = None;
+                    if let Err(i) = known.binary_search(&name) {
+                        known.insert(i, name.clone());
                     }
-                    if Some(&name) != newest_segment.as_ref()
-                        && name.len() == 24
-                        && let Err(e) = std::fs::remove_file(&path)
-                    {
+                    if !keep && let Err(e) = std::fs::remove_file(&path) {
                         warn!(file = %name, error = %e, "cannot remove an archived segment from the spool");
                     }
                 }
                 Err(e) => {
-                    self.wal_failed(failing, &format!("cannot archive {name}: {e}"));
+                    self.wal_failed(failing, "archive", &format!("cannot archive {name}: {e}"));
                     // In order: a later file is not archived before an earlier one.
                     return;
                 }
@@ -211,11 +259,12 @@ impl Ops {
         }
     }
 
-    /// Logs a WAL failure and notifies it once (until it clears or another one comes).
-    fn wal_failed(&self, failing: &mut Option<String>, problem: &str) {
+    /// Logs a WAL failure and notifies it once per kind of failure (until that kind clears,
+    /// or its message changes).
+    fn wal_failed(&self, failing: &mut Failures, kind: &'static str, problem: &str) {
         error!("{problem}");
-        if failing.as_deref() != Some(problem) {
-            *failing = Some(problem.to_owned());
+        if failing.0.get(kind).map(String::as_str) != Some(problem) {
+            failing.0.insert(kind, problem.to_owned());
             let mut e = self.event(EventKind::WalFailed);
             e.error = Some(problem.to_owned());
             self.notify(e);
@@ -294,4 +343,100 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
             io_context: format!("create the WAL spool {}", dir.display()),
             source,
         })
+}
+
+/// What WAL retention removed, or would.
+#[derive(Debug, Default)]
+pub struct WalPrune {
+    pub removed: Vec<String>,
+    pub notes: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl Ops {
+    /// WAL retention: removes the archived segments that no kept base backup needs — on each
+    /// timeline that has a base backup, those below the oldest one's start. Nothing when there
+    /// is no base backup, when a manifest cannot be read (it may be a base backup's), or on
+    /// timelines without one; history files are always kept.
+    pub(super) fn prune_wal(
+        &self,
+        kept: &[&Manifest],
+        unreadable: bool,
+        lock: Option<&storage::RepoLock>,
+    ) -> WalPrune {
+        use crate::engine::postgres::physical::archive::{Lsn, parse_segment};
+        let mut out = WalPrune::default();
+        let archive = match self.wal_archive() {
+            Ok(a) => a,
+            Err(e) => {
+                out.errors.push(format!("WAL retention skipped: {e}"));
+                return out;
+            }
+        };
+        let records = match archive.records() {
+            Ok(r) => r,
+            Err(e) => {
+                out.errors.push(format!("WAL retention skipped: {e}"));
+                return out;
+            }
+        };
+        if records.is_empty() {
+            return out;
+        }
+        if unreadable {
+            out.notes.push(
+                "WAL retention skipped: a manifest cannot be read (it may be a base backup's that needs the WAL)".into(),
+            );
+            return out;
+        }
+        let seg_size = records
+            .iter()
+            .find(|r| r.name.len() == 24)
+            .map_or(16 << 20, |r| r.size);
+        // The oldest start of a kept base backup, per timeline.
+        let mut oldest: std::collections::BTreeMap<u32, u64> = Default::default();
+        for b in kept
+            .iter()
+            .filter(|m| m.success)
+            .filter_map(|m| m.base_backup.as_ref())
+        {
+            let Some(start) = Lsn::parse(&b.start_lsn) else {
+                out.notes
+                    .push("WAL retention skipped: a base backup's start cannot be read".into());
+                return out;
+            };
+            let seg = start.0 / seg_size;
+            oldest
+                .entry(b.timeline)
+                .and_modify(|s| *s = (*s).min(seg))
+                .or_insert(seg);
+        }
+        if oldest.is_empty() {
+            return out;
+        }
+        for r in &records {
+            let Some((timeline, segno)) = parse_segment(&r.name, seg_size) else {
+                continue;
+            };
+            if oldest.get(&timeline).is_none_or(|first| segno >= *first) {
+                continue;
+            }
+            match lock {
+                None => out.removed.push(r.name.clone()),
+                Some(lock) => match lock
+                    .ensure()
+                    .map_err(Error::from)
+                    .and_then(|()| archive.remove(&r.name).map_err(Error::from))
+                {
+                    Ok(()) => out.removed.push(r.name.clone()),
+                    Err(e) => {
+                        out.errors
+                            .push(format!("cannot remove the archived {}: {e}", r.name));
+                        break;
+                    }
+                },
+            }
+        }
+        out
+    }
 }

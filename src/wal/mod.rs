@@ -22,6 +22,9 @@ use thiserror::Error;
 /// The WAL archive's place under the repository.
 pub const WAL_DIR: &str = "wal";
 const RECORD_SUFFIX: &str = ".json";
+/// Written with the first file archived: an archive without it does not exist (an unmounted
+/// disk, a wrong prefix), and `fetch` then fails instead of answering "no such file".
+pub const MARKER: &str = "ARCHIVE";
 
 #[derive(Debug, Error)]
 pub enum WalError {
@@ -39,6 +42,10 @@ pub enum WalError {
     },
     #[error("the archived {name} is damaged: {problem}")]
     Damaged { name: String, problem: String },
+    #[error(
+        "the WAL archive {location} does not exist (no {MARKER} marker): the repository is not reachable or not the one written to; nothing can be fetched from it"
+    )]
+    NoArchive { location: String },
     #[error("the record of {key} is not valid: {problem}")]
     Record { key: String, problem: String },
     #[error("cannot {what} {path}: {source}")]
@@ -120,9 +127,31 @@ impl WalArchive {
         } else {
             Encryption::None
         };
-        let data_file = format!("{name}{}{}", self.compression.suffix(), encryption.suffix());
-        // No record: whatever is under the data key is an attempt that never committed.
-        let writer = self.storage.create(&data_file)?;
+        if self.storage.stat(MARKER)?.is_none() {
+            let text = format!(
+                "dbkeep WAL archive, created {}\n",
+                chrono::Utc::now().to_rfc3339()
+            );
+            match self.storage.put_new(MARKER, text.as_bytes()) {
+                Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Each attempt has a data key of its own (named by the record that commits it): two
+        // writers never overwrite each other's data.
+        let mut tag = [0u8; 4];
+        getrandom::fill(&mut tag).map_err(|e| WalError::Io {
+            what: "draw a random name for",
+            path: name.to_owned(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let data_file = format!(
+            "{name}.{}{}{}",
+            hex::encode(tag),
+            self.compression.suffix(),
+            encryption.suffix()
+        );
+        let writer = self.storage.create_new(&data_file)?;
         let sealed = Sealed::new(sealer, HashingWriter::new(writer))?;
         let mut enc = Encoder::new(self.compression, self.level, sealed).map_err(io("compress"))?;
         enc.write_all(&bytes).map_err(io("compress"))?;
@@ -213,10 +242,27 @@ impl WalArchive {
         Ok(out)
     }
 
+    /// Removes the archived `name`: its record first (then it is no longer archived), then
+    /// its data.
+    pub fn remove(&self, name: &str) -> Result<(), WalError> {
+        let Some(record) = self.record(name)? else {
+            return Ok(());
+        };
+        self.storage.delete(&format!("{name}{RECORD_SUFFIX}"))?;
+        self.storage.delete(&record.data_file)?;
+        Ok(())
+    }
+
     /// Writes the archived `name` to `dest` (through a temporary file beside it, renamed once
     /// its size and SHA-256 are the record's): what `restore_command` runs.
     pub fn fetch(&self, name: &str, dest: &Path, keys: Option<&Keys>) -> Result<Fetched, WalError> {
         let Some(record) = self.record(name)? else {
+            // "No such file" only from an archive that exists.
+            if self.storage.stat(MARKER)?.is_none() {
+                return Err(WalError::NoArchive {
+                    location: self.storage.location(),
+                });
+            }
             return Ok(Fetched::Missing);
         };
         let damaged = |problem: String| WalError::Damaged {

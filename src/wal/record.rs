@@ -119,6 +119,8 @@ pub struct Window {
     pub until: DateTime<Utc>,
     /// The first segment missing after the run, when a later one is archived (a gap).
     pub gap: Option<String>,
+    /// Where the archived WAL ends: recovery can replay up to here.
+    pub end: Lsn,
 }
 
 /// The window of a base backup that is consistent at `stop` on `timeline` at `consistent_at`.
@@ -129,29 +131,43 @@ pub fn window(
     consistent_at: DateTime<Utc>,
 ) -> Window {
     let (segs, seg_size) = segments_on(records, timeline);
-    // The backup holds its stop segment itself; recovery reads on from the next.
+    // The backup's own copy of its stop segment ends at the stop position: recovery past it
+    // needs the archived one, then each next segment.
     let stop_segment = stop.0 / seg_size;
     let mut next = stop_segment;
     let mut last = None;
     let mut until = consistent_at;
+    let mut expected = stop_segment;
     for (n, r) in segs.iter().filter(|(n, _)| *n >= stop_segment) {
-        if *n != stop_segment {
-            if *n != next + 1 {
-                break;
-            }
-            next = *n;
+        if *n != expected {
+            break;
         }
+        next = *n;
+        expected = *n + 1;
         last = Some(r.name.clone());
-        until = until.max(r.completed_at);
+        // A commit stamped just before a segment's end may be written into the next one,
+        // and the server's clock may run a little ahead of this host's: a second's margin.
+        until = until.max(r.completed_at - chrono::Duration::seconds(1));
     }
+    let missing = if last.is_none() {
+        stop_segment
+    } else {
+        next + 1
+    };
     let gap = segs
         .iter()
-        .any(|(n, _)| *n > next + 1)
-        .then(|| segment_name(timeline, next + 1, seg_size));
+        .any(|(n, _)| *n > missing)
+        .then(|| segment_name(timeline, missing, seg_size));
+    let end = if last.is_some() {
+        Lsn((next + 1) * seg_size)
+    } else {
+        stop
+    };
     Window {
         last_segment: last,
         until,
         gap,
+        end,
     }
 }
 
@@ -204,16 +220,17 @@ mod tests {
             }]
         );
         let start = rec("x", 0).completed_at;
-        // A backup consistent in segment 2: 3 and 4 follow, 5 is missing.
-        let w = window(&records, 1, Lsn(2 * (16 << 20) + 100), start);
+        let second = chrono::Duration::seconds(1);
+        // A backup consistent in segment 3: 3 and 4 are archived, 5 is missing.
+        let w = window(&records, 1, Lsn(3 * (16 << 20) + 100), start);
         assert_eq!(w.last_segment.as_deref(), Some("000000010000000000000004"));
-        assert_eq!(w.until, rec("x", 2).completed_at);
+        assert_eq!(w.until, rec("x", 2).completed_at - second);
         assert_eq!(w.gap.as_deref(), Some("000000010000000000000005"));
-        // Consistent in segment 0: segment 1 is missing at once.
-        let w = window(&records, 1, Lsn(100), start);
+        // Consistent in segment 2, which is not archived: nothing past the backup itself.
+        let w = window(&records, 1, Lsn(2 * (16 << 20) + 100), start);
         assert_eq!(w.last_segment, None);
         assert_eq!(w.until, start);
-        assert_eq!(w.gap.as_deref(), Some("000000010000000000000001"));
+        assert_eq!(w.gap.as_deref(), Some("000000010000000000000002"));
         // Consistent in segment 6, the last: nothing after it yet.
         let w = window(&records, 1, Lsn(6 * (16 << 20)), start);
         assert_eq!(w.last_segment.as_deref(), Some("000000010000000000000006"));

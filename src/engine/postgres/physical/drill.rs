@@ -103,6 +103,34 @@ impl Drop for DrillServer<'_> {
     }
 }
 
+/// Waits until the recovering server has reached its target and promoted; fails on a FATAL
+/// in its log (a segment the archive could not give, a target never reached).
+fn wait_promoted(
+    psql: &dyn Fn(&str, &str) -> Result<String, String>,
+    server_log: &Path,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(6 * 3600);
+    loop {
+        if psql("postgres", "SELECT pg_is_in_recovery()").is_ok_and(|v| v.trim() == "f") {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(server_log).unwrap_or_default();
+        if text.contains("FATAL") || text.contains("PANIC") {
+            return Err(format!(
+                "recovery failed: {}",
+                process::last_lines(&text, 8)
+            ));
+        }
+        if crate::signals::interrupted() {
+            return Err("interrupted by a signal".into());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("recovery did not end within six hours".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A path for the server's command line: `pg_ctl -o` goes through the shell, so no quote or
 /// backslash.
 fn option_path(p: &Path) -> Result<String, String> {
@@ -134,6 +162,7 @@ pub fn check_data_dir(
     socket: &Path,
     role: &str,
     log: &mut DrillLog,
+    recovery: &mut dyn FnMut() -> Result<Vec<String>, String>,
 ) -> Result<(), String> {
     let hba = private.join("drill_hba.conf");
     let ident = private.join("drill_ident.conf");
@@ -153,7 +182,7 @@ pub fn check_data_dir(
              max_wal_senders = 0\nwal_level = replica\nmax_logical_replication_workers = 0\n\
              max_sync_workers_per_subscription = 0\nssl = off\nlogging_collector = off\n\
              log_destination = 'stderr'\nlc_messages = 'C'\nexternal_pid_file = ''\n\
-             shared_preload_libraries = ''\nmax_connections = 20\nmax_prepared_transactions = 64\nshared_buffers = '64MB'\nfsync = off\n",
+             shared_preload_libraries = ''\nmax_connections = 20\nmax_prepared_transactions = 64\nhot_standby = off\nshared_buffers = '64MB'\nfsync = off\n",
             option_path(socket)?,
             option_path(&hba)?,
             option_path(&ident)?,
@@ -180,6 +209,17 @@ pub fn check_data_dir(
     if auto.exists() {
         std::fs::write(&auto, "").map_err(|e| format!("cannot empty {}: {e}", auto.display()))?;
     }
+    // A recovery to a point: its settings (and recovery.signal) once pg_verifybackup is done.
+    let settings = recovery()?;
+    if !settings.is_empty() {
+        let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+        for line in &settings {
+            text.push_str(line);
+            text.push('\n');
+        }
+        write(&conf, &text)?;
+        server_user(&[private, socket])?;
+    }
 
     log.step("server start");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -187,6 +227,15 @@ pub fn check_data_dir(
         .map(|a| a.port())
         .map_err(|e| format!("no free port for the drill's server: {e}"))?;
     let options = format!("-p {port} -c config_file='{}'", option_path(&conf)?);
+    let psql = |db: &str, sql: &str| {
+        let mut cmd = tool(&bindir.join("psql"), user);
+        cmd.env("PGHOST", socket)
+            .env("PGPORT", port.to_string())
+            .env("PGUSER", role)
+            .env("PGDATABASE", db)
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        process::output(cmd, SERVER_HINT, vec![]).map_err(|e| format!("{db}: {e}"))
+    };
     let server_log = private.join("server.log");
     let mut start = tool(&bindir.join("pg_ctl"), user);
     start
@@ -217,17 +266,22 @@ pub fn check_data_dir(
         ));
     }
     log.pass("a server started on it and reached a consistent recovery state");
+    if !settings.is_empty() {
+        log.step("recovery to the target");
+        wait_promoted(&psql, &server_log)?;
+        let text = std::fs::read_to_string(&server_log).unwrap_or_default();
+        let line = |what: &str| {
+            text.lines()
+                .rev()
+                .find_map(|l| l.find(what).map(|i| l[i..].trim().to_owned()))
+        };
+        let stop = line("recovery stopping")
+            .or_else(|| line("redo done at"))
+            .unwrap_or_else(|| "recovery ended".into());
+        log.pass(format!("WAL replayed from the archive; {stop}; promoted"));
+    }
 
     log.step("databases");
-    let psql = |db: &str, sql: &str| {
-        let mut cmd = tool(&bindir.join("psql"), user);
-        cmd.env("PGHOST", socket)
-            .env("PGPORT", port.to_string())
-            .env("PGUSER", role)
-            .env("PGDATABASE", db)
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
-        process::output(cmd, SERVER_HINT, vec![]).map_err(|e| format!("{db}: {e}"))
-    };
     let list = psql(
         "postgres",
         "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1",
