@@ -420,6 +420,26 @@ pub struct Statistics {
     pub schedules: Vec<crate::schedule::ScheduleStatus>,
     /// Each notification channel's deliveries from this repository: failures, last error.
     pub notifications: std::collections::BTreeMap<String, crate::notify::ChannelStatus>,
+    /// Point-in-time recovery, when the repository holds base backups: the window they and
+    /// the WAL archive cover, and the last recovery drill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pitr: Option<PitrStatus>,
+}
+
+/// The recoverable window (`stats`): from the oldest base backup's consistency to the end of
+/// the unbroken WAL after the newest.
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrStatus {
+    pub base_backups: usize,
+    pub first_recoverable: String,
+    pub last_recoverable: String,
+    /// The first segment missing after the newest base backup, when a later one is archived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap: Option<String>,
+    pub archived_segments: usize,
+    /// The most recent recovery drill (`verify --restore --to-time`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_pitr_drill: Option<DrillSummary>,
 }
 
 /// Which backup the most recent restore drill restored, when, and how it went.
@@ -462,6 +482,7 @@ pub fn statistics(cat: &Catalog, storage: &dyn Storage) -> Statistics {
         database: String::new(),
         schedules: Vec::new(),
         notifications: Default::default(),
+        pitr: None,
     }
 }
 

@@ -10,11 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// `dbkeep wal stream`, stopped with SIGTERM when dropped.
-struct Stream(Child);
+pub struct Stream(pub Child);
 
 impl Stream {
     /// Starts it and waits until its slot is being read.
-    fn start(pg: &PgServer, env: &TestEnv) -> Self {
+    pub fn start(pg: &PgServer, env: &TestEnv) -> Self {
         let stream = Stream(
             env.command(&["wal", "stream"])
                 .stdout(Stdio::null())
@@ -34,7 +34,7 @@ impl Stream {
     }
 
     /// SIGTERM; it must exit 0.
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let status = self.0.wait().unwrap();
@@ -50,7 +50,7 @@ impl Drop for Stream {
 }
 
 /// The server's clock now, as a recovery target.
-fn server_now(pg: &PgServer) -> String {
+pub fn server_now(pg: &PgServer) -> String {
     pg.sql(
         "postgres",
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
@@ -61,6 +61,12 @@ fn server_now(pg: &PgServer) -> String {
 
 /// Completes the current WAL segment and waits until the stream has archived it.
 fn archive_current_segment(pg: &PgServer, env: &TestEnv) -> String {
+    archive_segment_into(pg, &env.backup_dir().join("wal"))
+}
+
+/// [`archive_current_segment`] for the archive whose objects are in `wal` (a bucket's prefix
+/// on disk).
+pub fn archive_segment_into(pg: &PgServer, wal: &std::path::Path) -> String {
     // A record first: a switch of an empty segment does nothing.
     pg.sql(
         "postgres",
@@ -70,7 +76,7 @@ fn archive_current_segment(pg: &PgServer, env: &TestEnv) -> String {
         .sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
         .trim()
         .to_owned();
-    let record = env.backup_dir().join("wal").join(format!("{segment}.json"));
+    let record = wal.join(format!("{segment}.json"));
     wait_for(&format!("{segment} archived"), || record.exists());
     segment
 }
@@ -91,7 +97,7 @@ fn let_the_server_read(env: &TestEnv) {
 
 /// Recovers into a new directory with `args`, starts a server on it, waits until it has
 /// promoted, and returns the rows it holds (`count|max`).
-fn recover(pg: &PgServer, env: &TestEnv, args: &[&str]) -> String {
+pub fn recover(pg: &PgServer, env: &TestEnv, args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut all = vec!["restore", "--pgdata", data.to_str().unwrap()];
@@ -211,6 +217,22 @@ fn recovery_to_a_point_holds_exactly_the_rows_committed_before_it() {
     );
     assert!(checks.contains("databases open"), "{checks}");
     assert!(v["target"].as_str().unwrap().starts_with(&t2[..10]), "{v}");
+    // stats shows the window and the drill.
+    let st = env.run(&["stats", "--json"]);
+    st.ok();
+    let stats: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let p = if stats["pitr"].is_object() {
+        &stats["pitr"]
+    } else {
+        &stats["statistics"]["pitr"]
+    };
+    assert_eq!(p["base_backups"], 1, "{stats}");
+    assert_eq!(p["last_pitr_drill"]["outcome"], "passed", "{stats}");
+    assert!(p["gap"].is_null(), "{stats}");
+    let last =
+        chrono::DateTime::parse_from_rfc3339(p["last_recoverable"].as_str().unwrap()).unwrap();
+    let t3 = chrono::DateTime::parse_from_str(&targets[2].0, "%Y-%m-%d %H:%M:%S%.f%#z").unwrap();
+    assert!(last >= t3, "the window reaches the last target: {stats}");
 
     // A damaged segment in the archive: the drill fails naming it.
     let damaged = std::fs::read_dir(env.backup_dir().join("wal"))

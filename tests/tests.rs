@@ -20,6 +20,7 @@ mod mysql_hostile;
 mod notify;
 mod pitr;
 mod pitr_recovery;
+mod pitr_s3;
 mod postgres;
 mod s3;
 mod s3_limits;

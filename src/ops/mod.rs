@@ -310,6 +310,7 @@ impl Ops {
         stats.database = self.settings.database.clone();
         stats.schedules = self.schedules_of(cat, chrono::Utc::now());
         stats.notifications = self.notification_status();
+        stats.pitr = self.pitr_status(cat);
         stats
     }
 

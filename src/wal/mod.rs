@@ -224,6 +224,19 @@ impl WalArchive {
         Ok(Some(record))
     }
 
+    /// Every archived file's name (its record's key; no record is read).
+    pub fn names(&self) -> Result<Vec<String>, WalError> {
+        let mut out: Vec<String> = self
+            .storage
+            .list()?
+            .into_iter()
+            .filter_map(|o| o.key.strip_suffix(RECORD_SUFFIX).map(str::to_owned))
+            .filter(|n| is_wal_name(n))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Every archived file's record, by name.
     pub fn records(&self) -> Result<Vec<SegmentRecord>, WalError> {
         let mut out = Vec::new();
