@@ -490,3 +490,64 @@ fn wal_retention_keeps_what_the_oldest_kept_base_backup_needs() {
     let got = recover(&pg, &env, &["--latest"]);
     assert!(got.starts_with("0|"), "{got}");
 }
+
+#[test]
+fn a_slot_lost_to_max_slot_wal_keep_size_is_reported_and_the_stream_starts_over_with_a_base_backup()
+{
+    let Some((pg, env)) = setup() else { return };
+    pg.sql("postgres", "ALTER ROLE app REPLICATION");
+    pg.sql(
+        "postgres",
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'",
+    );
+    pg.sql("postgres", "SELECT pg_reload_conf()");
+    let stream = Stream::start(&pg, &env);
+    let before = archive_current_segment(&pg, &env);
+    stream.stop();
+    // While dbkeep is away, more WAL than the slot may keep: the checkpoint removes it.
+    for _ in 0..6 {
+        pg.sql(
+            "postgres",
+            "SELECT pg_logical_emit_message(false, 'dbkeep-test', repeat('x', 12000000))",
+        );
+        pg.sql("postgres", "SELECT pg_switch_wal()");
+    }
+    pg.sql("postgres", "CHECKPOINT");
+    pg.sql("postgres", "CHECKPOINT");
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'dbkeep'"
+        )
+        .trim(),
+        "lost"
+    );
+    assert!(env.backups().is_empty());
+
+    // Back: the loss is reported, the slot made again, a base backup taken, and archiving goes on.
+    let stream = Stream(
+        env.command(&["wal", "stream"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("a new base backup", || {
+        env.backups()
+            .iter()
+            .any(|(n, ok)| *ok && n.starts_with("base_"))
+    });
+    let after = archive_current_segment(&pg, &env);
+    stream.stop();
+    assert!(after > before);
+    let log = env.log();
+    assert!(log.contains("is lost"), "{log}");
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'dbkeep'"
+        )
+        .trim(),
+        "reserved"
+    );
+}

@@ -127,6 +127,8 @@ pub struct SlotHealth {
 pub trait WalSource {
     /// Creates the replication slot `slot` unless it exists.
     fn ensure_slot(&self, slot: &str) -> Result<(), EngineError>;
+    /// Drops the replication slot `slot` (a lost one, to start over).
+    fn drop_slot(&self, slot: &str) -> Result<(), EngineError>;
     /// Starts receiving WAL on `slot` into the directory `spool`.
     fn receive(&self, spool: &Path, slot: &str) -> Result<Receiver, EngineError>;
     /// The slot's state; `None` when it does not exist.

@@ -12,12 +12,14 @@ mod drill;
 mod notify;
 mod pin;
 pub mod pitr;
+mod pitr_status;
 mod prune;
 mod read;
 mod restore;
 mod schedule;
 mod verify;
 mod wal;
+mod wal_prune;
 
 pub use prune::{PruneOptions, PruneOutcome};
 use read::{Depth, engine_source};

@@ -178,7 +178,7 @@ impl Ops {
                     let kept: Vec<&Manifest> = now.backups.iter().collect();
                     self.prune_wal(&kept, !now.unreadable.is_empty(), Some(lock))
                 }
-                Err(e) => super::wal::WalPrune {
+                Err(e) => super::wal_prune::WalPrune {
                     errors: vec![format!(
                         "WAL retention skipped: cannot read the catalog: {e}"
                     )],

@@ -4,8 +4,6 @@
 //! they happen), `wal fetch` (what `restore_command` runs) and `wal status`.
 
 use super::*;
-use crate::catalog::Manifest;
-use crate::codec::Compression;
 use crate::engine::seam::{Readiness, SlotHealth};
 use crate::notify::EventKind;
 use crate::wal::{Fetched, Stored, WalArchive, is_wal_name};
@@ -113,6 +111,9 @@ impl Ops {
         let mut started_at = Instant::now();
         let mut slot_checked: Option<Instant> = None;
         let mut failing = Failures::default();
+        let mut need_base = false;
+        // The segment the last base backup taken here starts in.
+        let mut base_from: Option<String> = None;
         let mut quick_exits = 0u32;
         loop {
             let stopping = signals::interrupted()
@@ -161,17 +162,70 @@ impl Ops {
                 next_start = Instant::now() + backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            self.ingest(&archive, &spool, sealer.as_ref(), &mut known, &mut failing);
+            // A gap needs a new base backup, unless one was taken after it already.
+            if let Some(after) =
+                self.ingest(&archive, &spool, sealer.as_ref(), &mut known, &mut failing)
+                && base_from.as_ref().is_none_or(|b| *b < after)
+            {
+                need_base = true;
+            }
+            // After a gap or a lost slot, at once: recovery past it needs a new base backup.
+            if need_base && !stopping {
+                need_base = false;
+                info!("taking a new base backup after a gap in the WAL");
+                let req = BackupRequest {
+                    name: None,
+                    series: None,
+                    compress: None,
+                    replace: false,
+                    physical: true,
+                };
+                match self.backup(&req) {
+                    Ok(out) => {
+                        info!(backup = %out.manifest.backup_name, "new base backup after the gap");
+                        base_from = out.manifest.base_backup.as_ref().and_then(|b| {
+                            let lsn = crate::engine::postgres::physical::archive::Lsn::parse(&b.start_lsn)?;
+                            Some(crate::engine::postgres::physical::archive::segment_name(
+                                b.timeline,
+                                lsn.0 / (16 << 20),
+                                16 << 20,
+                            ))
+                        });
+                    }
+                    Err(e) => self.wal_failed(
+                        &mut failing,
+                        "base backup",
+                        &format!("the base backup after a gap in the WAL failed: {e}; take one with dbkeep backup --physical"),
+                    ),
+                }
+            }
             if slot_checked.is_none_or(|t| t.elapsed() >= SLOT_EVERY) {
                 slot_checked = Some(Instant::now());
                 match source.slot_health(&slot) {
-                    Ok(Some(h)) if h.wal_status == "lost" => self.wal_failed(
-                        &mut failing,
-                        "slot",
-                        &format!(
-                            "the replication slot {slot} is lost (max_slot_wal_keep_size removed WAL it needed): WAL since the last archived segment is gone; take a new base backup (dbkeep backup --physical)"
-                        ),
-                    ),
+                    Ok(Some(h)) if h.wal_status == "lost" => {
+                        self.wal_failed(
+                            &mut failing,
+                            "slot",
+                            &format!(
+                                "the replication slot {slot} is lost (max_slot_wal_keep_size removed WAL it needed): WAL since the last archived segment is gone; dbkeep starts over with a new slot and a new base backup"
+                            ),
+                        );
+                        // Start over: the receiver stopped, a new slot, the unarchivable
+                        // partial segment set aside (never deleted), then a new base backup
+                        // from which recovery can start again.
+                        if let Some(r) = receiver.take() {
+                            crate::engine::seam::Receiver::stop(r);
+                        }
+                        set_aside(&spool, &known);
+                        match source.drop_slot(&slot).and_then(|()| source.ensure_slot(&slot)) {
+                            Ok(()) => {
+                                info!(slot = %slot, "replication slot created again");
+                                need_base = true;
+                            }
+                            Err(e) => warn!(error = %e, "cannot create the replication slot again"),
+                        }
+                        next_start = Instant::now();
+                    }
                     Ok(Some(h)) => {
                         failing.clear("slot");
                         if h.active {
@@ -197,7 +251,8 @@ impl Ops {
     }
 
     /// Archives every completed file in the spool, oldest first; the newest segment stays in
-    /// the spool once archived (pg_receivewal starts again after it).
+    /// the spool once archived (pg_receivewal starts again after it). The segment after a gap,
+    /// if it met one.
     fn ingest(
         &self,
         archive: &WalArchive,
@@ -205,7 +260,8 @@ impl Ops {
         sealer: Option<&encryption::Sealer>,
         known: &mut Vec<String>,
         failing: &mut Failures,
-    ) {
+    ) -> Option<String> {
+        let mut gap_met = None;
         let mut names: Vec<String> = match std::fs::read_dir(spool) {
             Ok(entries) => entries
                 .flatten()
@@ -218,7 +274,7 @@ impl Ops {
                     "spool",
                     &format!("cannot read the WAL spool {}: {e}", spool.display()),
                 );
-                return;
+                return None;
             }
         };
         failing.clear("spool");
@@ -240,6 +296,7 @@ impl Ops {
                     failing.clear("archive");
                     if stored == Stored::New {
                         if let Some(gap) = gap_before(known, &name, size) {
+                            gap_met = Some(name.clone());
                             self.wal_failed(failing, "gap", &format!("{gap}: recovery cannot pass it; take a new base backup (dbkeep backup --physical)"));
                         }
                         info!(file = %name, "WAL archived");
@@ -254,10 +311,11 @@ impl Ops {
                 Err(e) => {
                     self.wal_failed(failing, "archive", &format!("cannot archive {name}: {e}"));
                     // In order: a later file is not archived before an earlier one.
-                    return;
+                    return gap_met;
                 }
             }
         }
+        gap_met
     }
 
     /// Logs a WAL failure and notifies it once per kind of failure (until that kind clears,
@@ -333,6 +391,20 @@ fn gap_before(known: &[String], name: &str, seg_size: u64) -> Option<crate::wal:
     })
 }
 
+/// After a lost slot: the spool's archived segments removed, and what could not be archived
+/// (the partial segment, whose WAL cannot be completed any more) renamed aside
+/// (`NAME.lost`), kept for whoever wants it; pg_receivewal then starts from the new slot.
+fn set_aside(spool: &Path, known: &[String]) {
+    for e in std::fs::read_dir(spool).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.len() == 24 && known.binary_search(&name).is_ok() {
+            let _ = std::fs::remove_file(e.path());
+        } else if name.len() == 24 || name.ends_with(".partial") {
+            let _ = std::fs::rename(e.path(), spool.join(format!("{name}.lost")));
+        }
+    }
+}
+
 /// Creates `dir` (mode 0700) unless it exists.
 fn create_private_dir(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::DirBuilderExt;
@@ -344,173 +416,4 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
             io_context: format!("create the WAL spool {}", dir.display()),
             source,
         })
-}
-
-impl Ops {
-    /// The recoverable window for `stats`: names listed, one record read (the end of the
-    /// unbroken run after the newest base backup). `None` without base backups or an archive.
-    pub(super) fn pitr_status(
-        &self,
-        cat: &crate::catalog::Catalog,
-    ) -> Option<crate::catalog::PitrStatus> {
-        use crate::engine::postgres::physical::archive::Lsn;
-        let bases: Vec<&Manifest> = cat
-            .backups
-            .iter()
-            .filter(|m| m.success && m.base_backup.is_some())
-            .collect();
-        let newest = bases.iter().max_by_key(|m| m.finished_at)?;
-        let oldest = bases.iter().min_by_key(|m| m.finished_at)?;
-        let archive = self.wal_archive().ok()?;
-        let names = archive.names().ok()?;
-        let b = newest.base_backup.as_ref()?;
-        // Light records: the names alone decide the run; only its last one's time is read
-        // (and the first one's size: the segment size).
-        let seg_size = names
-            .iter()
-            .find(|n| n.len() == 24)
-            .and_then(|n| archive.record(n).ok().flatten())
-            .map_or(16 << 20, |r| r.size);
-        let light: Vec<crate::wal::SegmentRecord> = names
-            .iter()
-            .map(|n| crate::wal::SegmentRecord {
-                name: n.clone(),
-                size: seg_size,
-                sha256: String::new(),
-                data_file: String::new(),
-                stored_size: 0,
-                stored_sha256: String::new(),
-                compression: Compression::None,
-                encryption: crate::encryption::Encryption::None,
-                completed_at: newest.finished_at,
-                archived_at: newest.finished_at,
-            })
-            .collect();
-        let stop = Lsn::parse(&b.stop_lsn).unwrap_or(Lsn(0));
-        let mut w = crate::wal::record::window(&light, b.timeline, stop, newest.finished_at);
-        if let Some(last) = &w.last_segment
-            && let Ok(Some(r)) = archive.record(last)
-        {
-            w.until = w.until.max(r.completed_at - chrono::Duration::seconds(1));
-        }
-        let last_pitr_drill = cat
-            .backups
-            .iter()
-            .filter_map(|m| m.pitr_verification.as_ref().map(|v| (m, v)))
-            .max_by_key(|(_, v)| v.verified_at)
-            .map(|(m, v)| crate::catalog::DrillSummary {
-                backup_name: m.backup_name.clone(),
-                verified_at: v
-                    .verified_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                outcome: v.outcome,
-                error: v.error.clone(),
-            });
-        Some(crate::catalog::PitrStatus {
-            base_backups: bases.len(),
-            first_recoverable: oldest
-                .finished_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            last_recoverable: w.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            gap: w.gap,
-            archived_segments: names.iter().filter(|n| n.len() == 24).count(),
-            last_pitr_drill,
-        })
-    }
-}
-
-/// What WAL retention removed, or would.
-#[derive(Debug, Default)]
-pub struct WalPrune {
-    pub removed: Vec<String>,
-    pub notes: Vec<String>,
-    pub errors: Vec<String>,
-}
-
-impl Ops {
-    /// WAL retention: removes the archived segments that no kept base backup needs — on each
-    /// timeline that has a base backup, those below the oldest one's start. Nothing when there
-    /// is no base backup, when a manifest cannot be read (it may be a base backup's), or on
-    /// timelines without one; history files are always kept.
-    pub(super) fn prune_wal(
-        &self,
-        kept: &[&Manifest],
-        unreadable: bool,
-        lock: Option<&storage::RepoLock>,
-    ) -> WalPrune {
-        use crate::engine::postgres::physical::archive::{Lsn, parse_segment};
-        let mut out = WalPrune::default();
-        let archive = match self.wal_archive() {
-            Ok(a) => a,
-            Err(e) => {
-                out.errors.push(format!("WAL retention skipped: {e}"));
-                return out;
-            }
-        };
-        let records = match archive.records() {
-            Ok(r) => r,
-            Err(e) => {
-                out.errors.push(format!("WAL retention skipped: {e}"));
-                return out;
-            }
-        };
-        if records.is_empty() {
-            return out;
-        }
-        if unreadable {
-            out.notes.push(
-                "WAL retention skipped: a manifest cannot be read (it may be a base backup's that needs the WAL)".into(),
-            );
-            return out;
-        }
-        let seg_size = records
-            .iter()
-            .find(|r| r.name.len() == 24)
-            .map_or(16 << 20, |r| r.size);
-        // The oldest start of a kept base backup, per timeline.
-        let mut oldest: std::collections::BTreeMap<u32, u64> = Default::default();
-        for b in kept
-            .iter()
-            .filter(|m| m.success)
-            .filter_map(|m| m.base_backup.as_ref())
-        {
-            let Some(start) = Lsn::parse(&b.start_lsn) else {
-                out.notes
-                    .push("WAL retention skipped: a base backup's start cannot be read".into());
-                return out;
-            };
-            let seg = start.0 / seg_size;
-            oldest
-                .entry(b.timeline)
-                .and_modify(|s| *s = (*s).min(seg))
-                .or_insert(seg);
-        }
-        if oldest.is_empty() {
-            return out;
-        }
-        for r in &records {
-            let Some((timeline, segno)) = parse_segment(&r.name, seg_size) else {
-                continue;
-            };
-            if oldest.get(&timeline).is_none_or(|first| segno >= *first) {
-                continue;
-            }
-            match lock {
-                None => out.removed.push(r.name.clone()),
-                Some(lock) => match lock
-                    .ensure()
-                    .map_err(Error::from)
-                    .and_then(|()| archive.remove(&r.name).map_err(Error::from))
-                {
-                    Ok(()) => out.removed.push(r.name.clone()),
-                    Err(e) => {
-                        out.errors
-                            .push(format!("cannot remove the archived {}: {e}", r.name));
-                        break;
-                    }
-                },
-            }
-        }
-        out
-    }
 }

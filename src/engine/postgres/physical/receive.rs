@@ -90,6 +90,13 @@ impl WalSource for Postgres {
         Ok(())
     }
 
+    fn drop_slot(&self, slot: &str) -> Result<(), EngineError> {
+        let mut cmd = self.receivewal(slot);
+        cmd.arg("--drop-slot");
+        process::output(cmd, HINT, self.secrets()).map_err(PostgresError::from)?;
+        Ok(())
+    }
+
     fn receive(&self, spool: &Path, slot: &str) -> Result<Receiver, EngineError> {
         let mut cmd = self.receivewal(slot);
         // --no-loop: dbkeep restarts it (with backoff, each exit in the log) rather than it
