@@ -83,7 +83,7 @@ pub fn archive_segment_into(pg: &PgServer, wal: &std::path::Path) -> String {
 
 /// Gives the repository to the postgres user when we are root: the recovering server runs
 /// `restore_command` as that user.
-fn let_the_server_read(env: &TestEnv) {
+pub fn let_the_server_read(env: &TestEnv) {
     if nix::unistd::geteuid().is_root() {
         let ok = Command::new("chown")
             .args(["-R", "postgres"])
@@ -98,6 +98,21 @@ fn let_the_server_read(env: &TestEnv) {
 /// Recovers into a new directory with `args`, starts a server on it, waits until it has
 /// promoted, and returns the rows it holds (`count|max`).
 pub fn recover(pg: &PgServer, env: &TestEnv, args: &[&str]) -> String {
+    ticks(&recover_server(pg, env, args))
+}
+
+/// The rows of `ticks` (`count|max`).
+pub fn ticks(pg: &PgServer) -> String {
+    pg.sql(
+        "appdb",
+        "SELECT count(*) || '|' || coalesce(max(id), 0) FROM ticks",
+    )
+    .trim()
+    .to_owned()
+}
+
+/// [`recover`], returning the promoted server.
+pub fn recover_server(pg: &PgServer, env: &TestEnv, args: &[&str]) -> PgServer {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut all = vec!["restore", "--pgdata", data.to_str().unwrap()];
@@ -113,12 +128,6 @@ pub fn recover(pg: &PgServer, env: &TestEnv, args: &[&str]) -> String {
             .is_ok_and(|v| v.trim() == "f")
     });
     restored
-        .sql(
-            "appdb",
-            "SELECT count(*) || '|' || coalesce(max(id), 0) FROM ticks",
-        )
-        .trim()
-        .to_owned()
 }
 
 #[test]

@@ -133,6 +133,8 @@ pub trait WalSource {
     fn receive(&self, spool: &Path, slot: &str) -> Result<Receiver, EngineError>;
     /// The slot's state; `None` when it does not exist.
     fn slot_health(&self, slot: &str) -> Result<Option<SlotHealth>, EngineError>;
+    /// The timeline the server writes; `None` while it is in recovery (a standby).
+    fn server_timeline(&self) -> Result<Option<u32>, EngineError>;
 }
 
 /// A database engine, as `ops` uses it.

@@ -10,6 +10,7 @@ use crate::engine::postgres::physical;
 use crate::error::Error;
 use crate::ops::pitr::{RecoveryTarget, TargetAction};
 use crate::signals;
+use crate::wal::Window;
 
 use chrono::Utc;
 use std::time::Instant;
@@ -187,7 +188,7 @@ impl Ops {
         m: &Manifest,
         keys: Option<&Keys>,
         log: &mut DrillLog,
-        target: Option<RecoveryTarget>,
+        target: Option<(RecoveryTarget, &Window)>,
     ) -> Result<(), Error> {
         let failed = |problem: String| Error::DrillFailed {
             name: m.backup_name.clone(),
@@ -235,8 +236,8 @@ impl Ops {
             log,
             &mut || match target {
                 None => Ok(Vec::new()),
-                Some(t) => self
-                    .drill_recovery(m, &data, t, keys)
+                Some((t, w)) => self
+                    .drill_recovery(m, &data, t, w, keys)
                     .map_err(|e| e.to_string()),
             },
         )
@@ -252,26 +253,34 @@ impl Ops {
         m: &Manifest,
         data: &std::path::Path,
         target: RecoveryTarget,
+        window: &Window,
         keys: Option<&Keys>,
     ) -> Result<Vec<String>, Error> {
-        let mut settings = self.write_recovery(data, m, target, TargetAction::Promote, false)?;
+        let mut settings =
+            self.write_recovery(data, window, target, TargetAction::Promote, false)?;
         if !nix::unistd::geteuid().is_root() {
             return Ok(settings);
         }
         let archive = self.wal_archive()?;
         let records = archive.records()?;
-        let b = m.base_backup.as_ref();
-        let timeline = b.map_or(1, |b| b.timeline);
-        let stop = b
+        let stop = m
+            .base_backup
+            .as_ref()
             .and_then(|b| physical::archive::Lsn::parse(&b.stop_lsn))
             .unwrap_or(physical::archive::Lsn(0));
-        let seg_size = records
-            .iter()
-            .find(|r| r.name.len() == 24)
-            .map_or(16 << 20, |r| r.size);
+        let seg_size = crate::wal::record::segment_size(&records);
+        // The history files of the timelines followed (the server reads them in pg_wal too),
+        // then the segments the path reads from the backup's stop on.
+        for r in &records {
+            let followed = crate::wal::timeline::history_timeline(&r.name)
+                .is_some_and(|t| window.path.follows(t));
+            if followed {
+                archive.fetch(&r.name, &data.join("pg_wal").join(&r.name), keys)?;
+            }
+        }
         for r in &records {
             let ours = physical::archive::parse_segment(&r.name, seg_size)
-                .is_some_and(|(t, n)| t == timeline && n >= stop.0 / seg_size);
+                .is_some_and(|(t, n)| window.path.reads(t, n) && n >= stop.0 / seg_size);
             if !ours {
                 continue;
             }
@@ -317,7 +326,7 @@ impl Ops {
         let clock = Instant::now();
         let mut log = DrillLog::default();
         let result = self
-            .drill_base(&base, keys.as_ref(), &mut log, Some(target))
+            .drill_base(&base, keys.as_ref(), &mut log, Some((target, &window)))
             .map(|()| {
                 let mut checks = log.passed.clone();
                 checks.push(format!("recovered to {shown}"));

@@ -10,6 +10,7 @@ use super::*;
 use crate::catalog::Manifest;
 use crate::engine::postgres::physical::archive::Lsn;
 use crate::wal::record::{Window, window};
+use crate::wal::timeline::follow;
 use chrono::{DateTime, Utc};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,7 +89,7 @@ impl Ops {
         recovery_paths(pgdata)?;
         let restored = self.restore(&base.backup_name, Some(pgdata))?;
         let settings = self
-            .write_recovery(pgdata, &base, target, action, true)
+            .write_recovery(pgdata, &w, target, action, true)
             .inspect_err(|_| crate::engine::postgres::physical::archive::empty_target(pgdata))?;
         Ok(PitrOutcome {
             base,
@@ -117,11 +118,16 @@ impl Ops {
                 "{location} holds no base backup: take one with `dbkeep backup --physical` (with `dbkeep wal stream` running) before recovering to a point"
             )));
         }
-        let records = self.wal_archive()?.records()?;
+        let archive = self.wal_archive()?;
+        let records = archive.records()?;
+        let keys = self.keys()?;
+        let histories = archive.histories(keys.as_ref())?;
+        let seg_size = crate::wal::record::segment_size(&records);
         let window_of = |m: &Manifest| {
             let b = m.base_backup.as_ref().expect("filtered above");
             let stop = Lsn::parse(&b.stop_lsn).unwrap_or(Lsn(0));
-            window(&records, b.timeline, stop, m.finished_at)
+            let path = follow(b.timeline, stop, &histories, seg_size);
+            window(&records, &path, stop, m.finished_at)
         };
         let oldest = bases.last().map(|m| m.finished_at);
         let newest_window = window_of(bases[0]);
@@ -203,7 +209,7 @@ impl Ops {
     pub(super) fn write_recovery(
         &self,
         pgdata: &Path,
-        base: &Manifest,
+        window: &Window,
         target: RecoveryTarget,
         action: TargetAction,
         auto_conf: bool,
@@ -246,8 +252,12 @@ impl Ops {
         if target != RecoveryTarget::Latest {
             settings.push(format!("recovery_target_action = '{}'", action.name()));
         }
-        let timeline = base.base_backup.as_ref().map_or(1, |b| b.timeline);
-        settings.push(format!("recovery_target_timeline = '{timeline}'"));
+        // The newest timeline whose history passes through the base backup (its own when
+        // there is none): recovery follows each switch on the way.
+        settings.push(format!(
+            "recovery_target_timeline = '{}'",
+            window.path.target()
+        ));
         let signal = dir.join("recovery.signal");
         std::fs::write(&signal, b"").map_err(io("write", &signal))?;
         if !auto_conf {

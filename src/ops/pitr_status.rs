@@ -46,7 +46,15 @@ impl Ops {
             })
             .collect();
         let stop = Lsn::parse(&b.stop_lsn).unwrap_or(Lsn(0));
-        let mut w = crate::wal::record::window(&light, b.timeline, stop, newest.finished_at);
+        // Past a timeline switch when the history files can be read (with the keys);
+        // otherwise the backup's own timeline, which can only shorten the window shown.
+        let histories = self
+            .keys()
+            .ok()
+            .and_then(|k| archive.histories(k.as_ref()).ok())
+            .unwrap_or_default();
+        let path = crate::wal::timeline::follow(b.timeline, stop, &histories, seg_size);
+        let mut w = crate::wal::record::window(&light, &path, stop, newest.finished_at);
         if let Some(last) = &w.last_segment
             && let Ok(Some(r)) = archive.record(last)
         {

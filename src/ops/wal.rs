@@ -123,6 +123,17 @@ impl Ops {
                     crate::engine::seam::Receiver::stop(r);
                 }
             } else if receiver.is_none() && Instant::now() >= next_start {
+                // A server on a newer timeline than the spool's (restored and promoted, or a
+                // promoted standby): pg_receivewal would ask it for the old timeline, which it
+                // may not have; it starts from the slot instead, at the start of its segment.
+                if let Ok(Some(server)) = source.server_timeline()
+                    && let Some(old) = spool_timeline(&spool).filter(|t| *t < server)
+                {
+                    info!(
+                        "the server writes timeline {server}, the spool holds timeline {old}: starting from the slot on timeline {server}"
+                    );
+                    set_aside(&spool, &known);
+                }
                 match source.receive(&spool, &slot) {
                     Ok(r) => {
                         receiver = Some(r);
@@ -295,10 +306,11 @@ impl Ops {
                 Ok(stored) => {
                     failing.clear("archive");
                     if stored == Stored::New {
-                        if let Some(gap) = gap_before(known, &name, size) {
+                        if let Some(gap) = gap_before(known, &name, size, spool) {
                             gap_met = Some(name.clone());
                             self.wal_failed(failing, "gap", &format!("{gap}: recovery cannot pass it; take a new base backup (dbkeep backup --physical)"));
                         }
+                        self.check_followed(known, &name, failing);
                         info!(file = %name, "WAL archived");
                     }
                     if let Err(i) = known.binary_search(&name) {
@@ -316,6 +328,32 @@ impl Ops {
             }
         }
         gap_met
+    }
+
+    /// A segment of a timeline older than one whose history is archived: another server
+    /// was promoted or restored from this archive, and this one was not left.
+    fn check_followed(&self, known: &[String], name: &str, failing: &mut Failures) {
+        let Some(timeline) = (name.len() == 24)
+            .then(|| u32::from_str_radix(&name[..8], 16).ok())
+            .flatten()
+        else {
+            return;
+        };
+        let newer = known
+            .iter()
+            .filter_map(|k| crate::wal::timeline::history_timeline(k))
+            .filter(|t| *t > timeline)
+            .max();
+        match newer {
+            Some(newer) => self.wal_failed(
+                failing,
+                "timeline",
+                &format!(
+                    "the archive holds timeline {newer}'s history, but this server still writes timeline {timeline}: another server was promoted or restored from this archive; point DATABASE_URL at the new primary, or give this server a repository of its own"
+                ),
+            ),
+            None => failing.clear("timeline"),
+        }
     }
 
     /// Logs a WAL failure and notifies it once per kind of failure (until that kind clears,
@@ -371,8 +409,14 @@ impl Ops {
 }
 
 /// The gap between the archived segments `known` and the new segment `name` (of `seg_size`
-/// bytes), if any.
-fn gap_before(known: &[String], name: &str, seg_size: u64) -> Option<crate::wal::Gap> {
+/// bytes), if any; the first segment of a new timeline must be the one its history file (in
+/// `spool`) says it began in.
+fn gap_before(
+    known: &[String],
+    name: &str,
+    seg_size: u64,
+    spool: &Path,
+) -> Option<crate::wal::Gap> {
     use crate::engine::postgres::physical::archive::{parse_segment, segment_name};
     if !seg_size.is_power_of_two() {
         return None;
@@ -383,15 +427,38 @@ fn gap_before(known: &[String], name: &str, seg_size: u64) -> Option<crate::wal:
         .filter_map(|k| parse_segment(k, seg_size))
         .filter(|(t, m)| *t == timeline && *m < n)
         .map(|(_, m)| m)
-        .max()?;
-    (n > previous + 1).then(|| crate::wal::Gap {
+        .max();
+    let first_missing = match previous {
+        Some(p) => p + 1,
+        None => {
+            let history = std::fs::read_to_string(spool.join(format!("{timeline:08X}.history")));
+            let switches = crate::wal::timeline::parse_history(&history.ok()?).ok()?;
+            switches.last()?.at.0 / seg_size
+        }
+    };
+    (n > first_missing).then(|| crate::wal::Gap {
         timeline,
-        first: segment_name(timeline, previous + 1, seg_size),
+        first: segment_name(timeline, first_missing, seg_size),
         last: segment_name(timeline, n - 1, seg_size),
     })
 }
 
-/// After a lost slot: the spool's archived segments removed, and what could not be archived
+/// The newest timeline of the segments in the spool (complete or partial).
+fn spool_timeline(spool: &Path) -> Option<u32> {
+    std::fs::read_dir(spool)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let seg = name.strip_suffix(".partial").unwrap_or(&name);
+            (seg.len() == 24 && is_wal_name(seg))
+                .then(|| u32::from_str_radix(&seg[..8], 16).ok())
+                .flatten()
+        })
+        .max()
+}
+
+/// After a lost slot or a timeline switch: the spool's archived segments removed, and what could not be archived
 /// (the partial segment, whose WAL cannot be completed any more) renamed aside
 /// (`NAME.lost`), kept for whoever wants it; pg_receivewal then starts from the new slot.
 fn set_aside(spool: &Path, known: &[String]) {

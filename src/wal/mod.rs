@@ -9,6 +9,7 @@
 //! no-op; a different one under an existing name is refused, and the archived one is kept.
 
 pub mod record;
+pub mod timeline;
 
 use crate::codec::{self, Compression, Encoder, HashingReader, HashingWriter};
 use crate::encryption::{self, Encryption, EncryptionError, Keys, Sealed, Sealer};
@@ -267,7 +268,9 @@ impl WalArchive {
     }
 
     /// Writes the archived `name` to `dest` (through a temporary file beside it, renamed once
-    /// its size and SHA-256 are the record's): what `restore_command` runs.
+    /// its size and SHA-256 are the record's): what `restore_command` runs. Not synced: the
+    /// server fetches again whatever a crash loses (recovery restarts from its last
+    /// restartpoint), as it does after `cp`.
     pub fn fetch(&self, name: &str, dest: &Path, keys: Option<&Keys>) -> Result<Fetched, WalError> {
         let Some(record) = self.record(name)? else {
             // "No such file" only from an archive that exists.
@@ -278,8 +281,71 @@ impl WalArchive {
             }
             return Ok(Fetched::Missing);
         };
+        let tmp = dest.with_file_name(format!(
+            ".{}.dbkeep-fetch",
+            dest.file_name()
+                .map_or("wal".into(), |n| n.to_string_lossy())
+        ));
+        let written = std::fs::File::create(&tmp)
+            .map_err(|source| WalError::Io {
+                what: "create",
+                path: tmp.display().to_string(),
+                source,
+            })
+            .and_then(|file| {
+                let mut out = io::BufWriter::with_capacity(256 * 1024, file);
+                self.decode(&record, keys, &mut out, &tmp)?;
+                out.into_inner().map_err(|e| WalError::Io {
+                    what: "write",
+                    path: tmp.display().to_string(),
+                    source: e.into_error(),
+                })
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, dest).map_err(|source| WalError::Io {
+            what: "rename into",
+            path: dest.display().to_string(),
+            source,
+        })?;
+        Ok(Fetched::Done)
+    }
+
+    /// Every archived timeline history, by timeline: what recovery follows past a switch.
+    pub fn histories(
+        &self,
+        keys: Option<&Keys>,
+    ) -> Result<std::collections::BTreeMap<u32, Vec<timeline::Switch>>, WalError> {
+        let mut out = std::collections::BTreeMap::new();
+        for name in self.names()? {
+            let Some(tli) = timeline::history_timeline(&name) else {
+                continue;
+            };
+            let Some(record) = self.record(&name)? else {
+                continue;
+            };
+            let mut text = Vec::new();
+            self.decode(&record, keys, &mut text, Path::new(&name))?;
+            let switches = timeline::parse_history(&String::from_utf8_lossy(&text))
+                .map_err(|problem| WalError::Damaged { name, problem })?;
+            out.insert(tli, switches);
+        }
+        Ok(out)
+    }
+
+    /// Decodes the stored data of `record` into `out` (which writes to `path`), checking the
+    /// stored and the plain size and SHA-256 against the record.
+    fn decode(
+        &self,
+        record: &SegmentRecord,
+        keys: Option<&Keys>,
+        out: &mut dyn Write,
+        path: &Path,
+    ) -> Result<(), WalError> {
         let damaged = |problem: String| WalError::Damaged {
-            name: name.to_owned(),
+            name: record.name.clone(),
             problem,
         };
         let stored = match self.storage.open(&record.data_file) {
@@ -293,23 +359,13 @@ impl WalArchive {
             Err(e) => return Err(e.into()),
         };
         let mut hashing = HashingReader::new(stored);
-        let tmp = dest.with_file_name(format!(
-            ".{}.dbkeep-fetch",
-            dest.file_name()
-                .map_or("wal".into(), |n| n.to_string_lossy())
-        ));
-        let written = (|| -> Result<(u64, String), WalError> {
+        let (size, sha) = {
             let plain: Box<dyn Read + '_> = match record.encryption {
                 Encryption::None => Box::new(&mut hashing),
                 Encryption::Age => encryption::open(keys, &mut hashing)?,
             };
             let mut dec = codec::decoder(record.compression, plain)
                 .map_err(|e| damaged(format!("cannot start the decompressor: {e}")))?;
-            let mut file = std::fs::File::create(&tmp).map_err(|source| WalError::Io {
-                what: "create",
-                path: tmp.display().to_string(),
-                source,
-            })?;
             let mut h = Sha256::new();
             let mut buf = vec![0u8; 256 * 1024];
             let mut size = 0u64;
@@ -321,47 +377,34 @@ impl WalArchive {
                     Err(e) => return Err(damaged(format!("reading it failed: {e}"))),
                 };
                 h.update(&buf[..n]);
-                file.write_all(&buf[..n]).map_err(|source| WalError::Io {
+                out.write_all(&buf[..n]).map_err(|source| WalError::Io {
                     what: "write",
-                    path: tmp.display().to_string(),
+                    path: path.display().to_string(),
                     source,
                 })?;
                 size += n as u64;
             }
-            file.sync_all().map_err(|source| WalError::Io {
-                what: "sync",
-                path: tmp.display().to_string(),
-                source,
-            })?;
-            Ok((size, hex::encode(h.finalize())))
-        })();
-        let checked = written.and_then(|(size, sha)| {
-            let stored = hashing
-                .finish()
-                .map_err(|e| damaged(format!("reading it failed: {e}")))?;
-            if stored.sha256 != record.stored_sha256 || stored.size != record.stored_size {
-                return Err(damaged(format!(
-                    "the stored {} differs from its record (SHA-256 {}, {} bytes; the record says {}, {} bytes)",
-                    record.data_file, stored.sha256, stored.size, record.stored_sha256, record.stored_size
-                )));
-            }
-            if sha != record.sha256 || size != record.size {
-                return Err(damaged(format!(
-                    "it decodes to {size} bytes with SHA-256 {sha}, the record says {} bytes, {}",
-                    record.size, record.sha256
-                )));
-            }
-            Ok(())
-        });
-        if let Err(e) = checked {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            (size, hex::encode(h.finalize()))
+        };
+        let stored = hashing
+            .finish()
+            .map_err(|e| damaged(format!("reading it failed: {e}")))?;
+        if stored.sha256 != record.stored_sha256 || stored.size != record.stored_size {
+            return Err(damaged(format!(
+                "the stored {} differs from its record (SHA-256 {}, {} bytes; the record says {}, {} bytes)",
+                record.data_file,
+                stored.sha256,
+                stored.size,
+                record.stored_sha256,
+                record.stored_size
+            )));
         }
-        std::fs::rename(&tmp, dest).map_err(|source| WalError::Io {
-            what: "rename into",
-            path: dest.display().to_string(),
-            source,
-        })?;
-        Ok(Fetched::Done)
+        if sha != record.sha256 || size != record.size {
+            return Err(damaged(format!(
+                "it decodes to {size} bytes with SHA-256 {sha}, the record says {} bytes, {}",
+                record.size, record.sha256
+            )));
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! the names it holds, gaps between segments, and the window a base backup can be recovered
 //! through.
 
+use super::timeline::TimelinePath;
 use crate::codec::Compression;
 use crate::encryption::Encryption;
 use crate::engine::postgres::physical::archive::{Lsn, parse_segment, segment_name};
@@ -64,12 +65,17 @@ impl std::fmt::Display for Gap {
     }
 }
 
-/// The segments of `records` on `timeline`, by number, with the segment size.
-fn segments_on(records: &[SegmentRecord], timeline: u32) -> (Vec<(u64, &SegmentRecord)>, u64) {
-    let seg_size = records
+/// The segment size of the archive (its segments' size; 16 MiB, the default, when empty).
+pub fn segment_size(records: &[SegmentRecord]) -> u64 {
+    records
         .iter()
         .find(|r| r.name.len() == 24)
-        .map_or(16 << 20, |r| r.size);
+        .map_or(16 << 20, |r| r.size)
+}
+
+/// The segments of `records` on `timeline`, by number, with the segment size.
+fn segments_on(records: &[SegmentRecord], timeline: u32) -> (Vec<(u64, &SegmentRecord)>, u64) {
+    let seg_size = segment_size(records);
     let mut segs: Vec<(u64, &SegmentRecord)> = records
         .iter()
         .filter_map(|r| {
@@ -121,16 +127,29 @@ pub struct Window {
     pub gap: Option<String>,
     /// Where the archived WAL ends: recovery can replay up to here.
     pub end: Lsn,
+    /// The timelines recovery follows.
+    pub path: TimelinePath,
 }
 
-/// The window of a base backup that is consistent at `stop` on `timeline` at `consistent_at`.
+/// The window of a base backup that is consistent at `stop` at `consistent_at`, recovered
+/// along `path` (its timeline, then any later one whose history passes through it).
 pub fn window(
     records: &[SegmentRecord],
-    timeline: u32,
+    path: &TimelinePath,
     stop: Lsn,
     consistent_at: DateTime<Utc>,
 ) -> Window {
-    let (segs, seg_size) = segments_on(records, timeline);
+    let seg_size = segment_size(records);
+    // The segments the path reads, by number.
+    let mut segs: Vec<(u64, &SegmentRecord)> = records
+        .iter()
+        .filter_map(|r| {
+            parse_segment(&r.name, seg_size)
+                .filter(|(t, n)| path.reads(*t, *n))
+                .map(|(_, n)| (n, r))
+        })
+        .collect();
+    segs.sort_by_key(|(n, _)| *n);
     // The backup's own copy of its stop segment ends at the stop position: recovery past it
     // needs the archived one, then each next segment.
     let stop_segment = stop.0 / seg_size;
@@ -157,7 +176,7 @@ pub fn window(
     let gap = segs
         .iter()
         .any(|(n, _)| *n > missing)
-        .then(|| segment_name(timeline, missing, seg_size));
+        .then(|| segment_name(path.timeline_of(missing), missing, seg_size));
     let end = if last.is_some() {
         Lsn((next + 1) * seg_size)
     } else {
@@ -168,6 +187,7 @@ pub fn window(
         until,
         gap,
         end,
+        path: path.clone(),
     }
 }
 
@@ -220,20 +240,60 @@ mod tests {
             }]
         );
         let start = rec("x", 0).completed_at;
+        let one = TimelinePath::single(1);
         let second = chrono::Duration::seconds(1);
         // A backup consistent in segment 3: 3 and 4 are archived, 5 is missing.
-        let w = window(&records, 1, Lsn(3 * (16 << 20) + 100), start);
+        let w = window(&records, &one, Lsn(3 * (16 << 20) + 100), start);
         assert_eq!(w.last_segment.as_deref(), Some("000000010000000000000004"));
         assert_eq!(w.until, rec("x", 2).completed_at - second);
         assert_eq!(w.gap.as_deref(), Some("000000010000000000000005"));
         // Consistent in segment 2, which is not archived: nothing past the backup itself.
-        let w = window(&records, 1, Lsn(2 * (16 << 20) + 100), start);
+        let w = window(&records, &one, Lsn(2 * (16 << 20) + 100), start);
         assert_eq!(w.last_segment, None);
         assert_eq!(w.until, start);
         assert_eq!(w.gap.as_deref(), Some("000000010000000000000002"));
         // Consistent in segment 6, the last: nothing after it yet.
-        let w = window(&records, 1, Lsn(6 * (16 << 20)), start);
+        let w = window(&records, &one, Lsn(6 * (16 << 20)), start);
         assert_eq!(w.last_segment.as_deref(), Some("000000010000000000000006"));
         assert_eq!(w.gap, None);
+    }
+
+    #[test]
+    fn windows_across_a_timeline_switch() {
+        use super::super::timeline::{Switch, follow};
+        let seg: u64 = 16 << 20;
+        let histories = [(
+            2,
+            vec![Switch {
+                timeline: 1,
+                at: Lsn(5 * seg + 0x100),
+            }],
+        )]
+        .into();
+        let path = follow(1, Lsn(3 * seg + 100), &histories, seg);
+        let start = rec("x", 0).completed_at;
+        let mut records = vec![
+            rec("000000010000000000000003", 1),
+            rec("000000010000000000000004", 2),
+            // The old timeline went on past the switch: not on the path.
+            rec("000000010000000000000005", 3),
+            rec("000000010000000000000006", 4),
+            rec("00000002.history", 5),
+            rec("000000020000000000000006", 7),
+        ];
+        // Timeline 2's copy of the switch segment is missing: the window ends before it.
+        let w = window(&records, &path, Lsn(3 * seg + 100), start);
+        assert_eq!(w.last_segment.as_deref(), Some("000000010000000000000004"));
+        assert_eq!(w.gap.as_deref(), Some("000000020000000000000005"));
+        assert_eq!(w.path.target(), 2);
+        records.push(rec("000000020000000000000005", 6));
+        let w = window(&records, &path, Lsn(3 * seg + 100), start);
+        assert_eq!(w.last_segment.as_deref(), Some("000000020000000000000006"));
+        assert_eq!(
+            w.until,
+            rec("x", 7).completed_at - chrono::Duration::seconds(1)
+        );
+        assert_eq!(w.gap, None);
+        assert_eq!(w.end, Lsn(7 * seg));
     }
 }

@@ -139,6 +139,24 @@ impl WalSource for Postgres {
         })
     }
 
+    fn server_timeline(&self) -> Result<Option<u32>, EngineError> {
+        let sql = "SELECT CASE WHEN pg_is_in_recovery() THEN '' \
+                   ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
+        let out = self.psql(&self.conn.database, &[sql.to_owned()])?;
+        let hex = out.trim();
+        if hex.is_empty() {
+            return Ok(None);
+        }
+        match u32::from_str_radix(hex, 16) {
+            Ok(t) => Ok(Some(t)),
+            Err(_) => Err(PostgresError::Unexpected {
+                what: "the server's timeline",
+                output: hex.to_owned(),
+            }
+            .into()),
+        }
+    }
+
     fn slot_health(&self, slot: &str) -> Result<Option<SlotHealth>, EngineError> {
         let sql = format!(
             "SELECT concat_ws('|', coalesce(wal_status, ''), \
