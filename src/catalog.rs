@@ -442,6 +442,36 @@ pub struct PitrStatus {
     pub last_pitr_drill: Option<DrillSummary>,
 }
 
+impl PitrStatus {
+    /// One line for `list` and `stats`: the window, a gap, the last recovery drill.
+    pub fn describe(&self) -> String {
+        let gap = self
+            .gap
+            .as_ref()
+            .map(|g| format!(" (GAP: {g} is missing after the newest base backup)"))
+            .unwrap_or_default();
+        let drill = match &self.last_pitr_drill {
+            None => "no recovery drill yet".to_owned(),
+            Some(d) => format!(
+                "last recovery drill {} ({}) {}",
+                match d.outcome {
+                    DrillOutcome::Passed => "passed",
+                    DrillOutcome::Failed => "FAILED",
+                },
+                d.backup_name,
+                d.verified_at
+            ),
+        };
+        format!(
+            "recoverable to any second from {} to {}{gap}: {} base backups, {} WAL segments; {drill}",
+            self.first_recoverable,
+            self.last_recoverable,
+            self.base_backups,
+            self.archived_segments
+        )
+    }
+}
+
 /// Which backup the most recent restore drill restored, when, and how it went.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillSummary {

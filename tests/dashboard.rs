@@ -15,14 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A headless Chromium through chromedriver, with blocking calls for the test.
-struct Browser {
+pub struct Browser {
     rt: tokio::runtime::Runtime,
     client: Option<Client>,
     driver: Child,
 }
 
 impl Browser {
-    fn start() -> Option<Self> {
+    pub fn start() -> Option<Self> {
         if !require("chromedriver", have("chromedriver"), "chromium-driver")
             || !require("chromium", have("chromium"), "chromium")
         {
@@ -75,7 +75,7 @@ impl Browser {
         self.client.as_ref().unwrap()
     }
 
-    fn goto(&self, url: &str) {
+    pub fn goto(&self, url: &str) {
         self.rt.block_on(self.c().goto(url)).unwrap();
     }
 
@@ -86,7 +86,7 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{script}: {e}"))
     }
 
-    fn text(&self, css: &str) -> String {
+    pub fn text(&self, css: &str) -> String {
         self.js(&format!(
             "const e = document.querySelector({css:?}); return e ? e.textContent : null;"
         ))
@@ -95,7 +95,7 @@ impl Browser {
         .to_owned()
     }
 
-    fn visible(&self, css: &str) -> bool {
+    pub fn visible(&self, css: &str) -> bool {
         self.js(&format!(
             "const e = document.querySelector({css:?}); return !!e && !e.closest('[hidden]') && e.offsetParent !== null;"
         ))
@@ -105,7 +105,7 @@ impl Browser {
 
     /// Clicks the element `css` finds. An element the page replaced between the find and the
     /// click (a refresh re-rendering the table) is found again, a few times, rather than failing.
-    fn click(&self, css: &str) {
+    pub fn click(&self, css: &str) {
         let mut tries = 0;
         loop {
             let r = self
@@ -122,7 +122,7 @@ impl Browser {
         }
     }
 
-    fn type_into(&self, css: &str, text: &str) {
+    pub fn type_into(&self, css: &str, text: &str) {
         self.rt
             .block_on(async {
                 let e = self.c().find(Locator::Css(css)).await?;
@@ -158,7 +158,7 @@ impl Browser {
 
     /// Waits until `cond` holds (polling), naming `what` when it does not within a minute.
     #[track_caller]
-    fn wait(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
+    pub fn wait(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !cond(self) {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -72,13 +72,33 @@ fn recovery_follows_a_timeline_switch_and_the_old_timeline_writing_on_is_reporte
     let last = archive_segment_into(&restored, &wal);
     stream.stop();
     assert!(last.starts_with("00000002"), "{last}");
-    assert!(wal.join("00000002.history.json").exists());
+    // Timeline 2 is archived from the segment its switch is in (the gap check cannot see a
+    // later start: it compares segments within a timeline).
+    let history: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wal.join("00000002.history.json")).unwrap()).unwrap();
+    let text = history["history"].as_str().unwrap().to_owned();
+    let switch = text.split_whitespace().nth(1).unwrap();
+    let (hi, lo) = switch.split_once('/').unwrap();
+    let at = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let first_tl2 = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("00000002") && n.ends_with(".json") && n.len() == 29)
+        .min()
+        .unwrap();
+    assert_eq!(
+        &first_tl2[..24],
+        format!("00000002{:08X}{:08X}", at >> 32, (at & 0xFFFF_FFFF) >> 24),
+        "{text}"
+    );
     let status = env.run(&["wal", "status", "--json"]);
     status.ok();
     let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(s["gaps"], serde_json::json!([]), "{s}");
     assert!(
-        env.log().contains("starting from the slot on timeline 2"),
+        env.log()
+            .contains("streaming timeline 2 from the server's current segment"),
         "{}",
         env.log()
     );
@@ -114,6 +134,57 @@ fn recovery_follows_a_timeline_switch_and_the_old_timeline_writing_on_is_reporte
         "{st}"
     );
 
+    // The window in list, metrics and the dashboard.
+    let list = env.run(&["list"]);
+    list.ok();
+    assert!(
+        list.stdout.contains(&format!(
+            "recoverable to any second from {}",
+            st["pitr"]["first_recoverable"].as_str().unwrap()
+        )),
+        "{}",
+        list.stdout
+    );
+    let server = crate::api::Server::start(&env);
+    let metrics = server
+        .raw(
+            reqwest::Method::GET,
+            "/metrics",
+            Some(crate::api::TOKEN),
+            None,
+        )
+        .text()
+        .unwrap();
+    let until_unix = chrono::DateTime::parse_from_rfc3339(&until)
+        .unwrap()
+        .timestamp();
+    assert!(
+        metrics.contains(&format!(
+            "dbkeep_pitr_last_recoverable_timestamp_seconds{{database=\"default\"}} {until_unix}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dbkeep_pitr_gap{database=\"default\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dbkeep_pitr_drill_last_success{database=\"default\"} 1"),
+        "{metrics}"
+    );
+    if let Some(b) = crate::dashboard::Browser::start() {
+        b.goto(&format!("{}/", server.base));
+        b.type_into("#token", crate::api::TOKEN);
+        b.click("#signin-form button[type=submit]");
+        b.wait("the recoverable window", |b| {
+            b.visible("[data-pitr=window]")
+        });
+        let shown = b.text("[data-pitr=window]");
+        assert!(shown.starts_with("any second from "), "{shown}");
+        assert!(!shown.contains("missing"), "{shown}");
+    }
+    drop(server);
+
     // The old primary writing on into the same archive (another spool): reported.
     env.set("DATABASE_URL", old_url);
     env.set(
@@ -126,4 +197,6 @@ fn recovery_follows_a_timeline_switch_and_the_old_timeline_writing_on_is_reporte
     stream.stop();
     let log = env.log();
     assert!(log.contains("this server still writes timeline 1"), "{log}");
+    // Timeline 1 going on in the archive changes nothing for the recovery.
+    assert_eq!(recover(&restored, &env, &["--latest"]), "300|1200");
 }

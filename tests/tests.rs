@@ -21,6 +21,7 @@ mod notify;
 mod pitr;
 mod pitr_recovery;
 mod pitr_s3;
+mod pitr_schedule;
 mod pitr_timeline;
 mod postgres;
 mod s3;

@@ -73,6 +73,8 @@ pub struct Scrape<'a> {
     pub next_runs: Vec<(String, String, f64)>,
     /// Its notification channels' record (`notifications.status.json`).
     pub notifications: std::collections::BTreeMap<String, crate::notify::ChannelStatus>,
+    /// Its recoverable window, when it has base backups.
+    pub pitr: Option<crate::catalog::PitrStatus>,
 }
 
 /// What a scrape shows besides the catalogs.
@@ -236,6 +238,54 @@ impl Metrics {
             "Free bytes where the database's new backups go",
             Unit::Bytes,
             per_db(&|db| db.free_bytes.map(|f| i64::try_from(f).unwrap_or(i64::MAX))),
+        );
+        let unix = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.timestamp())
+        };
+        r.register_with_unit(
+            "dbkeep_pitr_first_recoverable_timestamp",
+            "The earliest time the database can be recovered to (its oldest base backup's end; Unix time)",
+            Unit::Seconds,
+            per_db(&|db| db.pitr.as_ref().and_then(|p| unix(&p.first_recoverable))),
+        );
+        r.register_with_unit(
+            "dbkeep_pitr_last_recoverable_timestamp",
+            "The latest time the database can be recovered to (the end of the unbroken archived WAL; Unix time)",
+            Unit::Seconds,
+            per_db(&|db| db.pitr.as_ref().and_then(|p| unix(&p.last_recoverable))),
+        );
+        r.register(
+            "dbkeep_pitr_gap",
+            "1 when a WAL segment is missing after the newest base backup (recovery stops there), else 0",
+            per_db(&|db| db.pitr.as_ref().map(|p| i64::from(p.gap.is_some()))),
+        );
+        r.register(
+            "dbkeep_pitr_archived_segments",
+            "WAL segments in the database's archive",
+            per_db(&|db| db.pitr.as_ref().map(|p| p.archived_segments as i64)),
+        );
+        r.register_with_unit(
+            "dbkeep_pitr_drill_last_timestamp",
+            "When the newest recovery drill to a point in time ran (Unix time)",
+            Unit::Seconds,
+            per_db(&|db| {
+                db.pitr
+                    .as_ref()
+                    .and_then(|p| p.last_pitr_drill.as_ref())
+                    .and_then(|d| unix(&d.verified_at))
+            }),
+        );
+        r.register(
+            "dbkeep_pitr_drill_last_success",
+            "1 when the newest recovery drill to a point in time passed, 0 when it failed",
+            per_db(&|db| {
+                db.pitr
+                    .as_ref()
+                    .and_then(|p| p.last_pitr_drill.as_ref())
+                    .map(|d| i64::from(d.outcome == crate::catalog::DrillOutcome::Passed))
+            }),
         );
         let next = Family::<ScheduleLabels, FloatGauge>::default();
         for db in dbs {

@@ -38,7 +38,8 @@ pub(super) async fn metrics_text(State(state): State<Shared>) -> Response {
                 }
                 let free = db.ops.storage().free_space();
                 let notes = db.ops.notification_status();
-                (db, cat.ok(), free, notes)
+                let pitr = cat.as_ref().ok().and_then(|c| db.ops.pitr_status(c));
+                (db, cat.ok(), free, notes, pitr)
             })
             .collect::<Vec<_>>()
     })
@@ -51,13 +52,14 @@ pub(super) async fn metrics_text(State(state): State<Shared>) -> Response {
     let empty = Catalog::default();
     let scrapes: Vec<metrics::Scrape<'_>> = read
         .iter()
-        .map(|(db, cat, free, notes)| metrics::Scrape {
+        .map(|(db, cat, free, notes, pitr)| metrics::Scrape {
             database: &db.name,
             readable: cat.is_some(),
             catalog: cat.as_deref().unwrap_or(&empty),
             free_bytes: *free,
             next_runs: next_runs(db, at),
             notifications: notes.clone(),
+            pitr: pitr.clone(),
         })
         .collect();
     let now = metrics::Now {

@@ -585,6 +585,9 @@ fn list(ops: &Ops, json: bool) -> Result<serde_json::Value, Error> {
             human_bytes(cat.backups.iter().map(|m| m.file_size).sum()),
             stats.backup_directory
         );
+        if let Some(p) = &stats.pitr {
+            let _ = writeln!(out, "{}", p.describe());
+        }
         for e in &cat.unreadable {
             let _ = writeln!(out, "unreadable: {e}");
         }
@@ -628,6 +631,9 @@ fn stats(ops: &Ops, json: bool) -> Result<serde_json::Value, Error> {
             "free space         {}",
             s.free_space_bytes.map_or("unknown".into(), human_bytes)
         );
+        if let Some(p) = &s.pitr {
+            let _ = writeln!(out, "point in time      {}", p.describe());
+        }
         if s.unreadable_manifests > 0 {
             let _ = writeln!(out, "unreadable manifests {}", s.unreadable_manifests);
         }

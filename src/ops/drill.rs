@@ -125,10 +125,66 @@ impl Ops {
                 }
             }
         }
-        Ok(self
+        let report = self
             .drill(&VerifyTarget::Named(m.backup_name.clone()))?
             .into_iter()
-            .next())
+            .next();
+        // A base backup whose own drill passed: then the recovery drill across the WAL since
+        // the previous one; its failure is the outcome the caller reports.
+        if m.base_backup.is_some() && report.as_ref().is_some_and(|r| r.result.is_ok()) {
+            match self.pitr_drill_after_base(m) {
+                Ok(Some(r)) if r.result.is_err() => return Ok(Some(r)),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(backup = %m.backup_name, error = %e, "the recovery drill after the base backup could not run");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// After the base backup `m`: a recovery drill from the previous base backup to `m`'s
+    /// start position, which replays the whole WAL between the two (what a recovery to any
+    /// time in between needs). A position, not a time: the records at `m`'s start (its
+    /// checkpoint) are always there to stop at, on an idle database too. The stream archives
+    /// the segment `m` stopped in moments after `m` ends: half a minute is given for that.
+    /// None for the first base backup (its own drill is the proof).
+    fn pitr_drill_after_base(&self, m: &Manifest) -> Result<Option<VerifyReport>, Error> {
+        let cat = self.catalog()?;
+        let Some(previous) = cat
+            .backups
+            .iter()
+            .filter(|b| {
+                b.success
+                    && b.base_backup.is_some()
+                    && b.backup_name != m.backup_name
+                    && b.finished_at <= m.timestamp
+            })
+            .max_by_key(|b| b.finished_at)
+        else {
+            return Ok(None);
+        };
+        let lsn = |s: Option<&String>| s.and_then(|s| physical::archive::Lsn::parse(s));
+        let b = m.base_backup.as_ref();
+        let (Some(start), Some(stop)) = (lsn(b.map(|b| &b.start_lsn)), lsn(b.map(|b| &b.stop_lsn)))
+        else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let end = self.base_windows()?(previous).end;
+            if end >= stop {
+                break;
+            }
+            if Instant::now() >= deadline || signals::interrupted() {
+                return Err(Error::Unsupported(format!(
+                    "the WAL archive ends at {end}, before {} stopped at {stop}: is dbkeep wal stream running?",
+                    m.backup_name
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        self.pitr_drill(RecoveryTarget::Lsn(start)).map(Some)
     }
 
     /// One drill of `m`; what passed, and the step it is in, go to `log` as it goes.

@@ -118,17 +118,8 @@ impl Ops {
                 "{location} holds no base backup: take one with `dbkeep backup --physical` (with `dbkeep wal stream` running) before recovering to a point"
             )));
         }
-        let archive = self.wal_archive()?;
-        let records = archive.records()?;
-        let keys = self.keys()?;
-        let histories = archive.histories(keys.as_ref())?;
-        let seg_size = crate::wal::record::segment_size(&records);
-        let window_of = |m: &Manifest| {
-            let b = m.base_backup.as_ref().expect("filtered above");
-            let stop = Lsn::parse(&b.stop_lsn).unwrap_or(Lsn(0));
-            let path = follow(b.timeline, stop, &histories, seg_size);
-            window(&records, &path, stop, m.finished_at)
-        };
+        let windows = self.base_windows()?;
+        let window_of = |m: &Manifest| windows(m);
         let oldest = bases.last().map(|m| m.finished_at);
         let newest_window = window_of(bases[0]);
         let describe = || {
@@ -199,6 +190,23 @@ impl Ops {
             )));
         }
         Ok((base.clone(), w))
+    }
+
+    /// How far each base backup recovers with the archive as it is now (its timeline path
+    /// followed): one read of the records and histories, then a window per backup.
+    pub(super) fn base_windows(&self) -> Result<impl Fn(&Manifest) -> Window, Error> {
+        let archive = self.wal_archive()?;
+        let records = archive.records()?;
+        let keys = self.keys()?;
+        let histories = archive.histories(keys.as_ref())?;
+        let seg_size = crate::wal::record::segment_size(&records);
+        Ok(move |m: &Manifest| {
+            let (timeline, stop) = m.base_backup.as_ref().map_or((1, Lsn(0)), |b| {
+                (b.timeline, Lsn::parse(&b.stop_lsn).unwrap_or(Lsn(0)))
+            });
+            let path = follow(timeline, stop, &histories, seg_size);
+            window(&records, &path, stop, m.finished_at)
+        })
     }
 
     /// Writes `recovery.signal`, the recovery settings (appended to `postgresql.auto.conf`)

@@ -8,10 +8,7 @@ use crate::codec::Compression;
 impl Ops {
     /// The recoverable window for `stats`: names listed, one record read (the end of the
     /// unbroken run after the newest base backup). `None` without base backups or an archive.
-    pub(super) fn pitr_status(
-        &self,
-        cat: &crate::catalog::Catalog,
-    ) -> Option<crate::catalog::PitrStatus> {
+    pub fn pitr_status(&self, cat: &crate::catalog::Catalog) -> Option<crate::catalog::PitrStatus> {
         use crate::engine::postgres::physical::archive::Lsn;
         let bases: Vec<&Manifest> = cat
             .backups
@@ -43,16 +40,15 @@ impl Ops {
                 encryption: crate::encryption::Encryption::None,
                 completed_at: newest.finished_at,
                 archived_at: newest.finished_at,
+                history: None,
             })
             .collect();
         let stop = Lsn::parse(&b.stop_lsn).unwrap_or(Lsn(0));
-        // Past a timeline switch when the history files can be read (with the keys);
-        // otherwise the backup's own timeline, which can only shorten the window shown.
-        let histories = self
-            .keys()
-            .ok()
-            .and_then(|k| archive.histories(k.as_ref()).ok())
-            .unwrap_or_default();
+        // Past a timeline switch (the history files' records carry their text). A history
+        // that cannot be read shows no window: the backup's own timeline alone could claim
+        // WAL written after a fork, which a recovery would not replay.
+        let keys = self.keys().ok().flatten();
+        let histories = archive.histories(keys.as_ref()).ok()?;
         let path = crate::wal::timeline::follow(b.timeline, stop, &histories, seg_size);
         let mut w = crate::wal::record::window(&light, &path, stop, newest.finished_at);
         if let Some(last) = &w.last_segment

@@ -108,7 +108,7 @@ impl Ops {
                 series: Some(s.series.clone()),
                 compress: None,
                 replace: false,
-                physical: false,
+                physical: s.physical,
             };
             if let Some(r) = running {
                 r.fetch_add(1, Ordering::SeqCst);

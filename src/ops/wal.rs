@@ -126,20 +126,33 @@ impl Ops {
                 // A server on a newer timeline than the spool's (restored and promoted, or a
                 // promoted standby): pg_receivewal would ask it for the old timeline, which it
                 // may not have; it starts from the slot instead, at the start of its segment.
+                // Every complete segment of the old timeline is archived first; while one is
+                // not (the archive failing), nothing is set aside and the receiver waits.
+                let mut ready = true;
                 if let Ok(Some(server)) = source.server_timeline()
                     && let Some(old) = spool_timeline(&spool).filter(|t| *t < server)
                 {
-                    info!(
-                        "the server writes timeline {server}, the spool holds timeline {old}: starting from the slot on timeline {server}"
-                    );
-                    set_aside(&spool, &known);
+                    self.ingest(&archive, &spool, sealer.as_ref(), &mut known, &mut failing);
+                    ready = set_aside(&spool, &known);
+                    if ready {
+                        info!(
+                            "the server writes timeline {server}, the spool holds timeline {old}: streaming timeline {server} from the server's current segment"
+                        );
+                    } else {
+                        warn!(
+                            "the server writes timeline {server}; the spool's timeline {old} segments are not all archived yet: waiting before streaming the new timeline"
+                        );
+                        next_start = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
                 }
-                match source.receive(&spool, &slot) {
-                    Ok(r) => {
+                match ready.then(|| source.receive(&spool, &slot)) {
+                    None => {}
+                    Some(Ok(r)) => {
                         receiver = Some(r);
                         started_at = Instant::now();
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         self.wal_failed(
                             &mut failing,
                             "receiver",
@@ -227,13 +240,19 @@ impl Ops {
                         if let Some(r) = receiver.take() {
                             crate::engine::seam::Receiver::stop(r);
                         }
-                        set_aside(&spool, &known);
-                        match source.drop_slot(&slot).and_then(|()| source.ensure_slot(&slot)) {
-                            Ok(()) => {
-                                info!(slot = %slot, "replication slot created again");
-                                need_base = true;
+                        // What pg_receivewal completed is archived first; while the archive
+                        // fails, the slot is kept and this is tried again at the next check.
+                        self.ingest(&archive, &spool, sealer.as_ref(), &mut known, &mut failing);
+                        if !set_aside(&spool, &known) {
+                            warn!("the spool holds segments not archived yet: the lost slot is made again once they are");
+                        } else {
+                            match source.drop_slot(&slot).and_then(|()| source.ensure_slot(&slot)) {
+                                Ok(()) => {
+                                    info!(slot = %slot, "replication slot created again");
+                                    need_base = true;
+                                }
+                                Err(e) => warn!(error = %e, "cannot create the replication slot again"),
                             }
-                            Err(e) => warn!(error = %e, "cannot create the replication slot again"),
                         }
                         next_start = Instant::now();
                     }
@@ -306,7 +325,7 @@ impl Ops {
                 Ok(stored) => {
                     failing.clear("archive");
                     if stored == Stored::New {
-                        if let Some(gap) = gap_before(known, &name, size, spool) {
+                        if let Some(gap) = gap_before(known, &name, size, spool, archive) {
                             gap_met = Some(name.clone());
                             self.wal_failed(failing, "gap", &format!("{gap}: recovery cannot pass it; take a new base backup (dbkeep backup --physical)"));
                         }
@@ -410,12 +429,13 @@ impl Ops {
 
 /// The gap between the archived segments `known` and the new segment `name` (of `seg_size`
 /// bytes), if any; the first segment of a new timeline must be the one its history file (in
-/// `spool`) says it began in.
+/// `spool`, else the archive's record of it) says it began in.
 fn gap_before(
     known: &[String],
     name: &str,
     seg_size: u64,
     spool: &Path,
+    archive: &WalArchive,
 ) -> Option<crate::wal::Gap> {
     use crate::engine::postgres::physical::archive::{parse_segment, segment_name};
     if !seg_size.is_power_of_two() {
@@ -431,8 +451,12 @@ fn gap_before(
     let first_missing = match previous {
         Some(p) => p + 1,
         None => {
-            let history = std::fs::read_to_string(spool.join(format!("{timeline:08X}.history")));
-            let switches = crate::wal::timeline::parse_history(&history.ok()?).ok()?;
+            // Its history file, in the spool or (its text in the record) in the archive.
+            let file = format!("{timeline:08X}.history");
+            let history = std::fs::read_to_string(spool.join(&file))
+                .ok()
+                .or_else(|| archive.record(&file).ok().flatten()?.history)?;
+            let switches = crate::wal::timeline::parse_history(&history).ok()?;
             switches.last()?.at.0 / seg_size
         }
     };
@@ -461,15 +485,30 @@ fn spool_timeline(spool: &Path) -> Option<u32> {
 /// After a lost slot or a timeline switch: the spool's archived segments removed, and what could not be archived
 /// (the partial segment, whose WAL cannot be completed any more) renamed aside
 /// (`NAME.lost`), kept for whoever wants it; pg_receivewal then starts from the new slot.
-fn set_aside(spool: &Path, known: &[String]) {
-    for e in std::fs::read_dir(spool).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.len() == 24 && known.binary_search(&name).is_ok() {
-            let _ = std::fs::remove_file(e.path());
-        } else if name.len() == 24 || name.ends_with(".partial") {
-            let _ = std::fs::rename(e.path(), spool.join(format!("{name}.lost")));
+/// Refused (false, nothing touched) while a complete segment is not archived: that is WAL
+/// recovery needs.
+fn set_aside(spool: &Path, known: &[String]) -> bool {
+    let names: Vec<String> = std::fs::read_dir(spool)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let complete = |n: &String| n.len() == 24 && is_wal_name(n);
+    if names
+        .iter()
+        .any(|n| complete(n) && known.binary_search(n).is_err())
+    {
+        return false;
+    }
+    for name in names {
+        if complete(&name) {
+            let _ = std::fs::remove_file(spool.join(&name));
+        } else if name.ends_with(".partial") {
+            let _ = std::fs::rename(spool.join(&name), spool.join(format!("{name}.lost")));
         }
     }
+    true
 }
 
 /// Creates `dir` (mode 0700) unless it exists.

@@ -41,6 +41,9 @@ fn environment(s: &Schedule) -> Vec<String> {
         };
         env.push(format!("BACKUP_DRILL={d}"));
     }
+    if s.physical {
+        env.push("BACKUP_PG_FORMAT=physical".into());
+    }
     env
 }
 

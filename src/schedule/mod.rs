@@ -37,12 +37,23 @@ pub struct ScheduleTable {
     pub series: Option<String>,
     pub name_template: Option<String>,
     pub compression: Option<Compression>,
+    /// `dump` (the default: the engine's dump) or `physical` (a PostgreSQL base backup).
+    pub kind: Option<ScheduleKind>,
     pub drill: Option<DrillPolicy>,
     pub catch_up: Option<bool>,
     pub retries: Option<u32>,
     pub retry_delay_secs: Option<u64>,
     /// The channels this schedule's events go to (default: its database's).
     pub notify: Option<Vec<String>>,
+}
+
+/// What a schedule takes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    #[default]
+    Dump,
+    Physical,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -84,6 +95,8 @@ pub struct Schedule {
     pub series: String,
     pub name_template: String,
     pub compression: Option<Compression>,
+    /// A base backup (`kind = "physical"`) rather than a dump.
+    pub physical: bool,
     pub drill: Option<DrillPolicy>,
     /// A slot missed while the service was down runs once at start (default on).
     pub catch_up: bool,
@@ -144,6 +157,7 @@ impl Schedule {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TEMPLATE.to_owned()),
             compression: t.compression,
+            physical: t.kind == Some(ScheduleKind::Physical),
             drill: t.drill,
             catch_up: t.catch_up.unwrap_or(true),
             retries: t.retries.unwrap_or(3),

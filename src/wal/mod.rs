@@ -174,6 +174,9 @@ impl WalArchive {
             encryption,
             completed_at,
             archived_at: chrono::Utc::now(),
+            history: name
+                .ends_with(".history")
+                .then(|| String::from_utf8_lossy(&bytes).into_owned()),
         };
         let json = serde_json::to_vec_pretty(&record).map_err(|e| WalError::Record {
             key: record_key.clone(),
@@ -326,9 +329,15 @@ impl WalArchive {
             let Some(record) = self.record(&name)? else {
                 continue;
             };
-            let mut text = Vec::new();
-            self.decode(&record, keys, &mut text, Path::new(&name))?;
-            let switches = timeline::parse_history(&String::from_utf8_lossy(&text))
+            let text = match record.history.clone() {
+                Some(text) => text,
+                None => {
+                    let mut text = Vec::new();
+                    self.decode(&record, keys, &mut text, Path::new(&name))?;
+                    String::from_utf8_lossy(&text).into_owned()
+                }
+            };
+            let switches = timeline::parse_history(&text)
                 .map_err(|problem| WalError::Damaged { name, problem })?;
             out.insert(tli, switches);
         }

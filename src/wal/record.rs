@@ -27,6 +27,10 @@ pub struct SegmentRecord {
     /// time is in this segment or an earlier one.
     pub completed_at: DateTime<Utc>,
     pub archived_at: DateTime<Utc>,
+    /// A history file's text (positions and reasons, no data): readable without the keys,
+    /// for the window and the stream's checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
 }
 
 /// Whether `name` is a WAL segment's (24 hex digits) or a timeline history file's
@@ -210,6 +214,7 @@ mod tests {
             encryption: Encryption::None,
             completed_at: at,
             archived_at: at,
+            history: None,
         }
     }
 

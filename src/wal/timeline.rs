@@ -29,6 +29,15 @@ pub fn parse_history(text: &str) -> Result<Vec<Switch>, String> {
         let (Ok(timeline), Some(at)) = (tli.parse::<u32>(), Lsn::parse(at)) else {
             return Err(format!("the line {line:?} has no timeline and position"));
         };
+        // Each line leaves a later timeline, at a position no earlier than the last.
+        if out
+            .last()
+            .is_some_and(|p: &Switch| p.timeline >= timeline || p.at > at)
+        {
+            return Err(format!(
+                "the line {line:?} does not follow the one before it (timelines rise, positions do not fall)"
+            ));
+        }
         out.push(Switch { timeline, at });
     }
     Ok(out)
@@ -166,5 +175,40 @@ mod tests {
         );
         let only2: BTreeMap<u32, Vec<Switch>> = [(2, h2)].into();
         assert_eq!(follow(1, Lsn(0x3000000), &only2, SEG).target(), 2);
+        assert!(parse_history("2\t0/9000000\tx\n1\t0/5000000\ty\n").is_err());
+
+        // A switch exactly on a segment boundary: that segment is the new timeline's, the one
+        // before the old one's.
+        let edge: BTreeMap<u32, Vec<Switch>> = [(
+            2,
+            vec![Switch {
+                timeline: 1,
+                at: Lsn(5 * SEG),
+            }],
+        )]
+        .into();
+        let p = follow(1, Lsn(SEG), &edge, SEG);
+        assert_eq!((p.timeline_of(4), p.timeline_of(5)), (1, 2));
+        // Two switches in one segment: the newest timeline's copy holds them both.
+        let two: BTreeMap<u32, Vec<Switch>> = [(
+            3,
+            vec![
+                Switch {
+                    timeline: 1,
+                    at: Lsn(5 * SEG + 0x100),
+                },
+                Switch {
+                    timeline: 2,
+                    at: Lsn(5 * SEG + 0x900),
+                },
+            ],
+        )]
+        .into();
+        let p = follow(1, Lsn(SEG), &two, SEG);
+        assert_eq!(
+            (p.timeline_of(4), p.timeline_of(5), p.timeline_of(6)),
+            (1, 3, 3)
+        );
+        assert!(p.follows(2) && !p.reads(2, 5));
     }
 }

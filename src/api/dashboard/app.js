@@ -198,6 +198,17 @@ function renderOverview() {
         el("dt", {}, "Last drill"),
         el("dd", { class: drill && drill.outcome === "failed" ? "bad" : "" },
           drill ? drill.outcome + ", " + ago(drill.verified_at) : "none yet"),
+        ...(st.pitr ? [
+          el("dt", {}, "Recoverable"),
+          el("dd", { class: st.pitr.gap ? "bad" : "ok", "data-pitr": "window" },
+            "any second from " + local(st.pitr.first_recoverable) + " to " + local(st.pitr.last_recoverable) +
+            (st.pitr.gap ? " — " + st.pitr.gap + " is missing after the newest base backup" : "")),
+          el("dt", {}, "Last recovery drill"),
+          el("dd", { class: st.pitr.last_pitr_drill && st.pitr.last_pitr_drill.outcome === "failed" ? "bad" : "" },
+            st.pitr.last_pitr_drill
+              ? st.pitr.last_pitr_drill.outcome + ", " + ago(st.pitr.last_pitr_drill.verified_at)
+              : "none yet"),
+        ] : []),
         el("dt", {}, "Next run"), el("dd", { title: next || "" }, next ? local(next) : "not scheduled"),
         el("dt", {}, "Free space"), el("dd", {}, bytes(st.free_space_bytes)),
         el("dt", {}, "Notifications"),

@@ -153,9 +153,12 @@ impl Postgres {
         };
         let mut builder = tar::Builder::new(out);
         let mut follow = Follow::new(file, child, self.stall_timeout);
-        let copied = copy_entries(&mut follow, &mut builder, "", |_| true);
+        // The tar reader asks for a block or a header at a time: read the file in large
+        // pieces instead (one system call and one signal check per MiB).
+        let mut reading = io::BufReader::with_capacity(1 << 20, &mut follow);
+        let copied = copy_entries(&mut reading, &mut builder, "", |_| true);
         let control = copied.as_ref().ok().copied().flatten();
-        match follow.stopped {
+        match reading.get_ref().stopped {
             Some(Stopped::Interrupted) => return Err(PostgresError::Interrupted),
             Some(Stopped::Stalled) => {
                 return Err(PostgresError::Stalled {
@@ -179,8 +182,9 @@ impl Postgres {
             (None, _) => return Err(problem("the backup holds no global/pg_control".into())),
         }
         // The rest of base.tar (its end-of-archive blocks), until pg_basebackup is done.
-        io::copy(&mut follow, &mut io::sink())
+        io::copy(&mut reading, &mut io::sink())
             .map_err(|e| problem(format!("reading base.tar: {e}")))?;
+        drop(reading);
         drop(follow);
         // Anything but base.tar, pg_wal.tar and the manifest is a tablespace's tar.
         let mut names: Vec<String> = std::fs::read_dir(spool)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// How much is read before the spool's read part is punched out.
 const PUNCH_EVERY: u64 = 8 << 20;
 /// How long a read waits for the file to grow before it looks again.
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(5);
 
 /// Why a follow ended before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
