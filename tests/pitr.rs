@@ -294,6 +294,10 @@ fn a_base_backup_restores_into_a_data_directory_that_a_server_starts_on() {
         "{checks}"
     );
     assert!(checks.contains("databases open"), "{checks}");
+    assert!(
+        checks.contains("appdb: amcheck bt_index_check passed on"),
+        "{checks}"
+    );
     assert_no_secret(&env, &[&backup.all(), &v.all(), &d.all()], APP_PASSWORD);
 }
 

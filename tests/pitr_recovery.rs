@@ -211,9 +211,11 @@ fn recovery_to_a_point_holds_exactly_the_rows_committed_before_it() {
         assert!(!dir.exists() || dir.read_dir().unwrap().count() == 0);
     }
 
-    // The recovery drill: recorded in the base backup's manifest.
+    // The recovery drill: recorded in the base backup's manifest. The user's drill query sees
+    // exactly the rows committed before the target.
     let (t2, _) = &targets[1];
-    let d = env.run(&["verify", "--restore", "--to-time", t2]);
+    let count = [("BACKUP_DRILL_QUERY", "SELECT count(*) FROM ticks")];
+    let d = env.run_with(&count, &["verify", "--restore", "--to-time", t2]);
     d.ok();
     let m = env.manifest("base_pitr");
     let v = &m["pitr_verification"];
@@ -225,6 +227,14 @@ fn recovery_to_a_point_holds_exactly_the_rows_committed_before_it() {
         "{checks}"
     );
     assert!(checks.contains("databases open"), "{checks}");
+    assert!(
+        checks.contains("appdb: amcheck bt_index_check passed on 3 btree indexes"),
+        "{checks}"
+    );
+    assert!(
+        checks.contains("drill query in appdb: SELECT count(*) FROM ticks returned 200"),
+        "{checks}"
+    );
     assert!(v["target"].as_str().unwrap().starts_with(&t2[..10]), "{v}");
     // stats shows the window and the drill.
     let st = env.run(&["stats", "--json"]);
@@ -243,6 +253,20 @@ fn recovery_to_a_point_holds_exactly_the_rows_committed_before_it() {
     let t3 = chrono::DateTime::parse_from_str(&targets[2].0, "%Y-%m-%d %H:%M:%S%.f%#z").unwrap();
     assert!(last >= t3, "the window reaches the last target: {stats}");
 
+    // A drill query that returns false fails the drill, naming it.
+    let wrong = [("BACKUP_DRILL_QUERY", "SELECT count(*) = 300 FROM ticks")];
+    let d = env.run_with(&wrong, &["verify", "--restore", "--to-time", t2]);
+    d.code(1);
+    assert!(
+        d.all()
+            .contains("the drill query (SELECT count(*) = 300 FROM ticks) returned false in appdb"),
+        "{}",
+        d.all()
+    );
+    assert_eq!(
+        env.manifest("base_pitr")["pitr_verification"]["outcome"],
+        "failed"
+    );
     // A damaged segment in the archive: the drill fails naming it.
     let damaged = std::fs::read_dir(env.backup_dir().join("wal"))
         .unwrap()

@@ -50,6 +50,9 @@ impl Settings {
         if let Some(v) = l.backup_drill_sandbox {
             self.drill_sandbox = v;
         }
+        if let Some(v) = l.backup_drill_query {
+            self.drill_query = Some(v);
+        }
         if let Some(v) = l.backup_row_counts {
             self.row_counts = v;
         }

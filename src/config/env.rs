@@ -81,6 +81,7 @@ pub(super) fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Layer, C
         backup_pg_maintenance_db: get("BACKUP_PG_MAINTENANCE_DB"),
         backup_restore_keep_old: boolean("BACKUP_RESTORE_KEEP_OLD")?,
         backup_drill_sandbox: boolean("BACKUP_DRILL_SANDBOX")?,
+        backup_drill_query: get("BACKUP_DRILL_QUERY"),
         backup_row_counts: boolean("BACKUP_ROW_COUNTS")?,
         backup_drill: get("BACKUP_DRILL")
             .map(|v| match v.trim().to_ascii_lowercase().as_str() {

@@ -23,6 +23,7 @@ pub struct Layer {
     pub backup_pg_maintenance_db: Option<String>,
     pub backup_restore_keep_old: Option<bool>,
     pub backup_drill_sandbox: Option<bool>,
+    pub backup_drill_query: Option<String>,
     pub backup_row_counts: Option<bool>,
     pub backup_drill: Option<DrillPolicy>,
     pub backup_pg_format: Option<PgFormat>,

@@ -163,6 +163,10 @@ pub struct Settings {
     /// A PostgreSQL drill loads as a temporary role that is not a superuser
     /// (`BACKUP_DRILL_SANDBOX`, default true; see `engine/postgres/sandbox.rs`).
     pub drill_sandbox: bool,
+    /// A query a base backup's drill and a recovery drill run in the recovered database
+    /// (`BACKUP_DRILL_QUERY`): an error, no row or `false` fails the drill; its value is in the
+    /// report.
+    pub drill_query: Option<String>,
     /// Count every table's rows in the dump's snapshot (`BACKUP_ROW_COUNTS`, default true).
     pub row_counts: bool,
     /// When `dbkeep backup` runs a restore drill (`BACKUP_DRILL`).
@@ -263,6 +267,7 @@ impl Default for Settings {
             pg_maintenance_db: "postgres".into(),
             restore_keep_old: false,
             drill_sandbox: true,
+            drill_query: None,
             row_counts: true,
             drill: DrillPolicy::Off,
             pg_format: PgFormat::Sql,

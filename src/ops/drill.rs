@@ -288,7 +288,11 @@ impl Ops {
             &data,
             scratch.dir(),
             socket.dir(),
-            &role,
+            &physical::drill::Checks {
+                role: &role,
+                database: &m.database_name,
+                query: self.settings.drill_query.as_deref(),
+            },
             log,
             &mut || match target {
                 None => Ok(Vec::new()),

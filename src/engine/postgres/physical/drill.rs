@@ -2,9 +2,11 @@
 //! on it (every file, and the WAL parsed by pg_waldump), then a throwaway server started on it —
 //! on a free port, its socket in the drill's own directory, no TCP, no archiving, no
 //! replication, an hba file of the drill's own — until recovery reaches consistency and it
-//! accepts connections; every database is opened, then the server is stopped. The production
-//! server is never connected to.
+//! accepts connections; every database is opened and its btree indexes checked with amcheck,
+//! the user's drill query run, then the server is stopped. The production server is never
+//! connected to.
 
+use super::super::drill::{AMCHECK_SCHEMA_SQL, AMCHECK_SQL, AmcheckReport};
 use super::*;
 use crate::engine::DrillLog;
 use std::os::unix::process::CommandExt;
@@ -152,15 +154,96 @@ fn tool(program: &Path, user: Option<(u32, u32)>) -> Command {
     cmd
 }
 
+/// Who the drill connects as and what it asks of the recovered databases.
+pub struct Checks<'a> {
+    /// The role to connect as (trusted on the drill's socket only).
+    pub role: &'a str,
+    /// The database the backup was configured for, where `query` runs.
+    pub database: &'a str,
+    /// `BACKUP_DRILL_QUERY`: an error, no row or `f` fails the drill.
+    pub query: Option<&'a str>,
+}
+
+/// amcheck's `bt_index_check` on every leaf btree index of `db` (the drill's server is a
+/// throwaway copy, so the extension may be created in it): a damaged index fails the drill;
+/// a server without amcheck is named as such.
+fn amcheck(
+    psql: &dyn Fn(&str, &str) -> Result<String, String>,
+    db: &str,
+    log: &mut DrillLog,
+) -> Result<(), String> {
+    let installed = psql(
+        db,
+        &format!(
+            "CREATE SCHEMA IF NOT EXISTS dbkeep_amcheck; CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA dbkeep_amcheck; {AMCHECK_SCHEMA_SQL}"
+        ),
+    );
+    let schema = match installed {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+        Ok(_) => {
+            log.pass(format!(
+                "{db}: amcheck not available, btree indexes not checked"
+            ));
+            return Ok(());
+        }
+        Err(e) => {
+            log.pass(format!(
+                "{db}: amcheck not available, btree indexes not checked: {}",
+                e.lines().last().unwrap_or_default()
+            ));
+            return Ok(());
+        }
+    };
+    let out = psql(
+        db,
+        &format!(
+            "SET search_path = pg_catalog, pg_temp; {}; SELECT current_setting('dbkeep.amcheck')",
+            AMCHECK_SQL.replace("@SCHEMA@", &literal(&schema))
+        ),
+    )?;
+    let report: AmcheckReport = serde_json::from_str(out.trim()).map_err(|e| {
+        let start: String = out.chars().take(200).collect();
+        format!("{db}: cannot read amcheck's report: {e} in {start:?}")
+    })?;
+    let mut checks = DrillLog::default();
+    let result = report.into_checks(&mut checks);
+    for line in checks.passed {
+        log.pass(format!("{db}: {line}"));
+    }
+    result.map_err(|e| match e {
+        PostgresError::Drill(why) => format!("{db}: {why}"),
+        e => format!("{db}: {e}"),
+    })
+}
+
+/// The user's drill query in `db`: its first value is in the report; an error, no row or
+/// `f` (false) fails the drill.
+fn drill_query(
+    psql: &dyn Fn(&str, &str) -> Result<String, String>,
+    db: &str,
+    query: &str,
+    log: &mut DrillLog,
+) -> Result<(), String> {
+    let out = psql(db, query).map_err(|e| format!("the drill query ({query}) failed in {e}"))?;
+    let value = out.lines().next().unwrap_or_default().trim();
+    match value {
+        "" => Err(format!("the drill query ({query}) returned no row in {db}")),
+        "f" => Err(format!("the drill query ({query}) returned false in {db}")),
+        _ => {
+            log.pass(format!("drill query in {db}: {query} returned {value}"));
+            Ok(())
+        }
+    }
+}
+
 /// Checks the data directory `data` (a base backup unpacked by the drill) in its private
-/// directory `private`, as the module's doc says; `role` is the role to connect as (trusted
-/// on the drill's socket only).
+/// directory `private`, as the module's doc says.
 pub fn check_data_dir(
     bindir: &Path,
     data: &Path,
     private: &Path,
     socket: &Path,
-    role: &str,
+    checks: &Checks,
     log: &mut DrillLog,
     recovery: &mut dyn FnMut() -> Result<Vec<String>, String>,
 ) -> Result<(), String> {
@@ -227,7 +310,7 @@ pub fn check_data_dir(
         .map(|a| a.port())
         .map_err(|e| format!("no free port for the drill's server: {e}"))?;
     let options = format!("-p {port} -c config_file='{}'", option_path(&conf)?);
-    let psql = |db: &str, sql: &str| {
+    let psql_as = |role: &str, db: &str, sql: &str| {
         let mut cmd = tool(&bindir.join("psql"), user);
         cmd.env("PGHOST", socket)
             .env("PGPORT", port.to_string())
@@ -236,6 +319,7 @@ pub fn check_data_dir(
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
         process::output(cmd, SERVER_HINT, vec![]).map_err(|e| format!("{db}: {e}"))
     };
+    let psql = |db: &str, sql: &str| psql_as(checks.role, db, sql);
     let server_log = private.join("server.log");
     let mut start = tool(&bindir.join("pg_ctl"), user);
     start
@@ -302,6 +386,27 @@ pub fn check_data_dir(
         "all {} databases open ({relations} relations in their catalogs)",
         databases.len()
     ));
+    // amcheck needs a superuser to create the extension: the cluster's bootstrap superuser
+    // (OID 10), trusted on the drill's socket like every role; the backup's role if it has
+    // none that may log in.
+    let first = databases.first().copied().unwrap_or("postgres");
+    let superuser = psql(
+        first,
+        "SELECT rolname FROM pg_roles WHERE oid = 10 AND rolcanlogin",
+    )
+    .ok()
+    .map(|s| s.trim().to_owned())
+    .filter(|s| !s.is_empty())
+    .unwrap_or_else(|| checks.role.to_owned());
+    let psql_super = |db: &str, sql: &str| psql_as(&superuser, db, sql);
+    log.step("amcheck");
+    for db in &databases {
+        amcheck(&psql_super, db, log)?;
+    }
+    if let Some(query) = checks.query {
+        log.step("drill query");
+        drill_query(&psql_super, checks.database, query, log)?;
+    }
     drop(server);
     Ok(())
 }
