@@ -451,6 +451,29 @@ impl PgServer {
         .on_a_free_port()
     }
 
+    /// [`PgServer::adopt`] without starting it, on a free port: for a test whose server
+    /// may not come up ([`PgServer::try_start`]).
+    pub fn adopt_stopped(bin: PathBuf, dir: tempfile::TempDir) -> Self {
+        let as_root = give_to_postgres(dir.path());
+        PgServer {
+            dir,
+            bin,
+            port: free_port(),
+            running: false,
+            as_root,
+        }
+    }
+
+    /// `pg_ctl start`: whether the server came up.
+    pub fn try_start(&mut self) -> bool {
+        self.launch()
+    }
+
+    /// What the server wrote to its log.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     /// `pg_ctl start` on the data directory and port; whether it came up.
     fn launch(&mut self) -> bool {
         let mut ctl = self.tool("pg_ctl");
