@@ -18,6 +18,7 @@ mod mysql;
 mod mysql_faults;
 mod mysql_hostile;
 mod notify;
+mod package;
 mod pitr;
 mod pitr_recovery;
 mod pitr_s3;

@@ -1,6 +1,7 @@
 //! The command line (clap): parse, load settings, call `ops`, print, and map the outcome to the
 //! documented exit codes: 0 success, 1 operation failed, 2 bad usage or configuration.
 
+mod docs;
 mod output;
 mod progress;
 mod run;
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 #[command(
     name = "dbkeep",
     version,
-    about = "Complete, checksummed, restorable backups of PostgreSQL and SQLite databases",
+    about = "Complete, checksummed, restorable backups of PostgreSQL, MySQL/MariaDB and SQLite databases",
     after_help = "Settings come from dbkeep.toml (or --config), then the environment (DATABASE_URL, \
 BACKUP_DIR, BACKUP_RETENTION_DAYS, BACKUP_COMPRESS, BACKUP_LOG_FILE, …), then flags.\n\
 Exit codes: 0 success, 1 operation failed, 2 bad usage or configuration."
@@ -194,6 +195,15 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Print the completion script for SHELL on stdout, e.g. `dbkeep completions bash >
+    /// /etc/bash_completion.d/dbkeep` (the Debian package installs them for bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (dbkeep(1) and one per command) into DIR, for packagers.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// Serve the REST API (the spec's endpoints, bearer-token auth, rate limits, audit log).
     Serve {
         /// Address to listen on.
@@ -314,6 +324,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Documentation needs no settings: a broken config file must not hide it.
+    match &cli.command {
+        Command::Completions { shell } => return docs::completions(*shell),
+        Command::Manpages { dir } => return docs::manpages(dir),
+        _ => {}
+    }
     // restore_command: PostgreSQL takes exit 1 for "no such file" and ends recovery there, so
     // every other failure, a panic included, must be 126 (recovery stops instead).
     let fetch = matches!(
@@ -450,5 +466,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Verify { .. } => "verify",
         Command::Serve { .. } => "serve",
         Command::Keygen { .. } => "keygen",
+        Command::Completions { .. } => "completions",
+        Command::Manpages { .. } => "manpages",
     }
 }

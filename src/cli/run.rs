@@ -420,7 +420,8 @@ pub(super) fn run(ops: &Ops, cli: &Cli, out: &mut String) -> Result<u8, Error> {
             }
             Ok(0)
         }
-        Command::Serve { .. } => Ok(0), // handled in main
+        // Handled in main, before settings are loaded.
+        Command::Serve { .. } | Command::Completions { .. } | Command::Manpages { .. } => Ok(0),
         Command::Keygen { output } => {
             use std::os::unix::fs::OpenOptionsExt;
             let (text, public) = crate::encryption::generate();
