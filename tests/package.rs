@@ -202,6 +202,14 @@ fn the_debian_package_installs_runs_the_nightly_backup_as_dbkeep_and_purges_to_t
         assert!(fields.contains(dep), "{dep} missing: {fields}");
     }
 
+    let control = tempfile::tempdir().unwrap();
+    let control = control.path().join("DEBIAN");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
+    for f in ["/etc/dbkeep/dbkeep.toml", "/etc/dbkeep/dbkeep.env"] {
+        assert!(conffiles.lines().any(|l| l == f), "{f}: {conffiles}");
+    }
+
     // Installed the way an operator would.
     let install = run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
