@@ -329,3 +329,40 @@ fn a_virtual_table_of_a_missing_module_is_not_counted() {
     assert!(!counts.as_object().unwrap().is_empty(), "{counts}");
     env.run(&["verify", "--restore", "vt_20240101"]).ok();
 }
+
+/// A database whose pages are damaged is copied byte for byte by the backup API, so the copy
+/// is damaged too: its quick_check fails, the backup fails naming it, and no data file is
+/// committed (the older backup stays the newest good one).
+#[test]
+fn a_damaged_database_fails_its_backup_and_commits_nothing() {
+    let env = sqlite_env(2000);
+    let db = env.path().join("app.db");
+    env.run(&["backup", "--name", "good_20240101"]).ok();
+    // Page 3 is a leaf of `people`: a page type that does not exist.
+    let page_size: u64 = {
+        let c = Connection::open(&db).unwrap();
+        c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
+    };
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.seek(SeekFrom::Start(2 * page_size)).unwrap();
+        f.write_all(&[0x07]).unwrap();
+    }
+    let o = env.run(&["backup", "--name", "bad_20240102"]);
+    o.code(1);
+    assert!(o.stderr.contains("quick_check"), "{}", o.all());
+    assert!(
+        !env.backup_dir().join("bad_20240102.db.gz").exists(),
+        "a damaged copy was committed"
+    );
+    let listed = env.list();
+    let newest_good = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["success"] == true)
+        .unwrap();
+    assert_eq!(newest_good["backup_name"], "good_20240101", "{listed}");
+}

@@ -16,10 +16,10 @@ pub enum Depth {
     /// What a restore needs before it touches the database: size, SHA-256 (the stored bytes are
     /// exactly what the successful backup wrote) and the key. A stream is then checked while
     /// it loads; a custom archive is staged and listed; a SQLite copy is staged only: its
-    /// SHA-256 proves it is the very copy that passed `integrity_check` when it was backed up.
+    /// SHA-256 proves it is the very copy that passed `quick_check` when it was backed up.
     Restore,
-    /// A drill's: as [`Depth::Restore`], and a SQLite copy's `integrity_check` again (the drill
-    /// proves what the restore may take on trust).
+    /// A drill's: as [`Depth::Restore`], and a SQLite copy's full `integrity_check` (every
+    /// index against its table: more than the backup's `quick_check` proved).
     Drill,
 }
 
@@ -148,9 +148,9 @@ impl Format {
                 };
                 Ok(format!("{how}; pg_restore reads its table of contents"))
             }
-            (Format::Sqlite, Depth::Restore) => Ok(
-                "SQLite copy staged (the copy that passed integrity_check at backup time)".into(),
-            ),
+            (Format::Sqlite, Depth::Restore) => {
+                Ok("SQLite copy staged (the copy that passed quick_check at backup time)".into())
+            }
             (Format::Sqlite, _) => sqlite::integrity_check(path)
                 .map(|()| "SQLite integrity_check ok".into())
                 .map_err(|e| e.to_string()),
