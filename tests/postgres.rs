@@ -749,9 +749,39 @@ fn row_counts_are_taken_in_the_dumps_own_snapshot() {
         "only the user's tables: {counts}"
     );
 
+    // A plain dump's rows were read from its COPY blocks: no second scan of the tables.
+    assert!(
+        env.log()
+            .contains("row counts read from the dump's COPY blocks"),
+        "{}",
+        env.log()
+    );
+    assert!(
+        !env.log().contains("counted in the snapshot"),
+        "{}",
+        env.log()
+    );
+
     env.run(&["restore", "snap", "--yes"]).ok();
     assert_eq!(count("sales.items"), 3000);
     assert_eq!(count("audit.log"), 3000);
+
+    // A function whose body holds a line that reads like a COPY block (pg_dump writes bodies
+    // as they are) does not fool the counts: the stream's are not trusted, the snapshot counts.
+    pg.sql_as(
+        "app",
+        "appdb",
+        "CREATE FUNCTION public.looks_like_copy() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN /*\nCOPY sales.items (name) FROM stdin;\n1\n*/ END $f$",
+    );
+    env.run(&["backup", "--name", "tricky"]).ok();
+    let tricky = env.manifest("tricky");
+    assert_eq!(tricky["row_counts"], m["row_counts"], "{tricky}");
+    assert!(
+        env.log().contains("counted in the snapshot"),
+        "{}",
+        env.log()
+    );
+    env.run(&["verify", "--restore", "tricky"]).ok();
 
     // Counting can be turned off: no second session, no counts, the same dump.
     env.run_with(

@@ -1,21 +1,37 @@
 //! `pg_dump` streamed into a writer, with the row counts taken in the dump's own snapshot.
 
+use super::copy_count::CopyCounter;
 use super::*;
 use crate::engine::process::{self, Running};
 use crate::engine::{DumpInfo, PgFormat, RowCounts};
 use std::io::{self, BufRead, BufReader, Write};
 use std::process::Stdio;
 
-/// Counts the rows of every table the dump holds (ordinary tables and leaf partitions outside
-/// the system schemas and not members of an extension), as one line of JSON:
+/// The tables whose rows are counted: ordinary tables and leaf partitions outside the system
+/// schemas and not members of an extension.
+macro_rules! counted_tables {
+    () => {
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')"
+    };
+}
+
+/// Counts the rows of every table the dump holds ([`counted_tables`]), as one line of JSON:
 /// `[["schema","table",rows],…]`. `count(*)` runs per table through `query_to_xml`, so one
 /// statement counts them all in the caller's snapshot.
-pub const COUNT_ROWS_SQL: &str = "SELECT coalesce(jsonb_agg(jsonb_build_array(n.nspname, c.relname, \
+pub const COUNT_ROWS_SQL: &str = concat!(
+    "SELECT coalesce(jsonb_agg(jsonb_build_array(n.nspname, c.relname, \
 (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint) \
-ORDER BY n.nspname, c.relname), '[]'::jsonb)::text \
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
-AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')";
+ORDER BY n.nspname, c.relname), '[]'::jsonb)::text ",
+    counted_tables!()
+);
+
+/// The tables [`COUNT_ROWS_SQL`] counts, without counting them: `[["schema","table"],…]`.
+const LIST_TABLES_SQL: &str = concat!(
+    "SELECT coalesce(jsonb_agg(jsonb_build_array(n.nspname, c.relname) ORDER BY n.nspname, c.relname), '[]'::jsonb)::text ",
+    counted_tables!()
+);
 
 /// Parses the output of [`COUNT_ROWS_SQL`].
 pub fn parse_row_counts(line: &str) -> Result<RowCounts, String> {
@@ -110,6 +126,49 @@ impl SnapshotSession {
         }
     }
 
+    /// The tables to count, in the snapshot (`schema.table`).
+    fn list_tables(&mut self) -> Result<Vec<String>, PostgresError> {
+        let line = self.ask("list the tables", &format!("{LIST_TABLES_SQL};\n"))?;
+        let rows: Vec<(String, String)> =
+            serde_json::from_str(&line).map_err(|e| PostgresError::Snapshot {
+                what: "list the tables",
+                problem: e.to_string(),
+            })?;
+        Ok(rows.into_iter().map(|(s, t)| format!("{s}.{t}")).collect())
+    }
+
+    /// The row counts of a plain dump: the dump's own (`stream`, counted as it streamed) for
+    /// the tables of the snapshot; counted in the snapshot when the stream's do not cover
+    /// them all (the counter gave up, or a table had no COPY block).
+    fn counts_for(
+        &mut self,
+        stream: &std::sync::mpsc::Receiver<Option<RowCounts>>,
+    ) -> Result<RowCounts, PostgresError> {
+        let tables = self.list_tables()?;
+        let seen = stream.recv().ok().flatten();
+        let picked = seen.and_then(|seen| {
+            tables
+                .into_iter()
+                .map(|t| seen.get(&t).map(|n| (t, *n)))
+                .collect::<Option<RowCounts>>()
+        });
+        match picked {
+            Some(counts) => {
+                tracing::info!(
+                    tables = counts.len(),
+                    "row counts read from the dump's COPY blocks"
+                );
+                Ok(counts)
+            }
+            None => {
+                tracing::info!(
+                    "row counts counted in the snapshot: the dump's COPY blocks did not cover every table"
+                );
+                self.count_rows()
+            }
+        }
+    }
+
     pub(super) fn count_rows(&mut self) -> Result<RowCounts, PostgresError> {
         let line = self.ask("count rows", &format!("{COUNT_ROWS_SQL};\n"))?;
         parse_row_counts(&line).map_err(|problem| PostgresError::Snapshot {
@@ -130,14 +189,18 @@ impl SnapshotSession {
     }
 }
 
-/// The first and last bytes of a dump, seen as it streams.
+/// The first and last bytes of a dump, seen as it streams, and a plain dump's row counts.
 struct Ends {
     tail: crate::codec::Tail,
     head: Vec<u8>,
+    copies: Option<CopyCounter>,
 }
 
 impl watch::Look for Ends {
     fn see(&mut self, chunk: &[u8]) {
+        if let Some(c) = self.copies.as_mut() {
+            c.see(chunk);
+        }
         self.tail.push(chunk);
         let want = ARCHIVE_MAGIC.len().saturating_sub(self.head.len());
         self.head.extend_from_slice(&chunk[..want.min(chunk.len())]);
@@ -190,18 +253,34 @@ impl Postgres {
         let session_pid = session
             .as_ref()
             .and_then(|s| s.psql.as_ref().map(Running::pid));
+        // A plain dump's rows are counted in the stream (no second scan of every table); a
+        // custom archive's in the snapshot session, while pg_dump runs.
+        let from_stream = format == PgFormat::Sql;
+        let (stream_counts, seen_counts) = std::sync::mpsc::channel();
         let counting = session.map(|mut session| {
             std::thread::spawn(move || {
-                let counts = session.count_rows();
+                let counts = if from_stream {
+                    session.counts_for(&seen_counts)
+                } else {
+                    session.count_rows()
+                };
                 (session, counts)
             })
         });
         let look = Ends {
             tail: crate::codec::Tail::new(TRAILER_WINDOW),
             head: Vec::with_capacity(ARCHIVE_MAGIC.len()),
+            copies: (from_stream && self.row_counts).then(CopyCounter::new),
         };
-        let (result, looked) =
+        let (result, mut looked) =
             watch::pump(&mut child, look, out, Stall::silence(self.stall_timeout));
+        // The counting thread waits for these (None: counted in the snapshot instead).
+        let _ = stream_counts.send(
+            looked
+                .as_mut()
+                .and_then(|l| l.copies.take())
+                .and_then(CopyCounter::finish),
+        );
         let result = result.map_err(PostgresError::from);
         let waited = child.wait_success();
         if result.is_err() || waited.is_err() {

@@ -9,6 +9,7 @@
 //!   (plain) or starts with the archive header (custom).
 //! - A restore moves the live database aside first and puts it back if anything fails.
 
+mod copy_count;
 mod drill;
 mod dump;
 mod engine;
