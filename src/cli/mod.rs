@@ -5,13 +5,14 @@ mod docs;
 mod output;
 mod progress;
 mod run;
+mod views;
 
 use crate::config::{Overrides, Settings};
 use crate::error::Error;
 use crate::logging::{self, OUTCOME_TARGET, Verbosity};
 use crate::ops::Ops;
 use clap::{Args, Parser, Subcommand};
-use output::{human_bytes, list_table, to_json};
+use output::{human_bytes, to_json};
 use run::run;
 use std::io::{self, Write};
 use std::path::PathBuf;
